@@ -1,0 +1,138 @@
+"""One registry for backbones: ``register_backbone`` / ``create_backbone`` / ``list_backbones``.
+
+A factory is called as ``factory(name=..., weights=WeightsSpec, device=torch.device, seed=int)``
+and returns a :class:`~imgclust.backbones.base.Backbone`. Built backbones are cached per process
+keyed by ``(name, weights source, device, seed)``: a Dask worker builds its model once, not once
+per task. The project's own trained encoders register here like the built-in ones.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from imgclust.backbones.base import Backbone
+from imgclust.backbones.weights import WeightsSpec, parse_weights
+from imgclust.exceptions import ConfigError, UnknownNameError
+
+logger = logging.getLogger(__name__)
+
+BackboneFactory = Callable[..., Backbone]
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+
+
+@dataclass(frozen=True)
+class _Entry:
+    factory: BackboneFactory
+    description: str
+    default_weights: str
+
+
+_REGISTRY: dict[str, _Entry] = {}
+_CACHE: dict[tuple[object, ...], Backbone] = {}
+_LOCK = threading.RLock()
+
+
+def register_backbone(
+    name: str, factory: BackboneFactory, *, description: str, default_weights: str
+) -> None:
+    """Add a backbone to the registry.
+
+    Args:
+        name: lower-case ``[a-z0-9._-]`` (it becomes part of store paths).
+        factory: ``factory(name=str, weights=WeightsSpec, device=torch.device, seed=int) -> Backbone``.
+        description: one line for ``imgclust backbones`` listings (dim, input, paper).
+        default_weights: used when ``create_backbone(weights=None)``: ``"imagenet"``, ``"random"``,
+            ``"none"`` or a path.
+
+    Raises:
+        ConfigError: the name is taken or not filesystem-safe.
+    """
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ConfigError(f"backbone name {name!r} must match {_NAME.pattern} (it is used in store paths).")
+    if not callable(factory):
+        raise ConfigError(f"factory for backbone {name!r} is not callable: {factory!r}.")
+    with _LOCK:
+        if name in _REGISTRY:
+            raise ConfigError(f"backbone {name!r} is already registered; pick another name.")
+        _REGISTRY[name] = _Entry(factory=factory, description=description, default_weights=default_weights)
+
+
+def list_backbones() -> list[str]:
+    """Registered names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def describe_backbones() -> dict[str, str]:
+    """``{name: "description (default weights: ...)"}`` for every registered backbone, sorted by name."""
+    return {
+        name: f"{entry.description} (default weights: {entry.default_weights})"
+        for name, entry in sorted(_REGISTRY.items())
+    }
+
+
+def _device(device: str | torch.device) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"device {device!r} is not a torch device (use 'cpu', 'cuda', 'cuda:1').") from exc
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r} requested but CUDA is not available; use device='cpu'.")
+        if dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+    return dev
+
+
+def create_backbone(
+    name: str, *, weights: str | None = None, device: str = "cpu", seed: int = 0
+) -> Backbone:
+    """Build (or fetch from the per-process cache) a registered backbone.
+
+    Args:
+        name: a name from :func:`list_backbones`.
+        weights: ``"imagenet"`` (local torch hub cache only), ``"random"`` (seeded init), a path to
+            a ``.pth``/``.pt`` state_dict, ``"none"`` (classic features), or None for the entry's
+            default.
+        device: torch device string.
+        seed: seed of the random init (used when ``weights == "random"``).
+
+    Returns:
+        The same object for identical arguments within a process (until
+        :func:`clear_backbone_cache`).
+
+    Raises:
+        UnknownNameError: ``name`` is not registered (the message lists the names).
+        WeightsNotFoundError: requested weights are not on this machine (the message says where
+            they are expected and how to provide them).
+        ConfigError: invalid weights string (e.g. a hub id), a state_dict for another
+            architecture, a bad device.
+    """
+    entry = _REGISTRY.get(name)
+    if entry is None:
+        raise UnknownNameError(f"unknown backbone {name!r}; available: {', '.join(list_backbones())}.")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ConfigError(f"seed must be an int, got {seed!r}.")
+    spec: WeightsSpec = parse_weights(entry.default_weights if weights is None else weights)
+    dev = _device(device)
+    cache_key = (name, spec.cache_token(), str(dev), seed)
+    with _LOCK:
+        cached = _CACHE.get(cache_key)
+        if cached is not None:
+            return cached
+        logger.info("building backbone %s (weights=%s, device=%s, seed=%d)", name, spec, dev, seed)
+        backbone = entry.factory(name=name, weights=spec, device=dev, seed=seed)
+        if not isinstance(backbone, Backbone):
+            raise ConfigError(f"factory of {name!r} returned {type(backbone).__name__}, not a Backbone.")
+        _CACHE[cache_key] = backbone
+        return backbone
+
+
+def clear_backbone_cache() -> None:
+    """Drop every cached backbone (frees their memory once no one else holds them)."""
+    with _LOCK:
+        _CACHE.clear()

@@ -1,0 +1,136 @@
+"""Typed configuration for every pipeline stage (pydantic v2).
+
+Defaults live here and only here. Every model validates on construction, so a bad value fails before
+any work starts (``ConfigError`` via :func:`validated`). These models double as Prefect flow
+parameters, so their field titles/descriptions render as the form in the Prefect UI.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from imgclust.exceptions import ConfigError
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+class _Base(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class IngestConfig(_Base):
+    """How a source is scanned into the manifest."""
+
+    extensions: tuple[str, ...] = Field(
+        (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"),
+        description="File extensions (case-insensitive) that count as images.",
+    )
+    recursive: bool = Field(True, description="Descend into sub-folders / sub-prefixes.")
+    hash_threads: int = Field(8, ge=1, le=256, description="Threads that read and hash files.")
+
+    @field_validator("extensions")
+    @classmethod
+    def _dot_lower(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v:
+            raise ValueError("at least one extension is required")
+        return tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in v)
+
+
+class ExtractConfig(_Base):
+    """Feature extraction: which backbone, on what device, in which batches."""
+
+    extractor: str = Field("pixels", description="Backbone name from `imgclust backbones` (e.g. resnet50, pixels, hog).")
+    weights: str | None = Field(
+        None, description="imagenet | random | PATH to a state_dict; default: the backbone's own default."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the backbone runs.")
+    batch_size: int = Field(64, ge=1, le=8192, description="Images per forward pass.")
+    decode_threads: int = Field(4, ge=1, le=128, description="Threads decoding images ahead of the model.")
+    shard_size: int = Field(1000, ge=1, le=1_000_000, description="Images per feature shard (one task each).")
+    max_pixels: int = Field(89_478_485, ge=1, description="Images with more pixels are quarantined as too_large.")
+    seed: int = Field(0, ge=0, description="Seed for random-init backbones.")
+
+
+class ReduceConfig(_Base):
+    """Dimensionality reduction before clustering (METHODS.md §1)."""
+
+    method: Literal["ipca", "none"] = Field("ipca", description="IncrementalPCA streamed over shards, or none.")
+    n_components: int | None = Field(50, ge=1, le=8192, description="Fixed number of PCA components.")
+    variance_target: float | None = Field(
+        None, gt=0.0, le=1.0, description="Keep the fewest components explaining this share of variance."
+    )
+    whiten: bool = Field(False, description="Whiten PCA output.")
+    l2_normalize: bool = Field(False, description="L2-normalise features before PCA.")
+    umap_components: int | None = Field(
+        None, ge=2, le=256, description="If set, UMAP to this many dims after PCA (kmeans); hdbscan defaults to 10."
+    )
+
+    @model_validator(mode="after")
+    def _one_size(self) -> ReduceConfig:
+        if self.method == "ipca" and (self.n_components is None) == (self.variance_target is None):
+            raise ValueError("give exactly one of n_components or variance_target for ipca")
+        return self
+
+
+class ClusterConfig(_Base):
+    """The clustering step: Faiss k-means, HDBSCAN or agglomerative."""
+
+    method: Literal["kmeans", "hdbscan", "agglomerative"] = Field("kmeans", description="Clustering algorithm.")
+    k: int = Field(10, ge=2, le=1_000_000, description="Number of clusters (kmeans, agglomerative).")
+    n_iter: int = Field(25, ge=1, le=1000, description="k-means iterations.")
+    n_redo: int = Field(3, ge=1, le=100, description="k-means restarts; the best inertia wins.")
+    spherical: bool = Field(False, description="Cosine k-means (L2-normalised centroids).")
+    min_cluster_size: int = Field(50, ge=2, description="HDBSCAN min_cluster_size.")
+    fit_sample: int = Field(50_000, ge=100, description="Rows UMAP/HDBSCAN are fitted on; the rest are predicted.")
+    novelty_quantile: float = Field(
+        0.99, gt=0.5, le=1.0, description="Per-cluster distance quantile beyond which an image is novel."
+    )
+    seed: int = Field(0, ge=0, description="Random seed.")
+
+
+class RunnerConfig(_Base):
+    """Where tasks run: a local Dask cluster (default), an existing scheduler, or one worker per GPU."""
+
+    kind: Literal["local", "address", "cuda"] = Field("local", description="local | address | cuda")
+    workers: int = Field(2, ge=1, le=1024, description="Local Dask worker processes.")
+    threads_per_worker: int = Field(1, ge=1, le=64, description="Threads per Dask worker.")
+    address: str | None = Field(None, description="Scheduler address (tcp://host:8786) when kind=address.")
+
+    @model_validator(mode="after")
+    def _address(self) -> RunnerConfig:
+        if self.kind == "address" and not self.address:
+            raise ValueError("kind=address needs address='tcp://host:port'")
+        return self
+
+
+class PipelineConfig(_Base):
+    """Everything one end-to-end run needs."""
+
+    source: str = Field(..., description="Folder or fsspec URL (s3://bucket/prefix) to ingest.")
+    store: str = Field(..., description="Store root: folder or s3://bucket/prefix.")
+    ingest: IngestConfig = IngestConfig()
+    extract: ExtractConfig = ExtractConfig()
+    reduce: ReduceConfig = ReduceConfig()
+    cluster: ClusterConfig = ClusterConfig()
+    truth: Literal["none", "parent_dir"] = Field(
+        "none", description="Where ground-truth classes come from for ACC/NMI (parent folder name) or none."
+    )
+    date: dt.date | None = Field(None, description="Ingestion date partition; default today (UTC).")
+
+    @field_validator("source", "store")
+    @classmethod
+    def _non_empty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty")
+        return v
+
+
+def validated(model: type[_M], **values: Any) -> _M:
+    """Build ``model`` from ``values``; turn pydantic's error into one actionable ``ConfigError``."""
+    try:
+        return model(**values)
+    except ValidationError as err:
+        parts = [f"{'.'.join(str(p) for p in e['loc']) or model.__name__}: {e['msg']}" for e in err.errors()]
+        raise ConfigError(f"invalid {model.__name__}: " + "; ".join(parts)) from err

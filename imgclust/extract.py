@@ -1,0 +1,164 @@
+"""Extract one feature shard: read image bytes, decode in threads, embed in batches, write atomically.
+
+Decoding runs ``decode_threads`` ahead of the model (PIL releases the GIL while decoding), so on a
+CPU the forward pass and the decode overlap. Every input row ends in exactly one of the feature
+shard or the quarantine shard; the done-marker (written last) records the counts and a fingerprint
+of everything that determines the output, so a re-run skips finished shards and redoes stale ones.
+"""
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from imgclust.backbones import Backbone, create_backbone
+from imgclust.config import ExtractConfig
+from imgclust.exceptions import ConfigError, ImageDecodeError
+from imgclust.features import (
+    QUARANTINE_SCHEMA,
+    DoneMarker,
+    embeddings_table,
+    feature_path,
+    marker_path,
+    quarantine_path,
+    read_marker,
+)
+from imgclust.images import decode_image
+from imgclust.manifest import ShardSpec, read_shard_rows
+from imgclust.sources import read_uri
+from imgclust.store import Store
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> cuda when a GPU is visible, else cpu; ``cuda`` without a GPU is a ConfigError."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda was requested but torch sees no CUDA device; use --device cpu or auto")
+    return device
+
+
+def backbone_for(config: ExtractConfig) -> Backbone:
+    """The (per-process cached) backbone an ExtractConfig names."""
+    return create_backbone(config.extractor, weights=config.weights, device=resolve_device(config.device),
+                           seed=config.seed)
+
+
+def shard_fingerprint(backbone: Backbone, spec: ShardSpec, config: ExtractConfig) -> str:
+    """Everything that determines a shard's content; a marker with another fingerprint is stale."""
+    blob = json.dumps({"backbone": backbone.fingerprint(), "shard": spec.as_dict(), "max_pixels": config.max_pixels},
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def _load(backbone: Backbone, image_id: str, uri: str, max_pixels: int,
+          storage_options: dict[str, Any] | None) -> torch.Tensor:
+    # rows with an ``unreadable-`` id failed to read at ingest; this second read either works or
+    # raises OSError, which quarantines the row with its reason.
+    data = read_uri(uri, storage_options)
+    arr = decode_image(data, mode=backbone.preprocessing.mode, max_pixels=max_pixels)
+    return backbone.preprocess(arr)
+
+
+def _decoded(backbone: Backbone, rows: pa.Table, config: ExtractConfig, storage_options: dict[str, Any] | None,
+             ) -> Iterator[tuple[str, str, torch.Tensor | None, str, str]]:
+    """Yield ``(image_id, uri, tensor or None, error_kind, message)`` in input order, decoding ahead."""
+    ids, uris = rows.column("image_id").to_pylist(), rows.column("uri").to_pylist()
+    window = max(2 * config.batch_size, 4 * config.decode_threads)
+    with ThreadPoolExecutor(max_workers=config.decode_threads, thread_name_prefix="decode") as pool:
+        pending: collections.deque[tuple[str, str, Future[torch.Tensor]]] = collections.deque()
+        it = iter(zip(ids, uris, strict=True))
+        for image_id, uri in it:
+            pending.append((image_id, uri, pool.submit(_load, backbone, image_id, uri, config.max_pixels,
+                                                       storage_options)))
+            if len(pending) >= window:
+                yield _result(*pending.popleft())
+        while pending:
+            yield _result(*pending.popleft())
+
+
+def _result(image_id: str, uri: str, fut: Future[torch.Tensor]) -> tuple[str, str, torch.Tensor | None, str, str]:
+    try:
+        return image_id, uri, fut.result(), "", ""
+    except ImageDecodeError as err:
+        return image_id, uri, None, err.kind, err.message
+    except FileNotFoundError as err:
+        return image_id, uri, None, "missing", f"file no longer exists: {err}"
+    except OSError as err:
+        return image_id, uri, None, "io_error", f"{type(err).__name__}: {err}"
+    except Exception as err:  # a preprocessing bug must not kill the shard; it is recorded with its type
+        log.exception("unexpected error preparing %s", uri)
+        return image_id, uri, None, "unreadable", f"{type(err).__name__}: {err}"
+
+
+def extract_shard(store: Store, spec: ShardSpec, config: ExtractConfig, *, force: bool = False,
+                  storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write ``features/<key>/shard-<id>`` (+ quarantine) for one shard and return its marker as a dict.
+
+    Skips the shard when its done-marker carries the same fingerprint (unless ``force``).
+    """
+    backbone = backbone_for(config)
+    key = backbone.key()
+    fp = shard_fingerprint(backbone, spec, config)
+    existing = read_marker(store, key, spec.shard_id)
+    if existing is not None and existing.fingerprint == fp and not force:
+        log.info("shard %s already done for %s; skipping", spec.shard_id, key)
+        return {**asdict(existing), "skipped": True, "extractor_key": key}
+    if existing is not None:
+        log.info("redoing shard %s (%s)", spec.shard_id, "forced" if force else "fingerprint changed")
+    t0 = time.perf_counter()
+    rows = read_shard_rows(store, spec)
+    ids: list[str] = []
+    chunks: list[np.ndarray] = []
+    quarantined: list[dict[str, str]] = []
+    batch_ids: list[str] = []
+    batch: list[torch.Tensor] = []
+    t_embed = 0.0
+
+    def flush() -> None:
+        nonlocal t_embed
+        if not batch:
+            return
+        t = time.perf_counter()
+        chunks.append(backbone.embed(torch.stack(batch)))
+        t_embed += time.perf_counter() - t
+        ids.extend(batch_ids)
+        batch.clear()
+        batch_ids.clear()
+
+    for image_id, uri, tensor, kind, message in _decoded(backbone, rows, config, storage_options):
+        if tensor is None:
+            quarantined.append({"image_id": image_id, "uri": uri, "error_kind": kind, "message": message[:1000]})
+            continue
+        batch.append(tensor)
+        batch_ids.append(image_id)
+        if len(batch) >= config.batch_size:
+            flush()
+    flush()
+    emb = np.concatenate(chunks) if chunks else np.zeros((0, backbone.dim), np.float32)
+    store.write_parquet(feature_path(key, spec.shard_id), embeddings_table(ids, emb, backbone.metadata()))
+    store.write_parquet(quarantine_path(key, spec.shard_id),
+                        pa.Table.from_pylist(quarantined, schema=QUARANTINE_SCHEMA))
+    wall = time.perf_counter() - t0
+    kinds = collections.Counter(q["error_kind"] for q in quarantined)
+    marker = DoneMarker(shard_id=spec.shard_id, fingerprint=fp, n_features=len(ids), n_quarantined=len(quarantined),
+                        n_input=rows.num_rows, seconds={"wall": round(wall, 4), "embed": round(t_embed, 4)},
+                        error_kinds=dict(kinds))
+    if marker.n_features + marker.n_quarantined != marker.n_input:
+        raise RuntimeError(f"shard {spec.shard_id}: {marker.n_features}+{marker.n_quarantined} != {marker.n_input}")
+    store.write_json(marker_path(key, spec.shard_id), asdict(marker))
+    log.info("shard %s: %d features, %d quarantined in %.2fs (%.0f img/s)", spec.shard_id, len(ids),
+             len(quarantined), wall, rows.num_rows / max(wall, 1e-9))
+    return {**asdict(marker), "skipped": False, "extractor_key": key}

@@ -1,0 +1,175 @@
+"""The store: one root URL (local folder or ``s3://bucket/prefix``) reached through fsspec.
+
+Layout (ARCHITECTURE.md)::
+
+    manifest/date=YYYY-MM-DD/part-<run>.parquet
+    features/<extractor_key>/shard-<id>.parquet + shard-<id>.json (done-marker, written last)
+    quarantine/<extractor_key>/shard-<id>.parquet
+    models/<model_id>/...   models/CURRENT
+    labels/<model_id>/date=YYYY-MM-DD/shard-<id>.parquet
+
+Every write is atomic: local files are written to a temporary name in the same folder and renamed;
+on object stores a single PUT of the complete object is atomic already.
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import posixpath
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
+
+from imgclust.exceptions import CorruptArtifactError, StoreError
+
+log = logging.getLogger(__name__)
+
+
+class Store:
+    """A store rooted at ``root`` (a path or URL). Relative paths use ``/`` and may not escape the root.
+
+    Instances are cheap, picklable (they hold only the URL and options) and open the filesystem lazily.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], storage_options: dict[str, Any] | None = None) -> None:
+        root_s = os.fspath(root)
+        if not root_s:
+            raise StoreError("store root is empty; pass a folder or s3://bucket/prefix")
+        if "://" not in root_s:
+            root_s = os.path.abspath(os.path.expanduser(root_s))
+        self.url = root_s.rstrip("/") or "/"
+        self.storage_options = dict(storage_options or {})
+        self._fs: fsspec.AbstractFileSystem | None = None
+        self._root: str | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"url": self.url, "storage_options": self.storage_options}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["url"], state["storage_options"])  # type: ignore[misc]
+
+    def __repr__(self) -> str:
+        return f"Store({self.url!r})"
+
+    @property
+    def fs(self) -> fsspec.AbstractFileSystem:
+        if self._fs is None:
+            self._fs, self._root = fsspec.core.url_to_fs(self.url, **self.storage_options)
+        return self._fs
+
+    @property
+    def root(self) -> str:
+        _ = self.fs
+        assert self._root is not None  # set together with _fs
+        return self._root
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.fs, LocalFileSystem)
+
+    # ---- paths -------------------------------------------------------------------------------
+    def path(self, rel: str) -> str:
+        """Filesystem path of ``rel`` under the root; raises StoreError if it would escape the root."""
+        parts = rel.replace("\\", "/").split("/")
+        if ".." in parts or rel.startswith("/") or "://" in rel:
+            raise StoreError(f"path {rel!r} escapes the store root {self.url}; use a path relative to it")
+        norm = posixpath.normpath("/" + "/".join(parts)).lstrip("/")
+        return posixpath.join(self.root, norm) if norm not in ("", ".") else self.root
+
+    def uri(self, rel: str) -> str:
+        """Full URL of ``rel`` (with protocol for remote stores), for messages and reports."""
+        p = self.path(rel)
+        return p if self.is_local else self.fs.unstrip_protocol(p)
+
+    def rel(self, path: str) -> str:
+        """Inverse of :meth:`path`."""
+        path = self.fs._strip_protocol(path)
+        root = self.root.rstrip("/")
+        if path != root and not path.startswith(root + "/"):
+            raise StoreError(f"{path} is not under store root {self.url}")
+        return path[len(root) + 1 :]
+
+    # ---- queries ----------------------------------------------------------------------------
+    def exists(self, rel: str) -> bool:
+        return bool(self.fs.exists(self.path(rel)))
+
+    def glob(self, pattern: str) -> list[str]:
+        """Relative paths matching ``pattern`` (sorted); temporary files are never listed."""
+        self.invalidate(posixpath.dirname(pattern.split("*")[0]) or "")
+        hits = self.fs.glob(self.path(pattern))
+        out = sorted(self.rel(h) for h in hits)
+        return [p for p in out if ".tmp-" not in posixpath.basename(p)]
+
+    def invalidate(self, rel: str = "") -> None:
+        """Drop fsspec's listing cache (other processes write to the same store)."""
+        self.fs.invalidate_cache(self.path(rel))
+
+    # ---- atomic writes ----------------------------------------------------------------------
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        """Write ``data`` to ``rel`` atomically (temp + rename locally, one PUT on object stores)."""
+        target = self.path(rel)
+        if self.is_local:
+            self.fs.makedirs(posixpath.dirname(target), exist_ok=True)
+            tmp = f"{target}.tmp-{uuid.uuid4().hex}"
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        else:
+            self.fs.pipe_file(target, data)
+        self.invalidate(posixpath.dirname(rel))
+
+    def read_bytes(self, rel: str) -> bytes:
+        try:
+            return bytes(self.fs.cat_file(self.path(rel)))
+        except FileNotFoundError as err:
+            raise StoreError(f"{self.uri(rel)} does not exist") from err
+
+    def write_json(self, rel: str, obj: Any) -> None:
+        self.write_bytes(rel, json.dumps(obj, indent=1, sort_keys=True, default=str).encode())
+
+    def read_json(self, rel: str) -> Any:
+        raw = self.read_bytes(rel)
+        try:
+            return json.loads(raw)
+        except json.JSONDecodeError as err:
+            raise CorruptArtifactError(f"{self.uri(rel)} is not valid JSON ({err}); delete it to redo") from err
+
+    def write_parquet(self, rel: str, table: pa.Table, *, row_group_size: int | None = None) -> None:
+        """Serialise ``table`` in memory and write it atomically (zstd compression)."""
+        buf = io.BytesIO()
+        pq.write_table(table, buf, compression="zstd", row_group_size=row_group_size)
+        self.write_bytes(rel, buf.getvalue())
+
+    def read_parquet(self, rel: str, columns: list[str] | None = None) -> pa.Table:
+        """Read one Parquet file; a corrupt file raises CorruptArtifactError naming it."""
+        try:
+            with self.fs.open(self.path(rel), "rb") as f:
+                return pq.read_table(f, columns=columns)
+        except FileNotFoundError as err:
+            raise StoreError(f"{self.uri(rel)} does not exist") from err
+        except (pa.ArrowInvalid, OSError) as err:
+            raise CorruptArtifactError(f"{self.uri(rel)} is not a readable Parquet file: {err}") from err
+
+    def iter_parquet_batches(self, rel: str, columns: list[str] | None = None, batch_size: int = 65536
+                             ) -> Iterator[pa.RecordBatch]:
+        """Stream record batches of one file (memory bounded by ``batch_size`` rows)."""
+        try:
+            with self.fs.open(self.path(rel), "rb") as f:
+                yield from pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=columns)
+        except (pa.ArrowInvalid, OSError) as err:
+            raise CorruptArtifactError(f"{self.uri(rel)} is not a readable Parquet file: {err}") from err
+
+    def remove(self, rel: str) -> None:
+        p = self.path(rel)
+        if self.fs.exists(p):
+            self.fs.rm(p, recursive=True)
+        self.invalidate(posixpath.dirname(rel))
