@@ -1,0 +1,120 @@
+"""Label feature shards with a fitted model and evaluate the labels.
+
+``labels/<model_id>/date=YYYY-MM-DD/shard-<id>.parquet`` (schema :data:`LABELS_SCHEMA`): one row per
+image of the shard. Writing is idempotent: the file's name is determined by (model, date, shard), so a
+retry overwrites the same object with the same content.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from imgclust.features import done_shards, embeddings_of, feature_path, iter_feature_batches
+from imgclust.manifest import read_manifest
+from imgclust.metrics import internal_metrics, supervised_metrics
+from imgclust.model import ClusterModel
+from imgclust.sources import parent_name
+from imgclust.store import Store
+
+log = logging.getLogger(__name__)
+
+LABELS_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.string()),
+        ("cluster_id", pa.int32()),
+        ("distance", pa.float32()),
+        ("confidence", pa.float32()),
+        ("is_novel", pa.bool_()),
+        ("model_id", pa.string()),
+        ("labeled_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+
+def labels_path(model_id: str, date: dt.date, shard_id: str) -> str:
+    return f"labels/{model_id}/date={date.isoformat()}/shard-{shard_id}.parquet"
+
+
+_MODEL_CACHE: dict[tuple[str, str], ClusterModel] = {}
+_MODEL_CACHE_SIZE = 4
+
+
+def load_model_cached(store: Store, model_id: str) -> ClusterModel:
+    """Load a model once per process (model versions are immutable, so caching is safe)."""
+    key = (store.url, model_id)
+    if key not in _MODEL_CACHE:
+        if len(_MODEL_CACHE) >= _MODEL_CACHE_SIZE:
+            _MODEL_CACHE.pop(next(iter(_MODEL_CACHE)))
+        _MODEL_CACHE[key] = ClusterModel.load(store, model_id)
+    return _MODEL_CACHE[key]
+
+
+def label_shard(store: Store, model_id: str, extractor_key: str, shard_id: str, *, date: dt.date) -> dict[str, Any]:
+    """Assign every feature row of one shard; write its labels file; return counts."""
+    model = load_model_cached(store, model_id)
+    table = store.read_parquet(feature_path(extractor_key, shard_id))
+    a = model.assign(embeddings_of(table)) if table.num_rows else None
+    n = table.num_rows
+    now = dt.datetime.now(dt.timezone.utc)
+    out = pa.table(
+        {
+            "image_id": table.column("image_id"),
+            "cluster_id": pa.array(a.cluster_id if a else np.zeros(0, np.int32), pa.int32()),
+            "distance": pa.array(a.distance if a else np.zeros(0, np.float32), pa.float32()),
+            "confidence": pa.array(a.confidence if a else np.zeros(0, np.float32), pa.float32()),
+            "is_novel": pa.array(a.is_novel if a else np.zeros(0, bool), pa.bool_()),
+            "model_id": pa.array([model_id] * n, pa.string()),
+            "labeled_at": pa.array([now] * n, pa.timestamp("us", tz="UTC")),
+        },
+        schema=LABELS_SCHEMA,
+    )
+    rel = labels_path(model_id, date, shard_id)
+    store.write_parquet(rel, out)
+    return {"shard_id": shard_id, "path": rel, "n": n, "novel": int(out.column("is_novel").to_numpy().sum())}
+
+
+def read_labels(store: Store, model_id: str) -> pa.Table:
+    """All label rows of a model version (every date)."""
+    parts = store.glob(f"labels/{model_id}/date=*/shard-*.parquet")
+    if not parts:
+        return LABELS_SCHEMA.empty_table()
+    return pa.concat_tables([store.read_parquet(p) for p in parts])
+
+
+def evaluate(store: Store, model_id: str, extractor_key: str, *, truth: str = "none",
+             sample_size: int = 10000, seed: int = 0) -> dict[str, Any]:
+    """Metrics of a model's labels: sizes, silhouette/Davies-Bouldin on a sample of the clustering space,
+    and ACC/NMI/ARI against the parent-folder class when ``truth == "parent_dir"``."""
+    model = load_model_cached(store, model_id)
+    labels = read_labels(store, model_id)
+    out: dict[str, Any] = {"n_labeled": labels.num_rows,
+                           "n_novel": int(pc.sum(labels.column("is_novel")).as_py() or 0)}
+    # internal metrics on a seeded sample of the embedded features
+    rng = np.random.default_rng(seed)
+    ids_all: list[str] = []
+    Z_parts: list[np.ndarray] = []
+    total = 0
+    for ids, X in iter_feature_batches(store, extractor_key, done_shards(store, extractor_key)):
+        keep = rng.random(len(ids)) < max(sample_size / max(labels.num_rows, 1), 1e-9)
+        total += len(ids)
+        if keep.any():
+            ids_all.extend(np.asarray(ids)[keep].tolist())
+            Z_parts.append(model.embed(X[keep]))
+    if Z_parts:
+        Z = np.concatenate(Z_parts)
+        raw = model.assign_embedded(Z).raw
+        out.update({f"internal_{k}": v for k, v in internal_metrics(Z, raw, sample_size=sample_size, seed=seed).items()
+                    if k != "cluster_sizes"})
+    sizes = pc.value_counts(labels.column("cluster_id")).to_pylist()
+    out["cluster_sizes"] = {int(s["values"]): int(s["counts"]) for s in sorted(sizes, key=lambda s: s["values"])}
+    if truth == "parent_dir" and labels.num_rows:
+        manifest = read_manifest(store, columns=["image_id", "uri"])
+        joined = labels.select(["image_id", "cluster_id"]).join(manifest, "image_id", join_type="inner")
+        y_true = [parent_name(u) for u in joined.column("uri").to_pylist()]
+        out.update(supervised_metrics(y_true, joined.column("cluster_id").to_numpy()))
+    return out

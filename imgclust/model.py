@@ -1,0 +1,253 @@
+"""A fitted model version: reducer (+ optional UMAP) + clusterer + novelty thresholds + stable ids.
+
+Stored under ``models/<model_id>/`` as ``reducer/``, ``umap/``, ``clusterer/`` estimator folders,
+``model_arrays.npz`` (thresholds, stable ids, per-cluster centroids in the clustering space) and
+``model.json`` written last (its presence means the version is complete). ``models/CURRENT`` names
+the promoted version and is replaced atomically.
+
+Assignment of one feature row ``x`` (D,): ``z = umap(pca(x))``; the clusterer gives the raw cluster
+``c`` (HDBSCAN: approximate_predict, -1 = noise); the distance ``d`` is ``||z - mu_c||`` to that
+cluster's centroid; ``is_novel`` when ``c == -1`` or ``d > threshold_c`` (the ``novelty_quantile``
+of the fit sample's distances in cluster c); ``cluster_id = stable_ids[c]`` or -1 when novel.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import io
+import logging
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from imgclust.cluster import AgglomerativeClusterer, FaissKMeans, HDBSCANClusterer, squared_distances
+from imgclust.config import ClusterConfig, ReduceConfig
+from imgclust.estimator import BatchSource, Estimator, load_estimator, sample_rows
+from imgclust.exceptions import ConfigError, CorruptArtifactError, StoreError
+from imgclust.reduce import StreamingPCA, UMAPReducer
+from imgclust.store import Store
+
+log = logging.getLogger(__name__)
+
+CURRENT = "models/CURRENT"
+_PARTS = ("reducer", "umap", "clusterer")
+
+
+def new_model_id(now: dt.datetime | None = None) -> str:
+    now = now or dt.datetime.now(dt.timezone.utc)
+    return f"m{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
+
+
+@dataclass
+class Assignment:
+    """Labels of n rows: ``cluster_id`` int32 (stable, -1 novel/noise), ``raw`` int64 (clusterer's own
+    index, -1 noise), ``distance`` float32, ``confidence`` float32 in [0, 1], ``is_novel`` bool."""
+
+    cluster_id: np.ndarray
+    raw: np.ndarray
+    distance: np.ndarray
+    confidence: np.ndarray
+    is_novel: np.ndarray
+
+
+@dataclass
+class ClusterModel:
+    """One fitted model version (see module docstring)."""
+
+    model_id: str
+    extractor_key: str
+    reducer: StreamingPCA | None
+    umap: UMAPReducer | None
+    clusterer: FaissKMeans | HDBSCANClusterer | AgglomerativeClusterer
+    centroids: np.ndarray  # (k, d) in the clustering space
+    thresholds: np.ndarray  # (k,) float32
+    stable_ids: np.ndarray  # (k,) int32
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_clusters(self) -> int:
+        return int(self.centroids.shape[0])
+
+    def embed(self, X: np.ndarray) -> np.ndarray:
+        """Features (n, D) -> clustering space (n, d)."""
+        Z = self.reducer.transform(X) if self.reducer is not None else np.ascontiguousarray(X, np.float32)
+        return self.umap.transform(Z) if self.umap is not None else Z
+
+    def assign_embedded(self, Z: np.ndarray) -> Assignment:
+        """Assign rows already in the clustering space (n, d)."""
+        n = Z.shape[0]
+        k = self.n_clusters
+        if isinstance(self.clusterer, HDBSCANClusterer):
+            raw, strength = self.clusterer.predict_with_strength(Z)
+            confidence = strength.astype(np.float32)
+        else:
+            raw = self.clusterer.predict(Z)
+            confidence = np.ones(n, np.float32)
+        raw = np.asarray(raw, np.int64)
+        d2 = squared_distances(Z, self.centroids) if k else np.zeros((n, 0), np.float32)
+        valid = raw >= 0
+        distance = np.full(n, np.nan, np.float32)
+        distance[valid] = np.sqrt(d2[np.flatnonzero(valid), raw[valid]])
+        if not isinstance(self.clusterer, HDBSCANClusterer) and k > 1:
+            part = np.sqrt(np.partition(d2, 1, axis=1)[:, :2])  # nearest and second nearest
+            confidence = (1.0 - part[:, 0] / np.maximum(part[:, 1], 1e-12)).astype(np.float32)
+        is_novel = ~valid
+        is_novel[valid] |= distance[valid] > self.thresholds[raw[valid]]
+        cluster_id = np.full(n, -1, np.int32)
+        keep = ~is_novel
+        cluster_id[keep] = self.stable_ids[raw[keep]]
+        return Assignment(cluster_id, raw, distance, np.clip(confidence, 0, 1), is_novel)
+
+    def assign(self, X: np.ndarray) -> Assignment:
+        """Features (n, D) -> :class:`Assignment`."""
+        return self.assign_embedded(self.embed(X))
+
+    # ---- persistence ---------------------------------------------------------------------
+    def save(self, store: Store) -> str:
+        """Write ``models/<model_id>/`` (model.json last); returns that folder's store path."""
+        base = f"models/{self.model_id}"
+        if store.exists(f"{base}/model.json"):
+            raise StoreError(f"model {self.model_id} already exists in {store.url}; model versions are immutable")
+        parts: dict[str, str | None] = {}
+        for name, est in zip(_PARTS, (self.reducer, self.umap, self.clusterer), strict=True):
+            if est is not None:
+                est.save(store.path(f"{base}/{name}"), fs=store.fs)
+            parts[name] = type(est).__name__ if est is not None else None
+        buf = io.BytesIO()
+        np.savez(buf, centroids=self.centroids, thresholds=self.thresholds, stable_ids=self.stable_ids)
+        store.write_bytes(f"{base}/model_arrays.npz", buf.getvalue())
+        store.write_json(f"{base}/model.json", {"model_id": self.model_id, "extractor_key": self.extractor_key,
+                                                "parts": parts, "n_clusters": self.n_clusters, **self.meta})
+        return base
+
+    @classmethod
+    def load(cls, store: Store, model_id: str) -> ClusterModel:
+        base = f"models/{model_id}"
+        if not store.exists(f"{base}/model.json"):
+            raise CorruptArtifactError(f"{store.uri(base)} has no model.json: the model is missing or half-written")
+        info = store.read_json(f"{base}/model.json")
+        ests: dict[str, Estimator | None] = {}
+        for name in _PARTS:
+            ests[name] = load_estimator(store.path(f"{base}/{name}"), fs=store.fs) if info["parts"].get(name) else None
+        try:
+            arrays = np.load(io.BytesIO(store.read_bytes(f"{base}/model_arrays.npz")), allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise CorruptArtifactError(f"{store.uri(base)}/model_arrays.npz is unreadable: {err}") from err
+        meta = {k: v for k, v in info.items() if k not in ("model_id", "extractor_key", "parts", "n_clusters")}
+        return cls(model_id=info["model_id"], extractor_key=info["extractor_key"],
+                   reducer=ests["reducer"], umap=ests["umap"], clusterer=ests["clusterer"],  # type: ignore[arg-type]
+                   centroids=arrays["centroids"], thresholds=arrays["thresholds"],
+                   stable_ids=arrays["stable_ids"], meta=meta)
+
+
+def fit_model(source: BatchSource, *, extractor_key: str, reduce: ReduceConfig, cluster: ClusterConfig,
+              model_id: str | None = None) -> ClusterModel:
+    """Fit reducer then clusterer on a stream of feature blocks (never all in memory at once).
+
+    Pass 1 streams IncrementalPCA; UMAP and HDBSCAN fit on a seeded sample of ``cluster.fit_sample``
+    rows of the reduced stream; k-means trains on its own sample and needs no extra pass.
+    """
+    reducer: StreamingPCA | None = None
+    if reduce.method == "ipca":
+        reducer = StreamingPCA(n_components=reduce.n_components, variance_target=reduce.variance_target,
+                               whiten=reduce.whiten, l2_normalize_input=reduce.l2_normalize).fit(source)
+        log.info("IncrementalPCA: %d components explain %.3f of the variance", reducer.n_components_,
+                 float(np.sum(reducer.explained_variance_ratio_)))
+
+    def reduced() -> Any:
+        for block in source():
+            yield reducer.transform(block) if reducer is not None else block
+
+    umap_dims = reduce.umap_components or (10 if cluster.method == "hdbscan" else None)
+    umap: UMAPReducer | None = None
+    if umap_dims:
+        umap = UMAPReducer(n_components=umap_dims, fit_sample=cluster.fit_sample, random_state=cluster.seed)
+        umap.fit(reduced)
+
+    def final() -> Any:
+        for block in reduced():
+            yield umap.transform(block) if umap is not None else block
+
+    sample = sample_rows(final, cluster.fit_sample, cluster.seed).rows
+    clusterer: FaissKMeans | HDBSCANClusterer | AgglomerativeClusterer
+    if cluster.method == "kmeans":
+        clusterer = FaissKMeans(n_clusters=cluster.k, n_iter=cluster.n_iter, n_redo=cluster.n_redo,
+                                spherical=cluster.spherical, seed=cluster.seed).fit(final)
+        centroids = clusterer.cluster_centers_
+    elif cluster.method == "hdbscan":
+        clusterer = HDBSCANClusterer(min_cluster_size=cluster.min_cluster_size, fit_sample=None,
+                                     random_state=cluster.seed).fit(sample)
+        centroids = _centroids(sample, clusterer.labels_, clusterer.n_clusters_)
+    elif cluster.method == "agglomerative":
+        clusterer = AgglomerativeClusterer(n_clusters=cluster.k).fit(sample)
+        centroids = clusterer.cluster_centers_
+    else:  # pragma: no cover - pydantic restricts the literal
+        raise ConfigError(f"unknown cluster method {cluster.method!r}")
+    model = ClusterModel(model_id=model_id or new_model_id(), extractor_key=extractor_key, reducer=reducer,
+                         umap=umap, clusterer=clusterer, centroids=np.ascontiguousarray(centroids, np.float32),
+                         thresholds=np.full(centroids.shape[0], np.inf, np.float32),
+                         stable_ids=np.arange(centroids.shape[0], dtype=np.int32),
+                         meta={"reduce": reduce.model_dump(), "cluster": cluster.model_dump(),
+                               "created_at": dt.datetime.now(dt.timezone.utc).isoformat()})
+    model.thresholds = novelty_thresholds(model, sample, cluster.novelty_quantile)
+    return model
+
+
+def _centroids(Z: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    out = np.zeros((k, Z.shape[1]), np.float32)
+    for c in range(k):
+        out[c] = Z[labels == c].mean(axis=0)
+    return out
+
+
+def novelty_thresholds(model: ClusterModel, Z: np.ndarray, quantile: float) -> np.ndarray:
+    """Per-cluster distance threshold: the ``quantile`` of member distances in the sample ``Z`` (m, d).
+
+    A cluster with no sample members gets +inf (nothing is novel against it)."""
+    saved = model.thresholds
+    model.thresholds = np.full(model.n_clusters, np.inf, np.float32)
+    a = model.assign_embedded(Z)
+    model.thresholds = saved
+    out = np.full(model.n_clusters, np.inf, np.float32)
+    for c in range(model.n_clusters):
+        d = a.distance[a.raw == c]
+        if d.size:
+            out[c] = np.quantile(d, quantile)
+    return out
+
+
+def promote(store: Store, model_id: str) -> None:
+    """Point ``models/CURRENT`` at ``model_id`` (atomic replace)."""
+    if not store.exists(f"models/{model_id}/model.json"):
+        raise StoreError(f"cannot promote {model_id}: {store.uri(f'models/{model_id}')} is not a complete model")
+    store.write_bytes(CURRENT, model_id.encode())
+
+
+def current_model_id(store: Store) -> str | None:
+    """The promoted model id, or None when nothing was promoted yet."""
+    if not store.exists(CURRENT):
+        return None
+    return store.read_bytes(CURRENT).decode().strip() or None
+
+
+def fit_from_store(store: Store, extractor_key: str, *, reduce: ReduceConfig, cluster: ClusterConfig,
+                   shard_ids: list[str] | None = None, batch_size: int = 65536) -> ClusterModel:
+    """Fit a model on the done feature shards of ``extractor_key`` (streamed) and save it."""
+    from imgclust.features import done_shards, iter_feature_batches
+
+    shards = shard_ids if shard_ids is not None else done_shards(store, extractor_key)
+    if not shards:
+        raise StoreError(f"no finished feature shards under {store.uri(f'features/{extractor_key}')}; "
+                         "run extraction first")
+
+    def source() -> Any:
+        for _, X in iter_feature_batches(store, extractor_key, shards, batch_size=batch_size):
+            if X.shape[0]:
+                yield X
+
+    model = fit_model(source, extractor_key=extractor_key, reduce=reduce, cluster=cluster)
+    model.meta["n_shards"] = len(shards)
+    model.save(store)
+    log.info("saved model %s (%d clusters) to %s", model.model_id, model.n_clusters, store.uri("models"))
+    return model

@@ -1,0 +1,1 @@
+"""The ``imgclust`` command line: the layer above ``flows/`` (the library never imports it)."""

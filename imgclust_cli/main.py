@@ -1,0 +1,202 @@
+"""``imgclust`` console script: argument parsing, validation before any work, then the flows.
+
+Prefect and Dask are imported only after the arguments validated, so ``--help`` and bad arguments
+answer instantly. Without ``PREFECT_API_URL`` the flows run against an embedded Prefect API
+(SQLite under ``$IMGCLUST_HOME/prefect``, default ``./.imgclust``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from imgclust.config import (
+    ClusterConfig,
+    ExtractConfig,
+    IngestConfig,
+    PipelineConfig,
+    ReduceConfig,
+    RunnerConfig,
+    validated,
+)
+from imgclust.exceptions import ImgclustError
+
+log = logging.getLogger("imgclust.cli")
+
+
+def _home() -> Path:
+    return Path(os.environ.get("IMGCLUST_HOME", ".imgclust")).resolve()
+
+
+def _prepare_environment() -> None:
+    """Defaults for an embedded run; explicit user settings always win."""
+    (_home() / "prefect").mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("PREFECT_HOME", str(_home() / "prefect"))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "imgclust")
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+    os.environ.setdefault("DASK_DISTRIBUTED__WORKER__DAEMON", "false")
+
+
+def _add_pipeline_args(p: argparse.ArgumentParser, *, source: bool = True) -> None:
+    if source:
+        p.add_argument("source", help="folder or fsspec URL (s3://bucket/prefix) holding images")
+    p.add_argument("--store", required=source, help="store root: folder or s3://bucket/prefix")
+    g = p.add_argument_group("features")
+    g.add_argument("--extractor", default=ExtractConfig().extractor,
+                   help="backbone (see `imgclust backbones`), default %(default)s")
+    g.add_argument("--weights", default=None, help="imagenet | random | PATH to a state_dict (default: backbone's)")
+    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    g.add_argument("--batch-size", type=int, default=ExtractConfig().batch_size)
+    g.add_argument("--shard-size", type=int, default=ExtractConfig().shard_size, help="images per shard/task")
+    g = p.add_argument_group("clustering")
+    g.add_argument("--method", default="kmeans", choices=["kmeans", "hdbscan", "agglomerative"])
+    g.add_argument("--k", type=int, default=ClusterConfig().k, help="number of clusters (kmeans/agglomerative)")
+    g.add_argument("--pca", type=int, default=ReduceConfig().n_components, help="IncrementalPCA components (0 = none)")
+    g.add_argument("--umap", type=int, default=None, help="UMAP dimensions after PCA (hdbscan defaults to 10)")
+    g.add_argument("--min-cluster-size", type=int, default=ClusterConfig().min_cluster_size, help="hdbscan")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--truth", default="none", choices=["none", "parent_dir"],
+                   help="parent_dir: folder names are classes; report ACC/NMI/ARI")
+    g = p.add_argument_group("execution")
+    g.add_argument("--workers", type=int, default=RunnerConfig().workers, help="local Dask worker processes")
+    g.add_argument("--address", default=None, help="existing Dask scheduler (tcp://host:8786)")
+    g.add_argument("--gpu-cluster", action="store_true", help="one Dask worker per GPU (dask-cuda)")
+
+
+def _pipeline_config(a: argparse.Namespace) -> tuple[PipelineConfig, RunnerConfig]:
+    extract = validated(ExtractConfig, extractor=a.extractor, weights=a.weights, device=a.device,
+                        batch_size=a.batch_size, shard_size=a.shard_size, seed=a.seed)
+    reduce = (validated(ReduceConfig, method="none", n_components=None, umap_components=a.umap) if a.pca == 0
+              else validated(ReduceConfig, n_components=a.pca, umap_components=a.umap))
+    cluster = validated(ClusterConfig, method=a.method, k=a.k, min_cluster_size=a.min_cluster_size, seed=a.seed)
+    kind = "address" if a.address else ("cuda" if a.gpu_cluster else "local")
+    runner = validated(RunnerConfig, kind=kind, workers=a.workers, address=a.address)
+    cfg = validated(PipelineConfig, source=a.source, store=a.store, ingest=IngestConfig(), extract=extract,
+                    reduce=reduce, cluster=cluster, truth=a.truth)
+    _check_backbone(extract)
+    if "://" not in cfg.source:
+        from imgclust.sources import open_source
+
+        open_source(cfg.source)  # a missing folder is a ConfigError now, not inside the flow
+    return cfg, runner
+
+
+def _check_backbone(extract: ExtractConfig) -> None:
+    """Fail on an unknown backbone or missing weights now, before any cluster starts."""
+    from imgclust.extract import backbone_for
+
+    backbone_for(extract)
+
+
+def _run_pipeline(cfg: PipelineConfig, runner: RunnerConfig) -> dict[str, Any]:
+    _prepare_environment()
+    from flows.pipeline import pipeline
+    from flows.runtime import dask_task_runner, embedded_prefect
+
+    with embedded_prefect(_home() / "prefect"):
+        return pipeline.with_options(task_runner=dask_task_runner(runner))(config=cfg)  # type: ignore[no-any-return]
+
+
+def _print_summary(result: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
+    ex, b = result["extraction"], result["build"]
+    m = b["metrics"]
+    lines = [
+        "",
+        "imgclust run summary",
+        f"  images ingested (new)   {result['ingest']['new']} (listed {result['ingest']['listed']}, "
+        f"duplicates {result['ingest']['duplicates']})",
+        f"  features / quarantined  {ex['features']} / {ex['quarantined']} {ex['error_kinds'] or ''}",
+        f"  extractor               {ex['extractor_key']}",
+        f"  extraction              {ex['images_per_second']} images/s over {ex['shards']} shards "
+        f"({ex['shards_skipped']} already done)",
+        f"  model                   {b['model_id']} ({len(m.get('cluster_sizes', {}))} clusters incl. -1=novel, "
+        f"{m.get('n_novel', 0)} novel)",
+    ]
+    for key in ("acc", "nmi", "ari", "internal_silhouette", "internal_davies_bouldin"):
+        if key in m and m[key] is not None:
+            lines.append(f"  {key:<23} {m[key]:.4f}")
+    for k, v in (extra or {}).items():
+        lines.append(f"  {k:<23} {v}")
+    lines.append(f"  store                   {result['store']}  (labels/{b['model_id']}/, models/CURRENT)")
+    lines.append(f"  wall time               {result['seconds']} s")
+    print("\n".join(lines))
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    cfg, runner = _pipeline_config(a)
+    result = _run_pipeline(cfg, runner)
+    if a.json:
+        print(json.dumps(result, indent=1, default=str))
+    else:
+        _print_summary(result)
+    return 0
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from imgclust.datasets import build_demo_corpus
+
+    out = Path(a.out).resolve()
+    corpus = build_demo_corpus(out / "corpus", limit=a.limit)
+    args = argparse.Namespace(**{**vars(a), "source": corpus["path"], "store": str(out / "store"),
+                                 "truth": "parent_dir"})
+    cfg, runner = _pipeline_config(args)
+    result = _run_pipeline(cfg, runner)
+    _print_summary(result, {"demo corpus": f"{corpus['dataset']}: {corpus['images']} PNG files in {corpus['path']}",
+                            "recipe": f"{cfg.extract.extractor} features (no pretrained weights exist offline) -> "
+                                      f"IPCA({cfg.reduce.n_components}) -> "
+                                      f"{'UMAP(' + str(cfg.reduce.umap_components) + ') -> ' if cfg.reduce.umap_components else ''}"
+                                      f"{cfg.cluster.method} k={cfg.cluster.k}"})
+    return 0
+
+
+def cmd_backbones(a: argparse.Namespace) -> int:
+    from imgclust.backbones import describe_backbones
+
+    for name, desc in describe_backbones().items():
+        print(f"{name:<14} {desc}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imgclust", description="Cluster and auto-label image corpora "
+                                     "(Prefect flows over Dask workers).")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = sub.add_parser("run", help="ingest SOURCE into STORE, extract, cluster, label (the pipeline flow)",
+                       description="Run the whole pipeline once: ingest -> extract -> IPCA -> cluster -> label.")
+    _add_pipeline_args(p)
+    p.add_argument("--json", action="store_true", help="print the full result as JSON")
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("demo", help="build the offline demo corpus (Fashion-MNIST PNGs) and run the pipeline",
+                       description="Writes real PNG files from Debian's dataset-fashion-mnist (or scikit-learn "
+                                   "digits) and runs the pipeline flow embedded, reporting ACC/NMI.")
+    p.add_argument("--out", default="demo", help="folder for corpus and store (default %(default)s)")
+    p.add_argument("--limit", type=int, default=None, help="use a seeded subset of this many images")
+    _add_pipeline_args(p, source=False)
+    p.set_defaults(func=cmd_demo, umap=10, store=None)
+    p = sub.add_parser("backbones", help="list feature extractors")
+    p.set_defaults(func=cmd_backbones)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "distributed", "numba"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        return int(a.func(a))
+    except ImgclustError as err:
+        print(f"imgclust: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

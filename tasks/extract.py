@@ -1,0 +1,45 @@
+"""Extraction tasks: plan shards, resolve the extractor key, extract one shard."""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from prefect import get_run_logger, task
+
+from imgclust.config import ExtractConfig
+from imgclust.extract import backbone_for, extract_shard
+from imgclust.features import done_shards
+from imgclust.manifest import ShardSpec, plan_shards
+from tasks._common import open_store, retry_transient
+
+
+@task(name="plan-shards")
+def plan_shards_task(store: str, shard_size: int, start: dt.date | None = None, end: dt.date | None = None,
+                     parts: list[str] | None = None) -> list[dict[str, Any]]:
+    """Deterministic shard specs (small dicts) over the manifest parts in the date range."""
+    specs = plan_shards(open_store(store), shard_size=shard_size, start=start, end=end, parts=parts)
+    get_run_logger().info("planned %d shards", len(specs))
+    return [s.as_dict() for s in specs]
+
+
+@task(name="extractor-key")
+def extractor_key_task(config: ExtractConfig) -> str:
+    """The store key of the configured backbone (validates name and weights before any work)."""
+    return backbone_for(config).key()
+
+
+@task(name="extract-shard", task_run_name="extract-{spec[shard_id]}", retries=2, retry_delay_seconds=[5, 30],
+      retry_condition_fn=retry_transient)
+def extract_shard_task(store: str, spec: dict[str, Any], config: ExtractConfig, force: bool = False
+                       ) -> dict[str, Any]:
+    """Extract one shard (skipped when its done-marker matches); returns the marker as a dict."""
+    result = extract_shard(open_store(store), ShardSpec(**spec), config, force=force)
+    get_run_logger().info("shard %s: %d features, %d quarantined%s", spec["shard_id"], result["n_features"],
+                          result["n_quarantined"], " (already done)" if result["skipped"] else "")
+    return result
+
+
+@task(name="done-shards")
+def done_shards_task(store: str, extractor_key: str) -> list[str]:
+    """Ids of the feature shards of ``extractor_key`` that have a done-marker."""
+    return done_shards(open_store(store), extractor_key)
