@@ -8,6 +8,7 @@ of everything that determines the output, so a re-run skips finished shards and 
 from __future__ import annotations
 
 import collections
+import datetime as dt
 import hashlib
 import json
 import logging
@@ -118,6 +119,9 @@ def extract_shard(store: Store, spec: ShardSpec, config: ExtractConfig, *, force
         return {**asdict(existing), "skipped": True, "extractor_key": key}
     if existing is not None:
         log.info("redoing shard %s (%s)", spec.shard_id, "forced" if force else "fingerprint changed")
+        # the marker goes first: until the new one is written, readers must not pair the old
+        # marker's counts with the new files (nor see the shard as done after a crash mid-way)
+        store.remove(marker_path(key, spec.shard_id))
     t0 = time.perf_counter()
     rows = read_shard_rows(store, spec)
     ids: list[str] = []
@@ -148,7 +152,9 @@ def extract_shard(store: Store, spec: ShardSpec, config: ExtractConfig, *, force
             flush()
     flush()
     emb = np.concatenate(chunks) if chunks else np.zeros((0, backbone.dim), np.float32)
-    store.write_parquet(feature_path(key, spec.shard_id), embeddings_table(ids, emb, backbone.metadata()))
+    metadata = {**backbone.metadata(), "shard_id": spec.shard_id, "shard_fingerprint": fp,
+                "created_at": dt.datetime.now(dt.timezone.utc).isoformat()}
+    store.write_parquet(feature_path(key, spec.shard_id), embeddings_table(ids, emb, metadata))
     store.write_parquet(quarantine_path(key, spec.shard_id),
                         pa.Table.from_pylist(quarantined, schema=QUARANTINE_SCHEMA))
     wall = time.perf_counter() - t0

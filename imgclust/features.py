@@ -77,7 +77,16 @@ class DoneMarker:
 
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> DoneMarker:
-        return cls(**{f: obj[f] for f in cls.__dataclass_fields__})
+        """Raises KeyError / TypeError when ``obj`` is not a complete, well-typed marker."""
+        marker = cls(**{f: obj[f] for f in cls.__dataclass_fields__})
+        counts = (marker.n_features, marker.n_quarantined, marker.n_input)
+        if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts):
+            raise TypeError(f"counts must be non-negative ints, got {counts}")
+        if not isinstance(marker.fingerprint, str) or not isinstance(marker.shard_id, str):
+            raise TypeError("shard_id and fingerprint must be strings")
+        if not isinstance(marker.seconds, dict) or not isinstance(marker.error_kinds, dict):
+            raise TypeError("seconds and error_kinds must be objects")
+        return marker
 
 
 def read_marker(store: Store, key: str, shard_id: str) -> DoneMarker | None:
@@ -89,7 +98,7 @@ def read_marker(store: Store, key: str, shard_id: str) -> DoneMarker | None:
         return None
     try:
         return DoneMarker.from_json(json.loads(raw))
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
+    except (ValueError, KeyError, TypeError) as err:  # ValueError: bad JSON or bytes that are not UTF-8
         raise CorruptArtifactError(f"done-marker {store.uri(rel)} is corrupt ({err}); delete it to redo the shard") from err
 
 

@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from imgclust.config import IngestConfig
-from imgclust.exceptions import ConfigError, CorruptArtifactError
+from imgclust.exceptions import ConfigError, CorruptArtifactError, StoreError
 from imgclust.sources import SourceFile, hash_files, list_source
 from imgclust.store import Store
 
@@ -37,6 +37,7 @@ MANIFEST_SCHEMA = pa.schema(
     ]
 )
 _PART_RE = re.compile(r"^manifest/date=(\d{4}-\d{2}-\d{2})/part-([A-Za-z0-9_.-]+)\.parquet$")
+_RUN_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 UNREADABLE_PREFIX = "unreadable-"
 
 
@@ -122,6 +123,8 @@ def ingest(store: Store, source: str, *, config: IngestConfig | None = None, dat
     now = dt.datetime.now(dt.timezone.utc)
     date = date or now.date()
     run_id = run_id or new_run_id(now)
+    if not _RUN_RE.match(run_id):  # list_parts would ignore such a part: its rows would be lost
+        raise ConfigError(f"run_id {run_id!r} may only contain letters, digits, '_', '.' and '-'")
     files = list_source(source, extensions=config.extensions, recursive=config.recursive,
                         storage_options=storage_options)
     known = read_manifest(store, columns=["image_id", "uri", "size_bytes", "mtime"])
@@ -158,16 +161,21 @@ def ingest(store: Store, source: str, *, config: IngestConfig | None = None, dat
         schema=MANIFEST_SCHEMA,
     )
     part = f"manifest/date={date.isoformat()}/part-{run_id}.parquet"
+    if store.exists(part):  # parts are immutable: overwriting one would drop its rows and move shards
+        raise StoreError(f"{store.uri(part)} already exists; ingest again with a new run_id")
     store.write_parquet(part, table)
     log.info("ingested %d new images from %s into %s", len(ids), source, part)
     return IngestSummary(**{**summary.as_dict(), "part": part})
 
 
 def part_num_rows(store: Store, part: str) -> int:
+    """Row count of a manifest part from its footer (no data pages are read)."""
     try:
         with store.fs.open(store.path(part), "rb") as f:
             return int(pq.ParquetFile(f).metadata.num_rows)
-    except (pa.ArrowInvalid, OSError) as err:
+    except FileNotFoundError as err:
+        raise StoreError(f"manifest part {store.uri(part)} does not exist") from err
+    except (pa.ArrowException, OSError) as err:
         raise CorruptArtifactError(f"{store.uri(part)} is not a readable manifest part: {err}") from err
 
 

@@ -172,8 +172,10 @@ def fit_model(source: BatchSource, *, extractor_key: str, reduce: ReduceConfig, 
     sample = sample_rows(final, cluster.fit_sample, cluster.seed).rows
     clusterer: FaissKMeans | HDBSCANClusterer | AgglomerativeClusterer
     if cluster.method == "kmeans":
+        # without UMAP the stream is cheap and k-means samples it itself; with UMAP every pass pays a
+        # transform, so k-means trains on the sample already drawn (fit_sample rows)
         clusterer = FaissKMeans(n_clusters=cluster.k, n_iter=cluster.n_iter, n_redo=cluster.n_redo,
-                                spherical=cluster.spherical, seed=cluster.seed).fit(final)
+                                spherical=cluster.spherical, seed=cluster.seed).fit(final if umap is None else sample)
         centroids = clusterer.cluster_centers_
     elif cluster.method == "hdbscan":
         clusterer = HDBSCANClusterer(min_cluster_size=cluster.min_cluster_size, fit_sample=None,

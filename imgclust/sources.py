@@ -53,9 +53,9 @@ def open_source(source: str, storage_options: dict[str, Any] | None = None
     """Filesystem and root path for ``source``; a missing local folder is a ConfigError."""
     if "://" not in source:
         source = os.path.abspath(os.path.expanduser(source))
-        if not os.path.isdir(source):
-            raise ConfigError(f"source folder {source} does not exist or is not a folder")
     fs, root = fsspec.core.url_to_fs(source, **(storage_options or {}))
+    if isinstance(fs, LocalFileSystem) and not os.path.isdir(root):  # also file:// URLs
+        raise ConfigError(f"source folder {root} does not exist or is not a folder")
     return fs, root
 
 
@@ -65,7 +65,7 @@ def list_source(source: str, *, extensions: Iterable[str], recursive: bool = Tru
 
     Local symlinked folders are followed once; a symlink loop is skipped with a warning.
     """
-    exts = tuple(e.lower() for e in extensions)
+    exts = tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
     fs, root = open_source(source, storage_options)
     out: list[SourceFile] = []
     if isinstance(fs, LocalFileSystem):
@@ -86,9 +86,19 @@ def list_source(source: str, *, extensions: Iterable[str], recursive: bool = Tru
 
 
 def _walk_local(root: str, recursive: bool) -> Iterator[tuple[str, os.stat_result]]:
+    """Files under ``root`` (following symlinks), each real folder visited once.
+
+    Folders reached through a symlink are walked only after every real sub-folder, so a file
+    reachable both ways is listed under its real path; a folder seen before (a loop, or two links
+    to one target) is skipped. Names that are not valid UTF-8 cannot be stored in the manifest and
+    are skipped with a warning.
+    """
     seen: set[tuple[int, int]] = set()
-    stack = [root]
-    while stack:
+    stack: list[str] = [root]
+    linked: list[str] = []
+    while stack or linked:
+        if not stack:
+            stack, linked = linked[::-1], []
         folder = stack.pop()
         try:
             st = os.stat(folder)
@@ -96,7 +106,7 @@ def _walk_local(root: str, recursive: bool) -> Iterator[tuple[str, os.stat_resul
             log.warning("skipping unreadable folder %s: %s", folder, err)
             continue
         if (st.st_dev, st.st_ino) in seen:
-            log.warning("skipping %s: symlink loop (folder already visited)", folder)
+            log.warning("skipping %s: folder already visited (symlink loop or second link)", folder)
             continue
         seen.add((st.st_dev, st.st_ino))
         try:
@@ -104,15 +114,24 @@ def _walk_local(root: str, recursive: bool) -> Iterator[tuple[str, os.stat_resul
         except OSError as err:
             log.warning("skipping unreadable folder %s: %s", folder, err)
             continue
+        subdirs: list[str] = []
         for entry in entries:
+            try:
+                entry.path.encode("utf-8")
+            except UnicodeEncodeError:
+                log.warning("skipping %r: its name is not valid UTF-8; rename it to ingest it", entry.path)
+                continue
             try:
                 if entry.is_dir(follow_symlinks=True):
                     if recursive:
-                        stack.append(entry.path)
+                        (linked if entry.is_symlink() else subdirs).append(entry.path)
                 elif entry.is_file(follow_symlinks=True):
                     yield entry.path, entry.stat(follow_symlinks=True)
-            except OSError as err:  # dangling link, permission
+                elif entry.is_symlink() and not os.path.exists(entry.path):
+                    log.warning("skipping dangling symlink %s", entry.path)
+            except OSError as err:  # permission, races
                 log.warning("skipping %s: %s", entry.path, err)
+        stack.extend(reversed(subdirs))
 
 
 def read_uri(uri: str, storage_options: dict[str, Any] | None = None) -> bytes:

@@ -13,6 +13,7 @@ on object stores a single PUT of the complete object is atomic already.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -118,11 +119,16 @@ class Store:
         if self.is_local:
             self.fs.makedirs(posixpath.dirname(target), exist_ok=True)
             tmp = f"{target}.tmp-{uuid.uuid4().hex}"
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, target)
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, target)
+            except BaseException:  # a failed write (disk full, interrupt) must not leave the temp behind
+                with contextlib.suppress(OSError):
+                    os.remove(tmp)
+                raise
         else:
             self.fs.pipe_file(target, data)
         self.invalidate(posixpath.dirname(rel))
@@ -140,23 +146,31 @@ class Store:
         raw = self.read_bytes(rel)
         try:
             return json.loads(raw)
-        except json.JSONDecodeError as err:
+        except ValueError as err:  # JSONDecodeError, or UnicodeDecodeError for binary garbage
             raise CorruptArtifactError(f"{self.uri(rel)} is not valid JSON ({err}); delete it to redo") from err
 
     def write_parquet(self, rel: str, table: pa.Table, *, row_group_size: int | None = None) -> None:
-        """Serialise ``table`` in memory and write it atomically (zstd compression)."""
+        """Serialise ``table`` in memory and write it atomically (zstd, with page CRC checksums)."""
         buf = io.BytesIO()
-        pq.write_table(table, buf, compression="zstd", row_group_size=row_group_size)
+        pq.write_table(table, buf, compression="zstd", row_group_size=row_group_size, write_page_checksum=True)
         self.write_bytes(rel, buf.getvalue())
 
+    def _check_columns(self, rel: str, pf: pq.ParquetFile, columns: list[str] | None) -> None:
+        missing = [c for c in columns or [] if c not in pf.schema_arrow.names]
+        if missing:  # a caller asking for the wrong columns is not a corrupt file
+            raise StoreError(f"{self.uri(rel)} has no column(s) {missing}; it has {pf.schema_arrow.names}")
+
     def read_parquet(self, rel: str, columns: list[str] | None = None) -> pa.Table:
-        """Read one Parquet file; a corrupt file raises CorruptArtifactError naming it."""
+        """Read one Parquet file; a corrupt file (bad footer, page checksum mismatch) raises
+        CorruptArtifactError naming it; a missing file or column raises StoreError."""
         try:
             with self.fs.open(self.path(rel), "rb") as f:
-                return pq.read_table(f, columns=columns)
+                pf = pq.ParquetFile(f, page_checksum_verification=True)
+                self._check_columns(rel, pf, columns)
+                return pf.read(columns=columns)
         except FileNotFoundError as err:
             raise StoreError(f"{self.uri(rel)} does not exist") from err
-        except (pa.ArrowInvalid, OSError) as err:
+        except (pa.ArrowException, OSError) as err:
             raise CorruptArtifactError(f"{self.uri(rel)} is not a readable Parquet file: {err}") from err
 
     def iter_parquet_batches(self, rel: str, columns: list[str] | None = None, batch_size: int = 65536
@@ -164,8 +178,12 @@ class Store:
         """Stream record batches of one file (memory bounded by ``batch_size`` rows)."""
         try:
             with self.fs.open(self.path(rel), "rb") as f:
-                yield from pq.ParquetFile(f).iter_batches(batch_size=batch_size, columns=columns)
-        except (pa.ArrowInvalid, OSError) as err:
+                pf = pq.ParquetFile(f, page_checksum_verification=True)
+                self._check_columns(rel, pf, columns)
+                yield from pf.iter_batches(batch_size=batch_size, columns=columns)
+        except FileNotFoundError as err:
+            raise StoreError(f"{self.uri(rel)} does not exist") from err
+        except (pa.ArrowException, OSError) as err:
             raise CorruptArtifactError(f"{self.uri(rel)} is not a readable Parquet file: {err}") from err
 
     def remove(self, rel: str) -> None:

@@ -148,8 +148,12 @@ class Backbone(ABC):
 
     def metadata(self) -> dict[str, str]:
         """String key/values for the feature Parquet file's metadata."""
-        import torchvision  # local: only needed for the version string
+        from importlib.metadata import PackageNotFoundError, version
 
+        try:  # package metadata, not `import torchvision` (seconds of import for one string)
+            tv_version = version("torchvision")
+        except PackageNotFoundError:
+            tv_version = "not installed"
         prep = self.preprocessing
         return {
             "extractor": self.name,
@@ -163,7 +167,7 @@ class Backbone(ABC):
             "mean": json.dumps(list(prep.mean)),
             "std": json.dumps(list(prep.std)),
             "torch_version": torch.__version__,
-            "torchvision_version": torchvision.__version__,
+            "torchvision_version": tv_version,
         }
 
 

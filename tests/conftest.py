@@ -1,0 +1,77 @@
+"""Session fixtures: a real Prefect API (test harness), a real Dask LocalCluster, real image corpora."""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+
+from imgclust.datasets import FASHION_CLASSES, fashion_mnist_available, load_fashion_mnist  # noqa: E402
+
+requires_fashion = pytest.mark.skipif(
+    not fashion_mnist_available(),
+    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist); `make test` installs it",
+)
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[str]:
+    """A real Prefect API server (SQLite) for the whole session; its URL is exported for Dask workers."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        url = str(PREFECT_API_URL.value())
+        old = os.environ.get("PREFECT_API_URL")
+        os.environ["PREFECT_API_URL"] = url  # worker processes started from now on report here
+        try:
+            yield url
+        finally:
+            if old is None:
+                os.environ.pop("PREFECT_API_URL", None)
+            else:
+                os.environ["PREFECT_API_URL"] = old
+
+
+@pytest.fixture(scope="session")
+def dask_address(prefect_api: str) -> Iterator[str]:
+    """A real distributed.LocalCluster with 2 worker processes (started after the Prefect API)."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        yield cluster.scheduler_address
+
+
+def write_fashion_corpus(root: Path, n: int, seed: int) -> dict[str, int]:
+    """``n`` Fashion-MNIST test images as PNG files under ``root/<class>/``; returns class counts."""
+    x, y = load_fashion_mnist("test")
+    idx = np.sort(np.random.default_rng(seed).choice(len(x), size=n, replace=False))
+    counts: dict[str, int] = {}
+    for i in idx:
+        name = FASHION_CLASSES[int(y[i])]
+        (root / name).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(x[i]).save(root / name / f"{i:05d}.png")
+        counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def write_bad_files(root: Path) -> dict[str, str]:
+    """A handful of hostile files; returns file name -> expected quarantine error_kind."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "empty.jpg").write_bytes(b"")
+    (root / "notes.jpg").write_text("this is not an image\n" * 10)
+    (root / "page.png").write_text("<html><body>hi</body></html>")
+    rng = np.random.default_rng(7)
+    img = Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    img.save(root / "full.jpg", quality=90)
+    data = (root / "full.jpg").read_bytes()
+    (root / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (root / "full.jpg").unlink()
+    return {"empty.jpg": "empty", "notes.jpg": "not_an_image", "page.png": "not_an_image",
+            "truncated.jpg": "truncated"}
