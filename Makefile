@@ -1,0 +1,47 @@
+# Two commands on a fresh machine: `make demo` (the main job end to end) and `make test`.
+# Both create .venv and install the project into it first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+FASHION := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
+
+.PHONY: demo test test-slow test-all lint bench dataset clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+# Fashion-MNIST from Debian (offline data for the demo and the data-dependent tests).
+dataset:
+	@if [ ! -f $(FASHION) ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
+	  else echo "dataset-fashion-mnist is not installed and this is not root: the demo uses scikit-learn digits"; fi; \
+	fi
+
+demo: $(STAMP) dataset
+	$(VENV)/bin/imgclust demo --out demo
+
+test: $(STAMP) dataset
+	$(PY) -m pytest
+
+test-slow: $(STAMP) dataset
+	$(PY) -m pytest -m slow
+
+test-all: $(STAMP) dataset
+	$(PY) -m pytest -m ''
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check imgclust imgclust_cli flows tasks tests benchmarks
+	$(VENV)/bin/mypy
+
+bench: $(STAMP) dataset
+	$(PY) benchmarks/kmeans.py
+	$(PY) benchmarks/ipca_memory.py
+	$(PY) benchmarks/extract.py
+
+clean:
+	rm -rf demo .imgclust
