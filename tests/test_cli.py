@@ -1,0 +1,60 @@
+"""The command line contract: help texts, and bad arguments fail fast with one line and status 2."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from imgclust_cli.main import build_parser, main
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "imgclust_cli.main", *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_help_lists_subcommands_and_options() -> None:
+    out = _cli("--help")
+    assert out.returncode == 0 and "run" in out.stdout and "demo" in out.stdout
+    run_help = _cli("run", "--help").stdout
+    for opt in ("--store", "--extractor", "--weights", "--method", "--k", "--workers"):
+        assert opt in run_help
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--extractor", "nope"], "unknown backbone"),
+    (["--k", "1"], "k"),
+    (["--workers", "0"], "workers"),
+    (["--extractor", "resnet18", "--weights", "facebook/resnet"], "hub"),
+])
+def test_bad_arguments_fail_before_work(tmp_path: Path, args: list[str], needle: str,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "src").mkdir()
+    rc = main(["run", str(tmp_path / "src"), "--store", str(tmp_path / "store"), *args])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert needle.lower() in err.lower()
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "store").exists()
+
+
+def test_missing_source_folder_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", str(tmp_path / "missing"), "--store", str(tmp_path / "s")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_imagenet_weights_absent_names_the_expected_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    (tmp_path / "src").mkdir()
+    rc = main(["run", str(tmp_path / "src"), "--store", str(tmp_path / "s"), "--extractor", "resnet18",
+               "--weights", "imagenet"])
+    assert rc == 2
+    assert "resnet18-" in capsys.readouterr().err
+
+
+def test_parser_defaults_match_config_defaults() -> None:
+    a = build_parser().parse_args(["run", "src", "--store", "s"])
+    assert (a.extractor, a.method, a.k, a.pca) == ("pixels", "kmeans", 10, 50)
