@@ -1,0 +1,1 @@
+"""Deployment declarations: schedules, parameters, concurrency; no pipeline logic."""

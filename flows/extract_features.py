@@ -8,6 +8,7 @@ from typing import Any
 from prefect import flow, unmapped
 
 from flows._gather import gather
+from flows.runtime import default_task_runner
 from imgclust.config import ExtractConfig
 from tasks.extract import extract_shard_task, extractor_key_task, plan_shards_task
 
@@ -45,7 +46,7 @@ def _merge(dicts: Any) -> dict[str, int]:
     return out
 
 
-@flow(name="extract-features")
+@flow(name="extract-features", task_runner=default_task_runner())
 def extract_features(store: str, extract: ExtractConfig = ExtractConfig(), start: dt.date | None = None,
                      end: dt.date | None = None, force: bool = False) -> dict[str, Any]:
     """Extract features for the manifest partitions dated ``start..end`` (all when unset)."""

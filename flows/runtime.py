@@ -20,6 +20,23 @@ from imgclust.exceptions import ConfigError
 log = logging.getLogger(__name__)
 
 
+def runner_from_env() -> RunnerConfig:
+    """RunnerConfig for deployed flows: ``IMGCLUST_DASK_ADDRESS``, ``IMGCLUST_DASK_WORKERS`` (default 2),
+    ``IMGCLUST_GPU_CLUSTER=1`` (one worker per GPU)."""
+    address = os.environ.get("IMGCLUST_DASK_ADDRESS") or None
+    gpu = os.environ.get("IMGCLUST_GPU_CLUSTER", "") in ("1", "true", "yes")
+    kind = "address" if address else ("cuda" if gpu else "local")
+    try:
+        return RunnerConfig(kind=kind, address=address, workers=int(os.environ.get("IMGCLUST_DASK_WORKERS", "2")))
+    except ValueError as err:
+        raise ConfigError(f"bad IMGCLUST_DASK_* environment: {err}") from err
+
+
+def default_task_runner() -> DaskTaskRunner:
+    """The task runner flows are declared with (the CLI and tests override it per run)."""
+    return dask_task_runner(runner_from_env())
+
+
 def dask_task_runner(cfg: RunnerConfig) -> DaskTaskRunner:
     """A DaskTaskRunner for ``cfg`` (the cluster starts when the flow run starts)."""
     if cfg.kind == "address":

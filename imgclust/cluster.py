@@ -22,6 +22,7 @@ import numpy as np
 from imgclust.estimator import (
     ArrayOrSource,
     Estimator,
+    check_array,
     check_int,
     iter_blocks,
     l2_normalize,
@@ -117,10 +118,20 @@ class FaissKMeans(Estimator):
             raise ConfigError("FaissKMeans(gpu=True) but faiss sees no GPU (faiss.get_num_gpus() == 0); install "
                               "faiss-gpu on a CUDA host or pass gpu=False")
 
-    def fit(self, X: ArrayOrSource) -> FaissKMeans:
-        """Train on a seeded sample of ``X`` (array ``(n, D)`` or :data:`BatchSource`)."""
+    def fit(self, X: ArrayOrSource, *, init_centroids: np.ndarray | None = None) -> FaissKMeans:
+        """Train on a seeded sample of ``X`` (array ``(n, D)`` or :data:`BatchSource`).
+
+        ``init_centroids`` ``(k, D)`` warm-starts a single run from given centroids (``n_redo`` and
+        ``init`` are then not used): reclustering starts from the previous version's clusters, so
+        a refit on slightly changed data converges to the nearby solution instead of a new one.
+        """
         self._validate_params()
         k = self.n_clusters
+        if init_centroids is not None:
+            init_centroids = check_array(init_centroids, name="init_centroids")
+            if init_centroids.shape[0] != k:
+                raise ConfigError(f"init_centroids has {init_centroids.shape[0]} rows for n_clusters={k}")
+        self._warm = init_centroids
         sample = sample_rows(X, self.max_points_per_centroid * k, self.seed)
         if sample.n_total < k:
             raise ConfigError(f"n_clusters={k} exceeds the {sample.n_total} input rows; use at most "
@@ -134,6 +145,7 @@ class FaissKMeans(Estimator):
         self.n_samples_seen_ = sample.n_total
         self.n_train_samples_ = n
         self.cluster_centers_, self.inertia_ = self._train(train)
+        self._warm = None
         self._index = None
         self.inertia_full_: float | None = None
         if not callable(X):
@@ -147,7 +159,14 @@ class FaissKMeans(Estimator):
         common = {"niter": self.n_iter, "spherical": self.spherical, "min_points_per_centroid": 1,
                   "max_points_per_centroid": self.max_points_per_centroid, "verbose": False,
                   "gpu": bool(self.gpu)}
-        if self.init == "random":  # faiss's own init: k random sample rows, restarts inside faiss
+        warm = getattr(self, "_warm", None)
+        if warm is not None:
+            if warm.shape[1] != d:
+                raise ConfigError(f"init_centroids have {warm.shape[1]} features, the data {d}")
+            km = faiss.Kmeans(d, k, nredo=1, seed=self.seed, **common)
+            km.train(train, init_centroids=np.ascontiguousarray(l2_normalize(warm) if self.spherical else warm))
+            runs = [np.ascontiguousarray(km.centroids, dtype=np.float32)]
+        elif self.init == "random":  # faiss's own init: k random sample rows, restarts inside faiss
             km = faiss.Kmeans(d, k, nredo=self.n_redo, seed=self.seed, **common)
             km.train(train)
             runs = [np.ascontiguousarray(km.centroids, dtype=np.float32)]

@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from imgclust.exceptions import ConfigError
 from imgclust.features import done_shards, embeddings_of, feature_path, iter_feature_batches
 from imgclust.manifest import read_manifest
 from imgclust.metrics import internal_metrics, supervised_metrics
@@ -54,8 +55,28 @@ def load_model_cached(store: Store, model_id: str) -> ClusterModel:
     return _MODEL_CACHE[key]
 
 
-def label_shard(store: Store, model_id: str, extractor_key: str, shard_id: str, *, date: dt.date) -> dict[str, Any]:
-    """Assign every feature row of one shard; write its labels file; return counts."""
+def shard_date(shard_id: str) -> dt.date:
+    """The ingestion date a shard id starts with (``<date>_<run>_<index>``, see manifest.plan_shards)."""
+    try:
+        return dt.date.fromisoformat(shard_id[:10])
+    except ValueError as err:
+        raise ConfigError(f"shard id {shard_id!r} does not start with an ISO date; pass date= explicitly") from err
+
+
+def label_shard(store: Store, model_id: str, extractor_key: str, shard_id: str, *, date: dt.date | None = None,
+                force: bool = True) -> dict[str, Any]:
+    """Assign every feature row of one shard and write its labels file; return counts.
+
+    Labels go under the shard's ingestion date (``date`` defaults to :func:`shard_date`), so each
+    (model, image) has exactly one label row. With ``force=False`` an existing labels file is kept
+    (idempotent backfills); a retry with ``force=True`` rewrites the same path.
+    """
+    date = date or shard_date(shard_id)
+    rel = labels_path(model_id, date, shard_id)
+    if not force and store.exists(rel):
+        n = store.read_parquet(rel, columns=["is_novel"])
+        return {"shard_id": shard_id, "path": rel, "n": n.num_rows,
+                "novel": int(pc.sum(n.column("is_novel")).as_py() or 0), "skipped": True}
     model = load_model_cached(store, model_id)
     table = store.read_parquet(feature_path(extractor_key, shard_id))
     a = model.assign(embeddings_of(table)) if table.num_rows else None
@@ -73,9 +94,9 @@ def label_shard(store: Store, model_id: str, extractor_key: str, shard_id: str, 
         },
         schema=LABELS_SCHEMA,
     )
-    rel = labels_path(model_id, date, shard_id)
     store.write_parquet(rel, out)
-    return {"shard_id": shard_id, "path": rel, "n": n, "novel": int(out.column("is_novel").to_numpy().sum())}
+    return {"shard_id": shard_id, "path": rel, "n": n, "novel": int(out.column("is_novel").to_numpy().sum()),
+            "skipped": False}
 
 
 def read_labels(store: Store, model_id: str) -> pa.Table:

@@ -16,13 +16,14 @@ import datetime as dt
 import io
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from imgclust.cluster import AgglomerativeClusterer, FaissKMeans, HDBSCANClusterer, squared_distances
-from imgclust.config import ClusterConfig, ReduceConfig
+from imgclust.config import ClusterConfig, ExtractConfig, ReduceConfig
 from imgclust.estimator import BatchSource, Estimator, load_estimator, sample_rows
 from imgclust.exceptions import ConfigError, CorruptArtifactError, StoreError
 from imgclust.reduce import StreamingPCA, UMAPReducer
@@ -141,8 +142,12 @@ class ClusterModel:
                    stable_ids=arrays["stable_ids"], meta=meta)
 
 
+WarmStart = Callable[[Callable[[np.ndarray], np.ndarray]], "np.ndarray | None"]
+"""Given ``embed`` (features (n, D) -> clustering space (n, d)), return k-means init centroids (k, d) or None."""
+
+
 def fit_model(source: BatchSource, *, extractor_key: str, reduce: ReduceConfig, cluster: ClusterConfig,
-              model_id: str | None = None) -> ClusterModel:
+              model_id: str | None = None, warm_start: WarmStart | None = None) -> ClusterModel:
     """Fit reducer then clusterer on a stream of feature blocks (never all in memory at once).
 
     Pass 1 streams IncrementalPCA; UMAP and HDBSCAN fit on a seeded sample of ``cluster.fit_sample``
@@ -174,8 +179,14 @@ def fit_model(source: BatchSource, *, extractor_key: str, reduce: ReduceConfig, 
     if cluster.method == "kmeans":
         # without UMAP the stream is cheap and k-means samples it itself; with UMAP every pass pays a
         # transform, so k-means trains on the sample already drawn (fit_sample rows)
+        def embed(X: np.ndarray) -> np.ndarray:
+            Z = reducer.transform(X) if reducer is not None else np.ascontiguousarray(X, np.float32)
+            return umap.transform(Z) if umap is not None else Z
+
+        init = warm_start(embed) if warm_start is not None else None
         clusterer = FaissKMeans(n_clusters=cluster.k, n_iter=cluster.n_iter, n_redo=cluster.n_redo,
-                                spherical=cluster.spherical, seed=cluster.seed).fit(final if umap is None else sample)
+                                spherical=cluster.spherical, seed=cluster.seed).fit(
+            final if umap is None else sample, init_centroids=init)
         centroids = clusterer.cluster_centers_
     elif cluster.method == "hdbscan":
         clusterer = HDBSCANClusterer(min_cluster_size=cluster.min_cluster_size, fit_sample=None,
@@ -234,8 +245,13 @@ def current_model_id(store: Store) -> str | None:
 
 
 def fit_from_store(store: Store, extractor_key: str, *, reduce: ReduceConfig, cluster: ClusterConfig,
-                   shard_ids: list[str] | None = None, batch_size: int = 65536) -> ClusterModel:
-    """Fit a model on the done feature shards of ``extractor_key`` (streamed) and save it."""
+                   extract: ExtractConfig | None = None, shard_ids: list[str] | None = None,
+                   batch_size: int = 65536, save: bool = True, warm_start: WarmStart | None = None) -> ClusterModel:
+    """Fit a model on the done feature shards of ``extractor_key`` (streamed); save it unless ``save=False``.
+
+    ``extract`` (the configuration that produced the features) is recorded in the model so that
+    nightly labeling extracts new images the same way.
+    """
     from imgclust.features import done_shards, iter_feature_batches
 
     shards = shard_ids if shard_ids is not None else done_shards(store, extractor_key)
@@ -248,8 +264,29 @@ def fit_from_store(store: Store, extractor_key: str, *, reduce: ReduceConfig, cl
             if X.shape[0]:
                 yield X
 
-    model = fit_model(source, extractor_key=extractor_key, reduce=reduce, cluster=cluster)
+    model = fit_model(source, extractor_key=extractor_key, reduce=reduce, cluster=cluster, warm_start=warm_start)
     model.meta["n_shards"] = len(shards)
-    model.save(store)
-    log.info("saved model %s (%d clusters) to %s", model.model_id, model.n_clusters, store.uri("models"))
+    if extract is not None:
+        model.meta["extract"] = extract.model_dump()
+    if save:
+        model.save(store)
+        log.info("saved model %s (%d clusters) to %s", model.model_id, model.n_clusters, store.uri("models"))
     return model
+
+
+def extract_config_of(store: Store, model_id: str) -> ExtractConfig:
+    """The ExtractConfig a model's features came from (recorded at fit time)."""
+    info = store.read_json(f"models/{model_id}/model.json")
+    if "extract" not in info:
+        raise CorruptArtifactError(f"model {model_id} records no extract configuration; refit it with this version")
+    return ExtractConfig(**info["extract"])
+
+
+def save_metrics(store: Store, model_id: str, metrics: dict[str, Any]) -> None:
+    """Evaluation results of a model version (``models/<id>/metrics.json``), read by the promotion gate."""
+    store.write_json(f"models/{model_id}/metrics.json", metrics)
+
+
+def load_metrics(store: Store, model_id: str) -> dict[str, Any] | None:
+    rel = f"models/{model_id}/metrics.json"
+    return store.read_json(rel) if store.exists(rel) else None

@@ -24,15 +24,20 @@ from imgclust.config import (
     validated,
 )
 from imgclust.exceptions import ImgclustError
+from imgclust_cli.ops import add_ops_parsers
 
 log = logging.getLogger("imgclust.cli")
+
+
+def prefect_home() -> Path:
+    return _home() / "prefect"
 
 
 def _home() -> Path:
     return Path(os.environ.get("IMGCLUST_HOME", ".imgclust")).resolve()
 
 
-def _prepare_environment() -> None:
+def prepare_environment() -> None:
     """Defaults for an embedded run; explicit user settings always win."""
     (_home() / "prefect").mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PREFECT_HOME", str(_home() / "prefect"))
@@ -62,6 +67,10 @@ def _add_pipeline_args(p: argparse.ArgumentParser, *, source: bool = True) -> No
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--truth", default="none", choices=["none", "parent_dir"],
                    help="parent_dir: folder names are classes; report ACC/NMI/ARI")
+    add_execution_args(p)
+
+
+def add_execution_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("execution")
     g.add_argument("--workers", type=int, default=RunnerConfig().workers, help="local Dask worker processes")
     g.add_argument("--address", default=None, help="existing Dask scheduler (tcp://host:8786)")
@@ -94,7 +103,7 @@ def _check_backbone(extract: ExtractConfig) -> None:
 
 
 def _run_pipeline(cfg: PipelineConfig, runner: RunnerConfig) -> dict[str, Any]:
-    _prepare_environment()
+    prepare_environment()
     from flows.pipeline import pipeline
     from flows.runtime import dask_task_runner, embedded_prefect
 
@@ -181,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo, umap=10, store=None)
     p = sub.add_parser("backbones", help="list feature extractors")
     p.set_defaults(func=cmd_backbones)
+    add_ops_parsers(sub, add_execution_args)
     return parser
 
 

@@ -1,43 +1,87 @@
-"""Model tasks: fit a model version from stored features, label shards, evaluate, promote."""
+"""Model tasks: fit a model version from stored features, label shards, evaluate, gate, promote."""
 from __future__ import annotations
 
-import datetime as dt
 from typing import Any
 
 from prefect import get_run_logger, task
 
-from imgclust.config import ClusterConfig, ReduceConfig
+from imgclust.config import ClusterConfig, ExtractConfig, ReduceConfig
 from imgclust.labels import evaluate, label_shard
-from imgclust.model import fit_from_store, promote
+from imgclust.model import (
+    current_model_id,
+    extract_config_of,
+    fit_from_store,
+    load_metrics,
+    promote,
+    save_metrics,
+)
+from imgclust.promotion import GateConfig, decide
+from imgclust.recluster import refit_with_lineage
 from tasks._common import open_store, retry_transient
 
 
 @task(name="fit-model", retries=1, retry_delay_seconds=10, retry_condition_fn=retry_transient)
 def fit_model_task(store: str, extractor_key: str, reduce: ReduceConfig, cluster: ClusterConfig,
-                   shard_ids: list[str] | None = None) -> str:
+                   extract: ExtractConfig | None = None, shard_ids: list[str] | None = None) -> str:
     """Fit reducer + clusterer on the stored features; returns the new model id."""
-    model = fit_from_store(open_store(store), extractor_key, reduce=reduce, cluster=cluster, shard_ids=shard_ids)
+    model = fit_from_store(open_store(store), extractor_key, reduce=reduce, cluster=cluster, extract=extract,
+                           shard_ids=shard_ids)
     get_run_logger().info("fitted model %s with %d clusters", model.model_id, model.n_clusters)
     return model.model_id
 
 
 @task(name="label-shard", task_run_name="label-{shard_id}", retries=2, retry_delay_seconds=[5, 30],
       retry_condition_fn=retry_transient)
-def label_shard_task(store: str, model_id: str, extractor_key: str, shard_id: str, date: dt.date
+def label_shard_task(store: str, model_id: str, extractor_key: str, shard_id: str, force: bool = True
                      ) -> dict[str, Any]:
-    """Write the labels of one feature shard (idempotent: same path, same content)."""
-    return label_shard(open_store(store), model_id, extractor_key, shard_id, date=date)
+    """Write the labels of one feature shard (idempotent: same path, same rows)."""
+    return label_shard(open_store(store), model_id, extractor_key, shard_id, force=force)
 
 
 @task(name="evaluate")
 def evaluate_task(store: str, model_id: str, extractor_key: str, truth: str = "none") -> dict[str, Any]:
-    """Cluster sizes, internal metrics and, with ground truth, ACC/NMI/ARI."""
-    return evaluate(open_store(store), model_id, extractor_key, truth=truth)
+    """Cluster sizes, internal metrics and, with ground truth, ACC/NMI/ARI; saved next to the model."""
+    s = open_store(store)
+    metrics = evaluate(s, model_id, extractor_key, truth=truth)
+    save_metrics(s, model_id, metrics)
+    return metrics
 
 
-@task(name="promote")
-def promote_task(store: str, model_id: str) -> str:
-    """Make ``model_id`` the CURRENT model."""
-    promote(open_store(store), model_id)
-    get_run_logger().info("promoted %s", model_id)
-    return model_id
+@task(name="gate-and-promote")
+def gate_and_promote_task(store: str, model_id: str, gate: GateConfig) -> dict[str, Any]:
+    """Promote ``model_id`` unless it is worse than CURRENT beyond the gate's tolerance."""
+    s = open_store(store)
+    current = current_model_id(s)
+    decision = decide(load_metrics(s, model_id) or {}, load_metrics(s, current) if current else None, gate)
+    if decision.promote:
+        promote(s, model_id)
+    get_run_logger().info("%s %s: %s", "promoted" if decision.promote else "kept CURRENT, did not promote",
+                          model_id, decision.reason)
+    return {"promoted": decision.promote, "reason": decision.reason, "previous": current,
+            "candidate_value": decision.candidate, "current_value": decision.current}
+
+
+@task(name="current-model")
+def current_model_task(store: str) -> tuple[str, ExtractConfig]:
+    """The promoted model id and the extract configuration its features need; clear error when none."""
+    s = open_store(store)
+    model_id = current_model_id(s)
+    if model_id is None:
+        from imgclust.exceptions import StoreError
+
+        raise StoreError(f"{s.uri('models/CURRENT')} does not exist: no model is promoted yet; run "
+                         "`imgclust run` or `imgclust recluster` first")
+    return model_id, extract_config_of(s, model_id)
+
+
+@task(name="refit-with-lineage", retries=1, retry_delay_seconds=10, retry_condition_fn=retry_transient)
+def refit_task(store: str, extractor_key: str, reduce: ReduceConfig, cluster: ClusterConfig,
+               extract: ExtractConfig | None, previous_model_id: str | None, min_overlap: float = 0.3) -> str:
+    """Fit a new version on all features, inherit stable ids from the previous one; returns its id."""
+    model = refit_with_lineage(open_store(store), extractor_key, reduce=reduce, cluster=cluster, extract=extract,
+                               previous_model_id=previous_model_id, min_overlap=min_overlap)
+    lineage = model.meta["lineage"]
+    get_run_logger().info("model %s: %d clusters, %d inherited ids, %d new, %d retired", model.model_id,
+                          model.n_clusters, len(lineage["matched"]), len(lineage["new_ids"]),
+                          len(lineage["retired"]))
+    return model.model_id

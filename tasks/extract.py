@@ -9,7 +9,7 @@ from prefect import get_run_logger, task
 from imgclust.config import ExtractConfig
 from imgclust.extract import backbone_for, extract_shard
 from imgclust.features import done_shards
-from imgclust.manifest import ShardSpec, plan_shards
+from imgclust.manifest import ShardSpec, list_parts, plan_shards
 from tasks._common import open_store, retry_transient
 
 
@@ -43,3 +43,9 @@ def extract_shard_task(store: str, spec: dict[str, Any], config: ExtractConfig, 
 def done_shards_task(store: str, extractor_key: str) -> list[str]:
     """Ids of the feature shards of ``extractor_key`` that have a done-marker."""
     return done_shards(open_store(store), extractor_key)
+
+
+@task(name="list-parts")
+def list_parts_task(store: str, start: dt.date | None = None, end: dt.date | None = None) -> list[str]:
+    """Manifest part paths dated ``start..end`` (inclusive)."""
+    return list_parts(open_store(store), start, end)

@@ -1,0 +1,34 @@
+"""Prefect artifacts published by the flows (tables and markdown summaries)."""
+from __future__ import annotations
+
+from typing import Any
+
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+
+def _rows(metrics: dict[str, Any]) -> str:
+    return "\n".join(f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |"
+                     for k, v in metrics.items() if isinstance(v, (int, float)))
+
+
+def publish_model_artifacts(model_id: str, metrics: dict[str, Any], decision: dict[str, Any],
+                            names: dict[int, str] | None = None, report: str | None = None) -> None:
+    """Cluster-size table and a markdown summary (metrics, promotion decision, report link)."""
+    names = names or {}
+    sizes = metrics.get("cluster_sizes", {})
+    create_table_artifact(key="cluster-sizes", description=f"Cluster sizes of model {model_id}",
+                          table=[{"cluster_id": c, "name": names.get(int(c), ""), "images": n}
+                                 for c, n in sizes.items()])
+    md = (f"# Model {model_id}\n\n**promoted**: {decision.get('promoted')} ({decision.get('reason', '')})\n\n"
+          + (f"report: `{report}`\n\n" if report else "")
+          + f"| metric | value |\n|---|---|\n{_rows(metrics)}\n")
+    create_markdown_artifact(key="model-summary", markdown=md, description="Model build summary")
+
+
+def publish_label_summary(summary: dict[str, Any]) -> None:
+    """Markdown summary of one auto-label run (new images, novel count and rate, model)."""
+    md = "# Auto-label run\n\n| what | value |\n|---|---|\n" + _rows(summary) + "\n"
+    if summary.get("novelty_alert"):
+        md += f"\n**Novelty rate {summary['novelty_rate']:.3f} exceeds the threshold {summary['novelty_threshold']}**: " \
+              "consider a recluster (event `imgclust.novelty.high` was emitted).\n"
+    create_markdown_artifact(key="auto-label-summary", markdown=md, description="Nightly auto-label summary")

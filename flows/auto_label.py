@@ -1,0 +1,54 @@
+"""Flow: nightly auto-labeling of newly ingested images with the CURRENT model.
+
+Cost grows with the number of new images only: the manifest is the watermark, so only the new
+partition is extracted and labeled; the model is loaded once per worker.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.events import emit_event
+
+from flows.artifacts import publish_label_summary
+from flows.build_clusters import label_all
+from flows.extract_features import run_extraction
+from flows.runtime import default_task_runner
+from imgclust.config import IngestConfig
+from tasks.cluster import current_model_task
+from tasks.ingest import ingest_source
+
+
+@flow(name="auto-label", task_runner=default_task_runner())
+def auto_label(source: str, store: str, date: dt.date | None = None, novelty_threshold: float = 0.2,
+               ingest: IngestConfig = IngestConfig()) -> dict[str, Any]:
+    """Ingest what arrived since the last run, extract it, label it with the CURRENT model.
+
+    Emits the Prefect event ``imgclust.novelty.high`` when the share of novel images exceeds
+    ``novelty_threshold`` (an automation can trigger a recluster on it).
+    """
+    logger = get_run_logger()
+    model_id, extract = current_model_task(store)
+    ingested = ingest_source(source, store, ingest, date)
+    summary: dict[str, Any] = {"model_id": model_id, "new_images": ingested["new"], "listed": ingested["listed"],
+                               "labeled": 0, "novel": 0, "quarantined": 0, "novelty_rate": 0.0,
+                               "novelty_threshold": novelty_threshold, "novelty_alert": False}
+    if ingested["part"] is None:
+        logger.info("nothing new under %s since the last run", source)
+        publish_label_summary(summary)
+        return summary
+    extraction = run_extraction(store, extract, parts=[ingested["part"]])
+    labeled = label_all(store, model_id, extraction["extractor_key"], extraction["shard_ids"])
+    n = sum(r["n"] for r in labeled)
+    novel = sum(r["novel"] for r in labeled)
+    rate = novel / n if n else 0.0
+    summary.update(labeled=n, novel=novel, quarantined=extraction["quarantined"], novelty_rate=round(rate, 4),
+                   novelty_alert=rate > novelty_threshold, part=ingested["part"])
+    if summary["novelty_alert"]:
+        logger.warning("novelty rate %.3f exceeds %.3f: emitting imgclust.novelty.high", rate, novelty_threshold)
+        emit_event(event="imgclust.novelty.high",
+                   resource={"prefect.resource.id": f"imgclust.store.{model_id}", "imgclust.model_id": model_id},
+                   payload={"novelty_rate": rate, "novel": novel, "labeled": n, "part": ingested["part"]})
+    publish_label_summary(summary)
+    return summary

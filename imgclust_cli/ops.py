@@ -1,0 +1,200 @@
+"""Operations subcommands: label, recluster, backfill, report, verify, serve."""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Any
+
+from imgclust.config import ClusterConfig, ReduceConfig, RunnerConfig, validated
+from imgclust.exceptions import ConfigError
+
+
+def _date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from err
+
+
+def add_ops_parsers(sub: Any, add_exec: Any) -> None:
+    """Register the operations subcommands on ``sub`` (argparse sub-parsers)."""
+    p = sub.add_parser("label", help="nightly auto-label: ingest new images from SOURCE and label them",
+                       description="One auto-label run: ingest what arrived since the last run, extract it with "
+                                   "the CURRENT model's extractor, label it, flag novel images.")
+    p.add_argument("source")
+    p.add_argument("--store", required=True)
+    p.add_argument("--date", type=_date, default=None, help="ingestion date partition (default today, UTC)")
+    p.add_argument("--novelty-threshold", type=float, default=0.2, help="alert above this novel share")
+    add_exec(p)
+    p.set_defaults(func=cmd_label)
+
+    p = sub.add_parser("recluster", help="refit on all stored features, keep stable ids, relabel, gate, promote")
+    p.add_argument("--store", required=True)
+    p.add_argument("--method", choices=["kmeans", "hdbscan", "agglomerative"], default=None,
+                   help="default: the CURRENT model's recipe")
+    p.add_argument("--k", type=int, default=None)
+    p.add_argument("--pca", type=int, default=None)
+    p.add_argument("--umap", type=int, default=None)
+    p.add_argument("--truth", default="none", choices=["none", "parent_dir"])
+    p.add_argument("--gate-metric", default="internal_silhouette")
+    p.add_argument("--gate-tolerance", type=float, default=0.02)
+    add_exec(p)
+    p.set_defaults(func=cmd_recluster)
+
+    p = sub.add_parser("backfill", help="re-ingest / re-extract / re-label an ingestion date range",
+                       description="Idempotent: repeating a backfill changes nothing unless --force.")
+    p.add_argument("--store", required=True)
+    p.add_argument("--start", type=_date, required=True)
+    p.add_argument("--end", type=_date, required=True)
+    p.add_argument("--redo", default="extract,label", help="comma list of ingest,extract,label")
+    p.add_argument("--source", action="append", default=[], help="source to re-scan (with redo ingest)")
+    p.add_argument("--extractor", default=None)
+    p.add_argument("--force", action="store_true")
+    add_exec(p)
+    p.set_defaults(func=cmd_backfill)
+
+    p = sub.add_parser("report", help="write reports/<run>/index.html for a model (default CURRENT)")
+    p.add_argument("--store", required=True)
+    p.add_argument("--model", default=None)
+    p.set_defaults(func=cmd_report, workers=1, address=None, gpu_cluster=False)
+
+    p = sub.add_parser("verify", help="check that every image is in features or quarantine exactly once")
+    p.add_argument("--store", required=True)
+    p.add_argument("--model", default=None, help="also check this model's labels (default CURRENT)")
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("serve", help="serve the deployments (nightly, weekly recluster, backfill) locally",
+                       description="Needs IMGCLUST_SOURCE and IMGCLUST_STORE (or --source/--store). Without "
+                                   "PREFECT_API_URL it starts `prefect server start` on 127.0.0.1:--port (UI there).")
+    p.add_argument("--source", default=None)
+    p.add_argument("--store", default=None)
+    p.add_argument("--port", type=int, default=4200)
+    p.set_defaults(func=cmd_serve)
+
+
+def _runner(a: argparse.Namespace) -> RunnerConfig:
+    kind = "address" if a.address else ("cuda" if a.gpu_cluster else "local")
+    return validated(RunnerConfig, kind=kind, workers=a.workers, address=a.address)
+
+
+def _run_flow(flow_path: str, runner: RunnerConfig | None, **params: Any) -> Any:
+    from imgclust_cli.main import prefect_home, prepare_environment
+
+    prepare_environment()
+    import importlib
+
+    from flows.runtime import dask_task_runner, embedded_prefect
+
+    module, name = flow_path.rsplit(":", 1)
+    flow = getattr(importlib.import_module(module), name)
+    if runner is not None:
+        flow = flow.with_options(task_runner=dask_task_runner(runner))
+    with embedded_prefect(prefect_home()):
+        return flow(**params)
+
+
+def _print(result: Any) -> None:
+    print(json.dumps(result, indent=1, default=str))
+
+
+def cmd_label(a: argparse.Namespace) -> int:
+    if not 0 < a.novelty_threshold <= 1:
+        raise ConfigError("--novelty-threshold must be in (0, 1]")
+    _print(_run_flow("flows.auto_label:auto_label", _runner(a), source=a.source, store=a.store, date=a.date,
+                     novelty_threshold=a.novelty_threshold))
+    return 0
+
+
+def cmd_recluster(a: argparse.Namespace) -> int:
+    from imgclust.promotion import GateConfig
+
+    GateConfig(metric=a.gate_metric, tolerance=a.gate_tolerance)  # validate before any work
+    cluster = (validated(ClusterConfig, **{k: v for k, v in (("method", a.method), ("k", a.k)) if v is not None})
+               if a.method or a.k else None)
+    reduce = (validated(ReduceConfig, n_components=a.pca or ReduceConfig().n_components, umap_components=a.umap)
+              if a.pca or a.umap else None)
+    _print(_run_flow("flows.recluster:recluster", _runner(a), store=a.store, reduce=reduce, cluster=cluster,
+                     truth=a.truth, gate_metric=a.gate_metric, gate_tolerance=a.gate_tolerance))
+    return 0
+
+
+def cmd_backfill(a: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from flows.backfill import BackfillParams
+
+    try:
+        params = BackfillParams(store=a.store, start=a.start, end=a.end, sources=a.source, force=a.force,
+                                redo=[r.strip() for r in a.redo.split(",") if r.strip()], extractor=a.extractor)
+    except ValidationError as err:
+        raise ConfigError("invalid backfill: " + "; ".join(e["msg"] for e in err.errors())) from err
+    _print(_run_flow("flows.backfill:backfill", _runner(a), params=params))
+    return 0
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    _print(_run_flow("flows.report:report", None, store=a.store, model_id=a.model))
+    return 0
+
+
+def cmd_verify(a: argparse.Namespace) -> int:
+    from imgclust.model import ClusterModel, current_model_id
+    from imgclust.store import Store
+    from imgclust.verify import verify_store
+
+    store = Store(a.store)
+    model_id = a.model or current_model_id(store)
+    if model_id is None:
+        raise ConfigError(f"no --model given and {store.uri('models/CURRENT')} does not exist")
+    model = ClusterModel.load(store, model_id)
+    report = verify_store(store, model.extractor_key, model_id=model_id)
+    print(report.summary())
+    return 0 if report.ok else 1
+
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    from imgclust_cli.main import prepare_environment
+
+    for name, value in (("IMGCLUST_SOURCE", a.source), ("IMGCLUST_STORE", a.store)):
+        if value:
+            os.environ[name] = value
+        if not os.environ.get(name):
+            raise ConfigError(f"{name} is not set; pass --{name.split('_')[1].lower()} or export it")
+    prepare_environment()
+    server = None
+    if not os.environ.get("PREFECT_API_URL"):
+        server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                                   "--port", str(a.port)])
+        os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{a.port}/api"
+        _wait_healthy(os.environ["PREFECT_API_URL"], server)
+        print(f"Prefect UI at http://127.0.0.1:{a.port}", flush=True)
+    try:
+        from deployments.serve import main as serve_main
+
+        serve_main()
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(timeout=30)
+    return 0
+
+
+def _wait_healthy(api_url: str, proc: subprocess.Popen[bytes], timeout: float = 180.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ConfigError(f"`prefect server start` exited with status {proc.returncode}")
+        try:
+            if httpx.get(f"{api_url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    raise ConfigError(f"Prefect server at {api_url} did not become healthy within {timeout:.0f}s")
