@@ -25,8 +25,14 @@ def publish_model_artifacts(model_id: str, metrics: dict[str, Any], decision: di
     create_markdown_artifact(key="model-summary", markdown=md, description="Model build summary")
 
 
-def publish_label_summary(summary: dict[str, Any]) -> None:
-    """Markdown summary of one auto-label run (new images, novel count and rate, model)."""
+def publish_label_summary(summary: dict[str, Any], names: dict[int, str] | None = None) -> None:
+    """Markdown summary of one auto-label run (new images, novel count and rate, model) and, when
+    images were labeled, a table of the night's images per cluster with the clusters' human names."""
+    names = names or {}
+    if summary.get("sizes"):
+        create_table_artifact(key="auto-label-clusters", description="Images labeled tonight per cluster",
+                              table=[{"cluster_id": c, "name": "novel" if c == -1 else names.get(c, ""), "images": n}
+                                     for c, n in sorted(summary["sizes"].items())])
     md = "# Auto-label run\n\n| what | value |\n|---|---|\n" + _rows(summary) + "\n"
     if summary.get("novelty_alert"):
         md += f"\n**Novelty rate {summary['novelty_rate']:.3f} exceeds the threshold {summary['novelty_threshold']}**: " \

@@ -18,6 +18,7 @@ from flows.runtime import default_task_runner
 from imgclust.config import IngestConfig
 from tasks.cluster import current_model_task
 from tasks.ingest import ingest_source
+from tasks.report import cluster_names_task
 
 
 @flow(name="auto-label", task_runner=default_task_runner())
@@ -50,5 +51,10 @@ def auto_label(source: str, store: str, date: dt.date | None = None, novelty_thr
         emit_event(event="imgclust.novelty.high",
                    resource={"prefect.resource.id": f"imgclust.store.{model_id}", "imgclust.model_id": model_id},
                    payload={"novelty_rate": rate, "novel": novel, "labeled": n, "part": ingested["part"]})
-    publish_label_summary(summary)
+    sizes: dict[int, int] = {}
+    for r in labeled:
+        for c, count in r.get("sizes", {}).items():
+            sizes[int(c)] = sizes.get(int(c), 0) + count
+    summary["sizes"] = sizes
+    publish_label_summary(summary, cluster_names_task(store))
     return summary

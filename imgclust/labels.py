@@ -95,8 +95,15 @@ def label_shard(store: Store, model_id: str, extractor_key: str, shard_id: str, 
         schema=LABELS_SCHEMA,
     )
     store.write_parquet(rel, out)
+    sizes = pc.value_counts(out.column("cluster_id")).to_pylist()
     return {"shard_id": shard_id, "path": rel, "n": n, "novel": int(out.column("is_novel").to_numpy().sum()),
-            "skipped": False}
+            "skipped": False, "sizes": {int(v["values"]): int(v["counts"]) for v in sizes}}
+
+
+def with_names(labels: pa.Table, names: dict[int, str]) -> pa.Table:
+    """``labels`` plus a ``cluster_name`` column from ``cluster_names.csv`` (empty when unnamed)."""
+    ids = labels.column("cluster_id").to_pylist()
+    return labels.append_column("cluster_name", pa.array([names.get(int(i), "") for i in ids], pa.string()))
 
 
 def read_labels(store: Store, model_id: str) -> pa.Table:

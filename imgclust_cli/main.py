@@ -65,6 +65,7 @@ def _add_pipeline_args(p: argparse.ArgumentParser, *, source: bool = True) -> No
     g.add_argument("--umap", type=int, default=None, help="UMAP dimensions after PCA (hdbscan defaults to 10)")
     g.add_argument("--min-cluster-size", type=int, default=ClusterConfig().min_cluster_size, help="hdbscan")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--date", default=None, help="ingestion date partition YYYY-MM-DD (default today, UTC)")
     g.add_argument("--truth", default="none", choices=["none", "parent_dir"],
                    help="parent_dir: folder names are classes; report ACC/NMI/ARI")
     add_execution_args(p)
@@ -86,7 +87,7 @@ def _pipeline_config(a: argparse.Namespace) -> tuple[PipelineConfig, RunnerConfi
     kind = "address" if a.address else ("cuda" if a.gpu_cluster else "local")
     runner = validated(RunnerConfig, kind=kind, workers=a.workers, address=a.address)
     cfg = validated(PipelineConfig, source=a.source, store=a.store, ingest=IngestConfig(), extract=extract,
-                    reduce=reduce, cluster=cluster, truth=a.truth)
+                    reduce=reduce, cluster=cluster, truth=a.truth, date=a.date)
     _check_backbone(extract)
     if "://" not in cfg.source:
         from imgclust.sources import open_source

@@ -6,7 +6,7 @@ from typing import Any
 from prefect import get_run_logger, task
 
 from imgclust.model import load_metrics
-from imgclust.report import build_report
+from imgclust.report import build_report, load_cluster_names
 from tasks._common import open_store
 
 
@@ -18,3 +18,9 @@ def report_task(store: str, model_id: str, run: str) -> dict[str, Any]:
     out["index_uri"] = s.uri(out["index"])
     get_run_logger().info("report for %s: %s", model_id, out["index_uri"])
     return out
+
+
+@task(name="cluster-names")
+def cluster_names_task(store: str) -> dict[int, str]:
+    """Human names of stable cluster ids from ``cluster_names.csv`` (empty when the file is absent)."""
+    return load_cluster_names(open_store(store))

@@ -93,3 +93,31 @@ def test_fit_from_store_labels_every_row_once(tmp_path: Path) -> None:
 def test_fit_from_store_without_features_says_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="run extraction first"):
         fit_from_store(Store(tmp_path), "nothing", reduce=ReduceConfig(), cluster=ClusterConfig())
+
+
+def test_tampered_pickle_in_a_saved_model_is_refused(tmp_path: Path) -> None:
+    X, _ = _blobs(4, n=600)
+    model = fit_model(_source(X), extractor_key="k", reduce=ReduceConfig(n_components=6),
+                      cluster=ClusterConfig(method="hdbscan", min_cluster_size=30, fit_sample=600, seed=0))
+    store = Store(tmp_path)
+    model.save(store)
+    pkl = tmp_path / "models" / model.model_id / "clusterer" / "object.pkl"
+    data = bytearray(pkl.read_bytes())
+    data[-5] ^= 0xFF
+    pkl.write_bytes(bytes(data))
+    with pytest.raises(CorruptArtifactError, match="sha256|modified|checksum"):
+        ClusterModel.load(store, model.model_id)
+
+
+def test_cluster_names_are_joined_into_labels() -> None:
+    import pyarrow as pa
+
+    from imgclust.labels import LABELS_SCHEMA, with_names
+
+    table = pa.table({"image_id": ["a", "b", "c"], "cluster_id": pa.array([0, 3, -1], pa.int32()),
+                      "distance": pa.array([0.1] * 3, pa.float32()), "confidence": pa.array([1.0] * 3, pa.float32()),
+                      "is_novel": [False, False, True], "model_id": ["m"] * 3,
+                      "labeled_at": pa.array([dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)] * 3,
+                                             pa.timestamp("us", tz="UTC"))}, schema=LABELS_SCHEMA)
+    named = with_names(table, {3: "sneakers"})
+    assert named.column("cluster_name").to_pylist() == ["", "sneakers", ""]
