@@ -170,31 +170,33 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
         log.info("Prefect server up at %s after %.1fs", api, time.monotonic() - t0)
         serve = _Proc("serve", [sys.executable, "-m", "deployments.serve"], serve_env, logs)
         procs.append(serve)
-        with temporary_settings({PREFECT_API_URL: api}):
+
+        def all_deployed() -> dict[str, Any]:
             from prefect.client.orchestration import get_client
 
-            def all_deployed() -> dict[str, Any]:
-                with get_client(sync_client=True) as client:
-                    return {n: client.read_deployment_by_name(n) for n in DEPLOYMENTS}
+            with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
+                return {n: client.read_deployment_by_name(n) for n in DEPLOYMENTS}
 
-            deployments = _wait("served deployments", all_deployed, procs, 180)
-            log.info("deployments served after %.1fs", time.monotonic() - t0)
-            first = _run(api, "pipeline/on-demand", procs, parameters={"config": {
-                "source": str(source), "store": str(store), "date": DAY1.isoformat(), "truth": "parent_dir",
-                "extract": {"extractor": "pixels", "shard_size": 100},
-                "reduce": {"n_components": 20}, "cluster": {"k": 8, "n_redo": 2, "seed": 1}}})
-            model_id = current_model_id(Store(str(store)))
-            assert model_id, "the day-1 pipeline run promoted no model"
-            log.info("day-1 model %s after %.1fs", model_id, time.monotonic() - t0)
-            yield {"api": api, "procs": procs, "source": source, "store": store, "corpus": corpus,
-                   "day1": day1, "day2": day2, "model_id": model_id, "deployments": deployments,
-                   "first_run": first}
+        deployments = _wait("served deployments", all_deployed, procs, 180)
+        log.info("deployments served after %.1fs", time.monotonic() - t0)
+        first = _run(api, "pipeline/on-demand", procs, parameters={"config": {
+            "source": str(source), "store": str(store), "date": DAY1.isoformat(), "truth": "parent_dir",
+            "extract": {"extractor": "pixels", "shard_size": 100},
+            "reduce": {"n_components": 20}, "cluster": {"k": 8, "n_redo": 2, "seed": 1}}})
+        model_id = current_model_id(Store(str(store)))
+        assert model_id, "the day-1 pipeline run promoted no model"
+        log.info("day-1 model %s after %.1fs", model_id, time.monotonic() - t0)
+        yield {"api": api, "procs": procs, "source": source, "store": store, "corpus": corpus,
+               "day1": day1, "day2": day2, "model_id": model_id, "deployments": deployments,
+               "first_run": first}
     finally:
         for p in reversed(procs):
             p.stop()
         leftovers = [p.name for p in procs if p.group_alive()]
         log.info("deployment fixture torn down after %.1fs", time.monotonic() - t0)
-        assert not leftovers, f"processes left behind: {leftovers}"
+        if leftovers:
+            log.error("processes left behind: %s", leftovers)
+    assert not leftovers, f"processes left behind: {leftovers}"
 
 
 def _run(api: str, name: str, procs: list[_Proc], **kwargs: Any) -> Any:
@@ -230,8 +232,9 @@ def test_deployments_declare_schedules_and_ui_forms(served: dict[str, Any]) -> N
     weekly = deps["recluster/weekly"].schedules[0].schedule
     assert getattr(weekly, "cron", None) == "0 4 * * 0" and weekly.timezone == TZ
     assert not deps["backfill/on-demand"].schedules and not deps["pipeline/on-demand"].schedules
-    for d in deps.values():
-        assert d.concurrency_limit == 1, d.name
+    for d in deps.values():  # one run at a time; a second UI click waits in line
+        assert d.global_concurrency_limit is not None and d.global_concurrency_limit.limit == 1, d.name
+        assert d.concurrency_options is not None and d.concurrency_options.collision_strategy == "ENQUEUE"
 
     schema = deps["backfill/on-demand"].parameter_openapi_schema
     assert schema["required"] == ["params"]
