@@ -51,6 +51,7 @@ import numpy as np
 from fsspec.implementations.local import LocalFileSystem
 
 from imgclust.exceptions import ConfigError, CorruptArtifactError, NotFittedError, UnknownNameError
+from imgclust.storage import url_to_fs
 
 logger = logging.getLogger(__name__)
 
@@ -377,10 +378,11 @@ def _import_builtins() -> None:
 
 
 def _resolve(directory: str | os.PathLike[str], fs: fsspec.AbstractFileSystem | None) -> tuple[Any, str]:
+    """``(fs, path)``: the given filesystem with ``directory`` as its path (already without protocol),
+    or the filesystem of a path/URL (credentials and endpoint from the environment, see imgclust.storage)."""
     if fs is not None:
         return fs, os.fspath(directory)
-    fs_, root = fsspec.core.url_to_fs(os.fspath(directory))
-    return fs_, root
+    return url_to_fs(os.fspath(directory))
 
 
 def _join(root: str, name: str) -> str:

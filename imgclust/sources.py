@@ -18,6 +18,7 @@ from typing import Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from imgclust import storage
 from imgclust.exceptions import ConfigError, StoreError
 
 log = logging.getLogger(__name__)
@@ -50,10 +51,13 @@ def _mtime(info: dict[str, Any]) -> dt.datetime:
 
 def open_source(source: str, storage_options: dict[str, Any] | None = None
                 ) -> tuple[fsspec.AbstractFileSystem, str]:
-    """Filesystem and root path for ``source``; a missing local folder is a ConfigError."""
+    """Filesystem and root path for ``source``; a missing local folder is a ConfigError.
+
+    Remote credentials and endpoint come from the environment (see :mod:`imgclust.storage`).
+    """
     if "://" not in source:
         source = os.path.abspath(os.path.expanduser(source))
-    fs, root = fsspec.core.url_to_fs(source, **(storage_options or {}))
+    fs, root = storage.url_to_fs(source, storage_options)
     if isinstance(fs, LocalFileSystem) and not os.path.isdir(root):  # also file:// URLs
         raise ConfigError(f"source folder {root} does not exist or is not a folder")
     return fs, root
@@ -75,8 +79,10 @@ def list_source(source: str, *, extensions: Iterable[str], recursive: bool = Tru
     else:
         try:
             found = fs.find(root, maxdepth=None if recursive else 1, detail=True)
-        except FileNotFoundError as err:
+        except FileNotFoundError as err:  # e.g. no such bucket
             raise ConfigError(f"source {source} does not exist") from err
+        if not found:  # object stores have no folders: a mistyped prefix is just empty
+            log.warning("no objects under %s; check the URL if files were expected there", source)
         for path, info in found.items():
             if info.get("type") == "file" and path.lower().endswith(exts):
                 out.append(SourceFile(fs.unstrip_protocol(path), int(info.get("size") or 0), _mtime(info)))
@@ -135,12 +141,15 @@ def _walk_local(root: str, recursive: bool) -> Iterator[tuple[str, os.stat_resul
 
 
 def read_uri(uri: str, storage_options: dict[str, Any] | None = None) -> bytes:
-    """Bytes of one source file (local path or URL)."""
+    """Bytes of one source file (local path or URL); one GET on object stores.
+
+    Raises OSError (FileNotFoundError, PermissionError, ...) when the file cannot be read.
+    """
     if "://" not in uri:
         with open(uri, "rb") as f:
             return f.read()
-    with fsspec.open(uri, "rb", **(storage_options or {})) as f:
-        return f.read()  # type: ignore[no-any-return]
+    fs, path = storage.url_to_fs(uri, storage_options)
+    return bytes(fs.cat_file(path))
 
 
 def hash_files(files: list[SourceFile], *, threads: int = 8,

@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
+from imgclust import storage
 from imgclust.exceptions import CorruptArtifactError, StoreError
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class Store:
         root_s = os.fspath(root)
         if not root_s:
             raise StoreError("store root is empty; pass a folder or s3://bucket/prefix")
+        storage.check_url(root_s, "store root")  # ConfigError: credentials in the URL
         if "://" not in root_s:
             root_s = os.path.abspath(os.path.expanduser(root_s))
         self.url = root_s.rstrip("/") or "/"
@@ -62,7 +64,8 @@ class Store:
     @property
     def fs(self) -> fsspec.AbstractFileSystem:
         if self._fs is None:
-            self._fs, self._root = fsspec.core.url_to_fs(self.url, **self.storage_options)
+            # credentials/endpoint from the environment; no listing cache on object stores (storage.py)
+            self._fs, self._root = storage.url_to_fs(self.url, self.storage_options)
         return self._fs
 
     @property
