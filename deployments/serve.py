@@ -11,6 +11,8 @@ IMGCLUST_STORE              store root                                       (re
 IMGCLUST_TIMEZONE           timezone of the cron schedules                   UTC
 IMGCLUST_NIGHTLY_CRON       nightly auto-label schedule                      ``0 2 * * *``
 IMGCLUST_RECLUSTER_CRON     weekly recluster schedule                        ``0 4 * * 0``
+IMGCLUST_REFINE_CRON        weekly deep refinement schedule                  ``0 3 * * 6``
+IMGCLUST_REFINE_METHOD      deep method of the scheduled refinement          convae
 IMGCLUST_DASK_ADDRESS etc.  where tasks run (see flows/runtime.py)            local cluster
 ==========================  ===============================================  ==================
 """
@@ -26,6 +28,7 @@ from flows.auto_label import auto_label
 from flows.backfill import backfill
 from flows.pipeline import pipeline
 from flows.recluster import recluster
+from flows.refine import refine
 from imgclust.exceptions import ConfigError
 
 
@@ -51,6 +54,11 @@ def build_deployments() -> list[Any]:
             parameters={"store": store}, concurrency_limit=one_at_a_time,
             description="Refit on all features, keep stable ids, relabel, promote through the gate.",
             tags=["imgclust"]),
+        refine.to_deployment(
+            name="weekly", schedules=[Cron(os.environ.get("IMGCLUST_REFINE_CRON", "0 3 * * 6"), timezone=tz)],
+            parameters={"store": store, "method": os.environ.get("IMGCLUST_REFINE_METHOD", "convae")},
+            concurrency_limit=one_at_a_time, tags=["imgclust", "gpu"],
+            description="Train a deep-clustering method; its candidate model goes through the promotion gate."),
         backfill.to_deployment(
             name="on-demand", concurrency_limit=one_at_a_time, tags=["imgclust"],
             description="Re-ingest / re-extract / re-label a date range (start from the UI form)."),

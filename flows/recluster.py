@@ -8,7 +8,7 @@ from prefect import flow
 from flows.artifacts import publish_model_artifacts
 from flows.build_clusters import label_all
 from flows.runtime import default_task_runner
-from imgclust.config import ClusterConfig, ReduceConfig
+from imgclust.config import ClusterConfig, ExtractConfig, ReduceConfig
 from imgclust.promotion import GateConfig
 from tasks.cluster import current_model_task, evaluate_task, gate_and_promote_task, refit_task
 from tasks.extract import done_shards_task, extractor_key_task
@@ -31,6 +31,12 @@ def recluster(store: str, reduce: ReduceConfig | None = None, cluster: ClusterCo
     reduce = reduce or ReduceConfig(**info["reduce"])
     cluster = cluster or ClusterConfig(**info["cluster"])
     key = extractor_key_task(extract)
+    return run_refit(store, key, extract, reduce, cluster, previous, truth=truth, gate=gate, min_overlap=min_overlap)
+
+
+def run_refit(store: str, key: str, extract: ExtractConfig, reduce: ReduceConfig, cluster: ClusterConfig,
+              previous: str, *, truth: str, gate: GateConfig, min_overlap: float = 0.3) -> dict[str, Any]:
+    """Compose: refit with lineage -> relabel every shard -> evaluate -> gate -> promote -> report."""
     shard_ids = done_shards_task(store, key)
     model_id = refit_task(store, key, reduce, cluster, extract, previous, min_overlap)
     labeled = label_all(store, model_id, key, shard_ids)

@@ -58,6 +58,23 @@ def add_ops_parsers(sub: Any, add_exec: Any) -> None:
     add_exec(p)
     p.set_defaults(func=cmd_backfill)
 
+    p = sub.add_parser("refine", help="train a deep-clustering method on store images; candidate model + gate",
+                       description="Trains the method on a sample of the store's images, extracts every image with "
+                                   "its encoder, refits k-means with stable ids, relabels, evaluates and promotes "
+                                   "through the gate. Prints the candidate's metrics and whether it was promoted.")
+    p.add_argument("--store", required=True)
+    p.add_argument("--method", required=True, choices=["ascae", "scae", "convae", "dec", "idec", "nnc", "deepcluster"])
+    p.add_argument("--epochs", type=int, default=20, help="autoencoder (pre)training epochs")
+    p.add_argument("--max-iter", type=int, default=2000, help="fine-tuning steps (dec, idec, nnc)")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--sample", type=int, default=20000, help="training images sampled from the store")
+    p.add_argument("--image-size", type=int, default=28)
+    p.add_argument("--mode", choices=["L", "RGB"], default="L")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--truth", default="none", choices=["none", "parent_dir"])
+    add_exec(p)
+    p.set_defaults(func=cmd_refine)
+
     p = sub.add_parser("report", help="write reports/<run>/index.html for a model (default CURRENT)")
     p.add_argument("--store", required=True)
     p.add_argument("--model", default=None)
@@ -134,6 +151,20 @@ def cmd_backfill(a: argparse.Namespace) -> int:
     except ValidationError as err:
         raise ConfigError("invalid backfill: " + "; ".join(e["msg"] for e in err.errors())) from err
     _print(_run_flow("flows.backfill:backfill", _runner(a), params=params))
+    return 0
+
+
+def cmd_refine(a: argparse.Namespace) -> int:
+    for name in ("epochs", "max_iter", "k", "sample", "image_size"):
+        if getattr(a, name) < (2 if name == "k" else 1):
+            raise ConfigError(f"--{name.replace('_', '-')} must be positive (k >= 2)")
+    result = _run_flow("flows.refine:refine", _runner(a), store=a.store, method=a.method, k=a.k, epochs=a.epochs,
+                       max_iter=a.max_iter, sample=a.sample, image_size=a.image_size, mode=a.mode, device=a.device,
+                       truth=a.truth)
+    m = result["metrics"]
+    print(f"candidate {result['model_id']} ({a.method}): " + ", ".join(
+        f"{key}={m[key]:.4f}" for key in ("acc", "nmi", "ari", "internal_silhouette") if isinstance(m.get(key), float)))
+    print(f"promoted: {result['promoted']} ({result['gate']['reason']})")
     return 0
 
 

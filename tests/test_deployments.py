@@ -44,7 +44,7 @@ DAY1, DAY2 = dt.date(2026, 11, 1), dt.date(2026, 11, 2)
 N1, N2 = 300, 30
 TZ = "Europe/Berlin"
 NIGHTLY_CRON = "30 1 * * *"
-DEPLOYMENTS = ("auto-label/nightly", "recluster/weekly", "backfill/on-demand", "pipeline/on-demand")
+DEPLOYMENTS = ("auto-label/nightly", "recluster/weekly", "refine/weekly", "backfill/on-demand", "pipeline/on-demand")
 RUN_TIMEOUT = 240.0
 
 
@@ -231,6 +231,8 @@ def test_deployments_declare_schedules_and_ui_forms(served: dict[str, Any]) -> N
     assert nightly.parameters == {"source": str(served["source"]), "store": str(served["store"])}
     weekly = deps["recluster/weekly"].schedules[0].schedule
     assert getattr(weekly, "cron", None) == "0 4 * * 0" and weekly.timezone == TZ
+    refine = deps["refine/weekly"].schedules[0].schedule
+    assert getattr(refine, "cron", None) == "0 3 * * 6" and refine.timezone == TZ
     assert not deps["backfill/on-demand"].schedules and not deps["pipeline/on-demand"].schedules
     for d in deps.values():  # one run at a time; a second UI click waits in line
         assert d.global_concurrency_limit is not None and d.global_concurrency_limit.limit == 1, d.name

@@ -112,6 +112,8 @@ def create_backbone(
         ConfigError: invalid weights string (e.g. a hub id), a state_dict for another
             architecture, a bad device.
     """
+    if name.startswith(DEEP_PREFIX):
+        return _create_deep(name, device)
     entry = _REGISTRY.get(name)
     if entry is None:
         raise UnknownNameError(f"unknown backbone {name!r}; available: {', '.join(list_backbones())}.")
@@ -136,3 +138,22 @@ def clear_backbone_cache() -> None:
     """Drop every cached backbone (frees their memory once no one else holds them)."""
     with _LOCK:
         _CACHE.clear()
+
+
+DEEP_PREFIX = "deep:"
+
+
+def _create_deep(name: str, device: str) -> Backbone:
+    """``deep:<folder or URL of a saved deep estimator>``: the project's own trained encoders.
+
+    Resolved by name (not registered) so every worker process can build it from the string alone.
+    """
+    from imgclust.deep.backbone import deep_backbone
+
+    dev = _device(device)
+    cache_key = (name, "deep", str(dev), 0)
+    with _LOCK:
+        cached = _CACHE.get(cache_key)
+        if cached is None:
+            cached = _CACHE[cache_key] = deep_backbone(name[len(DEEP_PREFIX):], dev)
+        return cached

@@ -1,0 +1,252 @@
+"""Autoencoder + k-means image clustering (METHODS.md §3, §4; the N2D recipe as an option).
+
+:class:`AutoencoderClusterer` trains a convolutional autoencoder on the images, embeds them with
+the encoder and clusters the embeddings with :class:`~imgclust.cluster.FaissKMeans`:
+
+- ``arch="ascae"`` / ``"scae"``: the asymmetric / symmetric strided conv AEs of seeds/003, trained
+  with the paper's J = reconstruction + λ·||F - D3||² (:func:`~imgclust.deep.losses.ascae_loss`);
+  clustering features are the 50-d F layer.
+- ``arch="convae"``: the conv AE of seeds/004 stage 1 (MSE, Adam 1e-3, random rotation /
+  translation / crop augmentation, embedding size k).
+- ``umap_components``: UMAP on the embeddings before k-means, the N2D recipe (McConville, Santos-
+  Rodriguez, Piechocki & Craddock, "N2D: (Not Too) Deep Clustering via Clustering the Local
+  Manifold of an Autoencoded Embedding", ICPR 2020; ACC ~0.67 on Fashion-MNIST with a dense AE).
+
+Training is seeded and checkpointed with exact resume (:mod:`imgclust.deep.training`).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from imgclust.cluster import FaissKMeans
+from imgclust.deep import DeepEstimator
+from imgclust.deep.losses import ascae_loss
+from imgclust.deep.networks import ARCHS, build_network
+from imgclust.deep.training import (
+    Checkpointer,
+    TrainingLoop,
+    config_fingerprint,
+    data_fingerprint,
+    encode_batched,
+    random_affine,
+    resolve_device,
+    seed_everything,
+    to_float_images,
+)
+from imgclust.estimator import check_int
+from imgclust.exceptions import ConfigError
+from imgclust.reduce import UMAPReducer
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["AutoencoderClusterer", "ARCH_DEFAULTS"]
+
+# Parameters that do not change the training trajectory, so a checkpoint written under other values
+# may be resumed (``epochs`` too: no LR schedule, so a finished run can be extended).
+ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
+    "ascae": {"input_scale": 1.0, "augment": False},
+    "scae": {"input_scale": 1.0, "augment": False},
+    "convae": {"input_scale": 1 / 255, "augment": True},
+}
+"""What ``input_scale=None`` / ``augment=None`` mean for each arch: what its paper does. ASCAE/SCAE
+train on raw 0..255 pixels without augmentation (seeds/003: the λ = 20 of J balances the two terms
+at that scale; with [0, 1] pixels the F term dominates and the F features barely beat a random
+encoder); ConvAE on [0, 1] pixels with rotation/translation/crop augmentation (seeds/004)."""
+
+_RESUMABLE_PARAMS = ("epochs", "device", "checkpoint_dir", "checkpoint_every", "kmeans_redo",
+                     "umap_components", "umap_neighbors")
+
+
+class AutoencoderClusterer(DeepEstimator):
+    """Conv autoencoder (ASCAE / SCAE / ConvAE) + optional UMAP + k-means on the embeddings.
+
+    Parameters
+    ----------
+    arch : ``"convae"`` (METHODS.md §4), ``"ascae"`` or ``"scae"`` (§3).
+    n_clusters : k; also the D2 width of ASCAE/SCAE.
+    embed_dim : ConvAE embedding size; ``None`` = ``n_clusters`` (as in seeds/004). ASCAE/SCAE
+        always cluster their 50-d F layer.
+    epochs, batch_size, lr : Adam training (seeds/004 trains 500 epochs; the default here is sized
+        for a CPU; raise it on a GPU).
+    lam : λ of the ASCAE loss (20 in the paper, for raw 0..255 pixels); ignored by ConvAE.
+    input_scale : pixels are multiplied by this before training; ``None`` (default) picks
+        :data:`ARCH_DEFAULTS`: ``1/255`` ([0, 1]) for ConvAE, ``1.0`` (raw 0..255, as the ASCAE
+        paper does: it argues normalising grey images hides contrast) for ASCAE/SCAE, because λ's
+        balance in J depends on the scale.
+    init : ASCAE/SCAE weight init, ``"paper"`` = N(0, 0.1²) (seeds/003 algorithm 1) or
+        ``"torch"`` (PyTorch's Kaiming-uniform default). ConvAE always uses PyTorch's default.
+    augment : random rotation (±15°), translation (±10 %) and crop (≥ 85 %) of each training
+        batch (seeds/004 stage 1); the reconstruction target is the augmented image. ``None``
+        (default): on for ConvAE, off for ASCAE/SCAE (:data:`ARCH_DEFAULTS`).
+    umap_components : ``None`` (k-means on the embeddings) or the UMAP output size (N2D uses k).
+    umap_neighbors : UMAP ``n_neighbors`` (N2D uses 20).
+    kmeans_redo : k-means restarts (k-means++ init), the lowest inertia wins (the paper: 50).
+    seed, device : reproducibility and placement (``"auto"``, ``"cpu"``, ``"cuda"``).
+    checkpoint_dir, checkpoint_every : exact-resume checkpoints every that many steps (and at the
+        end); ``None`` = none. A directory written under other trajectory-relevant parameters or
+        other data is refused.
+
+    Attributes
+    ----------
+    network_ : the trained module (eval mode); network_spec_ : its JSON spec
+    labels_ : (N,) int64 cluster of each training image; cluster_centers_ : (k, D) float32 in the
+        space k-means ran in (embeddings, or UMAP coordinates)
+    kmeans_ : FaissKMeans; umap_ : UMAPReducer | None
+    history_ : list of ``{"epoch", "step", "loss", "seconds"}``; resumed_from_step_ : int | None
+    embed_dim_ : embedding width; input_shape_ : per-image shape; input_scale_ : float
+    """
+
+    _meta_attrs = (*DeepEstimator._meta_attrs, "history_")
+    _tensor_attrs = ("labels_",)
+    _sub_estimators: ClassVar[dict[str, str]] = {"kmeans": "kmeans_", "umap": "umap_"}
+
+    def __init__(self, *, arch: Literal["ascae", "scae", "convae"] = "convae", n_clusters: int = 10,
+                 embed_dim: int | None = None, epochs: int = 50, batch_size: int = 256, lr: float = 1e-3,
+                 lam: float = 20.0, input_scale: float | None = None, init: Literal["paper", "torch"] = "paper",
+                 augment: bool | None = None, umap_components: int | None = None, umap_neighbors: int = 20,
+                 kmeans_redo: int = 10, seed: int = 0, device: str = "auto", checkpoint_dir: str | None = None,
+                 checkpoint_every: int = 500) -> None:
+        self.arch = arch
+        self.n_clusters = n_clusters
+        self.embed_dim = embed_dim
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.lam = lam
+        self.input_scale = input_scale
+        self.init = init
+        self.augment = augment
+        self.umap_components = umap_components
+        self.umap_neighbors = umap_neighbors
+        self.kmeans_redo = kmeans_redo
+        self.seed = seed
+        self.device = device
+        self.checkpoint_dir = checkpoint_dir
+        self.checkpoint_every = checkpoint_every
+
+    def _validate_params(self) -> None:
+        if self.arch not in ARCHS:
+            raise ConfigError(f"arch must be one of {list(ARCHS)}, got {self.arch!r}")
+        check_int("n_clusters", self.n_clusters, minimum=1)
+        check_int("embed_dim", self.embed_dim, minimum=1, allow_none=True)
+        check_int("epochs", self.epochs, minimum=0)
+        check_int("batch_size", self.batch_size, minimum=1)
+        check_int("kmeans_redo", self.kmeans_redo, minimum=1)
+        check_int("umap_components", self.umap_components, minimum=1, allow_none=True)
+        check_int("umap_neighbors", self.umap_neighbors, minimum=2)
+        check_int("checkpoint_every", self.checkpoint_every, minimum=1)
+        if not self.lr > 0 or not self._input_scale() > 0 or not self.lam >= 0:
+            raise ConfigError(f"lr and input_scale must be > 0 and lam >= 0; got lr={self.lr}, "
+                              f"input_scale={self.input_scale}, lam={self.lam}")
+        if self.init not in ("paper", "torch"):
+            raise ConfigError(f"init must be 'paper' or 'torch', got {self.init!r}")
+
+    def _input_scale(self) -> float:
+        return float(ARCH_DEFAULTS[self.arch]["input_scale"] if self.input_scale is None else self.input_scale)
+
+    def _augment(self) -> bool:
+        return bool(ARCH_DEFAULTS[self.arch]["augment"] if self.augment is None else self.augment)
+
+    def network_spec(self, images: np.ndarray | torch.Tensor) -> dict[str, Any]:
+        """The JSON network spec for images ``(N, H, W[, C])`` under the current parameters."""
+        channels = 1 if images.ndim == 3 else int(images.shape[3])
+        spec: dict[str, Any] = {"arch": self.arch, "in_channels": channels,
+                                "image_size": [int(images.shape[1]), int(images.shape[2])]}
+        if self.arch == "convae":
+            spec["embed_dim"] = self.embed_dim or self.n_clusters
+        else:
+            spec.update(k=self.n_clusters, init=self.init)
+        return spec
+
+    def reconstruction_loss(self, x: torch.Tensor, recon: torch.Tensor, extras: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The training loss of this architecture for a batch ``x`` ``(B, C, H, W)`` (scalar):
+        ASCAE/SCAE's J with ``lam`` (seeds/003 eq. 2), ConvAE's per-element MSE (seeds/004).
+        IDEC reuses it as its reconstruction term."""
+        if self.arch == "convae":
+            return F.mse_loss(recon, x)
+        return ascae_loss(x, recon, extras["f"], extras["d3"], self.lam)
+
+    def fit(self, images: Any, y: Any = None) -> AutoencoderClusterer:
+        """Train the autoencoder on images ``(N, H, W)`` or ``(N, H, W, C)`` (uint8 0..255), then
+        cluster the embeddings. ``y`` is ignored (API symmetry)."""
+        self._validate_params()
+        for attr in ("input_shape_", "network_"):
+            self.__dict__.pop(attr, None)
+        arr = self._check_images(images)
+        x = to_float_images(arr, scale=self._input_scale())
+        device = resolve_device(self.device)
+        gen = seed_everything(self.seed)
+        spec = self.network_spec(arr)
+        net = build_network(spec).to(device)
+        opt = torch.optim.Adam(net.parameters(), lr=self.lr)
+        params = {k: v for k, v in self.get_params().items() if k not in _RESUMABLE_PARAMS}
+        params.update(input_scale=self._input_scale(), augment=self._augment())  # resolved, not None
+        fingerprint = config_fingerprint({"class": type(self).__name__, "params": params, "spec": spec,
+                                          "data": data_fingerprint(arr)})
+        loop = TrainingLoop(n=x.shape[0], batch_size=self.batch_size, generator=gen, name=f"AE[{self.arch}]",
+                            checkpointer=Checkpointer(self.checkpoint_dir, fingerprint=fingerprint,
+                                                      every=self.checkpoint_every),
+                            stateful={"network": net, "optimizer": opt})
+        augment = self._augment()
+        net.train()
+
+        def step_fn(idx: torch.Tensor, step: int) -> float:
+            xb = x[idx].to(device)
+            if augment:
+                xb = random_affine(xb)
+            recon, extras = net(xb)
+            loss = self.reconstruction_loss(xb, recon, extras)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            return float(loss.detach())
+
+        self.history_ = loop.run(step_fn, max_steps=self.epochs * loop.steps_per_epoch)
+        self.resumed_from_step_ = loop.resumed_from
+        self.network_ = net.eval()
+        self.network_spec_ = spec
+        self.input_shape_ = [int(s) for s in arr.shape[1:]]
+        self.input_scale_ = self._input_scale()
+        self.n_features_in_ = int(np.prod(self.input_shape_))
+        self.embed_dim_ = int(net.embed_dim)  # type: ignore[arg-type]
+        emb = encode_batched(net, x, batch_size=self._inference_batch(), device=device)
+        self._fit_clusters(emb)
+        return self
+
+    def _fit_clusters(self, emb: np.ndarray) -> None:
+        """UMAP (optional) then k-means on embeddings ``(N, embed_dim_)``; sets labels_ and centers."""
+        if not np.isfinite(emb).all():
+            raise ConfigError("the autoencoder produced NaN/inf embeddings (training diverged); lower lr, "
+                              "or lower input_scale")
+        feats = emb
+        self.umap_: UMAPReducer | None = None
+        if self.umap_components is not None:
+            self.umap_ = UMAPReducer(n_components=self.umap_components, n_neighbors=self.umap_neighbors,
+                                     min_dist=0.0, random_state=self.seed, fit_sample=None).fit(emb)
+            feats = self.umap_.embedding_
+        self.kmeans_ = FaissKMeans(n_clusters=self.n_clusters, n_redo=self.kmeans_redo, seed=self.seed).fit(feats)
+        self.labels_ = self.kmeans_.predict(feats)
+        logger.info("AE[%s]: k-means on %s features %s -> %d clusters", self.arch,
+                    "UMAP" if self.umap_ is not None else "embedding", feats.shape, self.n_clusters)
+
+    @property
+    def cluster_centers_(self) -> np.ndarray:
+        """``(k, D)`` float32 k-means centroids (in UMAP space when ``umap_components`` is set)."""
+        self._check_fitted("kmeans_")
+        return self.kmeans_.cluster_centers_
+
+    def cluster_features(self, images: Any) -> np.ndarray:
+        """The features k-means clusters: embeddings ``(N, embed_dim_)``, mapped by the fitted UMAP
+        (``(N, umap_components)``, out-of-sample transform) when there is one."""
+        emb = self.transform(images)
+        return emb if self.umap_ is None else self.umap_.transform(emb)
+
+    def predict(self, images: Any) -> np.ndarray:
+        """Cluster ``(N,)`` int64 of each image: nearest k-means centroid of :meth:`cluster_features`."""
+        self._check_fitted("kmeans_")
+        return self.kmeans_.predict(self.cluster_features(images))

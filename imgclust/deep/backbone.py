@@ -1,0 +1,51 @@
+"""A trained deep clusterer's encoder as a feature extractor (``deep:<saved estimator folder>``).
+
+So the normal extract -> reduce -> cluster -> label path can use an encoder trained by
+``flows/refine.py``: ``ExtractConfig(extractor="deep:s3://bucket/store/deep/<run>")``.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+
+import fsspec
+import torch
+from torch import nn
+
+from imgclust.backbones.base import Backbone, ModuleBackbone
+from imgclust.backbones.preprocessing import Preprocessing
+from imgclust.exceptions import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+class _Encode(nn.Module):
+    """``network.encode`` as a module: (N, C, H, W) -> (N, d)."""
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network.encode(x)  # type: ignore[operator, no-any-return]
+
+
+def deep_backbone(location: str, device: torch.device) -> Backbone:
+    """Load the estimator saved at ``location`` and wrap its encoder (weights identity = sha256)."""
+    from imgclust.deep.methods import load_deep
+
+    est = load_deep(location)
+    fs, root = fsspec.core.url_to_fs(location)
+    sha = hashlib.sha256(fs.cat_file(f"{root.rstrip('/')}/weights.pt")).hexdigest()
+    shape = list(est.input_shape_)
+    channels = 1 if len(shape) == 2 else int(shape[2])
+    std = 1.0 / (255.0 * float(est.input_scale_))  # preprocess: (x/255 - 0) / std == x * input_scale
+    prep = Preprocessing(input_size=int(shape[0]), mode="L" if channels == 1 else "RGB",
+                         mean=(0.0,) * channels, std=(std,) * channels, resize="squash")
+    if shape[0] != shape[1]:
+        raise ConfigError(f"deep extractor at {location} was trained on {shape[0]}x{shape[1]} images; only square "
+                          "inputs are supported")
+    log.info("deep extractor %s (%s, %d-d) from %s", sha[:12], type(est).__name__, est.embed_dim_, location)
+    return ModuleBackbone(name="deep", module=_Encode(est.network_), dim=int(est.embed_dim_), preprocessing=prep,
+                          weights_id=f"file:sha256:{sha}", device=device,
+                          fingerprint_extra={"estimator": type(est).__name__})

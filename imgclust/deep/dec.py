@@ -1,0 +1,226 @@
+"""DEC and IDEC: fine-tune a pretrained autoencoder's encoder together with cluster centroids (METHODS.md §5).
+
+DEC (Xie, Girshick & Farhadi, "Unsupervised Deep Embedding for Clustering Analysis", ICML 2016):
+k-means on the pretrained embeddings gives centroids ``mu``; then encoder and ``mu`` minimise
+``KL(P || Q)`` with ``Q`` the Student-t soft assignment (α = 1) and ``P`` its sharpened target,
+recomputed on the full data every ``update_interval`` steps; training stops when fewer than
+``tol`` of the labels changed between two refreshes (0.1 %).
+
+IDEC (Guo, Gao, Liu & Yin, "Improved Deep Embedded Clustering with Local Structure
+Preservation", IJCAI 2017) keeps the decoder and minimises ``L_rec + γ·KL`` (γ = 0.1) so the
+embedding keeps the local structure the reconstruction needs. The convolutional setting with
+Adam and T = 140 follows DCEC (Guo et al., ICONIP 2017).
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from imgclust.cluster import FaissKMeans
+from imgclust.deep import DeepEstimator
+from imgclust.deep.autoencoder import AutoencoderClusterer
+from imgclust.deep.losses import kl_clustering_loss, student_t, target_distribution
+from imgclust.deep.networks import build_network
+from imgclust.deep.training import (
+    Checkpointer,
+    TrainingLoop,
+    config_fingerprint,
+    data_fingerprint,
+    encode_batched,
+    resolve_device,
+    seed_everything,
+    to_float_images,
+)
+from imgclust.estimator import check_int
+from imgclust.exceptions import ConfigError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DEC"]
+
+_RESUMABLE_PARAMS = ("max_iter", "device", "checkpoint_dir", "checkpoint_every", "pretrained")
+
+
+class _Clustering(nn.Module):
+    """The autoencoder plus trainable centroids ``mu`` ``(k, d)``: one state_dict for checkpoints."""
+
+    def __init__(self, net: nn.Module, mu: torch.Tensor) -> None:
+        super().__init__()
+        self.net = net
+        self.mu = nn.Parameter(mu)
+
+
+class DEC(DeepEstimator):
+    """DEC / IDEC clustering of images, starting from a pretrained :class:`AutoencoderClusterer`.
+
+    Parameters
+    ----------
+    n_clusters : k.
+    idec : keep the decoder and add its reconstruction loss (IDEC) instead of pure KL (DEC).
+    gamma : weight of the KL term in IDEC's ``L_rec + gamma * KL`` (0.1 in the paper).
+    alpha : Student-t degrees of freedom (1 in DEC).
+    update_interval : T, steps between refreshes of the target ``P`` on the full data.
+    tol : stop when the fraction of labels that changed since the last refresh is below this.
+    max_iter, batch_size, lr : Adam steps (DCEC: 20,000 at lr 1e-3, batch 256).
+    pretrained : a fitted :class:`AutoencoderClusterer` (not modified; fitted on the images if it
+        is not fitted yet), or ``None`` to pretrain one with ``autoencoder`` params (JSON dict,
+        e.g. ``{"arch": "convae", "epochs": 50}``). Not saved (the fine-tuned network is).
+    kmeans_redo : k-means restarts for the initial centroids (DEC: 20).
+    seed, device, checkpoint_dir, checkpoint_every : as in :class:`AutoencoderClusterer`.
+
+    Attributes
+    ----------
+    network_ : fine-tuned autoencoder (eval mode); cluster_centers_ : (k, d) float32 centroids
+    labels_ : (N,) int64 ``argmax q`` of the training images
+    history_ : per epoch ``{"epoch", "step", "loss", "seconds"}`` (loss: KL for DEC, total for IDEC)
+    refreshes_ : per target refresh ``{"step", "delta_label"}``
+    n_iter_ : optimisation steps done; converged_ : bool, stopped by ``tol``
+    """
+
+    _meta_attrs = (*DeepEstimator._meta_attrs, "history_", "refreshes_", "n_iter_", "converged_")
+    _tensor_attrs = ("cluster_centers_", "labels_")
+    _unsaved_params = ("pretrained",)
+
+    def __init__(self, *, n_clusters: int = 10, idec: bool = False, gamma: float = 0.1, alpha: float = 1.0,
+                 update_interval: int = 140, tol: float = 0.001, max_iter: int = 20000, batch_size: int = 256,
+                 lr: float = 1e-3, pretrained: AutoencoderClusterer | None = None,
+                 autoencoder: dict[str, Any] | None = None, kmeans_redo: int = 20, seed: int = 0,
+                 device: str = "auto", checkpoint_dir: str | None = None, checkpoint_every: int = 500) -> None:
+        self.n_clusters = n_clusters
+        self.idec = idec
+        self.gamma = gamma
+        self.alpha = alpha
+        self.update_interval = update_interval
+        self.tol = tol
+        self.max_iter = max_iter
+        self.batch_size = batch_size
+        self.lr = lr
+        self.pretrained = pretrained
+        self.autoencoder = autoencoder
+        self.kmeans_redo = kmeans_redo
+        self.seed = seed
+        self.device = device
+        self.checkpoint_dir = checkpoint_dir
+        self.checkpoint_every = checkpoint_every
+
+    def _validate_params(self) -> None:
+        for name in ("n_clusters", "update_interval", "batch_size", "kmeans_redo", "checkpoint_every"):
+            check_int(name, getattr(self, name), minimum=1)
+        check_int("max_iter", self.max_iter, minimum=0)
+        if not self.alpha > 0 or not self.lr > 0 or not self.gamma >= 0 or not 0 <= self.tol < 1:
+            raise ConfigError(f"need alpha > 0, lr > 0, gamma >= 0 and 0 <= tol < 1; got alpha={self.alpha}, "
+                              f"lr={self.lr}, gamma={self.gamma}, tol={self.tol}")
+        if self.pretrained is not None and not isinstance(self.pretrained, AutoencoderClusterer):
+            raise ConfigError(f"pretrained must be an AutoencoderClusterer or None, got {type(self.pretrained).__name__}")
+        if self.pretrained is not None and self.autoencoder is not None:
+            raise ConfigError("pass either pretrained (a fitted autoencoder) or autoencoder (params to pretrain one), not both")
+
+    def _pretrained(self, images: Any) -> AutoencoderClusterer:
+        ae = self.pretrained
+        if ae is None:
+            params = {"n_clusters": self.n_clusters, "seed": self.seed, "device": self.device, **(self.autoencoder or {})}
+            logger.info("DEC: pretraining an autoencoder %s", params)
+            return AutoencoderClusterer(**params).fit(images)
+        if getattr(ae, "network_", None) is None:
+            logger.info("DEC: the given autoencoder is not fitted; fitting it on these images first")
+            ae.fit(images)
+        return ae
+
+    def fit(self, images: Any, y: Any = None) -> DEC:
+        """Fine-tune on images ``(N, H, W[, C])`` uint8; ``y`` is ignored."""
+        self._validate_params()
+        for attr in ("input_shape_", "network_"):
+            self.__dict__.pop(attr, None)
+        arr = self._check_images(images)
+        ae = self._pretrained(arr)
+        ae._check_images(arr)  # same per-image shape as the autoencoder was trained on
+        x = to_float_images(arr, scale=ae.input_scale_)
+        device = resolve_device(self.device)
+        gen = seed_everything(self.seed)
+        net = build_network(ae.network_spec_)
+        net.load_state_dict(ae.network_.state_dict())
+        net.to(device)
+        infer = max(self.batch_size, 1024)
+        km = FaissKMeans(n_clusters=self.n_clusters, n_redo=self.kmeans_redo, seed=self.seed)
+        km.fit(encode_batched(net, x, batch_size=infer, device=device))
+        model = _Clustering(net, torch.from_numpy(km.cluster_centers_.copy())).to(device)
+        opt = torch.optim.Adam(model.parameters(), lr=self.lr)
+        params = {k: v for k, v in self.get_params().items() if k not in _RESUMABLE_PARAMS}
+        fingerprint = config_fingerprint({"class": type(self).__name__, "params": params, "spec": ae.network_spec_,
+                                          "data": data_fingerprint(arr, *ae.network_.state_dict().values())})
+        st: dict[str, Any] = {"p": None, "last": None, "refreshes": [], "converged": False}
+
+        def full_q() -> torch.Tensor:
+            emb = torch.from_numpy(encode_batched(net, x, batch_size=infer, device=device))
+            return student_t(emb, model.mu.detach().cpu(), self.alpha)
+
+        def before_step(step: int) -> bool:
+            if (step - 1) % self.update_interval:
+                return False
+            q = full_q()
+            labels = q.argmax(dim=1)
+            if st["last"] is not None:
+                delta = float((labels != st["last"]).double().mean())
+                st["refreshes"].append({"step": step - 1, "delta_label": delta})
+                logger.info("DEC step %d: %.4f%% of labels changed", step - 1, 100 * delta)
+                if delta < self.tol:
+                    st["converged"] = True
+                    return True
+            st["p"], st["last"] = target_distribution(q), labels
+            return False
+
+        recon_loss: Callable[..., torch.Tensor] = ae.reconstruction_loss
+
+        def step_fn(idx: torch.Tensor, step: int) -> float:
+            xb, p = x[idx].to(device), st["p"][idx].to(device)
+            if self.idec:
+                recon, extras = net(xb)
+                z = extras["z"] if "z" in extras else extras["f"]
+                loss = recon_loss(xb, recon, extras) + self.gamma * kl_clustering_loss(student_t(z, model.mu, self.alpha), p)
+            else:
+                loss = kl_clustering_loss(student_t(net.encode(xb), model.mu, self.alpha), p)  # type: ignore[operator]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            return float(loss.detach())
+
+        def set_extra(d: dict[str, Any]) -> None:
+            st.update(d)
+
+        loop = TrainingLoop(n=x.shape[0], batch_size=self.batch_size, generator=gen, name="IDEC" if self.idec else "DEC",
+                            checkpointer=Checkpointer(self.checkpoint_dir, fingerprint=fingerprint,
+                                                      every=self.checkpoint_every),
+                            stateful={"model": model, "optimizer": opt}, get_extra=lambda: dict(st),
+                            set_extra=set_extra)
+        net.train()
+        self.history_ = loop.run(step_fn, max_steps=self.max_iter, before_step=before_step)
+        self.n_iter_ = int(self.history_[-1]["step"]) if self.history_ else 0
+        self.converged_ = bool(st["converged"])
+        self.refreshes_ = list(st["refreshes"])
+        if not self.converged_:
+            logger.warning("DEC stopped at max_iter=%d before fewer than tol=%g of labels changed; raise max_iter "
+                           "for a converged run", self.max_iter, self.tol)
+        self.network_ = net.eval()
+        self.network_spec_ = dict(ae.network_spec_)
+        self.input_shape_ = list(ae.input_shape_)
+        self.input_scale_ = float(ae.input_scale_)
+        self.n_features_in_ = int(np.prod(self.input_shape_))
+        self.embed_dim_ = int(net.embed_dim)  # type: ignore[arg-type]
+        self.cluster_centers_ = model.mu.detach().cpu().numpy().astype(np.float32)
+        self.labels_ = full_q().argmax(dim=1).numpy().astype(np.int64)
+        return self
+
+    def predict_proba(self, images: Any) -> np.ndarray:
+        """Student-t soft assignments ``q`` ``(N, k)`` float32 of images to the learned centroids."""
+        self._check_fitted("cluster_centers_")
+        q = student_t(torch.from_numpy(self.transform(images)), torch.from_numpy(self.cluster_centers_), self.alpha)
+        return q.numpy().astype(np.float32)
+
+    def predict(self, images: Any) -> np.ndarray:
+        """Cluster ``(N,)`` int64 of each image: ``argmax_j q_ij``."""
+        return self.predict_proba(images).argmax(axis=1).astype(np.int64)

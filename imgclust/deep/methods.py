@@ -1,0 +1,66 @@
+"""One entry point for the deep-clustering methods: build by name, load by saved class.
+
+Names: ``ascae``/``scae`` (METHODS §3), ``convae`` (§4 stage 1), ``dec``/``idec`` (§5), ``nnc``
+(§4 neighbour consistency + sample stability), ``deepcluster`` (§1).
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+from typing import Any, Literal
+
+import fsspec
+
+from imgclust.deep import DeepEstimator
+from imgclust.exceptions import ConfigError, CorruptArtifactError, UnknownNameError
+
+log = logging.getLogger(__name__)
+
+DeepMethod = Literal["ascae", "scae", "convae", "dec", "idec", "nnc", "deepcluster"]
+DEEP_METHODS: tuple[str, ...] = ("ascae", "scae", "convae", "dec", "idec", "nnc", "deepcluster")
+_CLASSES = {"AutoencoderClusterer": "imgclust.deep.autoencoder", "DEC": "imgclust.deep.dec",
+            "NeighbourConsistency": "imgclust.deep.nnc", "DeepCluster": "imgclust.deep.deepcluster"}
+
+
+def create_deep(method: str, *, k: int, epochs: int = 20, max_iter: int = 2000, seed: int = 0,
+                device: str = "auto", checkpoint_dir: str | None = None, **extra: Any) -> DeepEstimator:
+    """The estimator for ``method`` with the project's defaults; ``extra`` overrides parameters.
+
+    ``epochs`` is the autoencoder (pre)training length; ``max_iter`` the fine-tuning steps of
+    DEC/IDEC/NNC. Fine-tuning methods pretrain their conv autoencoder (§4) themselves.
+    """
+    if method not in DEEP_METHODS:
+        raise UnknownNameError(f"unknown deep method {method!r}; choose one of {', '.join(DEEP_METHODS)}")
+    common = {"seed": seed, "device": device, "checkpoint_dir": checkpoint_dir}
+    pretrain = {"arch": "convae", "epochs": epochs}
+    if method in ("ascae", "scae", "convae"):
+        from imgclust.deep.autoencoder import AutoencoderClusterer
+
+        return AutoencoderClusterer(arch=method, n_clusters=k, epochs=epochs, **common, **extra)  # type: ignore[arg-type]
+    if method in ("dec", "idec"):
+        from imgclust.deep.dec import DEC
+
+        return DEC(n_clusters=k, idec=method == "idec", max_iter=max_iter, autoencoder=pretrain, **common, **extra)
+    if method == "nnc":
+        from imgclust.deep.nnc import NeighbourConsistency
+
+        return NeighbourConsistency(n_clusters=k, max_iter=max_iter, autoencoder=pretrain, **common, **extra)
+    from imgclust.deep.deepcluster import DeepCluster
+
+    return DeepCluster(n_clusters=k, epochs=epochs, **common, **extra)
+
+
+def load_deep(location: str | os.PathLike[str]) -> DeepEstimator:
+    """Load a deep estimator saved at ``location`` (folder or URL), whatever its class."""
+    fs, root = fsspec.core.url_to_fs(os.fspath(location))
+    try:
+        name = json.loads(fs.cat_file(f"{root.rstrip('/')}/estimator.json"))["class"]
+    except FileNotFoundError as err:
+        raise CorruptArtifactError(f"{location} has no estimator.json: not a saved deep model (or half-written)") \
+            from err
+    if name not in _CLASSES:
+        raise ConfigError(f"{location} holds a {name}, not a deep clusterer ({', '.join(_CLASSES)})")
+    cls = getattr(importlib.import_module(_CLASSES[name]), name)
+    return cls.load(os.fspath(location))  # type: ignore[no-any-return]

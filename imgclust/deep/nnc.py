@@ -1,0 +1,369 @@
+"""Neighbour-consistency deep clustering with sample stability (METHODS.md §4, stage 2).
+
+Qian et al. 2025 (seeds/004, "近邻一致性策略下的图像深度聚类"): start from a pretrained conv
+autoencoder (stage 1, :class:`~imgclust.deep.autoencoder.AutoencoderClusterer`), drop the
+decoder, run k-means on the embeddings for initial centroids ``m`` and fine-tune encoder and
+centroids together with ``L_C = L_NC + L_SS``:
+
+- Student-t soft assignment ``q_ij`` with ``α = 3`` (eq. 2, as DEC's eq. 1 with other ``α``);
+- neighbour consistency (eq. 3), :func:`nc_loss`:
+  ``L_NC = 1/N Σ_i Σ_j (log q_ij - log q_{N(i) j})²``, ``N(i)`` the nearest neighbour of sample
+  ``i`` in embedding space;
+- sample stability (eqs. 4-6), from DECS (Deep Embedding Clustering driven by Sample Stability,
+  IJCAI 2024), :func:`sample_stability_loss`:
+  ``fq(q) = |q - t| / t`` if ``q < t`` else ``|q - t| / (1 - t)``, ``t`` by Otsu's method
+  (:func:`otsu_threshold`), ``sq(x_i) = mean_j fq(q_ij) - λ var_j fq(q_ij)`` (λ = 0.8),
+  ``L_SS = 1 - mean_i sq(x_i)`` (eq. 6 sums over ``i``; the mean keeps the scale independent of
+  the batch size, as METHODS.md §4 advises).
+
+Choices where the paper is silent (documented, not tuned on labels):
+
+- ``N(i)`` is searched with an exact faiss ``IndexFlatL2`` over the whole training set and
+  recomputed every ``knn_interval`` steps, because the embedding moves during fine-tuning; in
+  between, each batch looks its neighbours up in that table and embeds them in the same forward
+  pass. Gradients flow through both ``q_i`` and ``q_{N(i)}`` (the loss is symmetric in them).
+- Otsu's ``t`` is computed per mini-batch over all its ``q`` values, without gradient.
+- ``L_NC + L_SS`` has a trivial minimiser (all samples in one cluster); a cluster-balance term
+  (``balance``, on by default, 0 = the paper's objective) rules it out, see
+  :class:`NeighbourConsistency`.
+- The encoder stays in train mode (BatchNorm uses batch statistics) during fine-tuning, as in
+  :class:`~imgclust.deep.dec.DEC`; no augmentation in this stage.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from imgclust.cluster import FaissKMeans
+from imgclust.deep import DeepEstimator
+from imgclust.deep.autoencoder import AutoencoderClusterer
+from imgclust.deep.losses import student_t
+from imgclust.deep.networks import build_network
+from imgclust.deep.training import (
+    Checkpointer,
+    TrainingLoop,
+    config_fingerprint,
+    data_fingerprint,
+    encode_batched,
+    resolve_device,
+    seed_everything,
+    to_float_images,
+)
+from imgclust.estimator import check_int
+from imgclust.exceptions import ConfigError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["NeighbourConsistency", "nc_loss", "sample_stability_loss", "stability_fq", "otsu_threshold",
+           "balance_loss", "nearest_neighbours"]
+
+_EPS = 1e-12
+_RESUMABLE_PARAMS = ("max_iter", "device", "checkpoint_dir", "checkpoint_every", "pretrained")
+
+
+# ----------------------------------------------------------------------------- pure functions
+
+
+def otsu_threshold(values: Any, bins: int = 256) -> float:
+    """Otsu's threshold (Otsu, "A threshold selection method from gray-level histograms", IEEE
+    SMC 1979) of any array of real values, flattened.
+
+    The range ``[min, max]`` is cut into ``bins`` equal bins (edges ``e_0 < ... < e_bins``); for every
+    interior edge ``e_c`` the values split into ``C0 = {v < e_c}`` and ``C1 = {v >= e_c}`` and the
+    between-class variance ``σ_B² = w0 w1 (μ0 - μ1)²`` (``w`` class fractions, ``μ`` class means) is
+    evaluated; the edge with the largest ``σ_B²`` is returned (the lowest one on ties, i.e. just
+    above the lower class). Class means come from per-bin sums of the actual values, not bin
+    centres, so at the edges the histogram method equals a brute-force search over the raw values.
+
+    Returns a float with ``min < t <= max``; constant input (or a single value) returns that value.
+    """
+    v = (values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values))
+    v = v.astype(np.float64, copy=False).ravel()
+    if v.size == 0 or not np.isfinite(v).all():
+        raise ConfigError(f"otsu_threshold needs a non-empty array of finite values; got {v.size} values "
+                          "with NaN/inf or none at all")
+    check_int("bins", bins, minimum=2)
+    lo, hi = float(v.min()), float(v.max())
+    if not hi > lo:
+        return lo
+    edges = np.linspace(lo, hi, bins + 1)
+    idx = np.clip(np.searchsorted(edges, v, side="right") - 1, 0, bins - 1)  # e_b <= v < e_{b+1}
+    counts = np.bincount(idx, minlength=bins).astype(np.float64)
+    sums = np.bincount(idx, weights=v, minlength=bins)
+    n0, s0 = np.cumsum(counts)[:-1], np.cumsum(sums)[:-1]  # class C0 = bins 0..c, split at e_{c+1}
+    n1, s1 = v.size - n0, sums.sum() - s0
+    valid = (n0 > 0) & (n1 > 0)
+    mu0 = np.divide(s0, n0, out=np.zeros_like(s0), where=valid)
+    mu1 = np.divide(s1, n1, out=np.zeros_like(s1), where=valid)
+    between = np.where(valid, n0 * n1 * (mu0 - mu1) ** 2, -1.0) / float(v.size) ** 2
+    return float(edges[int(np.argmax(between)) + 1])
+
+
+def nc_loss(q: torch.Tensor, q_nb: torch.Tensor) -> torch.Tensor:
+    """Neighbour consistency ``L_NC = 1/B Σ_i Σ_j (log q_ij - log q_nb_ij)²`` (seeds/004 eq. 3), a scalar.
+
+    ``q`` ``(B, k)`` soft assignments of the samples, ``q_nb`` ``(B, k)`` those of their nearest
+    neighbours (row ``i`` of ``q_nb`` belongs to ``N(i)``). Probabilities are clamped at 1e-12
+    inside the log.
+    """
+    if q.shape != q_nb.shape or q.ndim != 2:
+        raise ConfigError(f"q and q_nb must both be (B, k); got {tuple(q.shape)} and {tuple(q_nb.shape)}")
+    diff = q.clamp_min(_EPS).log() - q_nb.clamp_min(_EPS).log()
+    return diff.pow(2).sum(dim=1).mean()
+
+
+def stability_fq(q: torch.Tensor, t: float) -> torch.Tensor:
+    """DECS's certainty ``fq`` (seeds/004 eq. 4) of each entry of ``q`` (any shape) against threshold ``t``:
+    ``|q - t| / t`` where ``q < t``, else ``|q - t| / (1 - t)``; 0 at ``t``, 1 at ``q = 0`` and ``q = 1``.
+
+    ``t`` is clamped into ``[1e-6, 1 - 1e-6]`` so neither denominator vanishes.
+    """
+    t = min(max(float(t), 1e-6), 1.0 - 1e-6)
+    return torch.where(q < t, (t - q) / t, (q - t) / (1.0 - t))
+
+
+def sample_stability_loss(q: torch.Tensor, lam: float = 0.8, t: float | None = None) -> torch.Tensor:
+    """Sample stability loss ``L_SS = 1 - mean_i sq(x_i)`` (seeds/004 eqs. 4-6, from DECS, IJCAI 2024), a scalar.
+
+    ``q`` ``(B, k)``; ``sq(x_i) = mean_j fq(q_ij) - lam * var_j fq(q_ij)`` with the population
+    variance over the ``k`` clusters (eq. 5 divides by ``k``) and :func:`stability_fq`. ``t`` defaults
+    to :func:`otsu_threshold` over all values of ``q`` (detached: the threshold is a constant for
+    the gradient). Minimising it drives assignments away from the threshold, towards 0 or 1.
+    """
+    if q.ndim != 2:
+        raise ConfigError(f"q must be (B, k), got {tuple(q.shape)}")
+    if t is None:
+        t = otsu_threshold(q.detach())
+    fq = stability_fq(q, t)
+    sq = fq.mean(dim=1) - lam * fq.var(dim=1, unbiased=False)
+    return 1.0 - sq.mean()
+
+
+def balance_loss(q: torch.Tensor) -> torch.Tensor:
+    """``log k - H(mean_i q_i)`` (a scalar >= 0, 0 when the batch's mean assignment is uniform) for
+    ``q`` ``(B, k)``: the entropy term of SCAN (Van Gansbeke et al., ECCV 2020) that rules out the
+    trivial solution of one cluster for everything. Not part of seeds/004; see
+    :class:`NeighbourConsistency`'s ``balance``."""
+    if q.ndim != 2:
+        raise ConfigError(f"q must be (B, k), got {tuple(q.shape)}")
+    p = q.mean(dim=0)
+    return math.log(q.shape[1]) + torch.special.xlogy(p, p).sum()
+
+
+def nearest_neighbours(emb: np.ndarray) -> np.ndarray:
+    """Index ``(N,)`` int64 of each row's nearest other row of ``emb`` ``(N, d)`` (exact L2, faiss
+    ``IndexFlatL2``). A row never is its own neighbour, also when it has exact duplicates."""
+    import faiss  # lazy: loads OpenMP/BLAS
+
+    emb = np.ascontiguousarray(emb, dtype=np.float32)
+    n = emb.shape[0]
+    if n < 2:
+        raise ConfigError(f"nearest neighbours need at least 2 samples, got {n}")
+    index = faiss.IndexFlatL2(emb.shape[1])
+    index.add(emb)
+    _, nb = index.search(emb, 2)
+    own = nb[:, 0] == np.arange(n)
+    return np.where(own, nb[:, 1], nb[:, 0]).astype(np.int64)
+
+
+# ----------------------------------------------------------------------------- estimator
+
+
+class _Clustering(nn.Module):
+    """Encoder network plus trainable centroids ``mu`` ``(k, d)``: one state_dict for checkpoints."""
+
+    def __init__(self, net: nn.Module, mu: torch.Tensor) -> None:
+        super().__init__()
+        self.net = net
+        self.mu = nn.Parameter(mu)
+
+
+class NeighbourConsistency(DeepEstimator):
+    """Neighbour-consistency + sample-stability clustering of images (Qian et al. 2025, METHODS.md §4).
+
+    Parameters
+    ----------
+    n_clusters : k.
+    alpha : Student-t degrees of freedom (3 in the paper).
+    lam : λ of the sample stability ``sq`` (0.8 in the paper).
+    max_iter, batch_size, lr : Adam steps on encoder + centroids. The paper runs 20,000 iterations
+        of batch 256 at lr 1e-3; the default 2,000 is sized for a CPU (a few minutes on 10k
+        28x28 images); raise it on a GPU.
+    knn_interval : steps between recomputations of every sample's nearest neighbour on the full
+        training set (the embedding moves as the encoder is fine-tuned).
+    balance : weight of :func:`balance_loss` (``log k - H(mean_i q_i)`` over the batch) added to
+        ``L_C``. **Not in the paper**: ``L_NC + L_SS`` alone is minimised by putting every sample in
+        one cluster with certainty (both terms are 0 there), and that is what happened in practice:
+        from a 4-epoch ConvAE on 3,000 Fashion-MNIST *train* images all samples were in one cluster
+        after 60 steps with ``balance=0``, while ``balance=1`` kept ten clusters (judged on cluster
+        sizes only, no labels). ``balance=0`` gives the paper's objective exactly. The term assumes
+        roughly balanced clusters; lower it for strongly imbalanced data.
+    pretrained : a fitted :class:`AutoencoderClusterer` (stage 1; not modified; fitted on the images
+        first if it is not fitted), or ``None`` to pretrain one with ``autoencoder`` params (JSON
+        dict, defaults ``arch="convae"`` with ``embed_dim = n_clusters``, as in the paper). Not saved.
+    kmeans_redo : k-means restarts for the initial centroids.
+    seed, device, checkpoint_dir, checkpoint_every : as in :class:`AutoencoderClusterer`
+        (exact-resume checkpoints every that many steps and at the end).
+
+    Attributes
+    ----------
+    network_ : fine-tuned network (eval mode; its decoder is carried along unused)
+    cluster_centers_ : (k, d) float32 learned centroids ``m``; labels_ : (N,) int64 ``argmax q``
+    history_ : per epoch ``{"epoch", "step", "loss", "seconds"}`` (loss = ``L_NC + L_SS`` + balance term)
+    refreshes_ : per neighbour refresh ``{"step", "delta_label", "neighbour_agreement", "largest", "nc",
+        "ss"}``: fraction of labels changed since the previous refresh, fraction of samples whose
+        neighbour has the same label, fraction of samples in the largest cluster (1.0 = collapse),
+        and mean ``L_NC`` / ``L_SS`` over the steps since the previous refresh
+    n_iter_ : optimisation steps done
+    """
+
+    _meta_attrs = (*DeepEstimator._meta_attrs, "history_", "refreshes_", "n_iter_")
+    _tensor_attrs = ("cluster_centers_", "labels_")
+    _unsaved_params = ("pretrained",)
+
+    def __init__(self, *, n_clusters: int = 10, alpha: float = 3.0, lam: float = 0.8, max_iter: int = 2000,
+                 batch_size: int = 256, lr: float = 1e-3, knn_interval: int = 100, balance: float = 1.0,
+                 pretrained: AutoencoderClusterer | None = None, autoencoder: dict[str, Any] | None = None,
+                 kmeans_redo: int = 10, seed: int = 0, device: str = "auto", checkpoint_dir: str | None = None,
+                 checkpoint_every: int = 500) -> None:
+        self.n_clusters = n_clusters
+        self.alpha = alpha
+        self.lam = lam
+        self.max_iter = max_iter
+        self.batch_size = batch_size
+        self.lr = lr
+        self.knn_interval = knn_interval
+        self.balance = balance
+        self.pretrained = pretrained
+        self.autoencoder = autoencoder
+        self.kmeans_redo = kmeans_redo
+        self.seed = seed
+        self.device = device
+        self.checkpoint_dir = checkpoint_dir
+        self.checkpoint_every = checkpoint_every
+
+    def _validate_params(self) -> None:
+        for name in ("n_clusters", "batch_size", "knn_interval", "kmeans_redo", "checkpoint_every"):
+            check_int(name, getattr(self, name), minimum=1)
+        check_int("max_iter", self.max_iter, minimum=0)
+        if not self.alpha > 0 or not self.lr > 0 or not self.lam >= 0 or not self.balance >= 0:
+            raise ConfigError(f"need alpha > 0, lr > 0, lam >= 0 and balance >= 0; got alpha={self.alpha}, "
+                              f"lr={self.lr}, lam={self.lam}, balance={self.balance}")
+        if self.pretrained is not None and not isinstance(self.pretrained, AutoencoderClusterer):
+            raise ConfigError(f"pretrained must be an AutoencoderClusterer or None, got {type(self.pretrained).__name__}")
+        if self.pretrained is not None and self.autoencoder is not None:
+            raise ConfigError("pass either pretrained (a fitted autoencoder) or autoencoder (params to pretrain "
+                              "one), not both")
+
+    def _pretrained(self, images: Any) -> AutoencoderClusterer:
+        ae = self.pretrained
+        if ae is None:
+            params = {"arch": "convae", "n_clusters": self.n_clusters, "seed": self.seed, "device": self.device,
+                      **(self.autoencoder or {})}
+            logger.info("NNC: pretraining an autoencoder %s", params)
+            return AutoencoderClusterer(**params).fit(images)
+        if getattr(ae, "network_", None) is None:
+            logger.info("NNC: the given autoencoder is not fitted; fitting it on these images first")
+            ae.fit(images)
+        return ae
+
+    def fit(self, images: Any, y: Any = None) -> NeighbourConsistency:
+        """Fine-tune on images ``(N, H, W[, C])`` uint8 (N >= 2); ``y`` is ignored."""
+        self._validate_params()
+        for attr in ("input_shape_", "network_"):
+            self.__dict__.pop(attr, None)
+        arr = self._check_images(images)
+        if arr.shape[0] < max(2, self.n_clusters):
+            raise ConfigError(f"NeighbourConsistency needs at least max(2, n_clusters) = {max(2, self.n_clusters)} "
+                              f"images, got {arr.shape[0]}")
+        ae = self._pretrained(arr)
+        ae._check_images(arr)  # same per-image shape as the autoencoder was trained on
+        x = to_float_images(arr, scale=ae.input_scale_)
+        device = resolve_device(self.device)
+        gen = seed_everything(self.seed)
+        net = build_network(ae.network_spec_)
+        net.load_state_dict(ae.network_.state_dict())
+        net.to(device)
+        infer = max(self.batch_size, 1024)
+        km = FaissKMeans(n_clusters=self.n_clusters, n_redo=self.kmeans_redo, seed=self.seed)
+        km.fit(encode_batched(net, x, batch_size=infer, device=device))
+        model = _Clustering(net, torch.from_numpy(km.cluster_centers_.copy())).to(device)
+        opt = torch.optim.Adam(model.parameters(), lr=self.lr)  # decoder params get no grad: Adam skips them
+        params = {k: v for k, v in self.get_params().items() if k not in _RESUMABLE_PARAMS}
+        fingerprint = config_fingerprint({"class": type(self).__name__, "params": params, "spec": ae.network_spec_,
+                                          "data": data_fingerprint(arr, *ae.network_.state_dict().values())})
+        st: dict[str, Any] = {"nb": None, "last": None, "refreshes": [], "nc_sum": 0.0, "ss_sum": 0.0, "count": 0}
+
+        def full_q() -> tuple[np.ndarray, torch.Tensor]:
+            """Embeddings (N, d) and soft assignments q (N, k) of every training image (eval mode)."""
+            emb = encode_batched(net, x, batch_size=infer, device=device)
+            return emb, student_t(torch.from_numpy(emb), model.mu.detach().cpu(), self.alpha)
+
+        def before_step(step: int) -> bool:
+            if (step - 1) % self.knn_interval:
+                return False
+            emb, q = full_q()
+            nb = torch.from_numpy(nearest_neighbours(emb))
+            labels = q.argmax(dim=1)
+            rec = {"step": step - 1, "neighbour_agreement": float((labels == labels[nb]).double().mean()),
+                   "largest": float(torch.bincount(labels).max()) / labels.shape[0],
+                   "delta_label": None if st["last"] is None else float((labels != st["last"]).double().mean()),
+                   "nc": st["nc_sum"] / st["count"] if st["count"] else None,
+                   "ss": st["ss_sum"] / st["count"] if st["count"] else None}
+            st["refreshes"].append(rec)
+            logger.info("NNC step %d: neighbours refreshed, %.4f agree, %s of labels changed", step - 1,
+                        rec["neighbour_agreement"], rec["delta_label"])
+            st.update(nb=nb, last=labels, nc_sum=0.0, ss_sum=0.0, count=0)
+            return False
+
+        def step_fn(idx: torch.Tensor, step: int) -> float:
+            b = idx.shape[0]
+            xb = x[torch.cat([idx, st["nb"][idx]])].to(device)  # samples and their neighbours, one pass
+            q = student_t(net.encode(xb), model.mu, self.alpha)  # type: ignore[operator]
+            l_nc = nc_loss(q[:b], q[b:])
+            l_ss = sample_stability_loss(q[:b], self.lam)
+            loss = l_nc + l_ss
+            if self.balance:
+                loss = loss + self.balance * balance_loss(q[:b])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            st["nc_sum"] += float(l_nc.detach())
+            st["ss_sum"] += float(l_ss.detach())
+            st["count"] += 1
+            return float(loss.detach())
+
+        loop = TrainingLoop(n=x.shape[0], batch_size=self.batch_size, generator=gen, name="NNC",
+                            checkpointer=Checkpointer(self.checkpoint_dir, fingerprint=fingerprint,
+                                                      every=self.checkpoint_every),
+                            stateful={"model": model, "optimizer": opt}, get_extra=lambda: dict(st),
+                            set_extra=st.update)
+        net.train()
+        self.history_ = loop.run(step_fn, max_steps=self.max_iter, before_step=before_step)
+        self.n_iter_ = int(self.history_[-1]["step"]) if self.history_ else 0
+        self.refreshes_ = list(st["refreshes"])
+        self.resumed_from_step_ = loop.resumed_from
+        self.network_ = net.eval()
+        self.network_spec_ = dict(ae.network_spec_)
+        self.input_shape_ = list(ae.input_shape_)
+        self.input_scale_ = float(ae.input_scale_)
+        self.n_features_in_ = int(np.prod(self.input_shape_))
+        self.embed_dim_ = int(net.embed_dim)  # type: ignore[arg-type]
+        self.cluster_centers_ = model.mu.detach().cpu().numpy().astype(np.float32)
+        self.labels_ = full_q()[1].argmax(dim=1).numpy().astype(np.int64)
+        return self
+
+    def predict_proba(self, images: Any) -> np.ndarray:
+        """Student-t soft assignments ``q`` ``(N, k)`` float32 of images to the learned centroids."""
+        self._check_fitted("cluster_centers_")
+        q = student_t(torch.from_numpy(self.transform(images)), torch.from_numpy(self.cluster_centers_), self.alpha)
+        return q.numpy().astype(np.float32)
+
+    def predict(self, images: Any) -> np.ndarray:
+        """Cluster ``(N,)`` int64 of each image: ``argmax_j q_ij``."""
+        return self.predict_proba(images).argmax(axis=1).astype(np.int64)

@@ -1,0 +1,48 @@
+"""Train a deep clusterer on images sampled from the store (the body of the refine flow's training task)."""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Any
+
+from imgclust.deep.data import load_training_set
+from imgclust.deep.methods import create_deep
+from imgclust.manifest import read_manifest
+from imgclust.metrics import supervised_metrics
+from imgclust.sources import parent_name
+from imgclust.store import Store
+
+log = logging.getLogger(__name__)
+
+
+def checkpoint_dir_for(store: Store, run: str) -> str:
+    """Local checkpoints: inside a local store, else under ``$IMGCLUST_HOME/checkpoints`` (object stores
+    cannot rename atomically; a retry on the same host resumes from there)."""
+    if store.is_local:
+        return store.path(f"refine/{run}/checkpoints")
+    return os.path.join(os.environ.get("IMGCLUST_HOME", ".imgclust"), "checkpoints", run)
+
+
+def train_deep_from_store(store: Store, train_rel: str, out_rel: str, *, method: str, k: int, epochs: int,
+                          max_iter: int, device: str, seed: int, run: str, truth: str = "none") -> dict[str, Any]:
+    """Fit ``method`` on the saved training sample, save the estimator at ``out_rel``, return a summary.
+
+    With ``truth == "parent_dir"`` the summary has ACC/NMI/ARI of the training labels against folder
+    names (for monitoring; never used to choose parameters).
+    """
+    ids, images = load_training_set(store, train_rel)
+    est = create_deep(method, k=k, epochs=epochs, max_iter=max_iter, seed=seed, device=device,
+                      checkpoint_dir=checkpoint_dir_for(store, run))
+    t0 = time.perf_counter()
+    est.fit(images)
+    seconds = time.perf_counter() - t0
+    est.save(store.path(out_rel), fs=store.fs)
+    out: dict[str, Any] = {"method": method, "n_train": len(ids), "train_seconds": round(seconds, 1),
+                           "deep_uri": store.uri(out_rel), "history": getattr(est, "history_", [])[-5:]}
+    if truth == "parent_dir":
+        manifest = read_manifest(store, columns=["image_id", "uri"])
+        uri_of = dict(zip(manifest.column("image_id").to_pylist(), manifest.column("uri").to_pylist(), strict=True))
+        out["train_metrics"] = supervised_metrics([parent_name(uri_of[i]) for i in ids], est.labels_)
+    log.info("trained %s on %d images in %.0fs: %s", method, len(ids), seconds, out.get("train_metrics", ""))
+    return out

@@ -1,0 +1,302 @@
+"""imgclust.deep core: hand-computed losses, network shapes, exact checkpoint resume, AE and DEC on small data."""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from imgclust.datasets import fashion_mnist_available, load_fashion_mnist
+from imgclust.deep import DEC, AutoencoderClusterer
+from imgclust.deep.losses import ascae_loss, kl_clustering_loss, student_t, target_distribution
+from imgclust.deep.networks import ASCAE, SCAE, ConvAE, build_network
+from imgclust.deep.training import (
+    CRASH_ENV,
+    Checkpointer,
+    SimulatedCrash,
+    batches,
+    config_fingerprint,
+    resolve_device,
+    seed_everything,
+    to_float_images,
+)
+from imgclust.exceptions import ConfigError, CorruptArtifactError, NotFittedError
+from imgclust.metrics import cluster_accuracy
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread() -> Iterator[None]:
+    """Tiny networks gain nothing from intra-op threads, and on a busy 2-core machine OpenMP
+    barriers make 2 threads several times slower than 1; restored after the module."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+# ----------------------------------------------------------------------------- losses, by hand
+
+
+def test_student_t_matches_numpy_formula() -> None:
+    z = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
+    mu = np.array([[0.0, 0.0], [1.0, 1.0]])
+    for alpha in (1.0, 3.0):
+        expected = np.empty((3, 2))
+        for i in range(3):
+            for j in range(2):
+                expected[i, j] = (1 + np.sum((z[i] - mu[j]) ** 2) / alpha) ** (-(alpha + 1) / 2)
+        expected /= expected.sum(axis=1, keepdims=True)
+        q = student_t(torch.tensor(z), torch.tensor(mu), alpha=alpha).numpy()
+        np.testing.assert_allclose(q, expected, rtol=1e-12)
+    # alpha = 1 by hand, row 0: distances 0 and 2 -> kernels 1 and 1/3 -> q = (3/4, 1/4)
+    np.testing.assert_allclose(student_t(torch.tensor(z), torch.tensor(mu))[0].numpy(), [0.75, 0.25])
+
+
+def test_target_distribution_by_hand() -> None:
+    q = torch.tensor([[0.5, 0.5], [0.9, 0.1], [0.2, 0.8]], dtype=torch.float64)
+    f = q.sum(0)  # (1.6, 1.4)
+    w = q**2 / f
+    expected = w / w.sum(1, keepdim=True)
+    p = target_distribution(q)
+    np.testing.assert_allclose(p.numpy(), expected.numpy(), rtol=1e-12)
+    # row 0: (0.25/1.6) / (0.25/1.6 + 0.25/1.4) = 1.4 / 3.0
+    assert math.isclose(float(p[0, 0]), 1.4 / 3.0, rel_tol=1e-12)
+    assert float(p[1, 0]) > 0.9  # sharpened
+    np.testing.assert_allclose(p.sum(1).numpy(), np.ones(3), rtol=1e-12)
+
+
+def test_kl_loss_by_hand() -> None:
+    q = torch.tensor([[0.5, 0.5], [0.25, 0.75]], dtype=torch.float64)
+    p = torch.tensor([[1.0, 0.0], [0.5, 0.5]], dtype=torch.float64)
+    expected = (math.log(1 / 0.5) + 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)) / 2
+    assert math.isclose(float(kl_clustering_loss(q, p)), expected, rel_tol=1e-12)
+    assert float(kl_clustering_loss(q, q)) == pytest.approx(0.0, abs=1e-15)
+    with pytest.raises(ConfigError):
+        kl_clustering_loss(q, p[:1])
+
+
+def test_ascae_loss_by_hand() -> None:
+    x = torch.zeros(2, 1, 2, 2)
+    recon = torch.ones(2, 1, 2, 2)  # ||x - recon||² = 4 per sample
+    f = torch.zeros(2, 3)
+    d3 = torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0]])  # ||b - g||² = 1 and 4 -> mean 2.5
+    assert float(ascae_loss(x, recon, f, d3, lam=2.0)) == pytest.approx(4.0 + 2.0 * 2.5)
+    assert float(ascae_loss(x, x, f, f, lam=20.0)) == 0.0
+
+
+# ----------------------------------------------------------------------------- networks
+
+
+@pytest.mark.parametrize("channels,size", [(1, 28), (3, 64)])
+def test_network_shapes(channels: int, size: int) -> None:
+    torch.manual_seed(0)
+    x = torch.rand(3, channels, size, size)
+    for cls in (ASCAE, SCAE):
+        net = cls(channels, size, k=7)
+        recon, extras = net(x)
+        assert recon.shape == x.shape
+        assert extras["f"].shape == (3, 50) and extras["d3"].shape == (3, 50)
+        assert extras["d2"].shape == (3, 7) and net.d2.out_features == 7
+        assert net.encode(x).shape == (3, 50)
+        assert (net.d1 is None) == (cls is SCAE)
+    net = ConvAE(channels, size, embed_dim=5)
+    recon, extras = net(x)
+    assert recon.shape == x.shape and extras["z"].shape == (3, 5) and net.encode(x).shape == (3, 5)
+    spec = {"arch": "ascae", "in_channels": channels, "image_size": [size, size], "k": 4}
+    assert isinstance(build_network(spec), ASCAE)
+
+
+def test_network_rejects_too_small_images() -> None:
+    with pytest.raises(ConfigError, match="21x21"):
+        ASCAE(1, 16, k=3)
+
+
+def test_ascae_paper_init() -> None:
+    torch.manual_seed(0)
+    net = ASCAE(1, 28, k=10, init="paper")
+    assert abs(float(net.c2.weight.detach().std()) - 0.1) < 0.01 and float(net.c2.bias.detach().abs().max()) == 0.0
+
+
+# ----------------------------------------------------------------------------- training plumbing
+
+
+def test_training_helpers() -> None:
+    g1, g2 = seed_everything(3), seed_everything(3)
+    a = [b.tolist() for b in batches(10, 4, g1)]
+    assert a == [b.tolist() for b in batches(10, 4, g2)] and sorted(sum(a, [])) == list(range(10))
+    assert [len(b) for b in a] == [4, 4, 2]
+    t = to_float_images(np.full((2, 5, 6, 3), 255, dtype=np.uint8))
+    assert t.shape == (2, 3, 5, 6) and t.dtype == torch.float32 and float(t.max()) == 1.0
+    assert to_float_images(np.zeros((2, 5, 6), dtype=np.uint8)).shape == (2, 1, 5, 6)
+    with pytest.raises(ConfigError):
+        to_float_images(np.zeros((5, 6), dtype=np.uint8))
+    assert resolve_device("cpu").type == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA"):
+            resolve_device("cuda")
+
+
+def _blobs_images(n_per: int = 24, size: int = 16, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Three easy classes: a bright square in one of three places, plus noise. (N, size, size) uint8."""
+    rng = np.random.default_rng(seed)
+    imgs, labels = [], []
+    for c, (r, col) in enumerate([(2, 2), (2, size - 7), (size - 7, 5)]):
+        for _ in range(n_per):
+            img = rng.integers(0, 40, size=(size, size))
+            img[r:r + 5, col:col + 5] = 230
+            imgs.append(img)
+            labels.append(c)
+    return np.asarray(imgs, dtype=np.uint8), np.asarray(labels)
+
+
+def _tiny_ae(**kw: object) -> AutoencoderClusterer:
+    params = {"arch": "convae", "n_clusters": 3, "epochs": 3, "batch_size": 16, "kmeans_redo": 1,
+              "device": "cpu", "seed": 1, **kw}
+    return AutoencoderClusterer(**params)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("every,crash", [(2, 5), (3, 3)])  # resume mid-epoch / at an epoch boundary
+def test_checkpoint_resume_is_bit_identical(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                            every: int, crash: int) -> None:
+    x, _ = _blobs_images(n_per=16)  # 48 images, 16 per batch -> 3 steps per epoch, 6 in all; augment on
+    ref = _tiny_ae(epochs=2).fit(x)
+    ck = tmp_path / "ck"
+    monkeypatch.setenv(CRASH_ENV, str(crash))
+    with pytest.raises(SimulatedCrash):
+        _tiny_ae(epochs=2, checkpoint_dir=str(ck), checkpoint_every=every).fit(x)
+    monkeypatch.delenv(CRASH_ENV)
+    assert (ck / "ckpt.pt").exists() and not (ck / "ckpt.tmp").exists()
+    resumed = _tiny_ae(epochs=2, checkpoint_dir=str(ck), checkpoint_every=every).fit(x)
+    assert resumed.resumed_from_step_ == (crash // every) * every
+    sd_ref, sd_res = ref.network_.state_dict(), resumed.network_.state_dict()
+    assert sd_ref.keys() == sd_res.keys()
+    for name, tensor in sd_ref.items():
+        assert torch.equal(tensor, sd_res[name]), name
+    assert [h["loss"] for h in ref.history_] == [h["loss"] for h in resumed.history_]
+    np.testing.assert_array_equal(ref.labels_, resumed.labels_)
+
+
+def test_checkpoint_refuses_other_config(tmp_path: Path) -> None:
+    x, _ = _blobs_images(n_per=8)
+    _tiny_ae(epochs=1, checkpoint_dir=str(tmp_path)).fit(x)
+    with pytest.raises(ConfigError, match="refusing to resume"):
+        _tiny_ae(epochs=1, lr=5e-4, checkpoint_dir=str(tmp_path)).fit(x)
+    with pytest.raises(ConfigError, match="refusing to resume"):  # other data
+        _tiny_ae(epochs=1, checkpoint_dir=str(tmp_path)).fit(255 - x)
+    ck = Checkpointer(tmp_path / "raw", fingerprint=config_fingerprint({"a": 1}), every=1)
+    ck.save(3, {"w": torch.ones(2)})
+    step, state = ck.load()  # type: ignore[misc]
+    assert step == 3 and torch.equal(state["w"], torch.ones(2))
+    with pytest.raises(ConfigError, match="refusing to resume"):
+        Checkpointer(tmp_path / "raw", fingerprint=config_fingerprint({"a": 2})).load()
+    (tmp_path / "raw" / "ckpt.pt").write_bytes(b"garbage")
+    with pytest.raises(CorruptArtifactError):
+        ck.load()
+
+
+def test_dec_resume_is_bit_identical(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    x, _ = _blobs_images(n_per=16)
+    ae = _tiny_ae(epochs=1, augment=False).fit(x)
+    params = {"n_clusters": 3, "pretrained": ae, "update_interval": 4, "tol": 0.0, "max_iter": 12,
+              "batch_size": 16, "kmeans_redo": 1, "device": "cpu", "idec": True}
+    ref = DEC(**params).fit(x)  # type: ignore[arg-type]
+    monkeypatch.setenv(CRASH_ENV, "7")
+    with pytest.raises(SimulatedCrash):
+        DEC(**params, checkpoint_dir=str(tmp_path), checkpoint_every=5).fit(x)  # type: ignore[arg-type]
+    monkeypatch.delenv(CRASH_ENV)
+    res = DEC(**params, checkpoint_dir=str(tmp_path), checkpoint_every=5).fit(x)  # type: ignore[arg-type]
+    for name, tensor in ref.network_.state_dict().items():
+        assert torch.equal(tensor, res.network_.state_dict()[name]), name
+    np.testing.assert_array_equal(ref.cluster_centers_, res.cluster_centers_)
+    assert ref.refreshes_ == res.refreshes_
+
+
+# ----------------------------------------------------------------------------- estimators
+
+
+def test_autoencoder_contract_and_save_load(tmp_path: Path) -> None:
+    x, _ = _blobs_images(n_per=10)
+    est = _tiny_ae(epochs=1)
+    with pytest.raises(NotFittedError):
+        est.predict(x)
+    assert est.fit(x) is est
+    emb = est.transform(x)
+    assert emb.shape == (30, 3) and emb.dtype == np.float32 and est.labels_.shape == (30,)
+    np.testing.assert_array_equal(est.predict(x), est.labels_)
+    np.testing.assert_array_equal(_tiny_ae(epochs=1).fit(x).transform(x), emb)  # same seed, same result
+    with pytest.raises(ConfigError, match="fitted on"):
+        est.transform(np.zeros((2, 8, 8), dtype=np.uint8))
+    with pytest.raises(ConfigError):
+        _tiny_ae(arch="vae").fit(x)
+    est.save(tmp_path / "ae")
+    loaded = AutoencoderClusterer.load(tmp_path / "ae")
+    np.testing.assert_array_equal(loaded.transform(x), emb)
+    np.testing.assert_array_equal(loaded.predict(x), est.predict(x))
+    assert loaded.history_ == est.history_ and loaded.get_params() == est.get_params()
+    with pytest.raises(ConfigError, match="not a DEC"):
+        DEC.load(tmp_path / "ae")
+    (tmp_path / "ae" / "weights.pt").write_bytes(b"tampered")
+    with pytest.raises(CorruptArtifactError):
+        AutoencoderClusterer.load(tmp_path / "ae")
+
+
+def test_ascae_rgb_fit_predict() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, size=(20, 24, 24, 3), dtype=np.uint8)
+    est = AutoencoderClusterer(arch="ascae", n_clusters=2, epochs=1, batch_size=10, kmeans_redo=1,
+                               device="cpu", augment=False).fit(x)
+    assert est.transform(x).shape == (20, 50) and est.embed_dim_ == 50
+    assert est.predict(x).shape == (20,)
+
+
+def test_dec_converges_on_easy_data(tmp_path: Path) -> None:
+    x, y = _blobs_images()
+    ae = _tiny_ae(epochs=4, augment=False).fit(x)
+    # 72 images, 16 per batch: 5 steps per epoch; P is refreshed every 3 epochs
+    dec = DEC(n_clusters=3, pretrained=ae, update_interval=15, tol=0.001, max_iter=300, batch_size=16,
+              kmeans_redo=3, device="cpu").fit(x)
+    assert dec.converged_ and dec.refreshes_[-1]["delta_label"] < 0.001
+    losses = [h["loss"] for h in dec.history_]
+    assert len(losses) >= 3 and losses[2] < losses[1] < losses[0]  # KL(P||Q) falls while P is fixed
+    assert cluster_accuracy(y, dec.labels_) > 0.9
+    q = dec.predict_proba(x)
+    np.testing.assert_allclose(q.sum(1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(dec.predict(x), dec.labels_)
+    assert ae.network_ is not dec.network_  # the pretrained model is not modified
+    dec.save(tmp_path / "dec")
+    loaded = DEC.load(tmp_path / "dec")
+    assert loaded.pretrained is None
+    np.testing.assert_array_equal(loaded.predict(x), dec.predict(x))
+    np.testing.assert_array_equal(loaded.predict_proba(x), q)
+
+
+# ----------------------------------------------------------------------------- real data
+
+
+@pytest.mark.skipif(not fashion_mnist_available(), reason="Fashion-MNIST not installed (apt-get install "
+                    "dataset-fashion-mnist); `make test` installs it")
+def test_short_training_beats_random_encoder_on_fashion_mnist() -> None:
+    x, y = load_fashion_mnist("test")
+    idx = np.random.default_rng(0).choice(len(x), 2000, replace=False)
+    x, y = x[idx], y[idx]
+    # the paper's ASCAE settings (raw 0..255 pixels, N(0, 0.1²) init, λ = 20), small batches
+    params = {"arch": "ascae", "n_clusters": 10, "batch_size": 32, "device": "cpu", "seed": 0, "kmeans_redo": 3}
+    untrained = AutoencoderClusterer(epochs=0, **params).fit(x)  # type: ignore[arg-type]
+    trained = AutoencoderClusterer(epochs=4, **params).fit(x)  # type: ignore[arg-type]
+    acc0, acc1 = cluster_accuracy(y, untrained.labels_), cluster_accuracy(y, trained.labels_)
+    assert trained.history_[-1]["loss"] < trained.history_[0]["loss"]
+    assert acc1 > acc0 + 0.02, (acc0, acc1)
+
+
+@pytest.mark.slow  # UMAP's numba JIT compilation alone takes ~30 s of CPU
+def test_umap_option_n2d_save_load(tmp_path: Path) -> None:
+    x, _ = _blobs_images(n_per=12)
+    est = _tiny_ae(epochs=1, umap_components=2, umap_neighbors=5).fit(x)
+    assert est.umap_ is not None and est.cluster_centers_.shape == (3, 2)
+    assert est.cluster_features(x).shape == (36, 2)
+    est.save(tmp_path / "n2d")
+    assert (tmp_path / "n2d" / "umap" / "estimator.json").exists()
+    loaded = AutoencoderClusterer.load(tmp_path / "n2d")
+    np.testing.assert_array_equal(loaded.predict(x), est.predict(x))

@@ -1,0 +1,39 @@
+"""Deep methods by name, loading by saved class, and a trained encoder as a `deep:` extractor."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from imgclust.backbones import create_backbone
+from imgclust.deep.methods import DEEP_METHODS, create_deep, load_deep
+from imgclust.exceptions import CorruptArtifactError, UnknownNameError
+
+
+@pytest.mark.parametrize("method", DEEP_METHODS)
+def test_every_method_is_built_by_name(method: str) -> None:
+    est = create_deep(method, k=4, epochs=1, max_iter=5, seed=0, device="cpu")
+    assert est.get_params()["n_clusters"] == 4
+
+
+def test_unknown_method_and_missing_folder_say_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(UnknownNameError, match="convae"):
+        create_deep("vae", k=4)
+    with pytest.raises(CorruptArtifactError, match="estimator.json"):
+        load_deep(tmp_path)
+
+
+def test_trained_encoder_serves_as_a_deep_extractor(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, size=(120, 28, 28), dtype=np.uint8)
+    est = create_deep("convae", k=3, epochs=1, seed=0, device="cpu", augment=False).fit(images)
+    est.save(tmp_path / "deep")
+    loaded = load_deep(tmp_path / "deep")
+    np.testing.assert_allclose(loaded.transform(images[:8]), est.transform(images[:8]), rtol=1e-5, atol=1e-5)
+    backbone = create_backbone(f"deep:{tmp_path / 'deep'}")
+    assert backbone.key().startswith("deep-file-") and backbone.preprocessing.mode == "L"
+    import torch
+
+    feats = backbone.embed(torch.stack([backbone.preprocess(im) for im in images[:8]]))
+    np.testing.assert_allclose(feats, est.transform(images[:8]), rtol=1e-4, atol=1e-4)

@@ -1,0 +1,44 @@
+"""The refine flow under a real Prefect API on a real Dask LocalCluster: a deep method trained on store
+images becomes a `deep:` extractor, a candidate model with stable ids, labels, and a gate decision."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import requires_fashion, write_fashion_corpus
+
+from imgclust.config import ClusterConfig, ExtractConfig, PipelineConfig, ReduceConfig
+from imgclust.labels import read_labels
+from imgclust.store import Store
+from imgclust.verify import verify_store
+
+pytestmark = [pytest.mark.integration, requires_fashion]
+
+
+def test_refine_trains_extracts_refits_and_gates(tmp_path: Path, dask_address: str) -> None:
+    from prefect_dask import DaskTaskRunner
+
+    from flows.pipeline import pipeline
+    from flows.refine import refine
+
+    write_fashion_corpus(tmp_path / "src", 400, seed=21)
+    store_dir = tmp_path / "store"
+    runner = DaskTaskRunner(address=dask_address)
+    first = pipeline.with_options(task_runner=runner)(config=PipelineConfig(
+        source=str(tmp_path / "src"), store=str(store_dir), truth="parent_dir",
+        extract=ExtractConfig(extractor="pixels", shard_size=200), reduce=ReduceConfig(n_components=20),
+        cluster=ClusterConfig(k=10, seed=0)))
+    result: dict[str, Any] = refine.with_options(task_runner=runner)(
+        store=str(store_dir), method="convae", k=10, epochs=2, sample=300, truth="parent_dir", seed=0)
+    store = Store(store_dir)
+    key = result["training"]["deep_uri"]
+    assert result["previous"] == first["build"]["model_id"]
+    assert result["training"]["n_train"] == 300 and "acc" in result["training"]["train_metrics"]
+    info = store.read_json(f"models/{result['model_id']}/model.json")
+    assert info["extractor_key"].startswith("deep-") and info["parent_model"] == first["build"]["model_id"]
+    assert info["extract"]["extractor"] == f"deep:{key}"
+    assert read_labels(store, result["model_id"]).num_rows == 400
+    assert verify_store(store, info["extractor_key"], model_id=result["model_id"]).ok
+    assert isinstance(result["promoted"], bool) and result["gate"]["reason"]
+    assert store.exists(f"deep/{result['run']}/estimator.json")
