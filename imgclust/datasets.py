@@ -75,9 +75,10 @@ def write_image_folder(images: np.ndarray, labels: np.ndarray, class_names: tupl
 
 def build_demo_corpus(out_dir: str | os.PathLike[str], *, limit: int | None = None, seed: int = 0) -> dict[str, object]:
     """Real PNG files for the demo: the Fashion-MNIST test split, else scikit-learn digits (said so)."""
+    classes: tuple[str, ...]
     if fashion_mnist_available():
         x, y = load_fashion_mnist("test")
-        name, classes = "fashion-mnist-test", FASHION_CLASSES
+        name, classes = "fashion-mnist-test", tuple(FASHION_CLASSES)
     else:
         log.warning("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist); using scikit-learn digits")
         x, y = load_digits_images()

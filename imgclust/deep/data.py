@@ -30,7 +30,7 @@ def _load(uri: str, size: int, mode: str, storage_options: dict[str, Any] | None
         log.debug("skipping %s: %s", uri, err)
         return None
     if arr.shape[:2] != (size, size):
-        arr = np.asarray(Image.fromarray(arr).resize((size, size), Image.BILINEAR))
+        arr = np.asarray(Image.fromarray(arr).resize((size, size), Image.Resampling.BILINEAR))
     return arr
 
 
@@ -55,7 +55,7 @@ def sample_store_images(store: Store, *, n: int | None, size: int = 28, mode: Li
         raise StoreError(f"none of the {len(uris)} sampled images in {store.url} could be decoded")
     log.info("loaded %d training images (%d undecodable skipped) at %dx%d %s", len(keep), len(uris) - len(keep),
              size, size, mode)
-    return [ids[i] for i in keep], np.stack([loaded[i] for i in keep])
+    return [ids[i] for i in keep], np.stack([a for a in loaded if a is not None])
 
 
 def save_training_set(store: Store, rel: str, ids: list[str], images: np.ndarray) -> None:

@@ -33,8 +33,8 @@ def create_deep(method: str, *, k: int, epochs: int = 20, max_iter: int = 2000, 
     """
     if method not in DEEP_METHODS:
         raise UnknownNameError(f"unknown deep method {method!r}; choose one of {', '.join(DEEP_METHODS)}")
-    common = {"seed": seed, "device": device, "checkpoint_dir": checkpoint_dir}
-    pretrain = {"arch": "convae", "epochs": epochs}
+    common: dict[str, Any] = {"seed": seed, "device": device, "checkpoint_dir": checkpoint_dir}
+    pretrain: dict[str, Any] = {"arch": "convae", "epochs": epochs}
     if method in ("ascae", "scae", "convae"):
         from imgclust.deep.autoencoder import AutoencoderClusterer
 
