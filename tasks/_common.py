@@ -22,5 +22,9 @@ def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
 
 
 def open_store(url: str) -> Store:
-    """A Store for ``url``; credentials come from the environment / fsspec config, never parameters."""
+    """A Store for ``url`` (folder or ``s3://bucket/prefix``).
+
+    Credentials and endpoint come from the worker's AWS environment / profile (see imgclust.storage),
+    never from task parameters; a URL carrying credentials is refused with a ConfigError.
+    """
     return Store(url)
