@@ -128,18 +128,22 @@ def ingest(store: Store, source: str, *, config: IngestConfig | None = None, dat
     files = list_source(source, extensions=config.extensions, recursive=config.recursive,
                         storage_options=storage_options)
     known = read_manifest(store, columns=["image_id", "uri", "size_bytes", "mtime"])
-    known_ids = set(known.column("image_id").to_pylist())
-    known_keys = {(u, s, m) for u, s, m in zip(known.column("uri").to_pylist(), known.column("size_bytes").to_pylist(),
-                                               known.column("mtime").to_pylist(), strict=True)}
-    todo = [f for f in files if (f.uri, f.size_bytes, f.mtime) not in known_keys]
+    # Membership tests stay in Arrow (vectorised): converting a million manifest rows to Python
+    # objects (timestamps above all) made every nightly ingest cost ~7 s per million stored rows.
+    seen_before = pc.is_in(pa.array([_file_key(f.uri, f.size_bytes, f.mtime) for f in files], pa.string()),
+                           value_set=_manifest_keys(known)).to_pylist()
+    todo = [f for f, seen in zip(files, seen_before, strict=True) if not seen]
     hashed = hash_files(todo, threads=config.hash_threads, storage_options=storage_options)
     rows: dict[str, SourceFile] = {}
     duplicates = unreadable = 0
-    for f, image_id, error in hashed:
-        if image_id is None:
+    ids = [image_id if image_id is not None else _unreadable_id(f.uri) for f, image_id, _ in hashed]
+    in_manifest = pc.is_in(pa.array(ids, pa.string()),
+                           value_set=pa.chunked_array(known.column("image_id").chunks, pa.string())).to_pylist()
+    for (f, hashed_id, error), image_id, known_id in zip(hashed, ids, in_manifest, strict=True):
+        if hashed_id is None:
             log.warning("cannot read %s during ingest (%s); it will be quarantined", f.uri, error)
-            image_id, unreadable = _unreadable_id(f.uri), unreadable + 1
-        if image_id in known_ids or image_id in rows:
+            unreadable += 1
+        if known_id or image_id in rows:
             duplicates += 1
             continue
         rows[image_id] = f
@@ -166,6 +170,22 @@ def ingest(store: Store, source: str, *, config: IngestConfig | None = None, dat
     store.write_parquet(part, table)
     log.info("ingested %d new images from %s into %s", len(ids), source, part)
     return IngestSummary(**{**summary.as_dict(), "part": part})
+
+
+def _file_key(uri: str, size: int, mtime: dt.datetime) -> str:
+    """``uri|size|mtime-in-microseconds``: what identifies an unchanged file without reading it."""
+    us = (mtime - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)) // dt.timedelta(microseconds=1)
+    return f"{uri}|{size}|{us}"
+
+
+def _manifest_keys(known: pa.Table) -> pa.Array:
+    """:func:`_file_key` of every manifest row, computed in Arrow."""
+    if known.num_rows == 0:
+        return pa.array([], pa.string())
+    mtime_us = pc.cast(pc.cast(known.column("mtime"), pa.timestamp("us", tz="UTC")), pa.int64())
+    keys = pc.binary_join_element_wise(known.column("uri"), pc.cast(known.column("size_bytes"), pa.string()),
+                                       pc.cast(mtime_us, pa.string()), "|")
+    return keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys
 
 
 def part_num_rows(store: Store, part: str) -> int:
