@@ -1,0 +1,174 @@
+"""Benchmark: ``imgclust.cluster.FaissKMeans`` against scikit-learn ``KMeans`` and ``MiniBatchKMeans``.
+
+Same float32 matrix, same ``k``, same number of Lloyd iterations, one run each (``n_init=1`` /
+``n_redo=1``), all seeded with k-means++:
+
+* FaissKMeans: ``n_iter=25, n_redo=1, max_points_per_centroid=ceil(n / k)`` so faiss trains on every
+  row (no subsampling); its ``fit`` includes the k-means++ init (scikit-learn's ``kmeans_plusplus``)
+  and the assignment passes it makes to compute its own inertia.
+* KMeans: ``algorithm="lloyd", max_iter=25, tol=0, n_init=1`` (it can still stop early if the labels
+  stop changing: the iterations actually run are shown).
+* MiniBatchKMeans: ``max_iter=25`` epochs, ``n_init=1``, scikit-learn's other defaults (batch 1024,
+  early stop after 10 mini-batches without improvement).
+
+Inertia is computed by one function for every method: the sum over **all** rows of the squared
+distance to the nearest final centroid (float64). Times are the median of
+``--repeats`` runs (methods interleaved) after an excluded warm-up on a 10k-row subset. Both
+libraries use every core unless ``--threads`` is given.
+
+    .venv/bin/python benchmarks/kmeans.py                  # 100k x 128 Gaussian blobs, k=100
+    .venv/bin/python benchmarks/kmeans.py --data fashion   # IPCA-128 of Fashion-MNIST pixels (70k)
+    .venv/bin/python benchmarks/kmeans.py --quick
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from quiet import add_quiet_args, wait_for_quiet
+
+log = logging.getLogger("benchmarks.kmeans")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", choices=["blobs", "fashion"], default="blobs")
+    p.add_argument("--rows", type=int, default=100_000, help="rows of the blobs data (default: 100000)")
+    p.add_argument("--dim", type=int, default=128)
+    p.add_argument("--k", type=int, default=100)
+    p.add_argument("--iters", type=int, default=25)
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per method; the median is shown")
+    p.add_argument("--threads", type=int, help="OpenMP/BLAS threads for every method (default: all cores)")
+    p.add_argument("--seed", type=int, default=0)
+    add_quiet_args(p)
+    p.add_argument("--quick", action="store_true", help="smoke run: 10k rows, k=20, 5 iterations, 1 repeat")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.rows, args.k, args.iters, args.repeats = 10_000, 20, 5, 1
+    return args
+
+
+def blobs(n: int, dim: int, k: int, seed: int) -> np.ndarray:
+    """``k`` centres ~ N(0, 1) in ``dim`` dims, each row a random centre + N(0, 1) noise, float32 ``(n, dim)``."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((k, dim), dtype=np.float32)
+    X = centres[rng.integers(k, size=n)]
+    X += rng.standard_normal((n, dim), dtype=np.float32)
+    return X
+
+
+def fashion_ipca(dim: int) -> np.ndarray:
+    """Fashion-MNIST train+test pixels in [0, 1] reduced to ``dim`` dims with StreamingPCA, ``(70000, dim)``."""
+    from imgclust.datasets import load_fashion_mnist
+    from imgclust.reduce import StreamingPCA
+
+    x, _ = load_fashion_mnist("all")
+    pixels = x.reshape(len(x), -1).astype(np.float32) / 255.0
+    return StreamingPCA(n_components=dim).fit_transform(pixels)
+
+
+def inertia(X: np.ndarray, centers: np.ndarray, chunk: int = 8192) -> float:
+    """Sum over all rows of ``X`` ``(n, D)`` of the squared distance to the nearest of ``centers`` ``(k, D)``."""
+    C = centers.astype(np.float64)
+    c2 = np.einsum("ij,ij->i", C, C)
+    total = 0.0
+    for start in range(0, X.shape[0], chunk):
+        x = X[start:start + chunk].astype(np.float64)
+        d = np.einsum("ij,ij->i", x, x)[:, None] - 2.0 * (x @ C.T) + c2[None, :]
+        total += float(np.maximum(d.min(axis=1), 0.0).sum())
+    return total
+
+
+def methods(n: int, k: int, iters: int, seed: int) -> dict[str, tuple[str, Callable[[np.ndarray], Any]]]:
+    """name -> (settings shown in the table, fit function returning (centers (k, D), iterations run))."""
+    from sklearn.cluster import KMeans, MiniBatchKMeans
+
+    from imgclust.cluster import FaissKMeans
+
+    mppc = math.ceil(n / k)
+
+    def faiss_fit(X: np.ndarray) -> Any:
+        est = FaissKMeans(n_clusters=k, n_iter=iters, n_redo=1, seed=seed, max_points_per_centroid=mppc).fit(X)
+        if est.n_train_samples_ != X.shape[0]:
+            raise RuntimeError(f"faiss trained on {est.n_train_samples_} of {X.shape[0]} rows")
+        return est.cluster_centers_, iters
+
+    def km_fit(X: np.ndarray) -> Any:
+        est = KMeans(n_clusters=k, init="k-means++", n_init=1, max_iter=iters, tol=0.0, algorithm="lloyd",
+                     random_state=seed).fit(X)
+        return est.cluster_centers_, est.n_iter_
+
+    def mb_fit(X: np.ndarray) -> Any:
+        est = MiniBatchKMeans(n_clusters=k, n_init=1, max_iter=iters, random_state=seed).fit(X)
+        return est.cluster_centers_, f"{est.n_iter_} epochs ({est.n_steps_} batches)"
+
+    return {
+        "FaissKMeans": (f"n_iter={iters}, n_redo=1, max_points_per_centroid={mppc} (all rows)", faiss_fit),
+        "sklearn KMeans": (f"lloyd, max_iter={iters}, tol=0, n_init=1", km_fit),
+        "sklearn MiniBatchKMeans": (f"max_iter={iters}, n_init=1, batch_size=1024", mb_fit),
+    }
+
+
+def run(X: np.ndarray, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Warm up every method, then time them interleaved (``repeats`` rounds), each after a quiet check."""
+    table = methods(X.shape[0], args.k, args.iters, args.seed)
+    warm = X[: min(10_000, X.shape[0])]
+    for name, (_, fit) in methods(warm.shape[0], args.k, 2, args.seed).items():
+        log.info("%s: warm-up on %d rows", name, warm.shape[0])
+        fit(warm)
+    times: dict[str, list[float]] = {name: [] for name in table}
+    busy: dict[str, list[float]] = {name: [] for name in table}
+    last: dict[str, Any] = {}
+    for r in range(args.repeats):
+        for name, (_, fit) in table.items():
+            busy[name].append(wait_for_quiet(args.max_busy, args.max_wait))
+            t0 = time.perf_counter()
+            last[name] = fit(X)
+            times[name].append(time.perf_counter() - t0)
+            log.info("%s: run %d took %.2fs", name, r + 1, times[name][-1])
+    return [{"method": name, "settings": settings, "iters": last[name][1], "time": statistics.median(times[name]),
+             "inertia": inertia(X, np.asarray(last[name][0])), "busy": "/".join(f"{b:.0f}" for b in busy[name])}
+            for name, (settings, _) in table.items()]
+
+
+def render(rows: list[dict[str, Any]], repeats: int, threads: int) -> str:
+    ref = rows[0]
+    head = ["method", "threads", "settings", "iterations run", f"time s (median of {repeats})", "inertia (all rows)",
+            "time / faiss", "inertia / faiss", "others' CPU % before each run"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["method"], threads, r["settings"], r["iters"], f"{r['time']:.2f}", f"{r['inertia']:.6g}",
+                 f"{r['time'] / ref['time']:.2f}", f"{r['inertia'] / ref['inertia']:.4f}", r["busy"]]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    import faiss
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    if args.threads:  # faiss has its own OpenMP runtime; threadpoolctl covers scikit-learn's and BLAS
+        faiss.omp_set_num_threads(args.threads)
+        threadpool_limits(args.threads)
+
+    if args.data == "fashion":
+        X = fashion_ipca(args.dim)
+        if args.quick:
+            X = X[: args.rows]
+    else:
+        X = blobs(args.rows, args.dim, args.k, args.seed)
+    log.info("data %s: %s float32; faiss OpenMP threads: %d; sklearn pools: %s", args.data, X.shape,
+             faiss.omp_get_max_threads(), [(p["internal_api"], p["num_threads"]) for p in threadpool_info()])
+    print(render(run(X, args), args.repeats, faiss.omp_get_max_threads()))
+
+
+if __name__ == "__main__":
+    main()
