@@ -48,8 +48,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="smoke run: 200 images per backbone, shard size 50")
     add_quiet_args(p)
     args = p.parse_args(argv)
+    items = [b.partition(":") for b in args.backbones.split(",")]
+    if any(not name or not n.isdigit() for name, _, n in items):
+        p.error(f"--backbones wants NAME:IMAGES,... (e.g. pixels:5000,resnet18:1000), got {args.backbones!r}")
+    args.backbones = [(name, 200 if args.quick else int(n)) for name, _, n in items]
     if args.quick:
-        args.backbones = ",".join(f"{b.split(':')[0]}:200" for b in args.backbones.split(","))
         args.shard_size = 50
     return args
 
@@ -187,9 +190,8 @@ def main(argv: list[str] | None = None) -> None:
         log.info("torch threads in this process: %d (Dask workers: 1 each)", torch.get_num_threads())
         rows = []
         with embedded_prefect(work / "prefect"):
-            for item in args.backbones.split(","):
-                name, n_images = item.split(":")
-                rows.append(run_backbone(name, int(n_images), args, work))
+            for name, n_images in args.backbones:
+                rows.append(run_backbone(name, n_images, args, work))
     print(table(rows, args.workers))
 
 
