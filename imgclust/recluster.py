@@ -22,10 +22,9 @@ from imgclust.store import Store
 log = logging.getLogger(__name__)
 
 
-def _shared_assignments(store: Store, model: ClusterModel, previous: ClusterModel, max_rows: int, seed: int
+def _shared_assignments(store: Store, model: ClusterModel, prev: pa.Table, max_rows: int, seed: int
                         ) -> tuple[np.ndarray, np.ndarray]:
-    """(prev stable ids, new raw clusters) of up to ``max_rows`` images labelled by ``previous``."""
-    prev = read_labels(store, previous.model_id).select(["image_id", "cluster_id"])
+    """(prev stable ids, new raw clusters) of up to ``max_rows`` images of the previous labels ``prev``."""
     if prev.num_rows > max_rows:
         keep = np.sort(np.random.default_rng(seed).choice(prev.num_rows, size=max_rows, replace=False))
         prev = prev.take(pa.array(keep))
@@ -43,7 +42,8 @@ def _shared_assignments(store: Store, model: ClusterModel, previous: ClusterMode
     return np.concatenate(prev_ids), np.concatenate(new_raw)
 
 
-def previous_means(store: Store, previous: ClusterModel, extractor_key: str, k: int) -> WarmStart | None:
+def previous_means(store: Store, previous: ClusterModel, labels: pa.Table, extractor_key: str, k: int
+                   ) -> WarmStart | None:
     """Warm start for k-means: the mean of each previous stable cluster's members in the new space.
 
     Only when the new k equals the previous model's cluster count (a different k is a different
@@ -52,7 +52,6 @@ def previous_means(store: Store, previous: ClusterModel, extractor_key: str, k: 
     if k != previous.n_clusters:
         log.info("no warm start: k=%d differs from the previous model's %d clusters", k, previous.n_clusters)
         return None
-    labels = read_labels(store, previous.model_id).select(["image_id", "cluster_id"])
     index_of = {int(s): i for i, s in enumerate(previous.stable_ids.tolist())}
     slot = {i: index_of[c] for i, c in zip(labels.column("image_id").to_pylist(),
                                            labels.column("cluster_id").to_pylist(), strict=True) if c in index_of}
@@ -82,19 +81,22 @@ def refit_with_lineage(store: Store, extractor_key: str, *, reduce: ReduceConfig
                        max_rows: int = 500_000) -> ClusterModel:
     """Fit on all done shards, inherit stable ids from ``previous_model_id``, save; return the model."""
     previous = ClusterModel.load(store, previous_model_id) if previous_model_id else None
-    warm = (previous_means(store, previous, extractor_key, cluster.k)
-            if previous is not None and cluster.method == "kmeans" else None)
+    # the previous labels are read once: they seed the warm start and the lineage
+    prev_labels = (read_labels(store, previous.model_id).select(["image_id", "cluster_id"])
+                   if previous is not None else None)
+    warm = (previous_means(store, previous, prev_labels, extractor_key, cluster.k)
+            if previous is not None and prev_labels is not None and cluster.method == "kmeans" else None)
     model = fit_from_store(store, extractor_key, reduce=reduce, cluster=cluster, extract=extract, save=False,
                            warm_start=warm)
     model.meta["warm_start_offered"] = warm is not None  # k-means init from the previous clusters
     lineage: Lineage
-    if previous is None:
+    if previous is None or prev_labels is None:
         lineage = initial_lineage(model.n_clusters)
     else:
         prev_lineage = previous.meta.get("lineage")
         next_id = int(prev_lineage["next_id"]) if prev_lineage else int(previous.stable_ids.max(initial=-1)) + 1
         retired = [int(i) for i in prev_lineage.get("retired", [])] if prev_lineage else []
-        prev_ids, new_raw = _shared_assignments(store, model, previous, max_rows, cluster.seed)
+        prev_ids, new_raw = _shared_assignments(store, model, prev_labels, max_rows, cluster.seed)
         lineage = match_clusters(prev_ids, new_raw, prev_known_ids=[*previous.stable_ids.tolist(), *retired],
                                  min_overlap=min_overlap, next_id=next_id, n_new_clusters=model.n_clusters)
         log.info("lineage vs %s: %d inherited, %d new ids, %d retired, %d splits, %d merges", previous_model_id,
