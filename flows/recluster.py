@@ -6,7 +6,7 @@ from typing import Any
 from prefect import flow
 
 from flows.artifacts import publish_model_artifacts
-from flows.build_clusters import label_all
+from flows.build_clusters import label_all, pca_statistics
 from flows.runtime import default_task_runner
 from imgclust.config import ClusterConfig, ExtractConfig, ReduceConfig
 from imgclust.promotion import GateConfig
@@ -38,7 +38,8 @@ def run_refit(store: str, key: str, extract: ExtractConfig, reduce: ReduceConfig
               previous: str, *, truth: str, gate: GateConfig, min_overlap: float = 0.3) -> dict[str, Any]:
     """Compose: refit with lineage -> relabel every shard -> evaluate -> gate -> promote -> report."""
     shard_ids = done_shards_task(store, key)
-    model_id = refit_task(store, key, reduce, cluster, extract, previous, min_overlap)
+    stats = pca_statistics(store, key, shard_ids, reduce)
+    model_id = refit_task(store, key, reduce, cluster, extract, previous, min_overlap, shard_ids, stats)
     labeled = label_all(store, model_id, key, shard_ids)
     metrics = evaluate_task(store, model_id, key, truth)
     decision = gate_and_promote_task(store, model_id, gate)

@@ -56,7 +56,10 @@ class ExtractConfig(_Base):
 class ReduceConfig(_Base):
     """Dimensionality reduction before clustering (METHODS.md §1)."""
 
-    method: Literal["ipca", "none"] = Field("ipca", description="IncrementalPCA streamed over shards, or none.")
+    method: Literal["ipca", "pca", "none"] = Field(
+        "ipca", description="ipca: IncrementalPCA streamed over shards; pca: exact PCA from per-shard statistics "
+        "summed on the workers (one parallel pass); none: cluster the features as they are."
+    )
     n_components: int | None = Field(50, ge=1, le=8192, description="Fixed number of PCA components.")
     variance_target: float | None = Field(
         None, gt=0.0, le=1.0, description="Keep the fewest components explaining this share of variance."
@@ -69,8 +72,8 @@ class ReduceConfig(_Base):
 
     @model_validator(mode="after")
     def _one_size(self) -> ReduceConfig:
-        if self.method == "ipca" and (self.n_components is None) == (self.variance_target is None):
-            raise ValueError("give exactly one of n_components or variance_target for ipca")
+        if self.method != "none" and (self.n_components is None) == (self.variance_target is None):
+            raise ValueError(f"give exactly one of n_components or variance_target for {self.method}")
         return self
 
 

@@ -13,7 +13,9 @@ of the fit sample's distances in cluster c); ``cluster_id = stable_ids[c]`` or -
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import io
+import json
 import logging
 import uuid
 from collections.abc import Callable
@@ -26,6 +28,7 @@ from imgclust.cluster import AgglomerativeClusterer, FaissKMeans, HDBSCANCluster
 from imgclust.config import ClusterConfig, ExtractConfig, ReduceConfig
 from imgclust.estimator import BatchSource, Estimator, load_estimator, sample_rows
 from imgclust.exceptions import ConfigError, CorruptArtifactError, StoreError
+from imgclust.pca import ExactPCA, LinearProjection, ScatterStats, merge_all
 from imgclust.reduce import StreamingPCA, UMAPReducer
 from imgclust.store import Store
 
@@ -58,7 +61,7 @@ class ClusterModel:
 
     model_id: str
     extractor_key: str
-    reducer: StreamingPCA | None
+    reducer: LinearProjection | None
     umap: UMAPReducer | None
     clusterer: FaissKMeans | HDBSCANClusterer | AgglomerativeClusterer
     centroids: np.ndarray  # (k, d) in the clustering space
@@ -147,18 +150,23 @@ WarmStart = Callable[[Callable[[np.ndarray], np.ndarray]], "np.ndarray | None"]
 
 
 def fit_model(source: BatchSource, *, extractor_key: str, reduce: ReduceConfig, cluster: ClusterConfig,
-              model_id: str | None = None, warm_start: WarmStart | None = None) -> ClusterModel:
+              model_id: str | None = None, warm_start: WarmStart | None = None,
+              reducer: LinearProjection | None = None) -> ClusterModel:
     """Fit reducer then clusterer on a stream of feature blocks (never all in memory at once).
 
-    Pass 1 streams IncrementalPCA; UMAP and HDBSCAN fit on a seeded sample of ``cluster.fit_sample``
-    rows of the reduced stream; k-means trains on its own sample and needs no extra pass.
+    Pass 1 fits the reducer: IncrementalPCA (``ipca``) or exact PCA from scatter statistics
+    (``pca``), unless an already fitted ``reducer`` is given (e.g. exact PCA from statistics summed
+    on Dask workers, :func:`write_pca_statistics`). UMAP and HDBSCAN fit on a seeded sample of
+    ``cluster.fit_sample`` rows of the reduced stream; k-means trains on its own sample.
     """
-    reducer: StreamingPCA | None = None
-    if reduce.method == "ipca":
+    if reducer is None and reduce.method == "ipca":
         reducer = StreamingPCA(n_components=reduce.n_components, variance_target=reduce.variance_target,
                                whiten=reduce.whiten, l2_normalize_input=reduce.l2_normalize).fit(source)
-        log.info("IncrementalPCA: %d components explain %.3f of the variance", reducer.n_components_,
-                 float(np.sum(reducer.explained_variance_ratio_)))
+    elif reducer is None and reduce.method == "pca":
+        reducer = _exact_pca(reduce).fit(source)
+    if reducer is not None:
+        log.info("%s: %d components explain %.3f of the variance", type(reducer).__name__,
+                 reducer.n_components_, float(np.sum(reducer.explained_variance_ratio_)))
 
     def reduced() -> Any:
         for block in source():
@@ -244,13 +252,46 @@ def current_model_id(store: Store) -> str | None:
     return store.read_bytes(CURRENT).decode().strip() or None
 
 
+def _exact_pca(reduce: ReduceConfig) -> ExactPCA:
+    return ExactPCA(n_components=reduce.n_components, variance_target=reduce.variance_target,
+                    whiten=reduce.whiten, l2_normalize_input=reduce.l2_normalize)
+
+
+def pca_statistics_path(extractor_key: str, shard_ids: list[str], reduce: ReduceConfig) -> str:
+    """Deterministic store path of the PCA statistics of a group of shards (a retry overwrites it)."""
+    token = hashlib.sha256(json.dumps([extractor_key, sorted(shard_ids), reduce.l2_normalize]).encode())
+    return f"scratch/pca/{extractor_key}/{token.hexdigest()[:24]}.npz"
+
+
+def write_pca_statistics(store: Store, extractor_key: str, shard_ids: list[str], reduce: ReduceConfig,
+                         batch_size: int = 65536) -> str:
+    """Summarise the features of ``shard_ids`` (n, D) into :class:`ScatterStats` and write them (one
+    ``.npz``, D x D float64) to the store; returns the store-relative path. Run per shard group on
+    Dask workers; :func:`fit_from_store` merges the groups with ``pca_statistics=...``."""
+    from imgclust.features import iter_feature_batches
+
+    def blocks() -> Any:
+        for _, X in iter_feature_batches(store, extractor_key, shard_ids, batch_size=batch_size):
+            if X.shape[0]:
+                yield X
+
+    stats = _exact_pca(reduce).statistics(blocks)
+    rel = pca_statistics_path(extractor_key, shard_ids, reduce)
+    store.write_bytes(rel, stats.to_bytes())
+    return rel
+
+
 def fit_from_store(store: Store, extractor_key: str, *, reduce: ReduceConfig, cluster: ClusterConfig,
                    extract: ExtractConfig | None = None, shard_ids: list[str] | None = None,
-                   batch_size: int = 65536, save: bool = True, warm_start: WarmStart | None = None) -> ClusterModel:
+                   batch_size: int = 65536, save: bool = True, warm_start: WarmStart | None = None,
+                   pca_statistics: list[str] | None = None) -> ClusterModel:
     """Fit a model on the done feature shards of ``extractor_key`` (streamed); save it unless ``save=False``.
 
     ``extract`` (the configuration that produced the features) is recorded in the model so that
-    nightly labeling extracts new images the same way.
+    nightly labeling extracts new images the same way. With ``reduce.method == "pca"``,
+    ``pca_statistics`` (paths written by :func:`write_pca_statistics` covering exactly ``shard_ids``)
+    are merged instead of a pass over the features, and deleted once the model is saved (with
+    ``save=False`` the caller deletes them with :func:`discard_pca_statistics` after saving).
     """
     from imgclust.features import done_shards, iter_feature_batches
 
@@ -264,14 +305,32 @@ def fit_from_store(store: Store, extractor_key: str, *, reduce: ReduceConfig, cl
             if X.shape[0]:
                 yield X
 
-    model = fit_model(source, extractor_key=extractor_key, reduce=reduce, cluster=cluster, warm_start=warm_start)
+    reducer: LinearProjection | None = None
+    if pca_statistics:
+        if reduce.method != "pca":
+            raise ConfigError(f"PCA statistics were given but reduce.method is {reduce.method!r}; use 'pca'")
+        missing = [p for p in pca_statistics if not store.exists(p)]
+        if missing:
+            raise StoreError(f"PCA statistics {store.uri(missing[0])} (and {len(missing) - 1} more) are gone; "
+                             "re-run the flow: the statistics are recomputed")
+        reducer = _exact_pca(reduce).fit_stats(merge_all(
+            ScatterStats.from_bytes(store.read_bytes(p), where=store.uri(p)) for p in pca_statistics))
+    model = fit_model(source, extractor_key=extractor_key, reduce=reduce, cluster=cluster, warm_start=warm_start,
+                      reducer=reducer)
     model.meta["n_shards"] = len(shards)
     if extract is not None:
         model.meta["extract"] = extract.model_dump()
     if save:
         model.save(store)
         log.info("saved model %s (%d clusters) to %s", model.model_id, model.n_clusters, store.uri("models"))
+        discard_pca_statistics(store, pca_statistics)
     return model
+
+
+def discard_pca_statistics(store: Store, paths: list[str] | None) -> None:
+    """Delete PCA statistics files once the model that merged them is saved (scratch space)."""
+    for p in paths or []:
+        store.remove(p)
 
 
 def extract_config_of(store: Store, model_id: str) -> ExtractConfig:

@@ -16,7 +16,7 @@ from imgclust.config import ClusterConfig, ExtractConfig, ReduceConfig
 from imgclust.features import done_shards, iter_feature_batches
 from imgclust.labels import read_labels
 from imgclust.lineage import Lineage, initial_lineage, match_clusters
-from imgclust.model import ClusterModel, WarmStart, fit_from_store
+from imgclust.model import ClusterModel, WarmStart, discard_pca_statistics, fit_from_store
 from imgclust.store import Store
 
 log = logging.getLogger(__name__)
@@ -78,8 +78,10 @@ def previous_means(store: Store, previous: ClusterModel, labels: pa.Table, extra
 
 def refit_with_lineage(store: Store, extractor_key: str, *, reduce: ReduceConfig, cluster: ClusterConfig,
                        extract: ExtractConfig | None, previous_model_id: str | None, min_overlap: float = 0.3,
-                       max_rows: int = 500_000) -> ClusterModel:
-    """Fit on all done shards, inherit stable ids from ``previous_model_id``, save; return the model."""
+                       max_rows: int = 500_000, shard_ids: list[str] | None = None,
+                       pca_statistics: list[str] | None = None) -> ClusterModel:
+    """Fit on ``shard_ids`` (default: all done shards), inherit stable ids from ``previous_model_id``, save;
+    return the model. ``pca_statistics``: see :func:`imgclust.model.fit_from_store`."""
     previous = ClusterModel.load(store, previous_model_id) if previous_model_id else None
     # the previous labels are read once: they seed the warm start and the lineage
     prev_labels = (read_labels(store, previous.model_id).select(["image_id", "cluster_id"])
@@ -87,7 +89,7 @@ def refit_with_lineage(store: Store, extractor_key: str, *, reduce: ReduceConfig
     warm = (previous_means(store, previous, prev_labels, extractor_key, cluster.k)
             if previous is not None and prev_labels is not None and cluster.method == "kmeans" else None)
     model = fit_from_store(store, extractor_key, reduce=reduce, cluster=cluster, extract=extract, save=False,
-                           warm_start=warm)
+                           warm_start=warm, shard_ids=shard_ids, pca_statistics=pca_statistics)
     model.meta["warm_start_offered"] = warm is not None  # k-means init from the previous clusters
     lineage: Lineage
     if previous is None or prev_labels is None:
@@ -106,4 +108,5 @@ def refit_with_lineage(store: Store, extractor_key: str, *, reduce: ReduceConfig
     model.meta["lineage"] = lineage.as_json()
     model.meta["parent_model"] = previous_model_id
     model.save(store)
+    discard_pca_statistics(store, pca_statistics)
     return model

@@ -4,6 +4,8 @@
   Tracking", IJCV 2008, as implemented by scikit-learn's ``IncrementalPCA``) fitted by streaming
   ``partial_fit`` over batches, so data that does not fit in memory can be reduced; components
   by fixed number or by explained-variance target (METHODS.md §1, Kuznetsov et al.).
+  The exact alternative, PCA from per-shard scatter statistics summed on workers, is
+  :class:`imgclust.pca.ExactPCA`.
 - :class:`UMAPReducer`: UMAP (McInnes, Healy & Melville, arXiv:1802.03426, 2018) fitted on a
   seeded sample and applied to the rest with UMAP's out-of-sample ``transform``.
 """
@@ -27,6 +29,7 @@ from imgclust.estimator import (
     sample_rows,
 )
 from imgclust.exceptions import ConfigError
+from imgclust.pca import LinearProjection, select_components
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +76,7 @@ def rechunk(blocks: Iterable[np.ndarray], batch_size: int, min_last: int) -> Ite
 
 
 @register_estimator
-class StreamingPCA(Estimator):
+class StreamingPCA(LinearProjection):
     """PCA fitted incrementally over batches (IPCA, Ross et al. 2008), input ``(n, D)``.
 
     Parameters
@@ -194,43 +197,14 @@ class StreamingPCA(Estimator):
         ipca = self._ipca
         assert ipca is not None
         ratio = ipca.explained_variance_ratio_
-        k = ipca.n_components_
-        self.variance_target_met_: bool | None = None
-        if self.variance_target is not None:
-            cum = np.cumsum(ratio)
-            reached = np.flatnonzero(cum >= self.variance_target - 1e-12)
-            self.variance_target_met_ = bool(reached.size)
-            if reached.size:
-                k = int(reached[0]) + 1
-            else:
-                logger.warning("StreamingPCA: %d components explain %.4f of the variance, below "
-                               "variance_target=%.4f; keeping all %d (raise max_components for more)",
-                               k, float(cum[-1]), self.variance_target, k)
+        fixed = ipca.n_components_ if self.n_components is not None else None
+        k, self.variance_target_met_ = select_components(ratio, fixed, self.variance_target)
         self.n_components_ = int(k)
         self.components_ = ipca.components_[:k].astype(np.float32)
         self.mean_ = ipca.mean_.astype(np.float32)
         self.explained_variance_ = ipca.explained_variance_[:k].astype(np.float32)
         self.explained_variance_ratio_ = ratio[:k].astype(np.float32)
         self.n_samples_seen_ = int(ipca.n_samples_seen_)
-
-    def transform(self, X: np.ndarray) -> np.ndarray:
-        """Project ``(n, D)`` to ``(n, k)`` float32 (whitened / L2-normalised as configured)."""
-        self._check_fitted()
-        X = self._check_dim(X)
-        if self.l2_normalize_input:
-            X = l2_normalize(X)
-        assert self.components_ is not None  # checked by _check_fitted
-        Z = (X - self.mean_) @ self.components_.T
-        if self.whiten:
-            scale = np.sqrt(self.explained_variance_)
-            Z /= np.maximum(scale, np.finfo(np.float32).eps)
-        if self.l2_normalize_output:
-            Z = l2_normalize(Z)
-        return np.ascontiguousarray(Z, dtype=np.float32)
-
-    def fit_transform(self, X: np.ndarray) -> np.ndarray:
-        """``fit(X).transform(X)`` for an in-memory array ``(n, D) -> (n, k)``."""
-        return self.fit(X).transform(X)
 
     # The IPCA's own running state (float64) is saved too, so partial_fit can resume after load.
     def _get_state(self) -> tuple[dict[str, Any], dict[str, np.ndarray], Any]:

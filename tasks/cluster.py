@@ -22,10 +22,12 @@ from tasks._common import open_store, retry_transient
 
 @task(name="fit-model", retries=1, retry_delay_seconds=10, retry_condition_fn=retry_transient)
 def fit_model_task(store: str, extractor_key: str, reduce: ReduceConfig, cluster: ClusterConfig,
-                   extract: ExtractConfig | None = None, shard_ids: list[str] | None = None) -> str:
-    """Fit reducer + clusterer on the stored features; returns the new model id."""
+                   extract: ExtractConfig | None = None, shard_ids: list[str] | None = None,
+                   pca_statistics: list[str] | None = None) -> str:
+    """Fit reducer + clusterer on the stored features (exact PCA from ``pca_statistics`` when given);
+    returns the new model id."""
     model = fit_from_store(open_store(store), extractor_key, reduce=reduce, cluster=cluster, extract=extract,
-                           shard_ids=shard_ids)
+                           shard_ids=shard_ids, pca_statistics=pca_statistics)
     get_run_logger().info("fitted model %s with %d clusters", model.model_id, model.n_clusters)
     return model.model_id
 
@@ -76,10 +78,12 @@ def current_model_task(store: str) -> tuple[str, ExtractConfig]:
 
 @task(name="refit-with-lineage", retries=1, retry_delay_seconds=10, retry_condition_fn=retry_transient)
 def refit_task(store: str, extractor_key: str, reduce: ReduceConfig, cluster: ClusterConfig,
-               extract: ExtractConfig | None, previous_model_id: str | None, min_overlap: float = 0.3) -> str:
-    """Fit a new version on all features, inherit stable ids from the previous one; returns its id."""
+               extract: ExtractConfig | None, previous_model_id: str | None, min_overlap: float = 0.3,
+               shard_ids: list[str] | None = None, pca_statistics: list[str] | None = None) -> str:
+    """Fit a new version on ``shard_ids`` (default all), inherit stable ids from the previous one; returns its id."""
     model = refit_with_lineage(open_store(store), extractor_key, reduce=reduce, cluster=cluster, extract=extract,
-                               previous_model_id=previous_model_id, min_overlap=min_overlap)
+                               previous_model_id=previous_model_id, min_overlap=min_overlap, shard_ids=shard_ids,
+                               pca_statistics=pca_statistics)
     lineage = model.meta["lineage"]
     get_run_logger().info("model %s: %d clusters, %d inherited ids, %d new, %d retired", model.model_id,
                           model.n_clusters, len(lineage["matched"]), len(lineage["new_ids"]),
