@@ -84,6 +84,10 @@ class ClusterConfig(_Base):
     k: int = Field(10, ge=2, le=1_000_000, description="Number of clusters (kmeans, agglomerative).")
     n_iter: int = Field(25, ge=1, le=1000, description="k-means iterations.")
     n_redo: int = Field(3, ge=1, le=100, description="k-means restarts; the best inertia wins.")
+    backend: Literal["faiss", "torch"] = Field(
+        "faiss", description="k-means backend: faiss (CPU) or torch (GPU when present, else CPU)."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the torch backend runs.")
     spherical: bool = Field(False, description="Cosine k-means (L2-normalised centroids).")
     min_cluster_size: int = Field(50, ge=2, description="HDBSCAN min_cluster_size.")
     fit_sample: int = Field(50_000, ge=100, description="Rows UMAP/HDBSCAN are fitted on; the rest are predicted.")

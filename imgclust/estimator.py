@@ -68,6 +68,7 @@ ARRAYS_NAME = "arrays.npz"
 OBJECT_NAME = "object.pkl"
 _VERSION_PACKAGES = ("imgclust", "numpy", "scikit-learn", "faiss-cpu", "umap-learn", "hdbscan")
 _BUILTIN_MODULES = ("imgclust.reduce", "imgclust.pca", "imgclust.cluster")
+_LAZY_MODULES = {"TorchKMeans": "imgclust.kmeans_torch"}  # imported on first load: they need torch
 
 E = TypeVar("E", bound="Estimator")
 
@@ -223,7 +224,7 @@ def register_estimator(cls: type[E]) -> type[E]:
 def list_estimators() -> list[str]:
     """Names of every estimator class :func:`load_estimator` can restore."""
     _import_builtins()
-    return sorted(_REGISTRY)
+    return sorted({*_REGISTRY, *_LAZY_MODULES})
 
 
 class Estimator:
@@ -330,6 +331,8 @@ class Estimator:
         name = doc["class"]
         if cls is Estimator:
             _import_builtins()
+            if name not in _REGISTRY and name in _LAZY_MODULES:
+                importlib.import_module(_LAZY_MODULES[name])
             if name not in _REGISTRY:
                 raise UnknownNameError(f"{root} holds a {name!r}, which is not a registered estimator; "
                                        f"known: {sorted(_REGISTRY)}")

@@ -192,9 +192,7 @@ def fit_model(source: BatchSource, *, extractor_key: str, reduce: ReduceConfig, 
             return umap.transform(Z) if umap is not None else Z
 
         init = warm_start(embed) if warm_start is not None else None
-        clusterer = FaissKMeans(n_clusters=cluster.k, n_iter=cluster.n_iter, n_redo=cluster.n_redo,
-                                spherical=cluster.spherical, seed=cluster.seed).fit(
-            final if umap is None else sample, init_centroids=init)
+        clusterer = _kmeans(cluster).fit(final if umap is None else sample, init_centroids=init)
         centroids = clusterer.cluster_centers_
     elif cluster.method == "hdbscan":
         clusterer = HDBSCANClusterer(min_cluster_size=cluster.min_cluster_size, fit_sample=None,
@@ -213,6 +211,17 @@ def fit_model(source: BatchSource, *, extractor_key: str, reduce: ReduceConfig, 
                                "created_at": dt.datetime.now(dt.timezone.utc).isoformat()})
     model.thresholds = novelty_thresholds(model, sample, cluster.novelty_quantile)
     return model
+
+
+def _kmeans(cluster: ClusterConfig) -> FaissKMeans:
+    """The k-means estimator of ``cluster.backend`` (the torch one imports torch only when chosen)."""
+    params: dict[str, Any] = {"n_clusters": cluster.k, "n_iter": cluster.n_iter, "n_redo": cluster.n_redo,
+                              "spherical": cluster.spherical, "seed": cluster.seed}
+    if cluster.backend == "torch":
+        from imgclust.kmeans_torch import TorchKMeans
+
+        return TorchKMeans(device=cluster.device, **params)
+    return FaissKMeans(**params)
 
 
 def _centroids(Z: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
