@@ -1,4 +1,4 @@
-"""Benchmark: ``imgclust.cluster.FaissKMeans`` against scikit-learn ``KMeans`` and ``MiniBatchKMeans``.
+"""Benchmark: ``FaissKMeans`` and ``TorchKMeans`` against scikit-learn ``KMeans`` and ``MiniBatchKMeans``.
 
 Same float32 matrix, same ``k``, same number of Lloyd iterations, one run each (``n_init=1`` /
 ``n_redo=1``), all seeded with k-means++:
@@ -6,6 +6,8 @@ Same float32 matrix, same ``k``, same number of Lloyd iterations, one run each (
 * FaissKMeans: ``n_iter=25, n_redo=1, max_points_per_centroid=ceil(n / k)`` so faiss trains on every
   row (no subsampling); its ``fit`` includes the k-means++ init (scikit-learn's ``kmeans_plusplus``)
   and the assignment passes it makes to compute its own inertia.
+* TorchKMeans: the same settings on ``--device`` (``auto``: the GPU when present), timed with a
+  CUDA synchronise; its k-means++ runs on the device too.
 * KMeans: ``algorithm="lloyd", max_iter=25, tol=0, n_init=1`` (it can still stop early if the labels
   stop changing: the iterations actually run are shown).
 * MiniBatchKMeans: ``max_iter=25`` epochs, ``n_init=1``, scikit-learn's other defaults (batch 1024,
@@ -19,10 +21,14 @@ libraries use every core unless ``--threads`` is given.
     .venv/bin/python benchmarks/kmeans.py                  # 100k x 128 Gaussian blobs, k=100
     .venv/bin/python benchmarks/kmeans.py --data fashion   # IPCA-128 of Fashion-MNIST pixels (70k)
     .venv/bin/python benchmarks/kmeans.py --quick
+    python benchmarks/kmeans.py --rows 1000000 --dim 256 --k 1000 --methods torch,faiss,sklearn,minibatch  # issue 6
+
+Methods without their library (faiss on the GPU machine) are reported as skipped, not silently dropped.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import math
 import statistics
@@ -46,6 +52,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="timed runs per method; the median is shown")
     p.add_argument("--threads", type=int, help="OpenMP/BLAS threads for every method (default: all cores)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--methods", default="faiss,torch,sklearn,minibatch",
+                   help="comma-separated, the first is the reference of the ratio columns (default: %(default)s)")
+    p.add_argument("--device", default="auto", help="TorchKMeans device: auto | cpu | cuda (default: auto)")
     add_quiet_args(p)
     p.add_argument("--quick", action="store_true", help="smoke run: 10k rows, k=20, 5 iterations, 1 repeat")
     args = p.parse_args(argv)
@@ -85,18 +94,30 @@ def inertia(X: np.ndarray, centers: np.ndarray, chunk: int = 8192) -> float:
     return total
 
 
-def methods(n: int, k: int, iters: int, seed: int) -> dict[str, tuple[str, Callable[[np.ndarray], Any]]]:
-    """name -> (settings shown in the table, fit function returning (centers (k, D), iterations run))."""
+def methods(n: int, k: int, iters: int, seed: int, device: str = "auto"
+            ) -> dict[str, tuple[str, str, Callable[[np.ndarray], Any]]]:
+    """key -> (name, settings shown in the table, fit function returning (centers (k, D), iterations run))."""
     from sklearn.cluster import KMeans, MiniBatchKMeans
-
-    from imgclust.cluster import FaissKMeans
 
     mppc = math.ceil(n / k)
 
     def faiss_fit(X: np.ndarray) -> Any:
+        from imgclust.cluster import FaissKMeans
+
         est = FaissKMeans(n_clusters=k, n_iter=iters, n_redo=1, seed=seed, max_points_per_centroid=mppc).fit(X)
         if est.n_train_samples_ != X.shape[0]:
             raise RuntimeError(f"faiss trained on {est.n_train_samples_} of {X.shape[0]} rows")
+        return est.cluster_centers_, iters
+
+    def torch_fit(X: np.ndarray) -> Any:
+        import torch
+
+        from imgclust.kmeans_torch import TorchKMeans
+
+        est = TorchKMeans(n_clusters=k, n_iter=iters, n_redo=1, seed=seed, max_points_per_centroid=mppc,
+                          device=device).fit(X)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
         return est.cluster_centers_, iters
 
     def km_fit(X: np.ndarray) -> Any:
@@ -108,41 +129,70 @@ def methods(n: int, k: int, iters: int, seed: int) -> dict[str, tuple[str, Calla
         est = MiniBatchKMeans(n_clusters=k, n_init=1, max_iter=iters, random_state=seed).fit(X)
         return est.cluster_centers_, f"{est.n_iter_} epochs ({est.n_steps_} batches)"
 
+    all_rows = f"max_points_per_centroid={mppc} (all rows)"
     return {
-        "FaissKMeans": (f"n_iter={iters}, n_redo=1, max_points_per_centroid={mppc} (all rows)", faiss_fit),
-        "sklearn KMeans": (f"lloyd, max_iter={iters}, tol=0, n_init=1", km_fit),
-        "sklearn MiniBatchKMeans": (f"max_iter={iters}, n_init=1, batch_size=1024", mb_fit),
+        "faiss": ("FaissKMeans", f"n_iter={iters}, n_redo=1, {all_rows}", faiss_fit),
+        "torch": (f"TorchKMeans ({_torch_device(device)})", f"n_iter={iters}, n_redo=1, {all_rows}", torch_fit),
+        "sklearn": ("sklearn KMeans", f"lloyd, max_iter={iters}, tol=0, n_init=1", km_fit),
+        "minibatch": ("sklearn MiniBatchKMeans", f"max_iter={iters}, n_init=1, batch_size=1024", mb_fit),
     }
+
+
+def _torch_device(device: str) -> str:
+    from imgclust.deep.training import resolve_device
+
+    return str(resolve_device(device))
+
+
+def available(key: str) -> bool:
+    """Whether the library behind a method imports here (the GPU machine has no faiss)."""
+    import importlib.util
+
+    return key != "faiss" or importlib.util.find_spec("faiss") is not None
 
 
 def run(X: np.ndarray, args: argparse.Namespace) -> list[dict[str, Any]]:
     """Warm up every method, then time them interleaved (``repeats`` rounds), each after a quiet check."""
-    table = methods(X.shape[0], args.k, args.iters, args.seed)
+    keys = [m.strip() for m in args.methods.split(",") if m.strip()]
+    every = methods(X.shape[0], args.k, args.iters, args.seed, args.device)
+    unknown = sorted(set(keys) - set(every))
+    if unknown:
+        raise SystemExit(f"unknown --methods {unknown}; choose from {sorted(every)}")
+    skipped = [key for key in keys if not available(key)]
+    for key in skipped:
+        log.warning("%s: its library is not installed here; reported as skipped", key)
+    keys = [key for key in keys if key not in skipped]
+    table = {key: every[key] for key in keys}
     warm = X[: min(10_000, X.shape[0])]
-    for name, (_, fit) in methods(warm.shape[0], args.k, 2, args.seed).items():
-        log.info("%s: warm-up on %d rows", name, warm.shape[0])
-        fit(warm)
-    times: dict[str, list[float]] = {name: [] for name in table}
-    busy: dict[str, list[float]] = {name: [] for name in table}
+    for key, (name, _, fit) in methods(warm.shape[0], min(args.k, 100), 2, args.seed, args.device).items():
+        if key in table:
+            log.info("%s: warm-up on %d rows", name, warm.shape[0])
+            fit(warm)
+    times: dict[str, list[float]] = {key: [] for key in table}
+    busy: dict[str, list[float]] = {key: [] for key in table}
     last: dict[str, Any] = {}
     for r in range(args.repeats):
-        for name, (_, fit) in table.items():
-            busy[name].append(wait_for_quiet(args.max_busy, args.max_wait))
+        for key, (name, _, fit) in table.items():
+            busy[key].append(wait_for_quiet(args.max_busy, args.max_wait))
             t0 = time.perf_counter()
-            last[name] = fit(X)
-            times[name].append(time.perf_counter() - t0)
-            log.info("%s: run %d took %.2fs", name, r + 1, times[name][-1])
-    return [{"method": name, "settings": settings, "iters": last[name][1], "time": statistics.median(times[name]),
-             "inertia": inertia(X, np.asarray(last[name][0])), "busy": "/".join(f"{b:.0f}" for b in busy[name])}
-            for name, (settings, _) in table.items()]
+            last[key] = fit(X)
+            times[key].append(time.perf_counter() - t0)
+            log.info("%s: run %d took %.2fs", name, r + 1, times[key][-1])
+    rows = [{"method": name, "settings": settings, "iters": last[key][1], "time": statistics.median(times[key]),
+             "inertia": inertia(X, np.asarray(last[key][0])), "busy": "/".join(f"{b:.0f}" for b in busy[key])}
+            for key, (name, settings, _) in table.items()]
+    return rows + [{"method": every[key][0], "skipped": True} for key in skipped]
 
 
 def render(rows: list[dict[str, Any]], repeats: int, threads: int) -> str:
     ref = rows[0]
     head = ["method", "threads", "settings", "iterations run", f"time s (median of {repeats})", "inertia (all rows)",
-            "time / faiss", "inertia / faiss", "others' CPU % before each run"]
+            f"time / {ref['method']}", f"inertia / {ref['method']}", "others' CPU % before each run"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
+        if r.get("skipped"):
+            lines.append(f"| {r['method']} | skipped: library not installed here |" + " |" * (len(head) - 2))
+            continue
         cells = [r["method"], threads, r["settings"], r["iters"], f"{r['time']:.2f}", f"{r['inertia']:.6g}",
                  f"{r['time'] / ref['time']:.2f}", f"{r['inertia'] / ref['inertia']:.4f}", r["busy"]]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
@@ -152,12 +202,19 @@ def render(rows: list[dict[str, Any]], repeats: int, threads: int) -> str:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    import faiss
+    import os
+
     from threadpoolctl import threadpool_info, threadpool_limits
 
+    faiss = importlib.import_module("faiss") if available("faiss") else None
     if args.threads:  # faiss has its own OpenMP runtime; threadpoolctl covers scikit-learn's and BLAS
-        faiss.omp_set_num_threads(args.threads)
+        if faiss is not None:
+            faiss.omp_set_num_threads(args.threads)
         threadpool_limits(args.threads)
+        import torch
+
+        torch.set_num_threads(args.threads)
+    threads = args.threads or (faiss.omp_get_max_threads() if faiss is not None else os.cpu_count() or 1)
 
     if args.data == "fashion":
         X = fashion_ipca(args.dim)
@@ -165,9 +222,9 @@ def main(argv: list[str] | None = None) -> None:
             X = X[: args.rows]
     else:
         X = blobs(args.rows, args.dim, args.k, args.seed)
-    log.info("data %s: %s float32; faiss OpenMP threads: %d; sklearn pools: %s", args.data, X.shape,
-             faiss.omp_get_max_threads(), [(p["internal_api"], p["num_threads"]) for p in threadpool_info()])
-    print(render(run(X, args), args.repeats, faiss.omp_get_max_threads()))
+    log.info("data %s: %s float32; threads: %d; sklearn pools: %s", args.data, X.shape, threads,
+             [(p["internal_api"], p["num_threads"]) for p in threadpool_info()])
+    print(render(run(X, args), args.repeats, threads))
 
 
 if __name__ == "__main__":
