@@ -1,0 +1,89 @@
+"""The GPU decode/preprocess path, checked on the CPU against the PIL path (and on CUDA when present)."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.datasets import load_sample_images
+
+from imgclust.backbones import create_backbone
+from imgclust.backbones.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, preprocess_image
+from imgclust.gpu_pipeline import auto_batch_size, decode_batch, preprocess_on_device
+from imgclust.images import decode_image
+
+
+def _jpeg(img: Image.Image, **kw: object) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=90, **kw)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def photo() -> Image.Image:
+    """A real photograph (scikit-learn's sample 'china.jpg', 427x640) cut to ImageNet size 500x375."""
+    return Image.fromarray(load_sample_images().images[0]).crop((50, 20, 550, 395))
+
+
+@pytest.fixture(scope="module")
+def files(photo: Image.Image) -> list[bytes]:
+    rot = photo.copy()
+    exif = rot.getexif()
+    exif[0x0112] = 6  # EXIF orientation: rotate 90 degrees clockwise to display
+    png = io.BytesIO()
+    photo.resize((64, 48)).save(png, format="PNG")
+    good = _jpeg(photo)
+    return [good, _jpeg(photo.convert("L")), png.getvalue(), good[: len(good) // 2], _jpeg(photo.convert("CMYK")),
+            _jpeg(rot, exif=exif.tobytes()), b"<html>not an image</html>"]
+
+
+def test_decode_batch_matches_the_cpu_decoder_and_keeps_quarantine_kinds(files: list[bytes]) -> None:
+    out = decode_batch(files, "RGB", "cpu")
+    assert sorted(out.images) == [0, 1, 2, 4, 5] and sorted(out.errors) == [3, 6]
+    assert out.errors[3].kind == "truncated" and out.errors[6].kind == "not_an_image"
+    for i, img in out.images.items():
+        ref = torch.from_numpy(decode_image(files[i], mode="RGB")).permute(2, 0, 1)
+        assert img.shape == ref.shape, i  # includes the EXIF rotation of file 5 (375x500 -> 500x375)
+        assert (img.float() - ref.float()).abs().mean() < 2.0, i  # libjpeg builds differ by rounding only
+
+
+def test_gray_mode_gives_one_channel(files: list[bytes]) -> None:
+    out = decode_batch(files[:3], "L", "cpu")
+    assert all(t.shape[0] == 1 for t in out.images.values())
+
+
+@pytest.mark.parametrize("resize", ["short_side_center_crop", "squash"])
+def test_device_preprocessing_matches_pil(photo: Image.Image, resize: str) -> None:
+    prep = Preprocessing(input_size=224, mode="RGB", mean=IMAGENET_MEAN, std=IMAGENET_STD, resize=resize)
+    arr = np.array(photo)  # writable, for torch.from_numpy
+    ref = preprocess_image(arr, prep)
+    got = preprocess_on_device([torch.from_numpy(arr).permute(2, 0, 1).contiguous()], prep)[0]
+    assert got.shape == ref.shape == (3, 224, 224)
+    assert (got - ref).abs().mean() < 0.02  # normalised units (~1.2 grey levels): antialias kernels differ
+
+
+def test_gray_to_rgb_and_rgb_to_gray(photo: Image.Image) -> None:
+    arr = np.array(photo)  # writable, for torch.from_numpy
+    rgb = torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+    gray_prep = Preprocessing(input_size=28, mode="L", mean=(0.5,), std=(0.5,))
+    ref = preprocess_image(arr, gray_prep)
+    assert (preprocess_on_device([rgb], gray_prep)[0] - ref).abs().mean() < 0.02
+    gray = torch.from_numpy(np.array(photo.convert("L")))[None]
+    rgb_prep = Preprocessing(input_size=32, mode="RGB", mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    assert preprocess_on_device([gray], rgb_prep).shape == (1, 3, 32, 32)
+
+
+def test_auto_batch_size_on_cpu_is_the_default() -> None:
+    assert auto_batch_size(create_backbone("tinycnn", weights="random", device="cpu"), max_batch=32) == 32
+
+
+@pytest.mark.gpu
+def test_nvjpeg_matches_cpu_decode(files: list[bytes]) -> None:
+    cpu, gpu = decode_batch(files, "RGB", "cpu"), decode_batch(files, "RGB", "cuda")
+    assert sorted(cpu.images) == sorted(gpu.images) and gpu.on_device >= 2
+    for i in cpu.images:
+        assert (cpu.images[i].float() - gpu.images[i].cpu().float()).abs().mean() < 2.0
+    backbone = create_backbone("resnet18", weights="random", device="cuda")
+    assert auto_batch_size(backbone) >= 64
