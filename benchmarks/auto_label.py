@@ -49,6 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--work-dir", help="where stores go (default: a new folder under /tmp, removed unless --keep)")
     p.add_argument("--keep", action="store_true", help="keep the stores and corpora")
     p.add_argument("--reuse", action="store_true", help="reuse stores a --keep run left in --work-dir (no refit)")
+    p.add_argument("--lock", help="create this file during the timed runs (tells cooperating jobs to hold off)")
     p.add_argument("--reducer", choices=["pca", "ipca"], default="pca", help="model reducer (default: %(default)s)")
     p.add_argument("--quick", action="store_true", help="smoke run: sizes 5000,50000, 500 new images, 1 repeat")
     args = p.parse_args(argv)
@@ -219,6 +220,8 @@ def main(argv: list[str] | None = None) -> None:
         sources = {n: str(shutil.copytree(corpus, work / f"new-{n}", dirs_exist_ok=True)) for n in sizes}
         samples: dict[int, list[dict[str, float]]] = {n: [] for n in sizes}
         deadline = time.monotonic() + 600  # waiting for a quiet machine: 10 minutes in all
+        if args.lock:
+            Path(args.lock).touch()
         with embedded_prefect(work / "prefect"):
             measure(work / "store-warmup", warm_src, args.workers)  # imports, JIT, first Dask start
             for rep in range(args.repeat):
@@ -245,6 +248,8 @@ def main(argv: list[str] | None = None) -> None:
               f"{'PASS' if ratio <= 1.2 else 'FAIL'}; medians of {args.repeat} interleaved runs "
               f"(ratio of the fastest runs: {best:.3f})")
     finally:
+        if args.lock:
+            Path(args.lock).unlink(missing_ok=True)
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 
