@@ -61,7 +61,12 @@ def _add_pipeline_args(p: argparse.ArgumentParser, *, source: bool = True) -> No
     g = p.add_argument_group("clustering")
     g.add_argument("--method", default="kmeans", choices=["kmeans", "hdbscan", "agglomerative"])
     g.add_argument("--k", type=int, default=ClusterConfig().k, help="number of clusters (kmeans/agglomerative)")
-    g.add_argument("--pca", type=int, default=ReduceConfig().n_components, help="IncrementalPCA components (0 = none)")
+    g.add_argument("--pca", type=int, default=ReduceConfig().n_components, help="PCA components (0 = none)")
+    g.add_argument("--reducer", default=ReduceConfig().method, choices=["ipca", "pca"],
+                   help="ipca: IncrementalPCA streamed in one process; pca: exact PCA from per-shard statistics "
+                        "summed on the Dask workers (default %(default)s)")
+    g.add_argument("--kmeans-backend", default=ClusterConfig().backend, choices=["faiss", "torch"],
+                   help="faiss (CPU) or torch (GPU when present) k-means (default %(default)s)")
     g.add_argument("--umap", type=int, default=None, help="UMAP dimensions after PCA (hdbscan defaults to 10)")
     g.add_argument("--min-cluster-size", type=int, default=ClusterConfig().min_cluster_size, help="hdbscan")
     g.add_argument("--seed", type=int, default=0)
@@ -82,8 +87,9 @@ def _pipeline_config(a: argparse.Namespace) -> tuple[PipelineConfig, RunnerConfi
     extract = validated(ExtractConfig, extractor=a.extractor, weights=a.weights, device=a.device,
                         batch_size=a.batch_size, shard_size=a.shard_size, seed=a.seed)
     reduce = (validated(ReduceConfig, method="none", n_components=None, umap_components=a.umap) if a.pca == 0
-              else validated(ReduceConfig, n_components=a.pca, umap_components=a.umap))
-    cluster = validated(ClusterConfig, method=a.method, k=a.k, min_cluster_size=a.min_cluster_size, seed=a.seed)
+              else validated(ReduceConfig, method=a.reducer, n_components=a.pca, umap_components=a.umap))
+    cluster = validated(ClusterConfig, method=a.method, k=a.k, min_cluster_size=a.min_cluster_size, seed=a.seed,
+                        backend=a.kmeans_backend, device=a.device)
     kind = "address" if a.address else ("cuda" if a.gpu_cluster else "local")
     runner = validated(RunnerConfig, kind=kind, workers=a.workers, address=a.address)
     cfg = validated(PipelineConfig, source=a.source, store=a.store, ingest=IngestConfig(), extract=extract,
@@ -158,7 +164,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
     result = _run_pipeline(cfg, runner)
     _print_summary(result, {"demo corpus": f"{corpus['dataset']}: {corpus['images']} PNG files in {corpus['path']}",
                             "recipe": f"{cfg.extract.extractor} features (no pretrained weights exist offline) -> "
-                                      f"IPCA({cfg.reduce.n_components}) -> "
+                                      f"{cfg.reduce.method.upper()}({cfg.reduce.n_components}) -> "
                                       f"{'UMAP(' + str(cfg.reduce.umap_components) + ') -> ' if cfg.reduce.umap_components else ''}"
                                       f"{cfg.cluster.method} k={cfg.cluster.k}"})
     return 0
