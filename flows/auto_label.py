@@ -16,19 +16,36 @@ from flows.build_clusters import label_all
 from flows.extract_features import run_extraction
 from flows.runtime import default_task_runner
 from imgclust.config import IngestConfig
+from imgclust.lock import StoreLease
+from tasks._common import open_store
 from tasks.cluster import current_model_task
 from tasks.ingest import ingest_source
 from tasks.report import cluster_names_task
 
+LEASE_NAME = "auto-label"
+
 
 @flow(name="auto-label", task_runner=default_task_runner())
 def auto_label(source: str, store: str, date: dt.date | None = None, novelty_threshold: float = 0.2,
-               ingest: IngestConfig = IngestConfig()) -> dict[str, Any]:
+               ingest: IngestConfig = IngestConfig(), lock_wait_seconds: float = 0.0,
+               lock_ttl_seconds: float = 600.0) -> dict[str, Any]:
     """Ingest what arrived since the last run, extract it, label it with the CURRENT model.
 
     Emits the Prefect event ``imgclust.novelty.high`` when the share of novel images exceeds
     ``novelty_threshold`` (an automation can trigger a recluster on it).
+
+    One run at a time per store: the run holds the store lease ``locks/auto-label.json``
+    (imgclust.lock; renewed every ``lock_ttl_seconds / 3``). Another run waits up to
+    ``lock_wait_seconds`` for it, then fails with LeaseHeldError naming the holder, before touching
+    the store. (Two overlapping ingests of the same new files would add them twice.)
     """
+    with StoreLease(open_store(store), LEASE_NAME, ttl=lock_ttl_seconds, wait=lock_wait_seconds):
+        return _auto_label(source, store, date, novelty_threshold, ingest)
+
+
+def _auto_label(source: str, store: str, date: dt.date | None, novelty_threshold: float, ingest: IngestConfig
+                ) -> dict[str, Any]:
+    """The body of :func:`auto_label`, run while holding the store lease."""
     logger = get_run_logger()
     model_id, extract = current_model_task(store)
     ingested = ingest_source(source, store, ingest, date)

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
+import fnmatch
 import hashlib
 import json
 import logging
+import os
+import signal
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -40,6 +43,35 @@ from imgclust.sources import read_uri
 from imgclust.store import Store
 
 log = logging.getLogger(__name__)
+
+
+# Test-only fault hook (tests/test_faults.py). Unset in production: one dict lookup per shard.
+# JSON {"action": "kill" | "sleep", "shard": <fnmatch pattern>, "once": <marker file, optional>,
+# "seconds": <for sleep>}. "kill" SIGKILLs the worker process after the shard's first batch is embedded
+# (mid-shard, nothing written yet); "once" makes it fire only where that file can still be created.
+FAULT_ENV = "IMGCLUST_TEST_FAULT"
+
+
+def _test_fault(shard_id: str) -> None:
+    """Inject the fault ``$IMGCLUST_TEST_FAULT`` describes into this shard (no-op when unset)."""
+    raw = os.environ.get(FAULT_ENV)
+    if not raw:
+        return
+    fault = json.loads(raw)
+    if not fnmatch.fnmatchcase(shard_id, fault["shard"]):
+        return
+    if fault.get("once"):
+        try:
+            os.close(os.open(fault["once"], os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            return
+    log.warning("test fault %s injected into shard %s (pid %d)", fault["action"], shard_id, os.getpid())
+    if fault["action"] == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif fault["action"] == "sleep":
+        time.sleep(float(fault["seconds"]))
+    else:
+        raise ConfigError(f"{FAULT_ENV}: unknown action {fault['action']!r} (kill or sleep)")
 
 
 def resolve_device(device: str) -> str:
@@ -141,6 +173,8 @@ def extract_shard(store: Store, spec: ShardSpec, config: ExtractConfig, *, force
         ids.extend(batch_ids)
         batch.clear()
         batch_ids.clear()
+        if len(chunks) == 1:
+            _test_fault(spec.shard_id)
 
     for image_id, uri, tensor, kind, message in _decoded(backbone, rows, config, storage_options):
         if tensor is None:

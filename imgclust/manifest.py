@@ -17,7 +17,6 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from imgclust.config import IngestConfig
 from imgclust.exceptions import ConfigError, CorruptArtifactError, StoreError
@@ -189,14 +188,8 @@ def _manifest_keys(known: pa.Table) -> pa.Array:
 
 
 def part_num_rows(store: Store, part: str) -> int:
-    """Row count of a manifest part from its footer (no data pages are read)."""
-    try:
-        with store.fs.open(store.path(part), "rb") as f:
-            return int(pq.ParquetFile(f).metadata.num_rows)
-    except FileNotFoundError as err:
-        raise StoreError(f"manifest part {store.uri(part)} does not exist") from err
-    except (pa.ArrowException, OSError) as err:
-        raise CorruptArtifactError(f"{store.uri(part)} is not a readable manifest part: {err}") from err
+    """Row count of a manifest part from its footer."""
+    return store.parquet_num_rows(part, what="manifest part")
 
 
 def plan_shards(store: Store, *, shard_size: int, start: dt.date | None = None, end: dt.date | None = None,

@@ -163,31 +163,42 @@ class Store:
         if missing:  # a caller asking for the wrong columns is not a corrupt file
             raise StoreError(f"{self.uri(rel)} has no column(s) {missing}; it has {pf.schema_arrow.names}")
 
+    def _parquet_file(self, rel: str, columns: list[str] | None, what: str = "Parquet file") -> pq.ParquetFile:
+        """Fetch the whole object, then parse it. The two steps fail differently: fetching raises
+        StoreError for a missing file and lets any other OSError (an object store's 5xx after the
+        client's retries, a reset connection) propagate, which the tasks retry; parsing raises
+        CorruptArtifactError (bad footer, page checksum mismatch: pyarrow reports those as plain
+        OSError too, so they can only be told apart by where they happen). Files are shard-sized."""
+        data = self.read_bytes(rel)
+        try:
+            pf = pq.ParquetFile(pa.BufferReader(data), page_checksum_verification=True)
+        except (pa.ArrowException, OSError) as err:
+            raise CorruptArtifactError(f"{self.uri(rel)} is not a readable {what}: {err}") from err
+        self._check_columns(rel, pf, columns)
+        return pf
+
     def read_parquet(self, rel: str, columns: list[str] | None = None) -> pa.Table:
         """Read one Parquet file; a corrupt file (bad footer, page checksum mismatch) raises
-        CorruptArtifactError naming it; a missing file or column raises StoreError."""
+        CorruptArtifactError naming it; a missing file or column raises StoreError; an I/O error
+        while fetching it propagates as OSError (transient)."""
+        pf = self._parquet_file(rel, columns)
         try:
-            with self.fs.open(self.path(rel), "rb") as f:
-                pf = pq.ParquetFile(f, page_checksum_verification=True)
-                self._check_columns(rel, pf, columns)
-                return pf.read(columns=columns)
-        except FileNotFoundError as err:
-            raise StoreError(f"{self.uri(rel)} does not exist") from err
+            return pf.read(columns=columns)
         except (pa.ArrowException, OSError) as err:
             raise CorruptArtifactError(f"{self.uri(rel)} is not a readable Parquet file: {err}") from err
 
     def iter_parquet_batches(self, rel: str, columns: list[str] | None = None, batch_size: int = 65536
                              ) -> Iterator[pa.RecordBatch]:
-        """Stream record batches of one file (memory bounded by ``batch_size`` rows)."""
+        """Stream record batches of one file (decoded memory bounded by ``batch_size`` rows)."""
+        pf = self._parquet_file(rel, columns)
         try:
-            with self.fs.open(self.path(rel), "rb") as f:
-                pf = pq.ParquetFile(f, page_checksum_verification=True)
-                self._check_columns(rel, pf, columns)
-                yield from pf.iter_batches(batch_size=batch_size, columns=columns)
-        except FileNotFoundError as err:
-            raise StoreError(f"{self.uri(rel)} does not exist") from err
+            yield from pf.iter_batches(batch_size=batch_size, columns=columns)
         except (pa.ArrowException, OSError) as err:
             raise CorruptArtifactError(f"{self.uri(rel)} is not a readable Parquet file: {err}") from err
+
+    def parquet_num_rows(self, rel: str, what: str = "Parquet file") -> int:
+        """Row count from the footer of a fetched file (errors as :meth:`read_parquet`)."""
+        return int(self._parquet_file(rel, None, what).metadata.num_rows)
 
     def remove(self, rel: str) -> None:
         p = self.path(rel)

@@ -40,7 +40,7 @@ def label_shard_task(store: str, model_id: str, extractor_key: str, shard_id: st
     return label_shard(open_store(store), model_id, extractor_key, shard_id, force=force)
 
 
-@task(name="evaluate")
+@task(name="evaluate", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=retry_transient)
 def evaluate_task(store: str, model_id: str, extractor_key: str, truth: str = "none") -> dict[str, Any]:
     """Cluster sizes, internal metrics and, with ground truth, ACC/NMI/ARI; saved next to the model."""
     s = open_store(store)
@@ -63,7 +63,7 @@ def gate_and_promote_task(store: str, model_id: str, gate: GateConfig) -> dict[s
             "candidate_value": decision.candidate, "current_value": decision.current}
 
 
-@task(name="current-model")
+@task(name="current-model", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=retry_transient)
 def current_model_task(store: str) -> tuple[str, ExtractConfig]:
     """The promoted model id and the extract configuration its features need; clear error when none."""
     s = open_store(store)

@@ -13,7 +13,7 @@ from imgclust.manifest import ShardSpec, list_parts, plan_shards
 from tasks._common import open_store, retry_transient
 
 
-@task(name="plan-shards")
+@task(name="plan-shards", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=retry_transient)
 def plan_shards_task(store: str, shard_size: int, start: dt.date | None = None, end: dt.date | None = None,
                      parts: list[str] | None = None) -> list[dict[str, Any]]:
     """Deterministic shard specs (small dicts) over the manifest parts in the date range."""
@@ -39,13 +39,13 @@ def extract_shard_task(store: str, spec: dict[str, Any], config: ExtractConfig, 
     return result
 
 
-@task(name="done-shards")
+@task(name="done-shards", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=retry_transient)
 def done_shards_task(store: str, extractor_key: str) -> list[str]:
     """Ids of the feature shards of ``extractor_key`` that have a done-marker."""
     return done_shards(open_store(store), extractor_key)
 
 
-@task(name="list-parts")
+@task(name="list-parts", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=retry_transient)
 def list_parts_task(store: str, start: dt.date | None = None, end: dt.date | None = None) -> list[str]:
     """Manifest part paths dated ``start..end`` (inclusive)."""
     return list_parts(open_store(store), start, end)
