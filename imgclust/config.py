@@ -48,6 +48,10 @@ class ExtractConfig(_Base):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the backbone runs.")
     batch_size: int = Field(64, ge=1, le=8192, description="Images per forward pass.")
     decode_threads: int = Field(4, ge=1, le=128, description="Threads decoding images ahead of the model.")
+    decode_on: Literal["auto", "cpu", "device"] = Field(
+        "auto", description="auto: decode JPEGs with nvJPEG and resize on the GPU when the backbone runs on CUDA, "
+        "else on CPU threads; cpu / device force one path (device works on CPU too, for checks)."
+    )
     shard_size: int = Field(1000, ge=1, le=1_000_000, description="Images per feature shard (one task each).")
     max_pixels: int = Field(89_478_485, ge=1, description="Images with more pixels are quarantined as too_large.")
     seed: int = Field(0, ge=0, description="Seed for random-init backbones.")

@@ -5,8 +5,8 @@ batched nvJPEG through ``torchvision.io.decode_jpeg(device="cuda")`` reaches ~7,
 so on a GPU worker with few cores, CPU decode is the bottleneck and the design moves it to the GPU:
 
 1. file bytes are read by threads (I/O only) into 1-D uint8 tensors;
-2. JPEGs whose header (read by PIL without decoding pixels) is baseline RGB/gray within the size
-   limits are decoded as one batch on the device (nvJPEG, EXIF orientation applied); other formats,
+2. complete JPEGs (ending with the EOI marker) whose header (read by PIL without decoding pixels)
+   is RGB/gray within the size limits are decoded as one batch on the device (nvJPEG, EXIF orientation applied); other formats,
    CMYK or oversized JPEGs, and any JPEG nvJPEG rejects go through the CPU decoder of
    :mod:`imgclust.images`, so the bomb check and the quarantine kinds are the same on both paths;
 3. each image is resized on the device (bilinear, antialiased, same geometry as
@@ -53,13 +53,14 @@ class DecodedBatch:
 
 
 def _gpu_decodable(data: bytes, max_pixels: int) -> bool:
-    """A JPEG nvJPEG can take: RGB/gray, within the pixel limit (header only, no pixel decoded)."""
+    """A JPEG nvJPEG can take: complete (ends with EOI), RGB/gray, within the pixel limit (header only,
+    no pixel decoded). Anything else takes the CPU decoder, which quarantines it with the usual kind."""
     import io
 
     from PIL import Image, UnidentifiedImageError
 
-    if len(data) <= 3 or not is_jpeg(data):
-        return False
+    if len(data) <= 3 or not is_jpeg(data) or not data.endswith(b"\xff\xd9"):
+        return False  # no end-of-image marker: likely truncated; libjpeg would decode it partially, PIL refuses
     try:
         with Image.open(io.BytesIO(data)) as im:
             return im.format == "JPEG" and im.mode in ("RGB", "L") and im.width * im.height <= max_pixels
@@ -67,10 +68,10 @@ def _gpu_decodable(data: bytes, max_pixels: int) -> bool:
         return False
 
 
-def _cpu_decode(data: bytes, mode: str, device: torch.device) -> torch.Tensor:
+def _cpu_decode(data: bytes, mode: str, device: torch.device, max_pixels: int) -> torch.Tensor:
     from imgclust.images import decode_image
 
-    arr = decode_image(data, mode=mode)  # type: ignore[arg-type]  # (H, W) or (H, W, 3) uint8, or ImageDecodeError
+    arr = decode_image(data, mode=mode, max_pixels=max_pixels)  # type: ignore[arg-type]  # (H, W) or (H, W, 3) uint8, or ImageDecodeError
     t = torch.from_numpy(np.ascontiguousarray(arr))
     t = t[None] if t.ndim == 2 else t.permute(2, 0, 1)
     return t.to(device, non_blocking=True)
@@ -113,7 +114,7 @@ def decode_batch(datas: list[bytes], mode: str, device: torch.device | str,
                     rest.append(i)  # truncated / CMYK / progressive oddities: the CPU decoder decides
     for i in sorted(rest):
         try:
-            out.images[i] = _cpu_decode(datas[i], mode, device)
+            out.images[i] = _cpu_decode(datas[i], mode, device, max_pixels)
         except ImageDecodeError as exc:
             out.errors[i] = exc
     return out

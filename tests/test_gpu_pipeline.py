@@ -1,7 +1,9 @@
 """The GPU decode/preprocess path, checked on the CPU against the PIL path (and on CUDA when present)."""
 from __future__ import annotations
 
+import datetime as dt
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ from sklearn.datasets import load_sample_images
 
 from imgclust.backbones import create_backbone
 from imgclust.backbones.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, preprocess_image
+from imgclust.features import embeddings_of
 from imgclust.gpu_pipeline import auto_batch_size, decode_batch, preprocess_on_device
 from imgclust.images import decode_image
 
@@ -87,3 +90,38 @@ def test_nvjpeg_matches_cpu_decode(files: list[bytes]) -> None:
         assert (cpu.images[i].float() - gpu.images[i].cpu().float()).abs().mean() < 2.0
     backbone = create_backbone("resnet18", weights="random", device="cuda")
     assert auto_batch_size(backbone) >= 64
+
+
+def test_extract_shard_device_decode_path_matches_the_cpu_path(tmp_path: Path) -> None:
+    """The device path forced on CPU: same rows, same quarantine kinds, PNG features bit-identical,
+    JPEG features within resize-kernel rounding; its fingerprint differs, so stores never mix them."""
+    from helpers_images import make_corpus
+
+    from imgclust.config import ExtractConfig
+    from imgclust.extract import backbone_for, extract_shard, shard_fingerprint
+    from imgclust.features import feature_path, quarantine_path
+    from imgclust.manifest import ingest, plan_shards
+    from imgclust.store import Store
+
+    expected = make_corpus(tmp_path / "src", n_png=20, n_jpeg=6, seed=3)
+    out = {}
+    for how in ("cpu", "device"):
+        store = Store(tmp_path / how)
+        part = ingest(store, str(tmp_path / "src"), date=dt.date(2026, 11, 25)).part
+        cfg = ExtractConfig(extractor="pixels", decode_on=how, batch_size=8, max_pixels=99 * 99)
+        (spec,) = plan_shards(store, shard_size=1000, parts=[part])
+        marker = extract_shard(store, spec, cfg)
+        feats = store.read_parquet(feature_path(marker["extractor_key"], spec.shard_id))
+        quar = store.read_parquet(quarantine_path(marker["extractor_key"], spec.shard_id))
+        out[how] = (feats.column("image_id").to_pylist(), embeddings_of(feats), dict(zip(
+            quar.column("uri").to_pylist(), quar.column("error_kind").to_pylist(), strict=True)),
+            shard_fingerprint(backbone_for(cfg), spec, cfg))
+    (ids_c, X_c, q_c, fp_c), (ids_d, X_d, q_d, fp_d) = out["cpu"], out["device"]
+    assert ids_c == ids_d and len(ids_c) == 26
+    names_c = {Path(u).name: k for u, k in q_c.items()}
+    names_d = {Path(u).name: k for u, k in q_d.items()}
+    assert names_d == names_c and len(names_d) >= 4  # identical bad files are one manifest row (content id)
+    assert all(expected[name] == kind for name, kind in names_d.items())
+    diff = np.abs(X_c - X_d).mean(axis=1)
+    assert np.all(diff[diff > 0] < 0.05) and np.sum(diff == 0) >= 20  # the 28x28 PNGs need no resize
+    assert fp_c != fp_d
