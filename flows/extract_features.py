@@ -8,7 +8,7 @@ from typing import Any
 from prefect import flow, unmapped
 
 from flows._gather import gather
-from flows.runtime import default_task_runner
+from flows.runtime import default_task_runner, gpu_placement
 from imgclust.config import ExtractConfig
 from tasks.extract import extract_shard_task, extractor_key_task, plan_shards_task
 
@@ -19,7 +19,9 @@ def run_extraction(store: str, config: ExtractConfig, *, start: dt.date | None =
     t0 = time.perf_counter()
     key = extractor_key_task(config)
     specs = plan_shards_task(store, config.shard_size, start, end, parts)
-    results = gather(extract_shard_task.map(store, specs, unmapped(config), unmapped(force)), "extract")
+    with gpu_placement():  # on GPU clusters, extraction runs only on workers with the GPU resource
+        futures = extract_shard_task.map(store, specs, unmapped(config), unmapped(force))
+    results = gather(futures, "extract")
     wall = time.perf_counter() - t0
     n_in = sum(r["n_input"] for r in results)
     done_now = [r for r in results if not r["skipped"]]

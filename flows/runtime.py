@@ -37,6 +37,24 @@ def default_task_runner() -> DaskTaskRunner:
     return dask_task_runner(runner_from_env())
 
 
+GPU_TASKS_ENV = "IMGCLUST_GPU_TASKS"
+"""``1``: feature-extraction tasks require the Dask worker resource ``GPU=1`` (set for ``kind="cuda"``;
+set it yourself for a scheduler address whose GPU workers run ``dask worker --resources GPU=1``)."""
+
+
+@contextlib.contextmanager
+def gpu_placement() -> Iterator[None]:
+    """Annotate the tasks submitted inside with ``resources={"GPU": 1}`` when ``IMGCLUST_GPU_TASKS=1``,
+    so Dask runs them only on GPU workers, one at a time per GPU; otherwise no annotation."""
+    if os.environ.get(GPU_TASKS_ENV, "") not in ("1", "true", "yes"):
+        yield
+        return
+    import dask
+
+    with dask.annotate(resources={"GPU": 1}):
+        yield
+
+
 def dask_task_runner(cfg: RunnerConfig) -> DaskTaskRunner:
     """A DaskTaskRunner for ``cfg`` (the cluster starts when the flow run starts)."""
     if cfg.kind == "address":
@@ -46,6 +64,7 @@ def dask_task_runner(cfg: RunnerConfig) -> DaskTaskRunner:
             import dask_cuda  # noqa: F401
         except ImportError as err:
             raise ConfigError("runner kind 'cuda' needs dask-cuda: pip install 'imgclust[gpu]'") from err
+        os.environ[GPU_TASKS_ENV] = "1"  # its workers advertise GPU=1: extraction asks for it
         return DaskTaskRunner(cluster_class="dask_cuda.LocalCUDACluster",
                               cluster_kwargs={"threads_per_worker": cfg.threads_per_worker,
                                               "resources": {"GPU": 1}, "dashboard_address": None})
