@@ -104,7 +104,8 @@ class FaissKMeans(Estimator):
         self.backend = backend
         self.gpu = gpu
 
-    def _validate_params(self) -> None:
+    def _validate_common(self) -> None:
+        """Checks shared with other k-means backends (imgclust.kmeans_torch)."""
         check_int("n_clusters", self.n_clusters, minimum=1)
         check_int("n_iter", self.n_iter, minimum=1)
         check_int("n_redo", self.n_redo, minimum=1)
@@ -112,6 +113,9 @@ class FaissKMeans(Estimator):
         check_int("seed", self.seed, minimum=0)
         if self.init not in ("k-means++", "random"):
             raise ConfigError(f"init must be 'k-means++' or 'random', got {self.init!r}")
+
+    def _validate_params(self) -> None:
+        self._validate_common()
         if self.backend != "faiss":
             raise ConfigError(f"FaissKMeans backend must be 'faiss', got {self.backend!r}")
         if self.gpu and _faiss().get_num_gpus() == 0:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from imgclust.cluster import FaissKMeans
-from imgclust.estimator import check_int, l2_normalize, register_estimator
+from imgclust.estimator import l2_normalize, register_estimator
 from imgclust.exceptions import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -106,13 +106,7 @@ class TorchKMeans(FaissKMeans):
         self.device = device
 
     def _validate_params(self) -> None:
-        check_int("n_clusters", self.n_clusters, minimum=1)
-        check_int("n_iter", self.n_iter, minimum=1)
-        check_int("n_redo", self.n_redo, minimum=1)
-        check_int("max_points_per_centroid", self.max_points_per_centroid, minimum=1)
-        check_int("seed", self.seed, minimum=0)
-        if self.init not in ("k-means++", "random"):
-            raise ConfigError(f"init must be 'k-means++' or 'random', got {self.init!r}")
+        self._validate_common()
         self._device()
 
     def _device(self) -> torch.device:

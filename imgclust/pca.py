@@ -164,6 +164,24 @@ class LinearProjection(Estimator):
             Z = l2_normalize(Z)
         return np.ascontiguousarray(Z, dtype=np.float32)
 
+    n_components: int | None
+    variance_target: float | None
+    max_components: int
+    batch_size: int
+
+    def _validate_params(self) -> None:
+        """Exactly one of ``n_components`` / ``variance_target``, both in range; positive sizes."""
+        name = type(self).__name__
+        if (self.n_components is None) == (self.variance_target is None):
+            raise ConfigError(f"{name} needs exactly one of n_components (a fixed k) or variance_target "
+                              f"(e.g. 0.95); got n_components={self.n_components}, "
+                              f"variance_target={self.variance_target}")
+        check_int("n_components", self.n_components, minimum=1, allow_none=True)
+        if self.variance_target is not None and not 0.0 < self.variance_target <= 1.0:
+            raise ConfigError(f"variance_target must be in (0, 1], got {self.variance_target}")
+        check_int("max_components", self.max_components, minimum=1)
+        check_int("batch_size", self.batch_size, minimum=1)
+
     def fit(self, X: ArrayOrSource) -> Any:  # pragma: no cover - overridden
         raise NotImplementedError
 
@@ -210,17 +228,6 @@ class ExactPCA(LinearProjection):
         self.whiten = whiten
         self.l2_normalize_input = l2_normalize_input
         self.l2_normalize_output = l2_normalize_output
-
-    def _validate_params(self) -> None:
-        if (self.n_components is None) == (self.variance_target is None):
-            raise ConfigError("ExactPCA needs exactly one of n_components (a fixed k) or variance_target "
-                              f"(e.g. 0.95); got n_components={self.n_components}, "
-                              f"variance_target={self.variance_target}")
-        check_int("n_components", self.n_components, minimum=1, allow_none=True)
-        if self.variance_target is not None and not 0.0 < self.variance_target <= 1.0:
-            raise ConfigError(f"variance_target must be in (0, 1], got {self.variance_target}")
-        check_int("max_components", self.max_components, minimum=1)
-        check_int("batch_size", self.batch_size, minimum=1)
 
     def statistics(self, X: ArrayOrSource) -> ScatterStats:
         """Summarise an array ``(n, D)`` or a batch source block by block (rows L2-normalised first

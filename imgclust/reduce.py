@@ -130,17 +130,6 @@ class StreamingPCA(LinearProjection):
         self.l2_normalize_input = l2_normalize_input
         self.l2_normalize_output = l2_normalize_output
 
-    def _validate_params(self) -> None:
-        if (self.n_components is None) == (self.variance_target is None):
-            raise ConfigError("StreamingPCA needs exactly one of n_components (a fixed k) or "
-                              f"variance_target (e.g. 0.95); got n_components={self.n_components}, "
-                              f"variance_target={self.variance_target}")
-        check_int("n_components", self.n_components, minimum=1, allow_none=True)
-        if self.variance_target is not None and not 0.0 < self.variance_target <= 1.0:
-            raise ConfigError(f"variance_target must be in (0, 1], got {self.variance_target}")
-        check_int("max_components", self.max_components, minimum=1)
-        check_int("batch_size", self.batch_size, minimum=1)
-
     def _n_fit_components(self, n_features: int) -> int:
         if self.n_components is not None:
             if self.n_components > n_features:
