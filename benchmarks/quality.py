@@ -1,18 +1,35 @@
 """Clustering quality on Fashion-MNIST: every deep method next to the seed paper's table and plain baselines.
 
-    python benchmarks/quality.py [--split test|all] [--methods convae,ascae,...] [--epochs N] [--max-iter N]
+    python benchmarks/quality.py [--split test|all] [--methods convae+umap,convae,...] [--epochs N]
+                                 [--max-iter N] [--threads N] [--out FILE.md]
 
-Prints one Markdown table: ACC / NMI (Hungarian accuracy, normalised mutual information) with wall
-time and device for each row, the published Fashion-MNIST numbers of METHODS.md §4 (Qian et al.
-2025, Table) beside them, and two baselines computed in the same run: raw pixels + k-means and
-IPCA(50) + UMAP(10) + k-means. Labels are used only for scoring; defaults were chosen once.
+Prints one Markdown section: a header (date, host, CPU count, torch threads, load average before
+and after, the command) and a table of ACC / NMI (Hungarian accuracy, normalised mutual
+information) with wall time and device for each row, the published Fashion-MNIST numbers of
+METHODS.md §4 (Qian et al. 2025, Table) beside them, and two baselines computed in the same run:
+raw pixels + k-means and IPCA(50) + UMAP(10) + k-means. Labels are used only for scoring; defaults
+were chosen once.
+
+Shared pretraining: ``convae``, ``convae+umap``, ``dec``, ``idec`` and ``nnc`` all start from the
+same conv autoencoder (METHODS.md §4 stage 1), so it is trained once (with the settings of
+``create_deep("convae")``) and handed to the others as ``pretrained``; each such row's ``train s``
+is the shared pretraining time plus the row's own time (what a user running the method alone
+would pay), and the ``own s`` column is the row's own part. ``ascae``/``scae``/``deepcluster``
+train from scratch. ``X+umap`` = the method's features, then UMAP(10, n_neighbors 20, min_dist 0)
+and k-means (the N2D recipe).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import platform
+import shlex
+import sys
 import time
+from datetime import datetime, timezone
+from typing import Any
 
 import numpy as np
 
@@ -22,7 +39,10 @@ PUBLISHED = {  # METHODS.md §4, Fashion-MNIST column: ACC, NMI
     "k-means (paper)": (0.474, 0.512), "DEC (paper)": (0.518, 0.546), "IDEC (paper)": (0.529, 0.557),
     "VaDE (paper)": (0.629, 0.611), "DSCDA (paper)": (0.662, 0.645), "TDEC (paper)": (0.645, 0.693),
     "DeepDPM (paper)": (0.610, 0.500), "NNC (paper, Qian et al.)": (0.646, 0.707),
+    "N2D (McConville et al. 2020, 70k)": (0.672, 0.684),
 }
+_SHARED_AE = ("convae", "dec", "idec", "nnc")
+Row = tuple[str, float, float, float, float, str]  # name, ACC, NMI, train s, own s, device
 
 
 def _score(y: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
@@ -31,65 +51,166 @@ def _score(y: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
     return cluster_accuracy(y, pred), nmi(y, pred)
 
 
-def baselines(x: np.ndarray, y: np.ndarray, seed: int) -> list[tuple[str, float, float, float, str]]:
+def _umap_kmeans(feats: np.ndarray, seed: int) -> np.ndarray:
+    """N2D's last two stages on features ``(N, d)``: UMAP(10, 20 neighbours, min_dist 0) + k-means -> labels ``(N,)``."""
     from imgclust.cluster import FaissKMeans
-    from imgclust.reduce import StreamingPCA, UMAPReducer
+    from imgclust.reduce import UMAPReducer
+
+    u = UMAPReducer(n_components=10, n_neighbors=20, min_dist=0.0, fit_sample=None, random_state=seed).fit(feats)
+    return FaissKMeans(n_clusters=10, n_redo=10, seed=seed).fit(u.embedding_).predict(u.embedding_)
+
+
+def baselines(x: np.ndarray, y: np.ndarray, seed: int) -> list[Row]:
+    from imgclust.cluster import FaissKMeans
+    from imgclust.reduce import StreamingPCA
 
     flat = x.reshape(len(x), -1).astype(np.float32) / 255.0
-    rows = []
+    rows: list[Row] = []
     t0 = time.perf_counter()
     pred = FaissKMeans(n_clusters=10, n_redo=10, seed=seed).fit(flat).predict(flat)
-    rows.append(("raw pixels + k-means", *_score(y, pred), time.perf_counter() - t0, "cpu"))
+    s = time.perf_counter() - t0
+    rows.append(("raw pixels + k-means", *_score(y, pred), s, s, "cpu"))
     t0 = time.perf_counter()
     z = StreamingPCA(n_components=50).fit(flat).transform(flat)
-    u = UMAPReducer(n_components=10, fit_sample=None, random_state=seed).fit(z).transform(z)
-    pred = FaissKMeans(n_clusters=10, n_redo=10, seed=seed).fit(u).predict(u)
-    rows.append(("IPCA(50) + UMAP(10) + k-means", *_score(y, pred), time.perf_counter() - t0, "cpu"))
+    pred = _umap_kmeans(z, seed)
+    s = time.perf_counter() - t0
+    rows.append(("IPCA(50) + UMAP(10) + k-means", *_score(y, pred), s, s, "cpu"))
     return rows
 
 
-def run_method(method: str, x: np.ndarray, y: np.ndarray, args: argparse.Namespace
-               ) -> tuple[str, float, float, float, str]:
-    from imgclust.deep.methods import create_deep
-    from imgclust.deep.training import resolve_device
+class Runner:
+    """Trains the requested methods, sharing one pretrained conv autoencoder where methods start from it."""
 
-    extra = {"umap_components": 10} if method.endswith("+umap") else {}
-    name = method.removesuffix("+umap")
-    est = create_deep(name, k=10, epochs=args.epochs, max_iter=args.max_iter, seed=args.seed, device=args.device,
-                      **extra)
-    t0 = time.perf_counter()
-    est.fit(x)
-    seconds = time.perf_counter() - t0
-    return (f"{method} (ours)", *_score(y, est.labels_), seconds, str(resolve_device(args.device)))
+    def __init__(self, x: np.ndarray, y: np.ndarray, args: argparse.Namespace) -> None:
+        self.x, self.y, self.args = x, y, args
+        self._ae: Any = None
+        self._ae_seconds = 0.0
+        self._fitted: dict[str, tuple[Any, float]] = {}
+
+    def _create(self, name: str, **extra: Any) -> Any:
+        from imgclust.deep.methods import create_deep
+
+        a = self.args
+        return create_deep(name, k=10, epochs=a.epochs, max_iter=a.max_iter, seed=a.seed, device=a.device, **extra)
+
+    def pretrained_ae(self) -> tuple[Any, float]:
+        """The shared ConvAE and its training seconds; with ``--pretrained DIR`` it is loaded from DIR when
+        a previous run saved it there (its recorded time is reused), else trained and saved there."""
+        if self._ae is not None:
+            return self._ae, self._ae_seconds
+        from imgclust.deep.autoencoder import AutoencoderClusterer
+        from imgclust.deep.training import data_fingerprint
+
+        where = self.args.pretrained
+        if where and os.path.exists(os.path.join(where, "estimator.json")):
+            self._ae = AutoencoderClusterer.load(where)
+            with open(os.path.join(where, "bench.json"), encoding="utf-8") as fh:
+                info = json.load(fh)
+            self._ae_seconds = float(info["seconds"])
+            if info.get("data") != data_fingerprint(self.x):
+                raise SystemExit(f"{where} holds an autoencoder trained on other images; use another --pretrained")
+            log.info("loaded the shared conv autoencoder from %s (trained in %.0f s)", where, self._ae_seconds)
+            return self._ae, self._ae_seconds
+        log.info("pretraining the shared conv autoencoder on %d images", len(self.x))
+        t0 = time.perf_counter()
+        self._ae = self._create("convae").fit(self.x)
+        self._ae_seconds = time.perf_counter() - t0
+        if where:
+            self._ae.save(where)
+            with open(os.path.join(where, "bench.json"), "w", encoding="utf-8") as fh:
+                json.dump({"seconds": self._ae_seconds, "load_after": _load(), "data": data_fingerprint(self.x)}, fh)
+        return self._ae, self._ae_seconds
+
+    def fitted(self, name: str) -> tuple[Any, float, float]:
+        """``(estimator, total seconds, own seconds)`` of method ``name`` fitted on the images."""
+        if name == "convae":
+            ae, s = self.pretrained_ae()
+            return ae, s, s
+        if name in self._fitted:
+            est, own = self._fitted[name]
+        else:
+            extra: dict[str, Any] = {}
+            if name in _SHARED_AE:
+                extra["pretrained"] = self.pretrained_ae()[0]
+            est = self._create(name, **extra)
+            t0 = time.perf_counter()
+            est.fit(self.x)
+            own = time.perf_counter() - t0
+            self._fitted[name] = (est, own)
+        total = own + (self._ae_seconds if name in _SHARED_AE else 0.0)
+        return est, total, own
+
+    def row(self, method: str) -> Row:
+        from imgclust.deep.training import resolve_device
+
+        name, umap = method.removesuffix("+umap"), method.endswith("+umap")
+        est, total, own = self.fitted(name)
+        pred = est.labels_
+        if umap:
+            t0 = time.perf_counter()
+            feats = est.transform(self.x)
+            pred = _umap_kmeans(feats, self.args.seed)
+            extra = time.perf_counter() - t0
+            total, own = total + extra, extra
+        return (f"{method} (ours)", *_score(self.y, pred), total, own, str(resolve_device(self.args.device)))
+
+
+def _load() -> str:
+    try:
+        return " / ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        return "n/a"
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--split", choices=["test", "all"], default="test")
-    p.add_argument("--methods", default="convae+umap,convae,ascae,scae,dec,idec,nnc,deepcluster")
+    p.add_argument("--methods", default="convae+umap,convae,ascae,ascae+umap,scae,dec,idec,nnc,deepcluster")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--max-iter", type=int, default=2000)
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     p.add_argument("--limit", type=int, default=None, help="seeded subset (smoke runs)")
+    p.add_argument("--pretrained", default=None, help="folder to save the shared ConvAE in, or load it from "
+                   "when a previous run saved it there (lets several runs share one pretraining)")
+    p.add_argument("--no-baselines", action="store_true", help="skip the pixel baselines (split runs)")
+    p.add_argument("--out", default=None, help="also write the Markdown section to this file")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    import torch
+
     from imgclust.datasets import load_fashion_mnist
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    started, load_before, t_all = datetime.now(timezone.utc), _load(), time.perf_counter()
     x, y = load_fashion_mnist(args.split)
     if args.limit:
         idx = np.sort(np.random.default_rng(args.seed).choice(len(x), args.limit, replace=False))
         x, y = x[idx], y[idx]
-    rows = baselines(x, y, args.seed)
+    rows = [] if args.no_baselines else baselines(x, y, args.seed)
+    runner = Runner(x, y, args)
     for method in [m.strip() for m in args.methods.split(",") if m.strip()]:
-        log.info("training %s on %d images", method, len(x))
-        rows.append(run_method(method, x, y, args))
-    lines = [f"Fashion-MNIST {args.split} ({len(x)} images), epochs={args.epochs}, max_iter={args.max_iter}, "
-             f"seed={args.seed}, {platform.machine()}", "",
-             "| method | ACC | NMI | train s | device |", "|---|---|---|---|---|"]
-    lines += [f"| {n} | {a:.3f} | {m:.3f} | {s:.0f} | {d} |" for n, a, m, s, d in rows]
-    lines += [f"| {n} | {a:.3f} | {m:.3f} | - | published |" for n, (a, m) in PUBLISHED.items()]
-    print("\n".join(lines))  # the benchmark's table is its output
+        log.info("training %s on %d images (load %s)", method, len(x), _load())
+        rows.append(runner.row(method))
+        log.info("%s: ACC %.3f NMI %.3f in %.0f s", *rows[-1][:4])
+    lines = [
+        f"### Clustering quality, Fashion-MNIST {args.split} ({len(x)} images), {started:%Y-%m-%d %H:%M} UTC", "",
+        f"- machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
+        f"with {torch.get_num_threads()} intra-op threads; load average (1/5/15 min) before {load_before}, "
+        f"after {_load()}; whole run {time.perf_counter() - t_all:.0f} s",
+        f"- command: `python {' '.join(shlex.quote(a) for a in sys.argv)}`",
+        f"- settings: epochs={args.epochs}, max_iter={args.max_iter}, seed={args.seed}, device={args.device}; "
+        "convae / dec / idec / nnc share one pretrained ConvAE (its time is included in their `train s`)", "",
+        "| method | ACC | NMI | train s | own s | device |", "|---|---|---|---|---|---|"]
+    lines += [f"| {n} | {a:.3f} | {m:.3f} | {s:.0f} | {o:.0f} | {d} |" for n, a, m, s, o, d in rows]
+    lines += [f"| {n} | {a:.3f} | {m:.3f} | - | - | published |" for n, (a, m) in PUBLISHED.items()]
+    text = "\n".join(lines)
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as fh:
+            fh.write(text + "\n")
+    print(text)  # the benchmark's table is its output
 
 
 if __name__ == "__main__":

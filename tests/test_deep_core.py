@@ -11,6 +11,7 @@ import torch
 
 from imgclust.datasets import fashion_mnist_available, load_fashion_mnist
 from imgclust.deep import DEC, AutoencoderClusterer
+from imgclust.deep.dec import initial_centroids
 from imgclust.deep.losses import ascae_loss, kl_clustering_loss, student_t, target_distribution
 from imgclust.deep.networks import ASCAE, SCAE, ConvAE, build_network
 from imgclust.deep.training import (
@@ -270,6 +271,33 @@ def test_dec_converges_on_easy_data(tmp_path: Path) -> None:
     assert loaded.pretrained is None
     np.testing.assert_array_equal(loaded.predict(x), dec.predict(x))
     np.testing.assert_array_equal(loaded.predict_proba(x), q)
+
+
+def test_initial_centroids_kmeans_and_errors() -> None:
+    x, _ = _blobs_images(n_per=12)
+    ae = _tiny_ae(epochs=1, augment=False).fit(x)
+    emb = ae.transform(x)
+    km = initial_centroids(emb, init="kmeans", n_clusters=3, kmeans_redo=1, seed=1)
+    np.testing.assert_allclose(km, ae.kmeans_.cluster_centers_, rtol=1e-5, atol=1e-6)  # same seed, same k-means
+    with pytest.raises(ConfigError, match="init must be"):
+        initial_centroids(emb, init="pretrained", n_clusters=3, kmeans_redo=1, seed=0)
+    with pytest.raises(ConfigError, match="init must be"):
+        DEC(n_clusters=3, pretrained=ae, init="n2d").fit(x)
+    with pytest.raises(ConfigError, match="more than 20 images"):
+        initial_centroids(emb[:20], init="umap", n_clusters=3, kmeans_redo=1, seed=0)
+
+
+@pytest.mark.slow  # UMAP's numba JIT compilation alone takes ~30 s of CPU
+def test_initial_centroids_umap_are_means_of_the_n2d_partition() -> None:
+    x, y = _blobs_images(n_per=20)
+    ae = _tiny_ae(epochs=3, augment=False).fit(x)
+    emb = ae.transform(x)
+    mu = initial_centroids(emb, init="umap", n_clusters=3, kmeans_redo=1, seed=0)
+    assert mu.shape == (3, emb.shape[1]) and mu.dtype == np.float32
+    near = ((emb[:, None, :] - mu[None]) ** 2).sum(-1).argmin(1)
+    assert cluster_accuracy(y, near) > 0.9  # three easy blobs: the means separate them
+    dec = DEC(n_clusters=3, pretrained=ae, init="umap", max_iter=0, kmeans_redo=1, device="cpu").fit(x)
+    np.testing.assert_allclose(dec.cluster_centers_, mu, rtol=1e-5, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- real data

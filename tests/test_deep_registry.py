@@ -37,3 +37,15 @@ def test_trained_encoder_serves_as_a_deep_extractor(tmp_path: Path) -> None:
 
     feats = backbone.embed(torch.stack([backbone.preprocess(im) for im in images[:8]]))
     np.testing.assert_allclose(feats, est.transform(images[:8]), rtol=1e-4, atol=1e-4)
+
+
+def test_fine_tuning_methods_start_from_the_n2d_partition_and_accept_a_pretrained_ae() -> None:
+    from imgclust.deep.autoencoder import AutoencoderClusterer
+
+    ae = AutoencoderClusterer(n_clusters=4)
+    for method in ("dec", "idec", "nnc"):
+        est = create_deep(method, k=4, seed=0, device="cpu")
+        assert est.get_params()["init"] == "umap" and est.get_params()["autoencoder"]["arch"] == "convae"
+        given = create_deep(method, k=4, seed=0, device="cpu", pretrained=ae, init="kmeans")
+        params = given.get_params()
+        assert params["pretrained"] is ae and params["autoencoder"] is None and params["init"] == "kmeans"

@@ -10,6 +10,9 @@ IDEC (Guo, Gao, Liu & Yin, "Improved Deep Embedded Clustering with Local Structu
 Preservation", IJCAI 2017) keeps the decoder and minimises ``L_rec + γ·KL`` (γ = 0.1) so the
 embedding keeps the local structure the reconstruction needs. The convolutional setting with
 Adam and T = 140 follows DCEC (Guo et al., ICONIP 2017).
+
+:func:`initial_centroids` also serves :mod:`imgclust.deep.nnc`: ``init="kmeans"`` is the papers'
+start, ``init="umap"`` the N2D partition of the same embedding (McConville et al., ICPR 2020).
 """
 from __future__ import annotations
 
@@ -41,9 +44,45 @@ from imgclust.exceptions import ConfigError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEC"]
+__all__ = ["DEC", "initial_centroids", "CENTROID_INITS", "UMAP_INIT"]
 
 _RESUMABLE_PARAMS = ("max_iter", "device", "checkpoint_dir", "checkpoint_every", "pretrained")
+CENTROID_INITS = ("kmeans", "umap")
+"""How DEC / IDEC / NNC pick their initial centroids, see :func:`initial_centroids`."""
+UMAP_INIT = {"n_components": 10, "n_neighbors": 20, "min_dist": 0.0}
+"""N2D's UMAP settings (McConville et al., ICPR 2020: n_components = k = 10, 20 neighbours, min_dist 0)."""
+
+
+def initial_centroids(emb: np.ndarray, *, init: str, n_clusters: int, kmeans_redo: int, seed: int) -> np.ndarray:
+    """Initial centroids ``(k, d)`` float32 in the space of the pretrained embeddings ``emb`` ``(N, d)``.
+
+    - ``"kmeans"``: k-means on the embeddings (DEC, Xie et al. 2016 §3.2; seeds/004 stage 2).
+    - ``"umap"``: the N2D partition (McConville et al., "N2D: (Not Too) Deep Clustering via
+      Clustering the Local Manifold of an Autoencoded Embedding", ICPR 2020): UMAP of the
+      embeddings (:data:`UMAP_INIT`, seeded), k-means there, and each centroid is the mean
+      *embedding* of its cluster. N2D's point is that the local manifold separates the classes
+      better than the raw embedding; the fine-tuning then starts from that partition instead of a
+      worse one of the same embedding. Costs one UMAP fit (about a minute for 10k points on a CPU).
+    """
+    if init not in CENTROID_INITS:
+        raise ConfigError(f"init must be one of {list(CENTROID_INITS)}, got {init!r}")
+    if init == "kmeans":
+        return FaissKMeans(n_clusters=n_clusters, n_redo=kmeans_redo, seed=seed).fit(emb).cluster_centers_.copy()
+    from imgclust.reduce import UMAPReducer  # lazy: umap + numba take seconds to import
+
+    if emb.shape[0] <= UMAP_INIT["n_neighbors"]:
+        raise ConfigError(f"init='umap' needs more than {UMAP_INIT['n_neighbors']} images, got {emb.shape[0]}; "
+                          "use init='kmeans'")
+    u = UMAPReducer(**UMAP_INIT, random_state=seed, fit_sample=None).fit(emb).embedding_  # type: ignore[arg-type]
+    labels = FaissKMeans(n_clusters=n_clusters, n_redo=kmeans_redo, seed=seed).fit(u).predict(u)
+    counts = np.bincount(labels, minlength=n_clusters)
+    if (counts == 0).any():
+        raise ConfigError(f"k-means on the UMAP coordinates left cluster(s) {np.flatnonzero(counts == 0).tolist()} "
+                          "empty, so they have no mean; use init='kmeans'")
+    sums = np.zeros((n_clusters, emb.shape[1]), dtype=np.float64)
+    np.add.at(sums, labels, emb.astype(np.float64))
+    logger.info("initial centroids: embedding means of the N2D (UMAP + k-means) partition, sizes %s", counts.tolist())
+    return (sums / counts[:, None]).astype(np.float32)
 
 
 class _Clustering(nn.Module):
@@ -70,6 +109,8 @@ class DEC(DeepEstimator):
     pretrained : a fitted :class:`AutoencoderClusterer` (not modified; fitted on the images if it
         is not fitted yet), or ``None`` to pretrain one with ``autoencoder`` params (JSON dict,
         e.g. ``{"arch": "convae", "epochs": 50}``). Not saved (the fine-tuned network is).
+    init : initial centroids, :func:`initial_centroids`: ``"kmeans"`` (the paper: k-means on the
+        pretrained embedding) or ``"umap"`` (embedding means of the N2D UMAP + k-means partition).
     kmeans_redo : k-means restarts for the initial centroids (DEC: 20).
     seed, device, checkpoint_dir, checkpoint_every : as in :class:`AutoencoderClusterer`.
 
@@ -89,7 +130,7 @@ class DEC(DeepEstimator):
     def __init__(self, *, n_clusters: int = 10, idec: bool = False, gamma: float = 0.1, alpha: float = 1.0,
                  update_interval: int = 140, tol: float = 0.001, max_iter: int = 20000, batch_size: int = 256,
                  lr: float = 1e-3, pretrained: AutoencoderClusterer | None = None,
-                 autoencoder: dict[str, Any] | None = None, kmeans_redo: int = 20, seed: int = 0,
+                 autoencoder: dict[str, Any] | None = None, init: str = "kmeans", kmeans_redo: int = 20, seed: int = 0,
                  device: str = "auto", checkpoint_dir: str | None = None, checkpoint_every: int = 500) -> None:
         self.n_clusters = n_clusters
         self.idec = idec
@@ -102,6 +143,7 @@ class DEC(DeepEstimator):
         self.lr = lr
         self.pretrained = pretrained
         self.autoencoder = autoencoder
+        self.init = init
         self.kmeans_redo = kmeans_redo
         self.seed = seed
         self.device = device
@@ -119,6 +161,8 @@ class DEC(DeepEstimator):
             raise ConfigError(f"pretrained must be an AutoencoderClusterer or None, got {type(self.pretrained).__name__}")
         if self.pretrained is not None and self.autoencoder is not None:
             raise ConfigError("pass either pretrained (a fitted autoencoder) or autoencoder (params to pretrain one), not both")
+        if self.init not in CENTROID_INITS:
+            raise ConfigError(f"init must be one of {list(CENTROID_INITS)}, got {self.init!r}")
 
     def _pretrained(self, images: Any) -> AutoencoderClusterer:
         ae = self.pretrained
@@ -146,9 +190,9 @@ class DEC(DeepEstimator):
         net.load_state_dict(ae.network_.state_dict())
         net.to(device)
         infer = max(self.batch_size, 1024)
-        km = FaissKMeans(n_clusters=self.n_clusters, n_redo=self.kmeans_redo, seed=self.seed)
-        km.fit(encode_batched(net, x, batch_size=infer, device=device))
-        model = _Clustering(net, torch.from_numpy(km.cluster_centers_.copy())).to(device)
+        mu0 = initial_centroids(encode_batched(net, x, batch_size=infer, device=device), init=self.init,
+                                n_clusters=self.n_clusters, kmeans_redo=self.kmeans_redo, seed=self.seed)
+        model = _Clustering(net, torch.from_numpy(mu0)).to(device)
         opt = torch.optim.Adam(model.parameters(), lr=self.lr)
         params = {k: v for k, v in self.get_params().items() if k not in _RESUMABLE_PARAMS}
         fingerprint = config_fingerprint({"class": type(self).__name__, "params": params, "spec": ae.network_spec_,

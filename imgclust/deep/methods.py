@@ -29,7 +29,13 @@ def create_deep(method: str, *, k: int, epochs: int = 20, max_iter: int = 2000, 
     """The estimator for ``method`` with the project's defaults; ``extra`` overrides parameters.
 
     ``epochs`` is the autoencoder (pre)training length; ``max_iter`` the fine-tuning steps of
-    DEC/IDEC/NNC. Fine-tuning methods pretrain their conv autoencoder (§4) themselves.
+    DEC/IDEC/NNC. Fine-tuning methods pretrain their conv autoencoder (§4) themselves and, by
+    default here, start from the N2D partition of its embedding (``init="umap"``: UMAP + k-means,
+    McConville et al., ICPR 2020; see :func:`imgclust.deep.dec.initial_centroids`) instead of the
+    papers' k-means on the embedding: on a 10k Fashion-MNIST *train* subset (used once to choose
+    this, never the test split) the N2D start partition (nearest of its embedding means) had ACC
+    0.583 against 0.514 for k-means on the same 20-epoch ConvAE embedding, and DEC from it reached
+    0.592 after 2,000 steps. Pass ``init="kmeans"`` for the papers' initialisation.
     """
     if method not in DEEP_METHODS:
         raise UnknownNameError(f"unknown deep method {method!r}; choose one of {', '.join(DEEP_METHODS)}")
@@ -39,14 +45,17 @@ def create_deep(method: str, *, k: int, epochs: int = 20, max_iter: int = 2000, 
         from imgclust.deep.autoencoder import AutoencoderClusterer
 
         return AutoencoderClusterer(arch=method, n_clusters=k, epochs=epochs, **common, **extra)  # type: ignore[arg-type]
+    finetune: dict[str, Any] = {"init": "umap", "autoencoder": pretrain, **common, **extra}
+    if "pretrained" in extra:
+        finetune.pop("autoencoder")
     if method in ("dec", "idec"):
         from imgclust.deep.dec import DEC
 
-        return DEC(n_clusters=k, idec=method == "idec", max_iter=max_iter, autoencoder=pretrain, **common, **extra)
+        return DEC(n_clusters=k, idec=method == "idec", max_iter=max_iter, **finetune)
     if method == "nnc":
         from imgclust.deep.nnc import NeighbourConsistency
 
-        return NeighbourConsistency(n_clusters=k, max_iter=max_iter, autoencoder=pretrain, **common, **extra)
+        return NeighbourConsistency(n_clusters=k, max_iter=max_iter, **finetune)
     from imgclust.deep.deepcluster import DeepCluster
 
     return DeepCluster(n_clusters=k, epochs=epochs, **common, **extra)

@@ -23,6 +23,9 @@ Choices where the paper is silent or does not work as written here (decided on l
   between, each batch looks its neighbours up in that table and embeds them in the same forward
   pass. Gradients flow through both ``q_i`` and ``q_{N(i)}`` (the loss is symmetric in them).
 - Otsu's ``t`` is computed per mini-batch over all its ``q`` values, without gradient.
+- The initial centroids may come from the N2D partition of the pretrained embedding
+  (``init="umap"``, :func:`imgclust.deep.dec.initial_centroids`; the default of
+  :func:`imgclust.deep.methods.create_deep`) instead of the paper's k-means on it.
 - ``L_NC + L_SS`` has a trivial minimiser (all images mapped to one point, one cluster); a
   cluster-balance term (``balance``, on by default, 0 = the paper's objective) rules it out, see
   :class:`NeighbourConsistency`, whose ``lr`` default is also lower than the paper's.
@@ -43,9 +46,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from imgclust.cluster import FaissKMeans
 from imgclust.deep import DeepEstimator
 from imgclust.deep.autoencoder import AutoencoderClusterer
+from imgclust.deep.dec import CENTROID_INITS, initial_centroids
 from imgclust.deep.losses import student_t
 from imgclust.deep.networks import build_network
 from imgclust.deep.training import (
@@ -214,6 +217,9 @@ class NeighbourConsistency(DeepEstimator):
     pretrained : a fitted :class:`AutoencoderClusterer` (stage 1; not modified; fitted on the images
         first if it is not fitted), or ``None`` to pretrain one with ``autoencoder`` params (JSON
         dict, defaults ``arch="convae"`` with ``embed_dim = n_clusters``, as in the paper). Not saved.
+    init : initial centroids ``m``, :func:`imgclust.deep.dec.initial_centroids`: ``"kmeans"`` (the
+        paper: k-means on the pretrained embedding) or ``"umap"`` (embedding means of the N2D
+        UMAP + k-means partition).
     kmeans_redo : k-means restarts for the initial centroids.
     seed, device, checkpoint_dir, checkpoint_every : as in :class:`AutoencoderClusterer`
         (exact-resume checkpoints every that many steps and at the end).
@@ -237,7 +243,7 @@ class NeighbourConsistency(DeepEstimator):
     def __init__(self, *, n_clusters: int = 10, alpha: float = 3.0, lam: float = 0.8, max_iter: int = 2000,
                  batch_size: int = 256, lr: float = 1e-4, knn_interval: int = 100, balance: float = 1.0,
                  pretrained: AutoencoderClusterer | None = None, autoencoder: dict[str, Any] | None = None,
-                 kmeans_redo: int = 10, seed: int = 0, device: str = "auto", checkpoint_dir: str | None = None,
+                 init: str = "kmeans", kmeans_redo: int = 10, seed: int = 0, device: str = "auto", checkpoint_dir: str | None = None,
                  checkpoint_every: int = 500) -> None:
         self.n_clusters = n_clusters
         self.alpha = alpha
@@ -249,6 +255,7 @@ class NeighbourConsistency(DeepEstimator):
         self.balance = balance
         self.pretrained = pretrained
         self.autoencoder = autoencoder
+        self.init = init
         self.kmeans_redo = kmeans_redo
         self.seed = seed
         self.device = device
@@ -267,6 +274,8 @@ class NeighbourConsistency(DeepEstimator):
         if self.pretrained is not None and self.autoencoder is not None:
             raise ConfigError("pass either pretrained (a fitted autoencoder) or autoencoder (params to pretrain "
                               "one), not both")
+        if self.init not in CENTROID_INITS:
+            raise ConfigError(f"init must be one of {list(CENTROID_INITS)}, got {self.init!r}")
 
     def _pretrained(self, images: Any) -> AutoencoderClusterer:
         ae = self.pretrained
@@ -298,9 +307,9 @@ class NeighbourConsistency(DeepEstimator):
         net.load_state_dict(ae.network_.state_dict())
         net.to(device)
         infer = max(self.batch_size, 1024)
-        km = FaissKMeans(n_clusters=self.n_clusters, n_redo=self.kmeans_redo, seed=self.seed)
-        km.fit(encode_batched(net, x, batch_size=infer, device=device))
-        model = _Clustering(net, torch.from_numpy(km.cluster_centers_.copy())).to(device)
+        mu0 = initial_centroids(encode_batched(net, x, batch_size=infer, device=device), init=self.init,
+                                n_clusters=self.n_clusters, kmeans_redo=self.kmeans_redo, seed=self.seed)
+        model = _Clustering(net, torch.from_numpy(mu0)).to(device)
         opt = torch.optim.Adam(model.parameters(), lr=self.lr)  # decoder params get no grad: Adam skips them
         params = {k: v for k, v in self.get_params().items() if k not in _RESUMABLE_PARAMS}
         fingerprint = config_fingerprint({"class": type(self).__name__, "params": params, "spec": ae.network_spec_,
