@@ -11,7 +11,9 @@
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import sys
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -223,6 +225,25 @@ def _chain(first: np.ndarray, rest: Iterator[np.ndarray]) -> Iterator[np.ndarray
     yield from rest
 
 
+@contextlib.contextmanager
+def keep_torch_threads() -> Iterator[None]:
+    """Restore torch's intra-op thread count after the block.
+
+    numba's OpenMP threading layer (UMAP, pynndescent) resets the process's OpenMP thread count,
+    which torch shares: measured here, ``torch.set_num_threads(1)`` reads back 2 after a UMAP fit.
+    A deep model trained before and after a UMAP step would then run its convolutions with another
+    thread count than a run resumed from a checkpoint, and CPU results are only bit-identical for a
+    fixed thread count. Nothing is imported when torch is not loaded.
+    """
+    torch = sys.modules.get("torch")
+    before = torch.get_num_threads() if torch is not None else None
+    try:
+        yield
+    finally:
+        if torch is not None and before is not None and torch.get_num_threads() != before:
+            torch.set_num_threads(before)
+
+
 @register_estimator
 class UMAPReducer(Estimator):
     """UMAP embedding (McInnes et al. 2018) fitted on a seeded sample, input ``(n, D)``.
@@ -269,6 +290,11 @@ class UMAPReducer(Estimator):
         if m <= self.n_neighbors:
             raise ConfigError(f"UMAP needs more rows than n_neighbors={self.n_neighbors}; the fit sample "
                               f"has {m}. Lower n_neighbors or provide more data")
+        with keep_torch_threads():
+            self._fit_sample(sample)
+        return self
+
+    def _fit_sample(self, sample: Any) -> None:
         import umap  # slow import (numba); kept out of `import imgclust`
 
         model = umap.UMAP(n_components=self.n_components, n_neighbors=self.n_neighbors,
@@ -279,10 +305,10 @@ class UMAPReducer(Estimator):
         self.sample_indices_ = sample.indices
         self.n_samples_seen_ = sample.n_total
         self.n_features_in_ = sample.rows.shape[1]
-        return self
 
     def transform(self, X: np.ndarray) -> np.ndarray:
         """Embed new rows ``(n, D) -> (n, n_components)`` float32 with UMAP's ``transform``."""
         self._check_fitted("umap_", "n_features_in_")
         X = self._check_dim(X)
-        return np.ascontiguousarray(self.umap_.transform(X), dtype=np.float32)
+        with keep_torch_threads():
+            return np.ascontiguousarray(self.umap_.transform(X), dtype=np.float32)

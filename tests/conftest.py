@@ -11,6 +11,9 @@ from PIL import Image
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+# numba-parallel code (UMAP's transform, pynndescent) reduces in thread-dependent order; one thread makes
+# "same seed, same result" checks exact. Set before numba is imported (also inherited by Dask workers).
+os.environ.setdefault("NUMBA_NUM_THREADS", "1")
 
 from imgclust.datasets import FASHION_CLASSES, fashion_mnist_available, load_fashion_mnist  # noqa: E402
 

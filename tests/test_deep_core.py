@@ -28,10 +28,11 @@ from imgclust.exceptions import ConfigError, CorruptArtifactError, NotFittedErro
 from imgclust.metrics import cluster_accuracy
 
 
-@pytest.fixture(autouse=True, scope="module")
+@pytest.fixture(autouse=True)
 def _one_torch_thread() -> Iterator[None]:
     """Tiny networks gain nothing from intra-op threads, and on a busy 2-core machine OpenMP
-    barriers make 2 threads several times slower than 1; restored after the module."""
+    barriers make 2 threads several times slower than 1. Set before every test (a UMAP step can reset
+    the process-wide OpenMP count, and bit-identical resume needs one count); restored afterwards."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

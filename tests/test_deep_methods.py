@@ -25,10 +25,11 @@ from imgclust.deep.training import CRASH_ENV, SimulatedCrash
 from imgclust.exceptions import ConfigError, NotFittedError
 
 
-@pytest.fixture(autouse=True, scope="module")
+@pytest.fixture(autouse=True)
 def _one_torch_thread() -> Iterator[None]:
     """One intra-op thread for this module: on a shared 2-core machine two spinning OpenMP threads
-    were ~10x slower than one (results are identical; only speed changes). Restored afterwards."""
+    were ~10x slower than one. Set before every test (bit-identical resume needs one thread count
+    throughout); restored afterwards."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
