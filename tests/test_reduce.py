@@ -162,4 +162,3 @@ def test_umap_fit_transform_shape() -> None:
     assert Z.shape == (50, 2) and Z.dtype == np.float32
     with pytest.raises(ConfigError, match="n_neighbors"):
         UMAPReducer(n_neighbors=50, fit_sample=30).fit(X)
-
