@@ -38,10 +38,15 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check imgclust imgclust_cli flows tasks tests benchmarks
 	$(VENV)/bin/mypy
 
+# The quick, CPU benchmarks; the long ones (auto_label.py ~30 min, load.py --n 100000 ~1 h, quality.py,
+# pca_scale.py, sample_fit.py --split all) and extract_gpu.py (GPU machine) run by their own commands:
+# see BENCHMARKS.md and docs/scaling.md.
 bench: $(STAMP) dataset
 	$(PY) benchmarks/kmeans.py
 	$(PY) benchmarks/ipca_memory.py
 	$(PY) benchmarks/extract.py
+	$(PY) benchmarks/stage_scaling.py
+	$(PY) benchmarks/plan_shards.py
 
 clean:
 	rm -rf demo .imgclust
