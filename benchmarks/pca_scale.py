@@ -4,7 +4,7 @@ A store of ``--rows`` x ``--dim`` float32 feature shards (``--shard-rows`` each;
 like CNN features: ``X = Z W + 0.1 N``, ``Z`` (n, 64) with decaying scales) is written once (not
 timed). Then, in one run:
 
-* **read**: one pass reading every shard with ``iter_feature_batches`` (MB/s of Parquet decoded into
+* **read**: one pass reading every shard with ``imgclust.model.feature_source`` (MB/s of Parquet decoded into
   float32), next to the disk's sequential read rate (``dd`` of a fresh 1 GiB file with
   ``iflag=direct``, bypassing the page cache);
 * **ipca**: ``StreamingPCA(n_components=k)`` streamed over the shards in this process;
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     from distributed import LocalCluster
     from scipy.linalg import subspace_angles
 
-    from imgclust.features import iter_feature_batches
+    from imgclust.model import feature_source
     from imgclust.pca import ExactPCA
     from imgclust.reduce import StreamingPCA
     from imgclust.store import Store
@@ -126,10 +126,7 @@ def main(argv: list[str] | None = None) -> None:
         log.info("wrote %d shards in %.1fs", len(shards), time.perf_counter() - t0)
         store = Store(work / "store")
         mb = args.rows * args.dim * 4 / 1e6
-
-        def source() -> Any:
-            for _, X in iter_feature_batches(store, KEY, shards):
-                yield X
+        source = feature_source(store, KEY, shards)  # what the fit and the statistics tasks read
 
         rows: list[tuple[str, float, float, Any, float]] = []
         busy = wait_for_quiet(args.max_busy, args.max_wait)

@@ -16,7 +16,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
 from typing import Any
@@ -119,36 +119,33 @@ def _load(backbone: Backbone, image_id: str, uri: str, max_pixels: int,
     return backbone.preprocess(arr)
 
 
-def _decoded(backbone: Backbone, rows: pa.Table, config: ExtractConfig, storage_options: dict[str, Any] | None,
-             ) -> Iterator[tuple[str, str, torch.Tensor | None, str, str]]:
-    """Yield ``(image_id, uri, tensor or None, error_kind, message)`` in input order, decoding ahead."""
+def _ahead(rows: pa.Table, config: ExtractConfig, work: Callable[[str, str], Any]
+           ) -> Iterator[tuple[str, str, Any, str, str]]:
+    """Run ``work(image_id, uri)`` for every row in ``config.decode_threads`` threads, a window ahead;
+    yield ``(image_id, uri, result or None, error_kind, message)`` in input order (see :func:`_result`)."""
     ids, uris = rows.column("image_id").to_pylist(), rows.column("uri").to_pylist()
     window = max(2 * config.batch_size, 4 * config.decode_threads)
     with ThreadPoolExecutor(max_workers=config.decode_threads, thread_name_prefix="decode") as pool:
-        pending: collections.deque[tuple[str, str, Future[torch.Tensor]]] = collections.deque()
-        it = iter(zip(ids, uris, strict=True))
-        for image_id, uri in it:
-            pending.append((image_id, uri, pool.submit(_load, backbone, image_id, uri, config.max_pixels,
-                                                       storage_options)))
+        pending: collections.deque[tuple[str, str, Future[Any]]] = collections.deque()
+        for image_id, uri in zip(ids, uris, strict=True):
+            pending.append((image_id, uri, pool.submit(work, image_id, uri)))
             if len(pending) >= window:
                 yield _result(*pending.popleft())
         while pending:
             yield _result(*pending.popleft())
+
+
+def _decoded(backbone: Backbone, rows: pa.Table, config: ExtractConfig, storage_options: dict[str, Any] | None,
+             ) -> Iterator[tuple[str, str, torch.Tensor | None, str, str]]:
+    """Yield ``(image_id, uri, tensor or None, error_kind, message)`` in input order, decoding ahead."""
+    return _ahead(rows, config, lambda image_id, uri: _load(backbone, image_id, uri, config.max_pixels,
+                                                             storage_options))
 
 
 def _read_ahead(rows: pa.Table, config: ExtractConfig, storage_options: dict[str, Any] | None
                 ) -> Iterator[tuple[str, str, bytes | None, str, str]]:
     """Yield ``(image_id, uri, bytes or None, error_kind, message)`` in input order, reading ahead in threads."""
-    ids, uris = rows.column("image_id").to_pylist(), rows.column("uri").to_pylist()
-    window = max(2 * config.batch_size, 4 * config.decode_threads)
-    with ThreadPoolExecutor(max_workers=config.decode_threads, thread_name_prefix="read") as pool:
-        pending: collections.deque[tuple[str, str, Future[bytes]]] = collections.deque()
-        for image_id, uri in zip(ids, uris, strict=True):
-            pending.append((image_id, uri, pool.submit(read_uri, uri, storage_options)))
-            if len(pending) >= window:
-                yield _result(*pending.popleft())
-        while pending:
-            yield _result(*pending.popleft())
+    return _ahead(rows, config, lambda image_id, uri: read_uri(uri, storage_options))
 
 
 def _decoded_on_device(backbone: Backbone, rows: pa.Table, config: ExtractConfig,

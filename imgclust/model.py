@@ -18,7 +18,7 @@ import io
 import json
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -266,6 +266,18 @@ def _exact_pca(reduce: ReduceConfig) -> ExactPCA:
                     whiten=reduce.whiten, l2_normalize_input=reduce.l2_normalize)
 
 
+def feature_source(store: Store, extractor_key: str, shard_ids: list[str], batch_size: int = 65536) -> BatchSource:
+    """A :data:`BatchSource` over the feature rows ``(n_i, D)`` of ``shard_ids`` (empty blocks skipped)."""
+    from imgclust.features import iter_feature_batches
+
+    def source() -> Iterator[np.ndarray]:
+        for _, X in iter_feature_batches(store, extractor_key, shard_ids, batch_size=batch_size):
+            if X.shape[0]:
+                yield X
+
+    return source
+
+
 def pca_statistics_path(extractor_key: str, shard_ids: list[str], reduce: ReduceConfig) -> str:
     """Deterministic store path of the PCA statistics of a group of shards (a retry overwrites it)."""
     token = hashlib.sha256(json.dumps([extractor_key, sorted(shard_ids), reduce.l2_normalize]).encode())
@@ -277,14 +289,7 @@ def write_pca_statistics(store: Store, extractor_key: str, shard_ids: list[str],
     """Summarise the features of ``shard_ids`` (n, D) into :class:`ScatterStats` and write them (one
     ``.npz``, D x D float64) to the store; returns the store-relative path. Run per shard group on
     Dask workers; :func:`fit_from_store` merges the groups with ``pca_statistics=...``."""
-    from imgclust.features import iter_feature_batches
-
-    def blocks() -> Any:
-        for _, X in iter_feature_batches(store, extractor_key, shard_ids, batch_size=batch_size):
-            if X.shape[0]:
-                yield X
-
-    stats = _exact_pca(reduce).statistics(blocks)
+    stats = _exact_pca(reduce).statistics(feature_source(store, extractor_key, shard_ids, batch_size))
     rel = pca_statistics_path(extractor_key, shard_ids, reduce)
     store.write_bytes(rel, stats.to_bytes())
     return rel
@@ -302,17 +307,13 @@ def fit_from_store(store: Store, extractor_key: str, *, reduce: ReduceConfig, cl
     are merged instead of a pass over the features, and deleted once the model is saved (with
     ``save=False`` the caller deletes them with :func:`discard_pca_statistics` after saving).
     """
-    from imgclust.features import done_shards, iter_feature_batches
+    from imgclust.features import done_shards
 
     shards = shard_ids if shard_ids is not None else done_shards(store, extractor_key)
     if not shards:
         raise StoreError(f"no finished feature shards under {store.uri(f'features/{extractor_key}')}; "
                          "run extraction first")
-
-    def source() -> Any:
-        for _, X in iter_feature_batches(store, extractor_key, shards, batch_size=batch_size):
-            if X.shape[0]:
-                yield X
+    source = feature_source(store, extractor_key, shards, batch_size)
 
     reducer: LinearProjection | None = None
     if pca_statistics:

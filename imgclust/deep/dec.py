@@ -85,8 +85,9 @@ def initial_centroids(emb: np.ndarray, *, init: str, n_clusters: int, kmeans_red
     return (sums / counts[:, None]).astype(np.float32)
 
 
-class _Clustering(nn.Module):
-    """The autoencoder plus trainable centroids ``mu`` ``(k, d)``: one state_dict for checkpoints."""
+class ClusteringModule(nn.Module):
+    """A network (autoencoder or encoder) plus trainable centroids ``mu`` ``(k, d)``: one state_dict for
+    checkpoints (DEC/IDEC here, neighbour consistency in :mod:`imgclust.deep.nnc`)."""
 
     def __init__(self, net: nn.Module, mu: torch.Tensor) -> None:
         super().__init__()
@@ -192,7 +193,7 @@ class DEC(DeepEstimator):
         infer = max(self.batch_size, 1024)
         mu0 = initial_centroids(encode_batched(net, x, batch_size=infer, device=device), init=self.init,
                                 n_clusters=self.n_clusters, kmeans_redo=self.kmeans_redo, seed=self.seed)
-        model = _Clustering(net, torch.from_numpy(mu0)).to(device)
+        model = ClusteringModule(net, torch.from_numpy(mu0)).to(device)
         opt = torch.optim.Adam(model.parameters(), lr=self.lr)
         params = {k: v for k, v in self.get_params().items() if k not in _RESUMABLE_PARAMS}
         fingerprint = config_fingerprint({"class": type(self).__name__, "params": params, "spec": ae.network_spec_,

@@ -44,11 +44,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from imgclust.deep import DeepEstimator
 from imgclust.deep.autoencoder import AutoencoderClusterer
-from imgclust.deep.dec import CENTROID_INITS, initial_centroids
+from imgclust.deep.dec import CENTROID_INITS, ClusteringModule, initial_centroids
 from imgclust.deep.losses import student_t
 from imgclust.deep.networks import build_network
 from imgclust.deep.training import (
@@ -181,15 +180,6 @@ def nearest_neighbours(emb: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- estimator
 
 
-class _Clustering(nn.Module):
-    """Encoder network plus trainable centroids ``mu`` ``(k, d)``: one state_dict for checkpoints."""
-
-    def __init__(self, net: nn.Module, mu: torch.Tensor) -> None:
-        super().__init__()
-        self.net = net
-        self.mu = nn.Parameter(mu)
-
-
 class NeighbourConsistency(DeepEstimator):
     """Neighbour-consistency + sample-stability clustering of images (Qian et al. 2025, METHODS.md §4).
 
@@ -309,7 +299,7 @@ class NeighbourConsistency(DeepEstimator):
         infer = max(self.batch_size, 1024)
         mu0 = initial_centroids(encode_batched(net, x, batch_size=infer, device=device), init=self.init,
                                 n_clusters=self.n_clusters, kmeans_redo=self.kmeans_redo, seed=self.seed)
-        model = _Clustering(net, torch.from_numpy(mu0)).to(device)
+        model = ClusteringModule(net, torch.from_numpy(mu0)).to(device)
         opt = torch.optim.Adam(model.parameters(), lr=self.lr)  # decoder params get no grad: Adam skips them
         params = {k: v for k, v in self.get_params().items() if k not in _RESUMABLE_PARAMS}
         fingerprint = config_fingerprint({"class": type(self).__name__, "params": params, "spec": ae.network_spec_,
