@@ -73,6 +73,7 @@ class ReduceConfig(_Base):
     umap_components: int | None = Field(
         None, ge=2, le=256, description="If set, UMAP to this many dims after PCA (kmeans); hdbscan defaults to 10."
     )
+    umap_neighbors: int = Field(15, ge=2, le=200, description="UMAP n_neighbors (N2D uses 20).")
 
     @model_validator(mode="after")
     def _one_size(self) -> ReduceConfig:
@@ -82,10 +83,10 @@ class ReduceConfig(_Base):
 
 
 class ClusterConfig(_Base):
-    """The clustering step: Faiss k-means, HDBSCAN or agglomerative."""
+    """The clustering step: Faiss k-means, HDBSCAN, agglomerative, or a Gaussian mixture (N2D's clusterer)."""
 
-    method: Literal["kmeans", "hdbscan", "agglomerative"] = Field("kmeans", description="Clustering algorithm.")
-    k: int = Field(10, ge=2, le=1_000_000, description="Number of clusters (kmeans, agglomerative).")
+    method: Literal["kmeans", "hdbscan", "agglomerative", "gmm"] = Field("kmeans", description="Clustering algorithm.")
+    k: int = Field(10, ge=2, le=1_000_000, description="Number of clusters (kmeans, agglomerative, gmm).")
     n_iter: int = Field(25, ge=1, le=1000, description="k-means iterations.")
     n_redo: int = Field(3, ge=1, le=100, description="k-means restarts; the best inertia wins.")
     backend: Literal["faiss", "torch"] = Field(
@@ -94,7 +95,8 @@ class ClusterConfig(_Base):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the torch backend runs.")
     spherical: bool = Field(False, description="Cosine k-means (L2-normalised centroids).")
     min_cluster_size: int = Field(50, ge=2, description="HDBSCAN min_cluster_size.")
-    fit_sample: int = Field(50_000, ge=100, description="Rows UMAP/HDBSCAN are fitted on; the rest are predicted.")
+    fit_sample: int = Field(50_000, ge=100,
+                            description="Rows UMAP/HDBSCAN/GMM are fitted on; the rest are predicted.")
     novelty_quantile: float = Field(
         0.99, gt=0.5, le=1.0, description="Per-cluster distance quantile beyond which an image is novel."
     )

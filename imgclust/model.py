@@ -8,7 +8,8 @@ the promoted version and is replaced atomically.
 Assignment of one feature row ``x`` (D,): ``z = umap(pca(x))``; the clusterer gives the raw cluster
 ``c`` (HDBSCAN: approximate_predict, -1 = noise); the distance ``d`` is ``||z - mu_c||`` to that
 cluster's centroid; ``is_novel`` when ``c == -1`` or ``d > threshold_c`` (the ``novelty_quantile``
-of the fit sample's distances in cluster c); ``cluster_id = stable_ids[c]`` or -1 when novel.
+of the fit sample's distances in cluster c); ``cluster_id = stable_ids[c]`` or -1 when novel. Confidence: HDBSCAN's membership strength, a
+Gaussian mixture's posterior of ``c``, otherwise ``1 - d_1 / d_2`` (nearest vs second-nearest centroid).
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ from imgclust.cluster import AgglomerativeClusterer, FaissKMeans, HDBSCANCluster
 from imgclust.config import ClusterConfig, ExtractConfig, ReduceConfig
 from imgclust.estimator import BatchSource, Estimator, load_estimator, sample_rows
 from imgclust.exceptions import ConfigError, CorruptArtifactError, StoreError
+from imgclust.gmm import GaussianMixtureClusterer
 from imgclust.pca import ExactPCA, LinearProjection, ScatterStats, merge_all
 from imgclust.reduce import StreamingPCA, UMAPReducer
 from imgclust.store import Store
@@ -63,7 +65,7 @@ class ClusterModel:
     extractor_key: str
     reducer: LinearProjection | None
     umap: UMAPReducer | None
-    clusterer: FaissKMeans | HDBSCANClusterer | AgglomerativeClusterer
+    clusterer: FaissKMeans | HDBSCANClusterer | AgglomerativeClusterer | GaussianMixtureClusterer
     centroids: np.ndarray  # (k, d) in the clustering space
     thresholds: np.ndarray  # (k,) float32
     stable_ids: np.ndarray  # (k,) int32
@@ -82,9 +84,14 @@ class ClusterModel:
         """Assign rows already in the clustering space (n, d)."""
         n = Z.shape[0]
         k = self.n_clusters
+        own_confidence = isinstance(self.clusterer, (HDBSCANClusterer, GaussianMixtureClusterer))
         if isinstance(self.clusterer, HDBSCANClusterer):
             raw, strength = self.clusterer.predict_with_strength(Z)
             confidence = strength.astype(np.float32)
+        elif isinstance(self.clusterer, GaussianMixtureClusterer):
+            posterior = self.clusterer.predict_proba(Z)
+            raw = posterior.argmax(axis=1)
+            confidence = posterior[np.arange(n), raw].astype(np.float32)
         else:
             raw = self.clusterer.predict(Z)
             confidence = np.ones(n, np.float32)
@@ -93,7 +100,7 @@ class ClusterModel:
         valid = raw >= 0
         distance = np.full(n, np.nan, np.float32)
         distance[valid] = np.sqrt(d2[np.flatnonzero(valid), raw[valid]])
-        if not isinstance(self.clusterer, HDBSCANClusterer) and k > 1:
+        if not own_confidence and k > 1:
             part = np.sqrt(np.partition(d2, 1, axis=1)[:, :2])  # nearest and second nearest
             confidence = (1.0 - part[:, 0] / np.maximum(part[:, 1], 1e-12)).astype(np.float32)
         is_novel = ~valid
@@ -175,7 +182,8 @@ def fit_model(source: BatchSource, *, extractor_key: str, reduce: ReduceConfig, 
     umap_dims = reduce.umap_components or (10 if cluster.method == "hdbscan" else None)
     umap: UMAPReducer | None = None
     if umap_dims:
-        umap = UMAPReducer(n_components=umap_dims, fit_sample=cluster.fit_sample, random_state=cluster.seed)
+        umap = UMAPReducer(n_components=umap_dims, n_neighbors=reduce.umap_neighbors, fit_sample=cluster.fit_sample,
+                           random_state=cluster.seed)
         umap.fit(reduced)
 
     def final() -> Any:
@@ -183,7 +191,7 @@ def fit_model(source: BatchSource, *, extractor_key: str, reduce: ReduceConfig, 
             yield umap.transform(block) if umap is not None else block
 
     sample = sample_rows(final, cluster.fit_sample, cluster.seed).rows
-    clusterer: FaissKMeans | HDBSCANClusterer | AgglomerativeClusterer
+    clusterer: FaissKMeans | HDBSCANClusterer | AgglomerativeClusterer | GaussianMixtureClusterer
     if cluster.method == "kmeans":
         # without UMAP the stream is cheap and k-means samples it itself; with UMAP every pass pays a
         # transform, so k-means trains on the sample already drawn (fit_sample rows)
@@ -200,6 +208,9 @@ def fit_model(source: BatchSource, *, extractor_key: str, reduce: ReduceConfig, 
         centroids = _centroids(sample, clusterer.labels_, clusterer.n_clusters_)
     elif cluster.method == "agglomerative":
         clusterer = AgglomerativeClusterer(n_clusters=cluster.k).fit(sample)
+        centroids = clusterer.cluster_centers_
+    elif cluster.method == "gmm":
+        clusterer = GaussianMixtureClusterer(n_clusters=cluster.k, fit_sample=None, random_state=cluster.seed).fit(sample)
         centroids = clusterer.cluster_centers_
     else:  # pragma: no cover - pydantic restricts the literal
         raise ConfigError(f"unknown cluster method {cluster.method!r}")

@@ -30,7 +30,7 @@ def _source(X: np.ndarray, block: int = 250):
     return source
 
 
-@pytest.mark.parametrize("method,umap", [("kmeans", None), ("agglomerative", None), ("hdbscan", 4)])
+@pytest.mark.parametrize("method,umap", [("kmeans", None), ("agglomerative", None), ("hdbscan", 4), ("gmm", None)])
 def test_fit_model_recovers_blobs_and_round_trips(tmp_path: Path, method: str, umap: int | None) -> None:
     X, y = _blobs(1)
     model = fit_model(_source(X), extractor_key="k", reduce=ReduceConfig(n_components=8, umap_components=umap),
@@ -39,6 +39,8 @@ def test_fit_model_recovers_blobs_and_round_trips(tmp_path: Path, method: str, u
     assert a.cluster_id.dtype == np.int32 and a.distance.dtype == np.float32
     assert ari(y[~a.is_novel], a.cluster_id[~a.is_novel]) > 0.9
     assert ((a.confidence >= 0) & (a.confidence <= 1)).all()
+    if method == "gmm":  # confidence is the posterior of the chosen component
+        np.testing.assert_allclose(a.confidence, model.clusterer.predict_proba(model.embed(X)).max(axis=1), rtol=1e-6)
     store = Store(tmp_path)
     model.save(store)
     again = ClusterModel.load(store, model.model_id)
