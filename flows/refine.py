@@ -12,8 +12,8 @@ from prefect.artifacts import create_markdown_artifact
 from flows.extract_features import run_extraction
 from flows.recluster import run_refit
 from flows.runtime import default_task_runner
-from imgclust.config import ClusterConfig, ExtractConfig, ReduceConfig
-from imgclust.deep.methods import DeepMethod
+from imgclust.config import ExtractConfig
+from imgclust.deep.methods import DeepMethod, refit_recipe
 from imgclust.promotion import GateConfig
 from tasks.cluster import current_model_task
 from tasks.refine import prepare_training_set_task, train_deep_task
@@ -24,7 +24,8 @@ def refine(store: str, method: DeepMethod = "convae", k: int = 10, epochs: int =
            sample: int | None = 20000, image_size: int = 28, mode: str = "L", device: str = "auto", seed: int = 0,
            truth: str = "none", gate_metric: str | None = None, gate_tolerance: float = 0.02) -> dict[str, Any]:
     """Train ``method`` on up to ``sample`` store images, then extract every image with its encoder
-    (``deep:`` extractor), refit k-means with lineage against CURRENT, relabel, evaluate, gate.
+    (``deep:`` extractor), refit the clusterer (k-means; for ``n2d`` UMAP + GMM) with lineage against
+    CURRENT, relabel, evaluate, gate.
 
     The gate compares against CURRENT on ``gate_metric`` (default: NMI with ground truth, else
     silhouette; internal metrics of different feature spaces are only roughly comparable).
@@ -41,8 +42,8 @@ def refine(store: str, method: DeepMethod = "convae", k: int = 10, epochs: int =
     extract = ExtractConfig(extractor=f"deep:{trained['deep_uri']}", batch_size=256,
                             device=device)  # type: ignore[arg-type]
     extraction = run_extraction(store, extract)
-    result = run_refit(store, extraction["extractor_key"], extract, ReduceConfig(method="none", n_components=None),
-                       ClusterConfig(k=k, seed=seed, n_redo=5), previous, truth=truth, gate=gate)
+    reduce, cluster = refit_recipe(method, k, seed)
+    result = run_refit(store, extraction["extractor_key"], extract, reduce, cluster, previous, truth=truth, gate=gate)
     create_markdown_artifact(key="refine-summary", markdown=(
         f"# Refine {method}\n\ntrained on {trained['n_train']} images in {trained['train_seconds']} s\n\n"
         f"training metrics: {trained.get('train_metrics')}\n\ncandidate {result['model_id']} promoted: "

@@ -320,12 +320,27 @@ def test_short_training_beats_random_encoder_on_fashion_mnist() -> None:
 
 
 @pytest.mark.slow  # UMAP's numba JIT compilation alone takes ~30 s of CPU
-def test_umap_option_n2d_save_load(tmp_path: Path) -> None:
+@pytest.mark.parametrize("clusterer", ["kmeans", "gmm"])
+def test_umap_option_n2d_save_load(tmp_path: Path, clusterer: str) -> None:
     x, _ = _blobs_images(n_per=12)
-    est = _tiny_ae(epochs=1, umap_components=2, umap_neighbors=5).fit(x)
+    est = _tiny_ae(epochs=1, umap_components=2, umap_neighbors=5, clusterer=clusterer).fit(x)
     assert est.umap_ is not None and est.cluster_centers_.shape == (3, 2)
     assert est.cluster_features(x).shape == (36, 2)
     est.save(tmp_path / "n2d")
     assert (tmp_path / "n2d" / "umap" / "estimator.json").exists()
+    assert (tmp_path / "n2d" / clusterer / "estimator.json").exists()
     loaded = AutoencoderClusterer.load(tmp_path / "n2d")
     np.testing.assert_array_equal(loaded.predict(x), est.predict(x))
+
+
+def test_gmm_clusterer_option_labels_by_posterior_and_round_trips(tmp_path: Path) -> None:
+    x, y = _blobs_images(n_per=20)
+    est = _tiny_ae(epochs=2, augment=False, clusterer="gmm").fit(x)
+    assert est.kmeans_ is None and est.gmm_ is not None and est.cluster_centers_.shape == (3, est.embed_dim_)
+    np.testing.assert_array_equal(est.labels_, est.gmm_.predict(est.transform(x)))
+    assert cluster_accuracy(y, est.labels_) > 0.9  # three easy blobs
+    est.save(tmp_path / "g")
+    loaded = AutoencoderClusterer.load(tmp_path / "g")
+    np.testing.assert_array_equal(loaded.predict(x), est.predict(x))
+    with pytest.raises(ConfigError, match="clusterer must be"):
+        _tiny_ae(clusterer="dbscan").fit(x)

@@ -16,7 +16,8 @@ from imgclust.verify import verify_store
 pytestmark = [pytest.mark.integration, requires_fashion]
 
 
-def test_refine_trains_extracts_refits_and_gates(tmp_path: Path, dask_address: str) -> None:
+@pytest.mark.parametrize("method", ["convae", "n2d"])
+def test_refine_trains_extracts_refits_and_gates(tmp_path: Path, dask_address: str, method: str) -> None:
     from prefect_dask import DaskTaskRunner
 
     from flows.pipeline import pipeline
@@ -30,7 +31,7 @@ def test_refine_trains_extracts_refits_and_gates(tmp_path: Path, dask_address: s
         extract=ExtractConfig(extractor="pixels", shard_size=200), reduce=ReduceConfig(n_components=20),
         cluster=ClusterConfig(k=10, seed=0)))
     result: dict[str, Any] = refine.with_options(task_runner=runner)(
-        store=str(store_dir), method="convae", k=10, epochs=2, sample=300, truth="parent_dir", seed=0)
+        store=str(store_dir), method=method, k=10, epochs=2, sample=300, truth="parent_dir", seed=0)
     store = Store(store_dir)
     key = result["training"]["deep_uri"]
     assert result["previous"] == first["build"]["model_id"]
@@ -38,6 +39,11 @@ def test_refine_trains_extracts_refits_and_gates(tmp_path: Path, dask_address: s
     info = store.read_json(f"models/{result['model_id']}/model.json")
     assert info["extractor_key"].startswith("deep-") and info["parent_model"] == first["build"]["model_id"]
     assert info["extract"]["extractor"] == f"deep:{key}"
+    if method == "n2d":  # the candidate clusters the deep features as N2D does: UMAP to k dims, then a GMM
+        assert info["parts"] == {"reducer": None, "umap": "UMAPReducer", "clusterer": "GaussianMixtureClusterer"}
+        assert info["reduce"]["umap_components"] == 10 and info["reduce"]["umap_neighbors"] == 20
+    else:
+        assert info["parts"]["clusterer"] == "FaissKMeans" and info["parts"]["umap"] is None
     assert read_labels(store, result["model_id"]).num_rows == 400
     assert verify_store(store, info["extractor_key"], model_id=result["model_id"]).ok
     assert isinstance(result["promoted"], bool) and result["gate"]["reason"]

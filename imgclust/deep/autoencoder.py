@@ -8,7 +8,8 @@ the encoder and clusters the embeddings with :class:`~imgclust.cluster.FaissKMea
   clustering features are the 50-d F layer.
 - ``arch="convae"``: the conv AE of seeds/004 stage 1 (MSE, Adam 1e-3, random rotation /
   translation / crop augmentation, embedding size k).
-- ``umap_components``: UMAP on the embeddings before k-means, the N2D recipe (McConville, Santos-
+- ``umap_components``: UMAP on the embeddings before clustering, and ``clusterer="gmm"``: a
+  full-covariance Gaussian mixture instead of k-means; together the N2D recipe (McConville, Santos-
   Rodriguez, Piechocki & Craddock, "N2D: (Not Too) Deep Clustering via Clustering the Local
   Manifold of an Autoencoded Embedding", ICPR 2020; ACC ~0.67 on Fashion-MNIST with a dense AE).
 
@@ -40,6 +41,7 @@ from imgclust.deep.training import (
 )
 from imgclust.estimator import check_int
 from imgclust.exceptions import ConfigError
+from imgclust.gmm import GaussianMixtureClusterer
 from imgclust.reduce import UMAPReducer
 
 logger = logging.getLogger(__name__)
@@ -59,11 +61,13 @@ at that scale; with [0, 1] pixels the F term dominates and the F features barely
 encoder); ConvAE on [0, 1] pixels with rotation/translation/crop augmentation (seeds/004)."""
 
 _RESUMABLE_PARAMS = ("epochs", "device", "checkpoint_dir", "checkpoint_every", "kmeans_redo",
-                     "umap_components", "umap_neighbors")
+                     "umap_components", "umap_neighbors", "clusterer")
+CLUSTERERS = ("kmeans", "gmm")
+"""What clusters the (UMAP-mapped) embeddings: FaissKMeans or :class:`~imgclust.gmm.GaussianMixtureClusterer`."""
 
 
 class AutoencoderClusterer(DeepEstimator):
-    """Conv autoencoder (ASCAE / SCAE / ConvAE) + optional UMAP + k-means on the embeddings.
+    """Conv autoencoder (ASCAE / SCAE / ConvAE) + optional UMAP + k-means or a GMM on the embeddings.
 
     Parameters
     ----------
@@ -85,6 +89,8 @@ class AutoencoderClusterer(DeepEstimator):
         (default): on for ConvAE, off for ASCAE/SCAE (:data:`ARCH_DEFAULTS`).
     umap_components : ``None`` (k-means on the embeddings) or the UMAP output size (N2D uses k).
     umap_neighbors : UMAP ``n_neighbors`` (N2D uses 20).
+    clusterer : ``"kmeans"`` (default; the papers of §3/§4) or ``"gmm"`` (full-covariance Gaussian
+        mixture, N2D's last stage; meant for UMAP coordinates, see :mod:`imgclust.gmm`).
     kmeans_redo : k-means restarts (k-means++ init), the lowest inertia wins (the paper: 50).
     seed, device : reproducibility and placement (``"auto"``, ``"cpu"``, ``"cuda"``).
     checkpoint_dir, checkpoint_every : exact-resume checkpoints every that many steps (and at the
@@ -95,21 +101,22 @@ class AutoencoderClusterer(DeepEstimator):
     ----------
     network_ : the trained module (eval mode); network_spec_ : its JSON spec
     labels_ : (N,) int64 cluster of each training image; cluster_centers_ : (k, D) float32 in the
-        space k-means ran in (embeddings, or UMAP coordinates)
-    kmeans_ : FaissKMeans; umap_ : UMAPReducer | None
+        space the clusterer ran in (embeddings, or UMAP coordinates): centroids, or GMM means
+    kmeans_ : FaissKMeans | None (clusterer="kmeans"); gmm_ : GaussianMixtureClusterer | None
+        (clusterer="gmm"); umap_ : UMAPReducer | None
     history_ : list of ``{"epoch", "step", "loss", "seconds"}``; resumed_from_step_ : int | None
     embed_dim_ : embedding width; input_shape_ : per-image shape; input_scale_ : float
     """
 
     _meta_attrs = (*DeepEstimator._meta_attrs, "history_")
     _tensor_attrs = ("labels_",)
-    _sub_estimators: ClassVar[dict[str, str]] = {"kmeans": "kmeans_", "umap": "umap_"}
+    _sub_estimators: ClassVar[dict[str, str]] = {"kmeans": "kmeans_", "gmm": "gmm_", "umap": "umap_"}
 
     def __init__(self, *, arch: Literal["ascae", "scae", "convae"] = "convae", n_clusters: int = 10,
                  embed_dim: int | None = None, epochs: int = 50, batch_size: int = 256, lr: float = 1e-3,
                  lam: float = 20.0, input_scale: float | None = None, init: Literal["paper", "torch"] = "paper",
                  augment: bool | None = None, umap_components: int | None = None, umap_neighbors: int = 20,
-                 kmeans_redo: int = 10, seed: int = 0, device: str = "auto", checkpoint_dir: str | None = None,
+                 clusterer: Literal["kmeans", "gmm"] = "kmeans", kmeans_redo: int = 10, seed: int = 0, device: str = "auto", checkpoint_dir: str | None = None,
                  checkpoint_every: int = 500) -> None:
         self.arch = arch
         self.n_clusters = n_clusters
@@ -123,6 +130,7 @@ class AutoencoderClusterer(DeepEstimator):
         self.augment = augment
         self.umap_components = umap_components
         self.umap_neighbors = umap_neighbors
+        self.clusterer = clusterer
         self.kmeans_redo = kmeans_redo
         self.seed = seed
         self.device = device
@@ -143,6 +151,8 @@ class AutoencoderClusterer(DeepEstimator):
         if not self.lr > 0 or not self._input_scale() > 0 or not self.lam >= 0:
             raise ConfigError(f"lr and input_scale must be > 0 and lam >= 0; got lr={self.lr}, "
                               f"input_scale={self.input_scale}, lam={self.lam}")
+        if self.clusterer not in CLUSTERERS:
+            raise ConfigError(f"clusterer must be one of {list(CLUSTERERS)}, got {self.clusterer!r}")
         if self.init not in ("paper", "torch"):
             raise ConfigError(f"init must be 'paper' or 'torch', got {self.init!r}")
 
@@ -219,7 +229,7 @@ class AutoencoderClusterer(DeepEstimator):
         return self
 
     def _fit_clusters(self, emb: np.ndarray) -> None:
-        """UMAP (optional) then k-means on embeddings ``(N, embed_dim_)``; sets labels_ and centers."""
+        """UMAP (optional) then k-means or a GMM on embeddings ``(N, embed_dim_)``; sets labels_."""
         if not np.isfinite(emb).all():
             raise ConfigError("the autoencoder produced NaN/inf embeddings (training diverged); lower lr, "
                               "or lower input_scale")
@@ -229,16 +239,30 @@ class AutoencoderClusterer(DeepEstimator):
             self.umap_ = UMAPReducer(n_components=self.umap_components, n_neighbors=self.umap_neighbors,
                                      min_dist=0.0, random_state=self.seed, fit_sample=None).fit(emb)
             feats = self.umap_.embedding_
-        self.kmeans_ = FaissKMeans(n_clusters=self.n_clusters, n_redo=self.kmeans_redo, seed=self.seed).fit(feats)
-        self.labels_ = self.kmeans_.predict(feats)
-        logger.info("AE[%s]: k-means on %s features %s -> %d clusters", self.arch,
+        self.kmeans_: FaissKMeans | None = None
+        self.gmm_: GaussianMixtureClusterer | None = None
+        if self.clusterer == "gmm":
+            self.gmm_ = GaussianMixtureClusterer(n_clusters=self.n_clusters, fit_sample=None,
+                                                 random_state=self.seed).fit(feats)
+        else:
+            self.kmeans_ = FaissKMeans(n_clusters=self.n_clusters, n_redo=self.kmeans_redo, seed=self.seed).fit(feats)
+        self.labels_ = self._final_clusterer().predict(feats)
+        logger.info("AE[%s]: %s on %s features %s -> %d clusters", self.arch, self.clusterer,
                     "UMAP" if self.umap_ is not None else "embedding", feats.shape, self.n_clusters)
+
+    def _final_clusterer(self) -> FaissKMeans | GaussianMixtureClusterer:
+        """The fitted clusterer of the embedding (or UMAP) space: ``gmm_`` or ``kmeans_``."""
+        est = getattr(self, "gmm_", None)
+        if est is None:
+            est = getattr(self, "kmeans_", None)
+        if est is None:
+            self._check_fitted("kmeans_")  # raises NotFittedError with the usual message
+        return est  # type: ignore[return-value]
 
     @property
     def cluster_centers_(self) -> np.ndarray:
-        """``(k, D)`` float32 k-means centroids (in UMAP space when ``umap_components`` is set)."""
-        self._check_fitted("kmeans_")
-        return self.kmeans_.cluster_centers_
+        """``(k, D)`` float32 k-means centroids or GMM means (in UMAP space when ``umap_components`` is set)."""
+        return self._final_clusterer().cluster_centers_
 
     def cluster_features(self, images: Any) -> np.ndarray:
         """The features k-means clusters: embeddings ``(N, embed_dim_)``, mapped by the fitted UMAP
@@ -247,6 +271,6 @@ class AutoencoderClusterer(DeepEstimator):
         return emb if self.umap_ is None else self.umap_.transform(emb)
 
     def predict(self, images: Any) -> np.ndarray:
-        """Cluster ``(N,)`` int64 of each image: nearest k-means centroid of :meth:`cluster_features`."""
-        self._check_fitted("kmeans_")
-        return self.kmeans_.predict(self.cluster_features(images))
+        """Cluster ``(N,)`` int64 of each image: nearest k-means centroid (or most probable GMM
+        component) of :meth:`cluster_features`."""
+        return self._final_clusterer().predict(self.cluster_features(images))

@@ -41,6 +41,7 @@ from imgclust.deep.training import (
 )
 from imgclust.estimator import check_int
 from imgclust.exceptions import ConfigError
+from imgclust.gmm import GaussianMixtureClusterer
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +60,8 @@ def initial_centroids(emb: np.ndarray, *, init: str, n_clusters: int, kmeans_red
     - ``"kmeans"``: k-means on the embeddings (DEC, Xie et al. 2016 §3.2; seeds/004 stage 2).
     - ``"umap"``: the N2D partition (McConville et al., "N2D: (Not Too) Deep Clustering via
       Clustering the Local Manifold of an Autoencoded Embedding", ICPR 2020): UMAP of the
-      embeddings (:data:`UMAP_INIT`, seeded), k-means there, and each centroid is the mean
-      *embedding* of its cluster. N2D's point is that the local manifold separates the classes
+      embeddings (:data:`UMAP_INIT`, seeded), a full-covariance Gaussian mixture there (N2D's
+      clusterer, :mod:`imgclust.gmm`), and each centroid is the mean *embedding* of its cluster. N2D's point is that the local manifold separates the classes
       better than the raw embedding; the fine-tuning then starts from that partition instead of a
       worse one of the same embedding. Costs one UMAP fit (about a minute for 10k points on a CPU).
     """
@@ -74,14 +75,14 @@ def initial_centroids(emb: np.ndarray, *, init: str, n_clusters: int, kmeans_red
         raise ConfigError(f"init='umap' needs more than {UMAP_INIT['n_neighbors']} images, got {emb.shape[0]}; "
                           "use init='kmeans'")
     u = UMAPReducer(**UMAP_INIT, random_state=seed, fit_sample=None).fit(emb).embedding_  # type: ignore[arg-type]
-    labels = FaissKMeans(n_clusters=n_clusters, n_redo=kmeans_redo, seed=seed).fit(u).predict(u)
+    labels = GaussianMixtureClusterer(n_clusters=n_clusters, fit_sample=None, random_state=seed).fit(u).predict(u)
     counts = np.bincount(labels, minlength=n_clusters)
     if (counts == 0).any():
-        raise ConfigError(f"k-means on the UMAP coordinates left cluster(s) {np.flatnonzero(counts == 0).tolist()} "
+        raise ConfigError(f"the mixture on the UMAP coordinates left cluster(s) {np.flatnonzero(counts == 0).tolist()} "
                           "empty, so they have no mean; use init='kmeans'")
     sums = np.zeros((n_clusters, emb.shape[1]), dtype=np.float64)
     np.add.at(sums, labels, emb.astype(np.float64))
-    logger.info("initial centroids: embedding means of the N2D (UMAP + k-means) partition, sizes %s", counts.tolist())
+    logger.info("initial centroids: embedding means of the N2D (UMAP + GMM) partition, sizes %s", counts.tolist())
     return (sums / counts[:, None]).astype(np.float32)
 
 

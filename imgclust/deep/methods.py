@@ -1,7 +1,8 @@
 """One entry point for the deep-clustering methods: build by name, load by saved class.
 
-Names: ``ascae``/``scae`` (METHODS §3), ``convae`` (§4 stage 1), ``dec``/``idec`` (§5), ``nnc``
-(§4 neighbour consistency + sample stability), ``deepcluster`` (§1).
+Names: ``ascae``/``scae`` (METHODS §3), ``convae`` (§4 stage 1), ``n2d`` (the §4 ConvAE, then UMAP
+and a Gaussian mixture: McConville et al., ICPR 2020), ``dec``/``idec`` (§5), ``nnc`` (§4 neighbour
+consistency + sample stability), ``deepcluster`` (§1).
 """
 from __future__ import annotations
 
@@ -13,13 +14,17 @@ from typing import Any, Literal
 
 import fsspec
 
+from imgclust.config import ClusterConfig, ReduceConfig
 from imgclust.deep import DeepEstimator
 from imgclust.exceptions import ConfigError, CorruptArtifactError, UnknownNameError
 
 log = logging.getLogger(__name__)
 
-DeepMethod = Literal["ascae", "scae", "convae", "dec", "idec", "nnc", "deepcluster"]
-DEEP_METHODS: tuple[str, ...] = ("ascae", "scae", "convae", "dec", "idec", "nnc", "deepcluster")
+DeepMethod = Literal["ascae", "scae", "convae", "n2d", "dec", "idec", "nnc", "deepcluster"]
+DEEP_METHODS: tuple[str, ...] = ("ascae", "scae", "convae", "n2d", "dec", "idec", "nnc", "deepcluster")
+N2D = {"arch": "convae", "umap_components": None, "umap_neighbors": 20, "clusterer": "gmm"}
+"""``n2d``: the ConvAE embedding (size k), UMAP to k dims (20 neighbours, min_dist 0) and a full-covariance
+GMM, McConville et al.'s recipe (``umap_components=None`` here means k)."""
 _CLASSES = {"AutoencoderClusterer": "imgclust.deep.autoencoder", "DEC": "imgclust.deep.dec",
             "NeighbourConsistency": "imgclust.deep.nnc", "DeepCluster": "imgclust.deep.deepcluster"}
 
@@ -41,10 +46,13 @@ def create_deep(method: str, *, k: int, epochs: int = 20, max_iter: int = 2000, 
         raise UnknownNameError(f"unknown deep method {method!r}; choose one of {', '.join(DEEP_METHODS)}")
     common: dict[str, Any] = {"seed": seed, "device": device, "checkpoint_dir": checkpoint_dir}
     pretrain: dict[str, Any] = {"arch": "convae", "epochs": epochs}
-    if method in ("ascae", "scae", "convae"):
+    if method in ("ascae", "scae", "convae", "n2d"):
         from imgclust.deep.autoencoder import AutoencoderClusterer
 
-        return AutoencoderClusterer(arch=method, n_clusters=k, epochs=epochs, **common, **extra)  # type: ignore[arg-type]
+        arch: dict[str, Any] = {"arch": method}
+        if method == "n2d":
+            arch = {**N2D, "umap_components": k}
+        return AutoencoderClusterer(n_clusters=k, epochs=epochs, **arch, **common, **extra)
     finetune: dict[str, Any] = {"init": "umap", "autoencoder": pretrain, **common, **extra}
     if "pretrained" in extra:
         finetune.pop("autoencoder")
@@ -59,6 +67,16 @@ def create_deep(method: str, *, k: int, epochs: int = 20, max_iter: int = 2000, 
     from imgclust.deep.deepcluster import DeepCluster
 
     return DeepCluster(n_clusters=k, epochs=epochs, **common, **extra)
+
+
+def refit_recipe(method: str, k: int, seed: int) -> tuple[ReduceConfig, ClusterConfig]:
+    """How the pipeline clusters the features a trained ``method``'s encoder extracts (refine flow):
+    ``n2d`` as it was trained (UMAP to k dims with 20 neighbours, then a GMM); every other method
+    k-means on the embeddings (what its own ``labels_`` come from)."""
+    if method == "n2d":
+        return (ReduceConfig(method="none", n_components=None, umap_components=max(2, k), umap_neighbors=20),
+                ClusterConfig(method="gmm", k=k, seed=seed))
+    return ReduceConfig(method="none", n_components=None), ClusterConfig(k=k, seed=seed, n_redo=5)
 
 
 def load_deep(location: str | os.PathLike[str]) -> DeepEstimator:
