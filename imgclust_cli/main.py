@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from imgclust.config import (
     RunnerConfig,
     validated,
 )
-from imgclust.exceptions import ImgclustError
+from imgclust.exceptions import ConfigError, ImgclustError
 from imgclust_cli.ops import add_ops_parsers
 
 log = logging.getLogger("imgclust.cli")
@@ -59,8 +60,8 @@ def _add_pipeline_args(p: argparse.ArgumentParser, *, source: bool = True) -> No
     g.add_argument("--batch-size", type=int, default=ExtractConfig().batch_size)
     g.add_argument("--shard-size", type=int, default=ExtractConfig().shard_size, help="images per shard/task")
     g = p.add_argument_group("clustering")
-    g.add_argument("--method", default="kmeans", choices=["kmeans", "hdbscan", "agglomerative"])
-    g.add_argument("--k", type=int, default=ClusterConfig().k, help="number of clusters (kmeans/agglomerative)")
+    g.add_argument("--method", default="kmeans", choices=["kmeans", "hdbscan", "agglomerative", "gmm"])
+    g.add_argument("--k", type=int, default=ClusterConfig().k, help="number of clusters (kmeans/agglomerative/gmm)")
     g.add_argument("--pca", type=int, default=ReduceConfig().n_components, help="PCA components (0 = none)")
     g.add_argument("--reducer", default=ReduceConfig().method, choices=["ipca", "pca"],
                    help="ipca: IncrementalPCA streamed in one process; pca: exact PCA from per-shard statistics "
@@ -156,6 +157,8 @@ def cmd_run(a: argparse.Namespace) -> int:
 def cmd_demo(a: argparse.Namespace) -> int:
     from imgclust.datasets import build_demo_corpus
 
+    if a.refine_epochs < 1:
+        raise ConfigError("--refine-epochs must be >= 1")
     out = Path(a.out).resolve()
     corpus = build_demo_corpus(out / "corpus", limit=a.limit)
     args = argparse.Namespace(**{**vars(a), "source": corpus["path"], "store": str(out / "store"),
@@ -167,7 +170,32 @@ def cmd_demo(a: argparse.Namespace) -> int:
                                       f"{cfg.reduce.method.upper()}({cfg.reduce.n_components}) -> "
                                       f"{'UMAP(' + str(cfg.reduce.umap_components) + ') -> ' if cfg.reduce.umap_components else ''}"
                                       f"{cfg.cluster.method} k={cfg.cluster.k}"})
+    if a.refine != "none":
+        _demo_refine(a, args.store, cfg.cluster.k, runner)
     return 0
+
+
+def _demo_refine(a: argparse.Namespace, store: str, k: int, runner: RunnerConfig) -> None:
+    """The demo's optional second stage (``--refine n2d``): the refine flow trains the N2D recipe (ConvAE ->
+    UMAP -> GMM) on the corpus, clusters every image with it, and the promotion gate keeps it only if its
+    NMI beats the pixel model's."""
+    from imgclust_cli.ops import _run_flow
+
+    print(f"\nrefining: training the {a.refine} deep recipe (ConvAE {a.refine_epochs} epochs -> UMAP -> GMM) on "
+          "the corpus; the gate promotes it only if it beats the pixel model on NMI", flush=True)
+    t0 = time.perf_counter()
+    res = _run_flow("flows.refine:refine", runner, store=store, method=a.refine, k=k, epochs=a.refine_epochs,
+                    truth="parent_dir", device=a.device)
+    m = res["metrics"]
+    lines = ["", "imgclust refine summary",
+             f"  recipe                  ConvAE ({a.refine_epochs} epochs, {res['training']['n_train']} images, "
+             f"{res['training']['train_seconds']} s) -> UMAP({k}) -> GMM k={k}  [{a.refine}]",
+             f"  model                   {res['model_id']}"]
+    lines += [f"  {key:<23} {m[key]:.4f}" for key in ("acc", "nmi", "ari") if isinstance(m.get(key), float)]
+    lines += [f"  promoted                {res['promoted']} ({res['gate']['reason']})",
+              f"  CURRENT recipe          {'deep: ' + a.refine if res['promoted'] else 'raw pixels (above)'}",
+              f"  wall time               {time.perf_counter() - t0:.0f} s"]
+    print("\n".join(lines))
 
 
 def cmd_backbones(a: argparse.Namespace) -> int:
@@ -193,8 +221,13 @@ def build_parser() -> argparse.ArgumentParser:
                                    "digits) and runs the pipeline flow embedded, reporting ACC/NMI.")
     p.add_argument("--out", default="demo", help="folder for corpus and store (default %(default)s)")
     p.add_argument("--limit", type=int, default=None, help="use a seeded subset of this many images")
+    p.add_argument("--refine", default="none", choices=["n2d", "none"],
+                   help="after the pixel pipeline, train this deep recipe (n2d: ConvAE -> UMAP -> GMM) with the "
+                        "refine flow and promote it if it beats the pixel model on NMI. Default none: on this corpus "
+                        "it does not beat the pixel recipe yet (BENCHMARKS.md, deep clustering quality)")
+    p.add_argument("--refine-epochs", type=int, default=20, help="ConvAE epochs of the refine stage (default %(default)s)")
     _add_pipeline_args(p, source=False)
-    p.set_defaults(func=cmd_demo, umap=10, store=None)
+    p.set_defaults(func=cmd_demo, umap=10, method="gmm", store=None)
     p = sub.add_parser("backbones", help="list feature extractors")
     p.set_defaults(func=cmd_backbones)
     add_ops_parsers(sub, add_execution_args)

@@ -58,3 +58,13 @@ def test_imagenet_weights_absent_names_the_expected_file(tmp_path: Path, monkeyp
 def test_parser_defaults_match_config_defaults() -> None:
     a = build_parser().parse_args(["run", "src", "--store", "s"])
     assert (a.extractor, a.method, a.k, a.pca) == ("pixels", "kmeans", 10, 50)
+
+
+def test_demo_defaults_pixel_recipe_with_gmm_and_refine_is_opt_in(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    a = build_parser().parse_args(["demo"])
+    assert (a.method, a.umap, a.refine, a.refine_epochs) == ("gmm", 10, "none", 20)
+    assert build_parser().parse_args(["demo", "--refine", "n2d"]).refine == "n2d"
+    assert main(["demo", "--out", str(tmp_path / "d"), "--refine", "n2d", "--refine-epochs", "0"]) == 2
+    assert "--refine-epochs" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()  # refused before the corpus is written
