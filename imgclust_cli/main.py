@@ -177,15 +177,15 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 def _demo_refine(a: argparse.Namespace, store: str, k: int, runner: RunnerConfig) -> None:
     """The demo's optional second stage (``--refine n2d``): the refine flow trains the N2D recipe (ConvAE ->
-    UMAP -> GMM) on the corpus, clusters every image with it, and the promotion gate keeps it only if its
-    NMI beats the pixel model's."""
+    UMAP -> GMM) on the corpus, clusters every image with it, and the promotion gate (tolerance 0) keeps it
+    only if its NMI is not lower than the pixel model's."""
     from imgclust_cli.ops import _run_flow
 
     print(f"\nrefining: training the {a.refine} deep recipe (ConvAE {a.refine_epochs} epochs -> UMAP -> GMM) on "
-          "the corpus; the gate promotes it only if it beats the pixel model on NMI", flush=True)
+          "the corpus; the gate promotes it only if its NMI is not lower than the pixel model's", flush=True)
     t0 = time.perf_counter()
     res = _run_flow("flows.refine:refine", runner, store=store, method=a.refine, k=k, epochs=a.refine_epochs,
-                    truth="parent_dir", device=a.device)
+                    truth="parent_dir", device=a.device, gate_tolerance=0.0)  # promoted only if NMI is not lower
     m = res["metrics"]
     lines = ["", "imgclust refine summary",
              f"  recipe                  ConvAE ({a.refine_epochs} epochs, {res['training']['n_train']} images, "
@@ -223,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="use a seeded subset of this many images")
     p.add_argument("--refine", default="none", choices=["n2d", "none"],
                    help="after the pixel pipeline, train this deep recipe (n2d: ConvAE -> UMAP -> GMM) with the "
-                        "refine flow and promote it if it beats the pixel model on NMI. Default none: on this corpus "
+                        "refine flow and promote it only if its NMI is not lower than the pixel model's. Default none: on this corpus "
                         "it does not beat the pixel recipe yet (BENCHMARKS.md, deep clustering quality)")
     p.add_argument("--refine-epochs", type=int, default=20, help="ConvAE epochs of the refine stage (default %(default)s)")
     _add_pipeline_args(p, source=False)
