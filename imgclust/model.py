@@ -8,8 +8,9 @@ the promoted version and is replaced atomically.
 Assignment of one feature row ``x`` (D,): ``z = umap(pca(x))``; the clusterer gives the raw cluster
 ``c`` (HDBSCAN: approximate_predict, -1 = noise); the distance ``d`` is ``||z - mu_c||`` to that
 cluster's centroid; ``is_novel`` when ``c == -1`` or ``d > threshold_c`` (the ``novelty_quantile``
-of the fit sample's distances in cluster c); ``cluster_id = stable_ids[c]`` or -1 when novel. Confidence: HDBSCAN's membership strength, a
-Gaussian mixture's posterior of ``c``, otherwise ``1 - d_1 / d_2`` (nearest vs second-nearest centroid).
+of the fit sample's distances in cluster c); ``cluster_id = stable_ids[c]`` or -1 when novel.
+Confidence: HDBSCAN's membership strength, a Gaussian mixture's posterior of ``c``, otherwise
+``1 - d_1 / d_2`` (nearest vs second-nearest centroid).
 """
 from __future__ import annotations
 
