@@ -264,6 +264,26 @@ def test_ascae_rgb_fit_predict() -> None:
     assert est.predict(x).shape == (20,)
 
 
+def test_ascae_clusters_l2_normalised_f_by_default(tmp_path: Path) -> None:
+    """ASCAE/SCAE default to cosine k-means on F (ARCH_DEFAULTS); ``spherical=False`` is the
+    paper's k-means on raw F; ConvAE keeps plain k-means. Predictions survive save/load."""
+    x, _ = _blobs_images(n_per=10, size=24)
+    est = AutoencoderClusterer(arch="scae", n_clusters=3, epochs=1, batch_size=16, kmeans_redo=1, device="cpu").fit(x)
+    assert est.kmeans_ is not None and est.kmeans_.spherical
+    norms = np.linalg.norm(est.cluster_centers_, axis=1)
+    np.testing.assert_allclose(norms, 1.0, rtol=1e-4)
+    # labels are the nearest unit centroid of each L2-normalised F row
+    f = est.transform(x)
+    unit = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-30)
+    np.testing.assert_array_equal(est.predict(x), np.argmax(unit @ est.cluster_centers_.T, axis=1))
+    est.save(tmp_path / "scae")
+    np.testing.assert_array_equal(AutoencoderClusterer.load(tmp_path / "scae").predict(x), est.predict(x))
+    paper = AutoencoderClusterer(arch="scae", n_clusters=3, epochs=1, batch_size=16, kmeans_redo=1, device="cpu",
+                                 spherical=False).fit(x)
+    assert paper.kmeans_ is not None and not paper.kmeans_.spherical
+    assert not AutoencoderClusterer(arch="convae")._spherical()
+
+
 def test_dec_converges_on_easy_data(tmp_path: Path) -> None:
     x, y = _blobs_images()
     ae = _tiny_ae(epochs=4, augment=False).fit(x)

@@ -72,11 +72,13 @@ def create_deep(method: str, *, k: int, epochs: int = 20, max_iter: int = 2000, 
 def refit_recipe(method: str, k: int, seed: int) -> tuple[ReduceConfig, ClusterConfig]:
     """How the pipeline clusters the features a trained ``method``'s encoder extracts (refine flow):
     ``n2d`` as it was trained (UMAP to k dims with 20 neighbours, then a GMM); every other method
-    k-means on the embeddings (what its own ``labels_`` come from)."""
+    k-means on the embeddings (what its own ``labels_`` come from), cosine k-means for ASCAE/SCAE
+    (their :data:`~imgclust.deep.autoencoder.ARCH_DEFAULTS`)."""
     if method == "n2d":
         return (ReduceConfig(method="none", n_components=None, umap_components=max(2, k), umap_neighbors=20),
                 ClusterConfig(method="gmm", k=k, seed=seed))
-    return ReduceConfig(method="none", n_components=None), ClusterConfig(k=k, seed=seed, n_redo=5)
+    spherical = method in ("ascae", "scae")
+    return ReduceConfig(method="none", n_components=None), ClusterConfig(k=k, seed=seed, n_redo=5, spherical=spherical)
 
 
 def load_deep(location: str | os.PathLike[str]) -> DeepEstimator:
