@@ -21,6 +21,7 @@ import tempfile
 import time
 
 import numpy as np
+from train_subset import add_subset_args, train_subset
 
 log = logging.getLogger("benchmarks.ae_length")
 
@@ -29,23 +30,17 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--archs", default="ascae,scae", help="comma-separated: ascae, scae, convae")
     p.add_argument("--epochs", default="20,100,200", help="checkpoint lengths, comma-separated")
-    p.add_argument("--n", type=int, default=10000, help="train-split images (seeded subset)")
-    p.add_argument("--threads", type=int, default=2)
+    add_subset_args(p)
     args = p.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    x, y = train_subset(args)
     import torch
 
     from imgclust.cluster import FaissKMeans
-    from imgclust.datasets import load_fashion_mnist
     from imgclust.deep.autoencoder import AutoencoderClusterer
     from imgclust.gmm import GaussianMixtureClusterer
     from imgclust.metrics import cluster_accuracy, nmi
     from imgclust.reduce import UMAPReducer
 
-    torch.set_num_threads(args.threads)
-    x, y = load_fashion_mnist("train")
-    idx = np.sort(np.random.default_rng(1).choice(len(x), args.n, replace=False))
-    x, y = x[idx], y[idx]
     lengths = sorted({int(e) for e in args.epochs.split(",")})
 
     def score(pred: np.ndarray) -> str:

@@ -97,10 +97,20 @@ class ClusterConfig(_Base):
     min_cluster_size: int = Field(50, ge=2, description="HDBSCAN min_cluster_size.")
     fit_sample: int = Field(50_000, ge=100,
                             description="Rows UMAP/HDBSCAN/GMM are fitted on; the rest are predicted.")
+    consensus_runs: int = Field(
+        1, ge=1, le=64, description="gmm only: EM runs combined by evidence accumulation (Fred & Jain 2005) into "
+        "the final mixture; 1 = plain EM."
+    )
     novelty_quantile: float = Field(
         0.99, gt=0.5, le=1.0, description="Per-cluster distance quantile beyond which an image is novel."
     )
     seed: int = Field(0, ge=0, description="Random seed.")
+
+    @model_validator(mode="after")
+    def _consensus_needs_gmm(self) -> ClusterConfig:
+        if self.consensus_runs > 1 and self.method != "gmm":
+            raise ValueError(f"consensus_runs={self.consensus_runs} needs method='gmm' (got {self.method!r})")
+        return self
 
 
 class RunnerConfig(_Base):

@@ -211,7 +211,8 @@ def fit_model(source: BatchSource, *, extractor_key: str, reduce: ReduceConfig, 
         clusterer = AgglomerativeClusterer(n_clusters=cluster.k).fit(sample)
         centroids = clusterer.cluster_centers_
     elif cluster.method == "gmm":
-        clusterer = GaussianMixtureClusterer(n_clusters=cluster.k, fit_sample=None, random_state=cluster.seed).fit(sample)
+        clusterer = GaussianMixtureClusterer(n_clusters=cluster.k, fit_sample=None, random_state=cluster.seed,
+                                             consensus_runs=cluster.consensus_runs).fit(sample)
         centroids = clusterer.cluster_centers_
     else:  # pragma: no cover - pydantic restricts the literal
         raise ConfigError(f"unknown cluster method {cluster.method!r}")

@@ -64,3 +64,36 @@ def test_errors_are_clear() -> None:
     est = GaussianMixtureClusterer(n_clusters=3).fit(X)
     with pytest.raises(ConfigError):
         est.predict(np.zeros((2, 3), dtype=np.float32))
+
+
+@pytest.mark.parametrize("cov", ["full", "diag"])
+def test_consensus_mixture_is_the_m_step_of_the_consensus_partition(cov: str, tmp_path: Path) -> None:
+    """consensus_runs=R: labels are the evidence-accumulation consensus of R single EM runs (seeds
+    0..R-1), and the mixture's parameters are that partition's weights, means and covariances."""
+    from imgclust.consensus import consensus_labels
+
+    X, y = _unequal(2)
+    runs = [GaussianMixtureClusterer(n_clusters=3, covariance_type=cov, fit_sample=None, random_state=s).fit(X)
+            for s in range(4)]
+    labels = consensus_labels(np.stack([r.predict(X) for r in runs], axis=1), 3)
+    est = GaussianMixtureClusterer(n_clusters=3, covariance_type=cov, fit_sample=None, consensus_runs=4).fit(X)
+    X64 = X.astype(np.float64)
+    for j in range(3):
+        rows = X64[labels == j]
+        np.testing.assert_allclose(est.weights_[j], len(rows) / len(X))
+        np.testing.assert_allclose(est.means_[j], rows.mean(axis=0))
+        cov_j = np.cov(rows.T, bias=True) + 1e-6 * np.eye(2)
+        if cov == "full":
+            p = est.precisions_cholesky_[j]
+            np.testing.assert_allclose(np.linalg.inv(p @ p.T), cov_j, rtol=1e-8)
+        else:
+            np.testing.assert_allclose(est.precisions_cholesky_[j] ** -2, np.diag(cov_j), rtol=1e-8)
+    assert np.mean(est.predict(X) == labels) > 0.95
+    assert adjusted_rand_score(y, est.predict(X)) > 0.9
+    assert est.n_iter_ == sum(r.n_iter_ for r in runs)
+    est.save(tmp_path / "c")
+    loaded = load_estimator(tmp_path / "c")
+    np.testing.assert_array_equal(loaded.predict(X), est.predict(X))
+    assert loaded.get_params()["consensus_runs"] == 4
+    with pytest.raises(ConfigError, match="consensus_runs"):
+        GaussianMixtureClusterer(n_clusters=3, consensus_runs=0).fit(X)

@@ -30,11 +30,15 @@ def _source(X: np.ndarray, block: int = 250):
     return source
 
 
-@pytest.mark.parametrize("method,umap", [("kmeans", None), ("agglomerative", None), ("hdbscan", 4), ("gmm", None)])
-def test_fit_model_recovers_blobs_and_round_trips(tmp_path: Path, method: str, umap: int | None) -> None:
+@pytest.mark.parametrize("method,umap,runs", [("kmeans", None, 1), ("agglomerative", None, 1), ("hdbscan", 4, 1),
+                                              ("gmm", None, 1), ("gmm", None, 3)])
+def test_fit_model_recovers_blobs_and_round_trips(tmp_path: Path, method: str, umap: int | None, runs: int) -> None:
     X, y = _blobs(1)
     model = fit_model(_source(X), extractor_key="k", reduce=ReduceConfig(n_components=8, umap_components=umap),
-                      cluster=ClusterConfig(method=method, k=4, min_cluster_size=40, fit_sample=1000, seed=2))
+                      cluster=ClusterConfig(method=method, k=4, min_cluster_size=40, fit_sample=1000, seed=2,
+                                            consensus_runs=runs))
+    if method == "gmm":
+        assert model.clusterer.get_params()["consensus_runs"] == runs
     a = model.assign(X)
     assert a.cluster_id.dtype == np.int32 and a.distance.dtype == np.float32
     assert ari(y[~a.is_novel], a.cluster_id[~a.is_novel]) > 0.9
@@ -49,6 +53,16 @@ def test_fit_model_recovers_blobs_and_round_trips(tmp_path: Path, method: str, u
     np.testing.assert_allclose(a.distance, b.distance, rtol=1e-5, atol=1e-5)
     with pytest.raises(StoreError, match="immutable"):
         model.save(store)
+
+
+def test_consensus_runs_need_gmm() -> None:
+    from imgclust.config import validated
+    from imgclust.exceptions import ConfigError
+
+    with pytest.raises(ConfigError, match="consensus_runs=4 needs method='gmm'"):
+        validated(ClusterConfig, method="kmeans", consensus_runs=4)
+    with pytest.raises(ConfigError, match="consensus_runs"):
+        validated(ClusterConfig, method="gmm", consensus_runs=0)
 
 
 def test_far_away_points_are_novel_and_members_mostly_not() -> None:
