@@ -24,8 +24,8 @@ def refine(store: str, method: DeepMethod = "convae", k: int = 10, epochs: int =
            sample: int | None = 20000, image_size: int = 28, mode: str = "L", device: str = "auto", seed: int = 0,
            truth: str = "none", gate_metric: str | None = None, gate_tolerance: float = 0.02) -> dict[str, Any]:
     """Train ``method`` on up to ``sample`` store images, then extract every image with its encoder
-    (``deep:`` extractor), refit the clusterer (k-means; for ``n2d`` UMAP + GMM) with lineage against
-    CURRENT, relabel, evaluate, gate.
+    (``deep:`` extractor), refit the clusterer (k-means; for ``n2d`` / ``n2d-scae`` UMAP + GMM consensus)
+    with lineage against CURRENT, relabel, evaluate, gate.
 
     The gate compares against CURRENT on ``gate_metric`` (default: NMI with ground truth, else
     silhouette; internal metrics of different feature spaces are only roughly comparable).

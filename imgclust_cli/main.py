@@ -48,6 +48,11 @@ def prepare_environment() -> None:
     os.environ.setdefault("DASK_DISTRIBUTED__WORKER__DAEMON", "false")
 
 
+DEMO_CONSENSUS = 8
+"""EM runs of the demo's GMM consensus: on a 10k Fashion-MNIST *train* subset of raw pixels the consensus of
+8 runs was +0.015 ACC above the mean single run over four UMAP maps (BENCHMARKS.md, "Choosing the GMM consensus")."""
+
+
 def _add_pipeline_args(p: argparse.ArgumentParser, *, source: bool = True) -> None:
     if source:
         p.add_argument("source", help="folder or fsspec URL (s3://bucket/prefix) holding images")
@@ -70,6 +75,9 @@ def _add_pipeline_args(p: argparse.ArgumentParser, *, source: bool = True) -> No
                    help="faiss (CPU) or torch (GPU when present) k-means (default %(default)s)")
     g.add_argument("--umap", type=int, default=None, help="UMAP dimensions after PCA (hdbscan defaults to 10)")
     g.add_argument("--min-cluster-size", type=int, default=ClusterConfig().min_cluster_size, help="hdbscan")
+    g.add_argument("--consensus", type=int, default=None,
+                   help="gmm: EM runs combined by evidence accumulation into the final mixture (default 1; the "
+                        "demo's gmm: 8)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--date", default=None, help="ingestion date partition YYYY-MM-DD (default today, UTC)")
     g.add_argument("--truth", default="none", choices=["none", "parent_dir"],
@@ -90,7 +98,8 @@ def _pipeline_config(a: argparse.Namespace) -> tuple[PipelineConfig, RunnerConfi
     reduce = (validated(ReduceConfig, method="none", n_components=None, umap_components=a.umap) if a.pca == 0
               else validated(ReduceConfig, method=a.reducer, n_components=a.pca, umap_components=a.umap))
     cluster = validated(ClusterConfig, method=a.method, k=a.k, min_cluster_size=a.min_cluster_size, seed=a.seed,
-                        backend=a.kmeans_backend, device=a.device)
+                        backend=a.kmeans_backend, device=a.device,
+                        consensus_runs=ClusterConfig().consensus_runs if a.consensus is None else a.consensus)
     kind = "address" if a.address else ("cuda" if a.gpu_cluster else "local")
     runner = validated(RunnerConfig, kind=kind, workers=a.workers, address=a.address)
     cfg = validated(PipelineConfig, source=a.source, store=a.store, ingest=IngestConfig(), extract=extract,
@@ -154,6 +163,13 @@ def cmd_run(a: argparse.Namespace) -> int:
     return 0
 
 
+def _demo_consensus(a: argparse.Namespace) -> int | None:
+    """The demo's ``--consensus``: the user's value, else :data:`DEMO_CONSENSUS` runs for the gmm method."""
+    if a.consensus is not None:
+        return int(a.consensus)
+    return DEMO_CONSENSUS if a.method == "gmm" else None
+
+
 def cmd_demo(a: argparse.Namespace) -> int:
     from imgclust.datasets import build_demo_corpus
 
@@ -162,17 +178,21 @@ def cmd_demo(a: argparse.Namespace) -> int:
     out = Path(a.out).resolve()
     corpus = build_demo_corpus(out / "corpus", limit=a.limit)
     args = argparse.Namespace(**{**vars(a), "source": corpus["path"], "store": str(out / "store"),
-                                 "truth": "parent_dir"})
+                                 "truth": "parent_dir", "consensus": _demo_consensus(a)})
     cfg, runner = _pipeline_config(args)
     result = _run_pipeline(cfg, runner)
     _print_summary(result, {"demo corpus": f"{corpus['dataset']}: {corpus['images']} PNG files in {corpus['path']}",
                             "recipe": f"{cfg.extract.extractor} features (no pretrained weights exist offline) -> "
                                       f"{cfg.reduce.method.upper()}({cfg.reduce.n_components}) -> "
                                       f"{'UMAP(' + str(cfg.reduce.umap_components) + ') -> ' if cfg.reduce.umap_components else ''}"
-                                      f"{cfg.cluster.method} k={cfg.cluster.k}"})
+                                      f"{cfg.cluster.method} k={cfg.cluster.k}"
+                                      f"{f' (consensus of {cfg.cluster.consensus_runs} EM runs)' if cfg.cluster.consensus_runs > 1 else ''}"})
     if a.refine != "none":
         _demo_refine(a, args.store, cfg.cluster.k, runner)
     return 0
+
+
+_REFINE_ENCODERS = {"n2d": "ConvAE", "n2d-scae": "SCAE"}
 
 
 def _demo_refine(a: argparse.Namespace, store: str, k: int, runner: RunnerConfig) -> None:
@@ -181,14 +201,15 @@ def _demo_refine(a: argparse.Namespace, store: str, k: int, runner: RunnerConfig
     only if its NMI is not lower than the pixel model's."""
     from imgclust_cli.ops import _run_flow
 
-    print(f"\nrefining: training the {a.refine} deep recipe (ConvAE {a.refine_epochs} epochs -> UMAP -> GMM) on "
+    encoder = _REFINE_ENCODERS[a.refine]
+    print(f"\nrefining: training the {a.refine} deep recipe ({encoder} {a.refine_epochs} epochs -> UMAP -> GMM) on "
           "the corpus; the gate promotes it only if its NMI is not lower than the pixel model's", flush=True)
     t0 = time.perf_counter()
     res = _run_flow("flows.refine:refine", runner, store=store, method=a.refine, k=k, epochs=a.refine_epochs,
                     truth="parent_dir", device=a.device, gate_tolerance=0.0)  # promoted only if NMI is not lower
     m = res["metrics"]
     lines = ["", "imgclust refine summary",
-             f"  recipe                  ConvAE ({a.refine_epochs} epochs, {res['training']['n_train']} images, "
+             f"  recipe                  {encoder} ({a.refine_epochs} epochs, {res['training']['n_train']} images, "
              f"{res['training']['train_seconds']} s) -> UMAP({k}) -> GMM k={k}  [{a.refine}]",
              f"  model                   {res['model_id']}"]
     lines += [f"  {key:<23} {m[key]:.4f}" for key in ("acc", "nmi", "ari") if isinstance(m.get(key), float)]
@@ -221,11 +242,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "digits) and runs the pipeline flow embedded, reporting ACC/NMI.")
     p.add_argument("--out", default="demo", help="folder for corpus and store (default %(default)s)")
     p.add_argument("--limit", type=int, default=None, help="use a seeded subset of this many images")
-    p.add_argument("--refine", default="none", choices=["n2d", "none"],
-                   help="after the pixel pipeline, train this deep recipe (n2d: ConvAE -> UMAP -> GMM) with the "
+    p.add_argument("--refine", default="none", choices=["n2d", "n2d-scae", "none"],
+                   help="after the pixel pipeline, train this deep recipe (n2d: ConvAE -> UMAP -> GMM; n2d-scae: "
+                        "SCAE -> UMAP -> GMM) with the "
                         "refine flow and promote it only if its NMI is not lower than the pixel model's. Default none: on this corpus "
                         "it does not beat the pixel recipe yet (BENCHMARKS.md, deep clustering quality)")
-    p.add_argument("--refine-epochs", type=int, default=20, help="ConvAE epochs of the refine stage (default %(default)s)")
+    p.add_argument("--refine-epochs", type=int, default=20, help="autoencoder epochs of the refine stage (default %(default)s)")
     _add_pipeline_args(p, source=False)
     p.set_defaults(func=cmd_demo, umap=10, method="gmm", store=None)
     p = sub.add_parser("backbones", help="list feature extractors")

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from imgclust_cli.main import build_parser, main
+from imgclust.exceptions import ConfigError
+from imgclust_cli.main import DEMO_CONSENSUS, _demo_consensus, _pipeline_config, build_parser, main
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -64,6 +65,15 @@ def test_demo_defaults_pixel_recipe_with_gmm_and_refine_is_opt_in(tmp_path: Path
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     a = build_parser().parse_args(["demo"])
     assert (a.method, a.umap, a.refine, a.refine_epochs) == ("gmm", 10, "none", 20)
+    assert a.consensus is None  # resolved by cmd_demo: DEMO_CONSENSUS runs for gmm, 1 otherwise
+    assert _demo_consensus(a) == DEMO_CONSENSUS == 8
+    assert _demo_consensus(build_parser().parse_args(["demo", "--method", "kmeans"])) is None
+    assert _demo_consensus(build_parser().parse_args(["demo", "--consensus", "2"])) == 2
+    run = build_parser().parse_args(["run", str(tmp_path), "--store", str(tmp_path / "s"), "--method", "gmm",
+                                     "--consensus", "3"])
+    assert _pipeline_config(run)[0].cluster.consensus_runs == 3
+    with pytest.raises(ConfigError, match="needs method='gmm'"):
+        _pipeline_config(build_parser().parse_args(["run", str(tmp_path), "--store", "s", "--consensus", "3"]))
     assert build_parser().parse_args(["demo", "--refine", "n2d"]).refine == "n2d"
     assert main(["demo", "--out", str(tmp_path / "d"), "--refine", "n2d", "--refine-epochs", "0"]) == 2
     assert "--refine-epochs" in capsys.readouterr().err

@@ -49,3 +49,20 @@ def test_fine_tuning_methods_start_from_the_n2d_partition_and_accept_a_pretraine
         given = create_deep(method, k=4, seed=0, device="cpu", pretrained=ae, init="kmeans")
         params = given.get_params()
         assert params["pretrained"] is ae and params["autoencoder"] is None and params["init"] == "kmeans"
+
+
+def test_refit_recipe_matches_how_each_method_clusters() -> None:
+    """The refine flow refits a trained encoder's features as the method itself clusters them."""
+    from imgclust.deep.methods import N2D, refit_recipe
+
+    for method in ("n2d", "n2d-scae"):
+        reduce, cluster = refit_recipe(method, 7, 3)
+        assert (reduce.umap_components, reduce.umap_neighbors) == (7, 20)
+        assert (cluster.method, cluster.k, cluster.seed, cluster.consensus_runs) == ("gmm", 7, 3, N2D["consensus_runs"])
+    for method, spherical in (("scae", True), ("ascae", True), ("convae", False), ("dec", False)):
+        reduce, cluster = refit_recipe(method, 7, 3)
+        assert reduce.umap_components is None and (cluster.method, cluster.spherical) == ("kmeans", spherical)
+    est = create_deep("n2d-scae", k=5, epochs=1, seed=0, device="cpu")
+    params = est.get_params()
+    assert (params["arch"], params["umap_components"], params["clusterer"], params["consensus_runs"]) == \
+        ("scae", 5, "gmm", N2D["consensus_runs"])

@@ -42,6 +42,7 @@ def test_refine_trains_extracts_refits_and_gates(tmp_path: Path, dask_address: s
     if method == "n2d":  # the candidate clusters the deep features as N2D does: UMAP to k dims, then a GMM
         assert info["parts"] == {"reducer": None, "umap": "UMAPReducer", "clusterer": "GaussianMixtureClusterer"}
         assert info["reduce"]["umap_components"] == 10 and info["reduce"]["umap_neighbors"] == 20
+        assert info["cluster"]["consensus_runs"] == 8
     else:
         assert info["parts"]["clusterer"] == "FaissKMeans" and info["parts"]["umap"] is None
     assert read_labels(store, result["model_id"]).num_rows == 400

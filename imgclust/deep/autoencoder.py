@@ -66,7 +66,8 @@ L2-normalised F (cosine k-means, as DeepCluster normalises its features) reached
 (BENCHMARKS.md, "Choosing the ASCAE / SCAE k-means"). ConvAE's linear k-d embedding keeps plain k-means."""
 
 _RESUMABLE_PARAMS = ("epochs", "device", "checkpoint_dir", "checkpoint_every", "kmeans_redo",
-                     "umap_components", "umap_neighbors", "clusterer", "spherical")
+                     "umap_components", "umap_neighbors", "clusterer", "spherical",
+                     "consensus_runs")
 CLUSTERERS = ("kmeans", "gmm")
 """What clusters the (UMAP-mapped) embeddings: FaissKMeans or :class:`~imgclust.gmm.GaussianMixtureClusterer`."""
 
@@ -100,6 +101,8 @@ class AutoencoderClusterer(DeepEstimator):
     spherical : k-means on L2-normalised embeddings (cosine k-means; rows are normalised for
         training and prediction). ``None`` (default): :data:`ARCH_DEFAULTS` (on for ASCAE/SCAE, whose
         paper clusters raw F: pass ``False`` for that). Ignored by the GMM.
+    consensus_runs : GMM only: EM runs combined by evidence accumulation into the final mixture
+        (:class:`~imgclust.gmm.GaussianMixtureClusterer`); 1 = plain EM.
     seed, device : reproducibility and placement (``"auto"``, ``"cpu"``, ``"cuda"``).
     checkpoint_dir, checkpoint_every : exact-resume checkpoints every that many steps (and at the
         end); ``None`` = none. A directory written under other trajectory-relevant parameters or
@@ -125,7 +128,7 @@ class AutoencoderClusterer(DeepEstimator):
                  lam: float = 20.0, input_scale: float | None = None, init: Literal["paper", "torch"] = "paper",
                  augment: bool | None = None, umap_components: int | None = None, umap_neighbors: int = 20,
                  clusterer: Literal["kmeans", "gmm"] = "kmeans", kmeans_redo: int = 10, spherical: bool | None = None,
-                 seed: int = 0, device: str = "auto", checkpoint_dir: str | None = None,
+                 consensus_runs: int = 1, seed: int = 0, device: str = "auto", checkpoint_dir: str | None = None,
                  checkpoint_every: int = 500) -> None:
         self.arch = arch
         self.n_clusters = n_clusters
@@ -142,6 +145,7 @@ class AutoencoderClusterer(DeepEstimator):
         self.clusterer = clusterer
         self.kmeans_redo = kmeans_redo
         self.spherical = spherical
+        self.consensus_runs = consensus_runs
         self.seed = seed
         self.device = device
         self.checkpoint_dir = checkpoint_dir
@@ -155,6 +159,7 @@ class AutoencoderClusterer(DeepEstimator):
         check_int("epochs", self.epochs, minimum=0)
         check_int("batch_size", self.batch_size, minimum=1)
         check_int("kmeans_redo", self.kmeans_redo, minimum=1)
+        check_int("consensus_runs", self.consensus_runs, minimum=1)
         check_int("umap_components", self.umap_components, minimum=1, allow_none=True)
         check_int("umap_neighbors", self.umap_neighbors, minimum=2)
         check_int("checkpoint_every", self.checkpoint_every, minimum=1)
@@ -255,8 +260,8 @@ class AutoencoderClusterer(DeepEstimator):
         self.kmeans_: FaissKMeans | None = None
         self.gmm_: GaussianMixtureClusterer | None = None
         if self.clusterer == "gmm":
-            self.gmm_ = GaussianMixtureClusterer(n_clusters=self.n_clusters, fit_sample=None,
-                                                 random_state=self.seed).fit(feats)
+            self.gmm_ = GaussianMixtureClusterer(n_clusters=self.n_clusters, fit_sample=None, random_state=self.seed,
+                                                 consensus_runs=self.consensus_runs).fit(feats)
         else:
             self.kmeans_ = FaissKMeans(n_clusters=self.n_clusters, n_redo=self.kmeans_redo, seed=self.seed,
                                        spherical=self._spherical()).fit(feats)

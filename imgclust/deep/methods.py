@@ -1,8 +1,9 @@
 """One entry point for the deep-clustering methods: build by name, load by saved class.
 
 Names: ``ascae``/``scae`` (METHODS §3), ``convae`` (§4 stage 1), ``n2d`` (the §4 ConvAE, then UMAP
-and a Gaussian mixture: McConville et al., ICPR 2020), ``dec``/``idec`` (§5), ``nnc`` (§4 neighbour
-consistency + sample stability), ``deepcluster`` (§1).
+and a Gaussian mixture: McConville et al., ICPR 2020), ``n2d-scae`` (the same last stages on the F
+layer of §3's SCAE), ``dec``/``idec`` (§5), ``nnc`` (§4 neighbour consistency + sample stability),
+``deepcluster`` (§1).
 """
 from __future__ import annotations
 
@@ -20,11 +21,21 @@ from imgclust.exceptions import ConfigError, CorruptArtifactError, UnknownNameEr
 
 log = logging.getLogger(__name__)
 
-DeepMethod = Literal["ascae", "scae", "convae", "n2d", "dec", "idec", "nnc", "deepcluster"]
-DEEP_METHODS: tuple[str, ...] = ("ascae", "scae", "convae", "n2d", "dec", "idec", "nnc", "deepcluster")
-N2D = {"arch": "convae", "umap_components": None, "umap_neighbors": 20, "clusterer": "gmm"}
+DeepMethod = Literal["ascae", "scae", "convae", "n2d", "n2d-scae", "dec", "idec", "nnc", "deepcluster"]
+DEEP_METHODS: tuple[str, ...] = ("ascae", "scae", "convae", "n2d", "n2d-scae", "dec", "idec", "nnc", "deepcluster")
+N2D_CONSENSUS_RUNS = 8
+N2D: dict[str, Any] = {"arch": "convae", "umap_components": None, "umap_neighbors": 20, "clusterer": "gmm",
+                       "consensus_runs": N2D_CONSENSUS_RUNS}
 """``n2d``: the ConvAE embedding (size k), UMAP to k dims (20 neighbours, min_dist 0) and a full-covariance
-GMM, McConville et al.'s recipe (``umap_components=None`` here means k)."""
+GMM, McConville et al.'s recipe (``umap_components=None`` here means k). Ours: the GMM is the
+evidence-accumulation consensus of 8 EM runs (:class:`~imgclust.gmm.GaussianMixtureClusterer`), chosen on
+a 10k Fashion-MNIST *train* subset (BENCHMARKS.md, "Choosing the GMM consensus")."""
+N2D_RECIPES: dict[str, dict[str, Any]] = {"n2d": N2D, "n2d-scae": {**N2D, "arch": "scae"}}
+"""Methods that cluster UMAP coordinates of an encoder's features with the GMM consensus: ``n2d`` (ConvAE
+embedding) and ``n2d-scae`` (ours: SCAE's 50-d F layer, seeds/003, trained on raw pixels with its paper's
+loss). On the 10k Fashion-MNIST *train* subset the two are within noise of each other (single-run ACC
+0.598 vs 0.605 averaged over 4 UMAP maps; BENCHMARKS.md, "Choosing the GMM consensus"); the test-split
+numbers over several seeds are in BENCHMARKS.md, "Seed spread"."""
 _CLASSES = {"AutoencoderClusterer": "imgclust.deep.autoencoder", "DEC": "imgclust.deep.dec",
             "NeighbourConsistency": "imgclust.deep.nnc", "DeepCluster": "imgclust.deep.deepcluster"}
 
@@ -46,12 +57,12 @@ def create_deep(method: str, *, k: int, epochs: int = 20, max_iter: int = 2000, 
         raise UnknownNameError(f"unknown deep method {method!r}; choose one of {', '.join(DEEP_METHODS)}")
     common: dict[str, Any] = {"seed": seed, "device": device, "checkpoint_dir": checkpoint_dir}
     pretrain: dict[str, Any] = {"arch": "convae", "epochs": epochs}
-    if method in ("ascae", "scae", "convae", "n2d"):
+    if method in ("ascae", "scae", "convae", *N2D_RECIPES):
         from imgclust.deep.autoencoder import AutoencoderClusterer
 
         arch: dict[str, Any] = {"arch": method}
-        if method == "n2d":
-            arch = {**N2D, "umap_components": k}
+        if method in N2D_RECIPES:
+            arch = {**N2D_RECIPES[method], "umap_components": k}
         return AutoencoderClusterer(n_clusters=k, epochs=epochs, **arch, **common, **extra)
     finetune: dict[str, Any] = {"init": "umap", "autoencoder": pretrain, **common, **extra}
     if "pretrained" in extra:
@@ -71,12 +82,12 @@ def create_deep(method: str, *, k: int, epochs: int = 20, max_iter: int = 2000, 
 
 def refit_recipe(method: str, k: int, seed: int) -> tuple[ReduceConfig, ClusterConfig]:
     """How the pipeline clusters the features a trained ``method``'s encoder extracts (refine flow):
-    ``n2d`` as it was trained (UMAP to k dims with 20 neighbours, then a GMM); every other method
+    ``n2d`` / ``n2d-scae`` as they were trained (UMAP to k dims with 20 neighbours, then the GMM consensus); every other method
     k-means on the embeddings (what its own ``labels_`` come from), cosine k-means for ASCAE/SCAE
     (their :data:`~imgclust.deep.autoencoder.ARCH_DEFAULTS`)."""
-    if method == "n2d":
+    if method in N2D_RECIPES:
         return (ReduceConfig(method="none", n_components=None, umap_components=max(2, k), umap_neighbors=20),
-                ClusterConfig(method="gmm", k=k, seed=seed))
+                ClusterConfig(method="gmm", k=k, seed=seed, consensus_runs=N2D_CONSENSUS_RUNS))
     spherical = method in ("ascae", "scae")
     return ReduceConfig(method="none", n_components=None), ClusterConfig(k=k, seed=seed, n_redo=5, spherical=spherical)
 
