@@ -196,8 +196,8 @@ _REFINE_ENCODERS = {"n2d": "ConvAE", "n2d-scae": "SCAE"}
 
 
 def _demo_refine(a: argparse.Namespace, store: str, k: int, runner: RunnerConfig) -> None:
-    """The demo's optional second stage (``--refine n2d``): the refine flow trains the N2D recipe (ConvAE ->
-    UMAP -> GMM) on the corpus, clusters every image with it, and the promotion gate (tolerance 0) keeps it
+    """The demo's optional second stage (``--refine n2d`` / ``n2d-scae``): the refine flow trains the N2D recipe
+    (ConvAE or SCAE -> UMAP -> GMM consensus) on the corpus, clusters every image with it, and the promotion gate (tolerance 0) keeps it
     only if its NMI is not lower than the pixel model's."""
     from imgclust_cli.ops import _run_flow
 
