@@ -39,7 +39,6 @@ def main() -> None:
     from imgclust.metrics import cluster_accuracy, nmi
     from imgclust.reduce import StreamingPCA, UMAPReducer
 
-
     def features(view: str) -> np.ndarray:
         if view == "pixels":
             flat = x.reshape(len(x), -1).astype(np.float32) / 255.0

@@ -19,7 +19,7 @@ would pay), and the ``own s`` column is the row's own part. ``ascae``/``scae``/`
 train from scratch. ``X+umap`` = the method's features, then UMAP(10, n_neighbors 20, min_dist 0)
 and a full-covariance GMM (N2D's last two stages, McConville et al. 2020); ``n2d`` = ``convae+umap``,
 the library's ``create_deep("n2d")`` recipe computed from the shared ConvAE, ``n2d-scae`` = ``scae+umap``; the GMM of ``X+umap`` rows is
-the consensus of ``N2D["consensus_runs"]`` EM runs, as in ``n2d``.
+the consensus of ``N2D_CONSENSUS_RUNS`` EM runs, as in ``n2d``.
 """
 from __future__ import annotations
 
@@ -35,6 +35,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
+
+from imgclust.deep.methods import N2D_CONSENSUS_RUNS
 
 log = logging.getLogger("benchmarks.quality")
 
@@ -80,12 +82,6 @@ def _gmm(Z: np.ndarray, seed: int, runs: int = 1) -> np.ndarray:
                                     consensus_runs=runs).fit(Z).predict(Z)
 
 
-def _n2d_runs() -> int:
-    """The consensus runs of the library's ``n2d`` recipe (``imgclust.deep.methods.N2D``)."""
-    from imgclust.deep.methods import N2D
-
-    return int(N2D["consensus_runs"])
-
 
 def baselines(x: np.ndarray, y: np.ndarray, seed: int) -> list[Row]:
     from imgclust.reduce import StreamingPCA
@@ -108,9 +104,9 @@ def baselines(x: np.ndarray, y: np.ndarray, seed: int) -> list[Row]:
     s_gmm = time.perf_counter() - t1
     rows.append(("IPCA(50) + UMAP(10) + GMM", *_score(y, pred), s + s_gmm, s + s_gmm, "cpu"))
     t1 = time.perf_counter()
-    pred = _gmm(u, seed, _n2d_runs())
+    pred = _gmm(u, seed, N2D_CONSENSUS_RUNS)
     s_gmm = time.perf_counter() - t1
-    rows.append((f"IPCA(50) + UMAP(10) + GMM consensus ({_n2d_runs()} runs)", *_score(y, pred), s + s_gmm, s + s_gmm,
+    rows.append((f"IPCA(50) + UMAP(10) + GMM consensus ({N2D_CONSENSUS_RUNS} runs)", *_score(y, pred), s + s_gmm, s + s_gmm,
                  "cpu"))
     return rows
 
@@ -189,7 +185,7 @@ class Runner:
         if umap:
             t0 = time.perf_counter()
             feats = est.transform(self.x)
-            pred = _gmm(_umap(feats, self.args.seed), self.args.seed, _n2d_runs())
+            pred = _gmm(_umap(feats, self.args.seed), self.args.seed, N2D_CONSENSUS_RUNS)
             extra = time.perf_counter() - t0
             total, own = total + extra, extra
         return (label, *_score(self.y, pred), total, own, str(resolve_device(self.args.device)))

@@ -159,9 +159,10 @@ class GaussianMixtureClusterer(Estimator):
         else:
             var = np.stack([((rows[labels == j] - self.means_[j]) ** 2).mean(axis=0) for j in range(k)])
             self.precisions_cholesky_ = 1.0 / np.sqrt(var + self.reg_covar)
+        from scipy.special import logsumexp
+
         lp = self._weighted_log_prob(rows)
-        top = lp.max(axis=1, keepdims=True)
-        self.lower_bound_ = float(np.mean(top[:, 0] + np.log(np.exp(lp - top).sum(axis=1))))
+        self.lower_bound_ = float(np.mean(logsumexp(lp, axis=1)))
         agree = float(np.mean(lp.argmax(axis=1) == labels))
         logger.info("GMM consensus of %d EM runs on %d rows: the final mixture reproduces %.3f of the consensus "
                     "labels", len(runs), rows.shape[0], agree)

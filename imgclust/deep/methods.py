@@ -88,7 +88,9 @@ def refit_recipe(method: str, k: int, seed: int) -> tuple[ReduceConfig, ClusterC
     if method in N2D_RECIPES:
         return (ReduceConfig(method="none", n_components=None, umap_components=max(2, k), umap_neighbors=20),
                 ClusterConfig(method="gmm", k=k, seed=seed, consensus_runs=N2D_CONSENSUS_RUNS))
-    spherical = method in ("ascae", "scae")
+    from imgclust.deep.autoencoder import ARCH_DEFAULTS
+
+    spherical = bool(ARCH_DEFAULTS.get(method, {}).get("spherical", False))
     return ReduceConfig(method="none", n_components=None), ClusterConfig(k=k, seed=seed, n_redo=5, spherical=spherical)
 
 
