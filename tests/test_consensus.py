@@ -51,3 +51,39 @@ def test_consensus_refuses_bad_input() -> None:
         co_association(np.zeros((4, 2)))
     with pytest.raises(ConfigError, match="shape"):
         co_association(np.zeros(4, dtype=np.int64))
+
+
+def _groups_with_stragglers() -> tuple[np.ndarray, np.ndarray]:
+    """Groups A, B, C of 40 rows and 3 straggler rows of A: truth ``(123,)``, partitions ``(123, 6)``.
+
+    Every run keeps A apart; B and C are merged in 2 of the 6 runs (co-association 2/6, so the tree
+    joins them at distance 0.67); the stragglers sit in a cluster of their own in 5 runs and in A in one
+    (as rows a GMM run gives to a small extra component): at distance >= 0.83 from every group."""
+    truth = np.concatenate([np.repeat([0, 1, 2], 40), [0, 0, 0]])
+    runs = []
+    for r in range(6):
+        lab = truth.copy()
+        if r < 2:
+            lab[lab == 2] = 1  # B and C merged
+        lab[120:] = 0 if r == 5 else 3
+        runs.append(lab)
+    return truth, np.stack(runs, axis=1)
+
+
+def test_outlier_rows_do_not_take_a_cluster() -> None:
+    """The plain average-linkage cut spends one of the 3 clusters on the 3 stragglers and merges B and
+    C; the outlier-aware cut keeps A, B, C and gives each straggler the group it co-occurs with most (A)."""
+    truth, p = _groups_with_stragglers()
+    plain = consensus_labels(p, 3, min_cluster_fraction=0.0)
+    assert sorted(np.bincount(plain).tolist()) == [3, 40, 80]
+    labels = consensus_labels(p, 3)
+    assert cluster_accuracy(truth, labels) == 1.0
+
+
+def test_min_size_that_no_cut_meets_is_an_error() -> None:
+    p = np.repeat(np.arange(4), 5)[:, None]  # 4 groups of 5 rows
+    assert len(np.unique(consensus_labels(p, 4, min_cluster_fraction=1.0))) == 4  # exactly the mean size
+    with pytest.raises(ConfigError, match="no cut of the consensus tree has 5 clusters"):
+        consensus_labels(p, 5, min_cluster_fraction=1.0)
+    with pytest.raises(ConfigError, match="min_cluster_fraction"):
+        consensus_labels(p, 2, min_cluster_fraction=1.5)
