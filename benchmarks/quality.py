@@ -176,7 +176,8 @@ class Runner:
     def row(self, method: str) -> Row:
         from imgclust.deep.training import resolve_device
 
-        labels = {"n2d": "n2d (ours: ConvAE + UMAP + GMM)", "n2d-scae": "n2d-scae (ours: SCAE F + UMAP + GMM)"}
+        labels = {"n2d": "n2d (ours: ConvAE + UMAP + GMM)", "n2d-scae": "n2d-scae (ours: SCAE F + UMAP + GMM)",
+                  "n2d-ensemble": "n2d-ensemble (ours: pixels + 5 SCAE, UMAP + GMM runs per view, one consensus)"}
         label = labels.get(method, f"{method} (ours)")
         method = {"n2d": "convae+umap", "n2d-scae": "scae+umap"}.get(method, method)
         name, umap = method.removesuffix("+umap"), method.endswith("+umap")

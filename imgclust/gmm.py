@@ -143,7 +143,36 @@ class GaussianMixtureClusterer(Estimator):
                                                                            replace=False))
             rows = rows[keep]
         partitions = np.stack([gm.predict(rows) for gm in runs], axis=1)
-        labels = consensus_labels(partitions, self.n_clusters)
+        self._m_step(rows, consensus_labels(partitions, self.n_clusters))
+        logger.info("GMM consensus of %d EM runs on %d rows", len(runs), rows.shape[0])
+
+    def fit_labels(self, X: np.ndarray, labels: np.ndarray) -> GaussianMixtureClusterer:
+        """The mixture whose components are the given clusters: one M-step from hard labels.
+
+        Args:
+            X: ``(n, D)`` rows; labels: ``(n,)`` int in ``0..n_clusters-1``, every cluster non-empty
+                (a partition found elsewhere, e.g. a consensus over several feature views).
+
+        Weights, means and covariances (``+ reg_covar`` on the diagonal) are those of the labelled
+        clusters, so :meth:`predict` assigns new rows to the most probable of them.
+        """
+        self._validate_params()
+        rows = np.asarray(X, dtype=np.float64)
+        lab = np.asarray(labels)
+        if rows.ndim != 2 or lab.shape != (rows.shape[0],):
+            raise ConfigError(f"X must be (n, D) and labels (n,); got {rows.shape} and {lab.shape}")
+        counts = np.bincount(lab, minlength=self.n_clusters) if lab.size and lab.min() >= 0 else np.zeros(0)
+        if counts.size != self.n_clusters or not (counts > 1).all():
+            raise ConfigError(f"labels must give each of the {self.n_clusters} clusters 0..{self.n_clusters - 1} "
+                              f"at least 2 rows; got counts {counts.tolist()}")
+        self._m_step(rows, lab.astype(np.int64))
+        self.converged_, self.n_iter_ = True, 0
+        self.n_samples_seen_ = self.n_train_samples_ = rows.shape[0]
+        self.n_features_in_ = rows.shape[1]
+        return self
+
+    def _m_step(self, rows: np.ndarray, labels: np.ndarray) -> None:
+        """Set weights, means, precision Cholesky factors and ``lower_bound_`` from hard ``labels`` of ``rows``."""
         k, d = self.n_clusters, rows.shape[1]
         counts = np.bincount(labels, minlength=k).astype(np.float64)
         self.weights_ = counts / counts.sum()
@@ -164,8 +193,7 @@ class GaussianMixtureClusterer(Estimator):
         lp = self._weighted_log_prob(rows)
         self.lower_bound_ = float(np.mean(logsumexp(lp, axis=1)))
         agree = float(np.mean(lp.argmax(axis=1) == labels))
-        logger.info("GMM consensus of %d EM runs on %d rows: the final mixture reproduces %.3f of the consensus "
-                    "labels", len(runs), rows.shape[0], agree)
+        logger.info("GMM from %d labelled rows: the mixture reproduces %.3f of the labels", rows.shape[0], agree)
 
     @property
     def cluster_centers_(self) -> np.ndarray:

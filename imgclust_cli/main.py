@@ -192,11 +192,11 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
-_REFINE_ENCODERS = {"n2d": "ConvAE", "n2d-scae": "SCAE"}
+_REFINE_ENCODERS = {"n2d": "ConvAE", "n2d-scae": "SCAE", "n2d-ensemble": "pixels + 5 SCAE"}
 
 
 def _demo_refine(a: argparse.Namespace, store: str, k: int, runner: RunnerConfig) -> None:
-    """The demo's optional second stage (``--refine n2d`` / ``n2d-scae``): the refine flow trains the N2D recipe
+    """The demo's optional second stage (``--refine n2d`` / ``n2d-scae`` / ``n2d-ensemble``): the refine flow trains the N2D recipe
     (ConvAE or SCAE -> UMAP -> GMM consensus) on the corpus, clusters every image with it, and the promotion gate (tolerance 0) keeps it
     only if its NMI is not lower than the pixel model's."""
     from imgclust_cli.ops import _run_flow
@@ -242,9 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "digits) and runs the pipeline flow embedded, reporting ACC/NMI.")
     p.add_argument("--out", default="demo", help="folder for corpus and store (default %(default)s)")
     p.add_argument("--limit", type=int, default=None, help="use a seeded subset of this many images")
-    p.add_argument("--refine", default="none", choices=["n2d", "n2d-scae", "none"],
+    p.add_argument("--refine", default="none", choices=[*_REFINE_ENCODERS, "none"],
                    help="after the pixel pipeline, train this deep recipe (n2d: ConvAE -> UMAP -> GMM; n2d-scae: "
-                        "SCAE -> UMAP -> GMM) with the "
+                        "SCAE -> UMAP -> GMM; n2d-ensemble: pixels + 5 SCAE encoders, one consensus) with the "
                         "refine flow and promote it only if its NMI is not lower than the pixel model's. Default none: on this corpus "
                         "it does not beat the pixel recipe yet (BENCHMARKS.md, deep clustering quality)")
     p.add_argument("--refine-epochs", type=int, default=20, help="autoencoder epochs of the refine stage (default %(default)s)")

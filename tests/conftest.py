@@ -51,6 +51,16 @@ def dask_address(prefect_api: str) -> Iterator[str]:
         yield cluster.scheduler_address
 
 
+def fashion_test_subset(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded ``n``-image subset of the Fashion-MNIST test split (images ``(n, 28, 28)`` uint8, labels),
+    in file order; skips the test when the dataset is not installed."""
+    if not fashion_mnist_available():
+        pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+    x, y = load_fashion_mnist("test")
+    idx = np.sort(np.random.default_rng(seed).choice(len(x), n, replace=False))
+    return x[idx], y[idx]
+
+
 def write_fashion_corpus(root: Path, n: int, seed: int) -> dict[str, int]:
     """``n`` Fashion-MNIST test images as PNG files under ``root/<class>/``; returns class counts."""
     x, y = load_fashion_mnist("test")

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import fashion_test_subset, requires_fashion
 
-from imgclust.datasets import fashion_mnist_available, load_fashion_mnist
 from imgclust.deep import AutoencoderClusterer
 from imgclust.deep.deepcluster import DeepCluster, reseed_empty_clusters, uniform_label_weights
 from imgclust.deep.nnc import (
@@ -36,8 +36,6 @@ def _one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
-requires_fashion = pytest.mark.skipif(not fashion_mnist_available(), reason="Fashion-MNIST not installed "
-                                      "(apt-get install dataset-fashion-mnist); `make test` installs it")
 
 # ----------------------------------------------------------------------------- pure losses
 
@@ -152,11 +150,7 @@ def test_uniform_label_weights_balance_pseudo_labels() -> None:
 
 @pytest.fixture(scope="module")
 def fashion() -> tuple[np.ndarray, np.ndarray]:
-    if not fashion_mnist_available():
-        pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
-    x, y = load_fashion_mnist("test")
-    idx = np.sort(np.random.default_rng(0).choice(len(x), 600, replace=False))
-    return x[idx], y[idx]
+    return fashion_test_subset(600)
 
 
 @pytest.fixture(scope="module")

@@ -55,7 +55,7 @@ def test_refit_recipe_matches_how_each_method_clusters() -> None:
     """The refine flow refits a trained encoder's features as the method itself clusters them."""
     from imgclust.deep.methods import N2D, refit_recipe
 
-    for method in ("n2d", "n2d-scae"):
+    for method in ("n2d", "n2d-scae", "n2d-ensemble"):
         reduce, cluster = refit_recipe(method, 7, 3)
         assert (reduce.umap_components, reduce.umap_neighbors) == (7, 20)
         assert (cluster.method, cluster.k, cluster.seed, cluster.consensus_runs) == ("gmm", 7, 3, N2D["consensus_runs"])
@@ -66,3 +66,14 @@ def test_refit_recipe_matches_how_each_method_clusters() -> None:
     params = est.get_params()
     assert (params["arch"], params["umap_components"], params["clusterer"], params["consensus_runs"]) == \
         ("scae", 5, "gmm", N2D["consensus_runs"])
+
+
+def test_refine_command_offers_every_deep_method() -> None:
+    """The CLI keeps a literal list (so ``--help`` does not import torch); it must name every method."""
+    from imgclust_cli.main import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    refine = sub.choices["refine"]  # type: ignore[index]
+    method = next(a for a in refine._actions if a.dest == "method")
+    assert tuple(method.choices) == DEEP_METHODS

@@ -97,3 +97,18 @@ def test_consensus_mixture_is_the_m_step_of_the_consensus_partition(cov: str, tm
     assert loaded.get_params()["consensus_runs"] == 4
     with pytest.raises(ConfigError, match="consensus_runs"):
         GaussianMixtureClusterer(n_clusters=3, consensus_runs=0).fit(X)
+
+
+def test_fit_labels_is_one_m_step_from_given_labels() -> None:
+    """fit_labels: the mixture of a partition found elsewhere (the multi-view consensus): its weights and
+    means are the labelled clusters'; its prediction returns the labels of well-separated groups."""
+    X, y = _unequal(5)
+    est = GaussianMixtureClusterer(n_clusters=3).fit_labels(X, y)
+    for j in range(3):
+        np.testing.assert_allclose(est.means_[j], X[y == j].astype(np.float64).mean(axis=0))
+        np.testing.assert_allclose(est.weights_[j], np.mean(y == j))
+    assert adjusted_rand_score(y, est.predict(X)) > 0.9
+    with pytest.raises(ConfigError, match="at least 2 rows"):
+        GaussianMixtureClusterer(n_clusters=4).fit_labels(X, y)  # cluster 3 is empty
+    with pytest.raises(ConfigError, match="labels"):
+        GaussianMixtureClusterer(n_clusters=3).fit_labels(X, y[:-1])

@@ -16,7 +16,7 @@ from imgclust.verify import verify_store
 pytestmark = [pytest.mark.integration, requires_fashion]
 
 
-@pytest.mark.parametrize("method", ["convae", "n2d"])
+@pytest.mark.parametrize("method", ["convae", "n2d", "n2d-ensemble"])
 def test_refine_trains_extracts_refits_and_gates(tmp_path: Path, dask_address: str, method: str) -> None:
     from prefect_dask import DaskTaskRunner
 
@@ -39,7 +39,7 @@ def test_refine_trains_extracts_refits_and_gates(tmp_path: Path, dask_address: s
     info = store.read_json(f"models/{result['model_id']}/model.json")
     assert info["extractor_key"].startswith("deep-") and info["parent_model"] == first["build"]["model_id"]
     assert info["extract"]["extractor"] == f"deep:{key}"
-    if method == "n2d":  # the candidate clusters the deep features as N2D does: UMAP to k dims, then a GMM
+    if method != "convae":  # the candidate clusters the deep features as N2D does: UMAP to k dims, then a GMM
         assert info["parts"] == {"reducer": None, "umap": "UMAPReducer", "clusterer": "GaussianMixtureClusterer"}
         assert info["reduce"]["umap_components"] == 10 and info["reduce"]["umap_neighbors"] == 20
         assert info["cluster"]["consensus_runs"] == 8

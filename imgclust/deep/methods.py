@@ -2,7 +2,8 @@
 
 Names: ``ascae``/``scae`` (METHODS §3), ``convae`` (§4 stage 1), ``n2d`` (the §4 ConvAE, then UMAP
 and a Gaussian mixture: McConville et al., ICPR 2020), ``n2d-scae`` (the same last stages on the F
-layer of §3's SCAE), ``dec``/``idec`` (§5), ``nnc`` (§4 neighbour consistency + sample stability),
+layer of §3's SCAE), ``n2d-ensemble`` (pixels + several SCAE encoders, one UMAP + GMM runs per view, one pooled
+consensus: :mod:`imgclust.deep.ensemble`), ``dec``/``idec`` (§5), ``nnc`` (§4 neighbour consistency + sample stability),
 ``deepcluster`` (§1).
 """
 from __future__ import annotations
@@ -21,8 +22,9 @@ from imgclust.exceptions import ConfigError, CorruptArtifactError, UnknownNameEr
 
 log = logging.getLogger(__name__)
 
-DeepMethod = Literal["ascae", "scae", "convae", "n2d", "n2d-scae", "dec", "idec", "nnc", "deepcluster"]
-DEEP_METHODS: tuple[str, ...] = ("ascae", "scae", "convae", "n2d", "n2d-scae", "dec", "idec", "nnc", "deepcluster")
+DeepMethod = Literal["ascae", "scae", "convae", "n2d", "n2d-scae", "n2d-ensemble", "dec", "idec", "nnc", "deepcluster"]
+DEEP_METHODS: tuple[str, ...] = ("ascae", "scae", "convae", "n2d", "n2d-scae", "n2d-ensemble", "dec", "idec", "nnc",
+                                 "deepcluster")
 N2D_CONSENSUS_RUNS = 8
 N2D: dict[str, Any] = {"arch": "convae", "umap_components": None, "umap_neighbors": 20, "clusterer": "gmm",
                        "consensus_runs": N2D_CONSENSUS_RUNS}
@@ -37,6 +39,7 @@ loss). On the 10k Fashion-MNIST *train* subset the two are within noise of each 
 0.598 vs 0.605 averaged over 4 UMAP maps; BENCHMARKS.md, "Choosing the GMM consensus"); the test-split
 numbers over several seeds are in BENCHMARKS.md, "Seed spread"."""
 _CLASSES = {"AutoencoderClusterer": "imgclust.deep.autoencoder", "DEC": "imgclust.deep.dec",
+            "MultiViewClusterer": "imgclust.deep.ensemble",
             "NeighbourConsistency": "imgclust.deep.nnc", "DeepCluster": "imgclust.deep.deepcluster"}
 
 
@@ -57,6 +60,10 @@ def create_deep(method: str, *, k: int, epochs: int = 20, max_iter: int = 2000, 
         raise UnknownNameError(f"unknown deep method {method!r}; choose one of {', '.join(DEEP_METHODS)}")
     common: dict[str, Any] = {"seed": seed, "device": device, "checkpoint_dir": checkpoint_dir}
     pretrain: dict[str, Any] = {"arch": "convae", "epochs": epochs}
+    if method == "n2d-ensemble":
+        from imgclust.deep.ensemble import MultiViewClusterer
+
+        return MultiViewClusterer(n_clusters=k, epochs=epochs, **common, **extra)
     if method in ("ascae", "scae", "convae", *N2D_RECIPES):
         from imgclust.deep.autoencoder import AutoencoderClusterer
 
@@ -82,10 +89,12 @@ def create_deep(method: str, *, k: int, epochs: int = 20, max_iter: int = 2000, 
 
 def refit_recipe(method: str, k: int, seed: int) -> tuple[ReduceConfig, ClusterConfig]:
     """How the pipeline clusters the features a trained ``method``'s encoder extracts (refine flow):
-    ``n2d`` / ``n2d-scae`` as they were trained (UMAP to k dims with 20 neighbours, then the GMM consensus); every other method
+    ``n2d`` / ``n2d-scae`` as they were trained (UMAP to k dims with 20 neighbours, then the GMM consensus);
+    ``n2d-ensemble`` the same on its encoder's output, the scaled views side by side (one joint UMAP: the
+    pipeline's refit has one feature space, where the estimator maps each view on its own); every other method
     k-means on the embeddings (what its own ``labels_`` come from), cosine k-means for ASCAE/SCAE
     (their :data:`~imgclust.deep.autoencoder.ARCH_DEFAULTS`)."""
-    if method in N2D_RECIPES:
+    if method in N2D_RECIPES or method == "n2d-ensemble":
         return (ReduceConfig(method="none", n_components=None, umap_components=max(2, k), umap_neighbors=20),
                 ClusterConfig(method="gmm", k=k, seed=seed, consensus_runs=N2D_CONSENSUS_RUNS))
     from imgclust.deep.autoencoder import ARCH_DEFAULTS

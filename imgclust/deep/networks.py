@@ -25,7 +25,7 @@ from imgclust.exceptions import ConfigError, UnknownNameError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ASCAE", "SCAE", "ConvAE", "build_network", "ARCHS", "conv_out", "ImageSize"]
+__all__ = ["ASCAE", "SCAE", "ConvAE", "MultiViewNet", "build_network", "ARCHS", "conv_out", "ImageSize"]
 
 ImageSize = int | tuple[int, int]
 ARCHS = ("ascae", "scae", "convae")
@@ -193,6 +193,47 @@ class ConvAE(nn.Module):
         return self.decoder(h), {"z": z}
 
 
+class MultiViewNet(nn.Module):
+    """Several views of an image side by side (the encoder of ``n2d-ensemble``, :mod:`imgclust.deep.ensemble`).
+
+    View 0 (when ``pixel_components > 0``): the pixels projected on their principal axes, a frozen linear
+    map ``(x - mean) @ components.T`` held in buffers (set from a fitted PCA). Views 1..: the F layers
+    of ``members`` independently trained :class:`SCAE` encoders. Each view is divided by its ``scales``
+    buffer (its mean training-row norm, so concatenated views weigh alike).
+
+    ``encode(x)``: ``(N, C, H, W)`` -> ``(N, pixel_components + 50 * members)``, views in that order
+    (``view_dims``). There is no joint ``forward``: each member trains on its own (seeds/003 loss).
+    """
+
+    pca_mean: torch.Tensor
+    pca_components: torch.Tensor
+    scales: torch.Tensor
+
+    def __init__(self, in_channels: int, image_size: ImageSize, k: int, *, members: int, pixel_components: int,
+                 init: Literal["paper", "torch"] = "paper") -> None:
+        super().__init__()
+        h, w = _hw(image_size)
+        if members < 1 or pixel_components < 0:
+            raise ConfigError(f"a multi-view net needs members >= 1 and pixel_components >= 0, got {members} "
+                              f"and {pixel_components}")
+        self.members = nn.ModuleList([SCAE(in_channels, (h, w), k, init=init) for _ in range(members)])
+        self.pixel_components = pixel_components
+        self.register_buffer("pca_mean", torch.zeros(in_channels * h * w))
+        self.register_buffer("pca_components", torch.zeros(pixel_components, in_channels * h * w))
+        self.view_dims = ([pixel_components] if pixel_components else []) + [ASCAE_F_DIM] * members
+        self.register_buffer("scales", torch.ones(len(self.view_dims)))
+        self.embed_dim = sum(self.view_dims)
+
+    def views(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Unscaled views of images ``(N, C, H, W)``: ``[(N, view_dims[i])]``."""
+        out = [(x.flatten(1) - self.pca_mean) @ self.pca_components.T] if self.pixel_components else []
+        return out + [m.encode(x) for m in self.members]  # type: ignore[operator]
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Images ``(N, C, H, W)`` -> the scaled views concatenated ``(N, embed_dim)``."""
+        return torch.cat([v / s for v, s in zip(self.views(x), self.scales, strict=True)], dim=1)
+
+
 def build_network(spec: dict[str, Any]) -> nn.Module:
     """Build a network from its JSON spec ``{"arch", "in_channels", "image_size", ...}``.
 
@@ -208,7 +249,10 @@ def build_network(spec: dict[str, Any]) -> nn.Module:
             return cls(int(spec["in_channels"]), size, int(spec["k"]), init=spec.get("init", "paper"))
         if arch == "convae":
             return ConvAE(int(spec["in_channels"]), size, int(spec["embed_dim"]))
+        if arch == "multiview":
+            return MultiViewNet(int(spec["in_channels"]), size, int(spec["k"]), members=int(spec["members"]),
+                                pixel_components=int(spec["pixel_components"]), init=spec.get("init", "paper"))
     except KeyError as exc:
         raise ConfigError(f"network spec {spec} lacks {exc}; it needs in_channels, image_size and k "
-                          "(ascae/scae) or embed_dim (convae)") from exc
-    raise UnknownNameError(f"unknown network arch {arch!r}; known: {list(ARCHS)}")
+                          "(ascae/scae), embed_dim (convae), or k, members and pixel_components (multiview)") from exc
+    raise UnknownNameError(f"unknown network arch {arch!r}; known: {[*ARCHS, 'multiview']}")
