@@ -12,7 +12,9 @@ inside the garment blob that most (encoder, map, EM) runs agree on wins, not one
 
 Chosen on the 10k Fashion-MNIST *train* subset (``benchmarks/view_ensemble.py``; BENCHMARKS.md,
 "Choosing a multi-view consensus"): pixels + 5 SCAE encoders reached ACC 0.656 / NMI 0.631 and
-0.663 / 0.636 with two disjoint sets of seeds, against 0.625 / 0.603 for one encoder on average.
+0.663 / 0.636 with two disjoint sets of seeds, against 0.625 / 0.603 for one encoder on average. That gain did
+not carry over to the test split (BENCHMARKS.md, "n2d-ensemble on the test split": ACC 0.620 ± 0.029 over five
+seeds against 0.626 for ``n2d-scae``; NMI higher at every seed): the views agree on the same merges and splits.
 
 Prediction for new images: each view through its encoder and fitted UMAP (``transform``), the
 coordinates concatenated, and the Gaussian mixture estimated from the consensus partition in that joint
