@@ -7,7 +7,7 @@ epochs from seed S), ``convae:S`` (the ConvAE embedding of seeds/004 stage 1). E
 UMAP (10-d, 20 neighbours, min_dist 0, seed S: N2D's settings) and clustered by ``--runs`` single EM runs
 of a full-covariance GMM. The script then prints, for every *combination* of views, ACC / NMI of the
 evidence-accumulation consensus (Fred & Jain, TPAMI 2005) of all their partitions pooled, with the
-library's outlier-aware cut (``min_cluster_fraction``, default 0.1) and with the plain cut (0), so one sees
+library's outlier-aware cut (``min_cluster_fraction=MIN_CLUSTER_FRACTION``, 0.1) and with the plain cut (0), so one sees
 what a second encoder seed, or the pixel view, adds, and what the cut changes.
 
 Per-view partitions are cached in ``--cache`` (one ``.npz`` a view, keyed by view, subset and epochs),
@@ -82,7 +82,7 @@ def main() -> None:
     add_subset_args(p)
     args = p.parse_args()
     x, y = train_subset(args)
-    from imgclust.consensus import consensus_labels
+    from imgclust.consensus import MIN_CLUSTER_FRACTION, consensus_labels
     from imgclust.metrics import cluster_accuracy, nmi
 
     views = [v.strip() for v in args.views.split(",") if v.strip()]
@@ -102,7 +102,7 @@ def main() -> None:
             raise SystemExit(f"combination {'+'.join(combo)} names views not in --views: {missing}")
         pooled = np.concatenate([parts[v] for v in combo], axis=1)
         t0 = time.perf_counter()
-        lab = consensus_labels(pooled, 10)
+        lab = consensus_labels(pooled, 10, min_cluster_fraction=MIN_CLUSTER_FRACTION)
         sec = time.perf_counter() - t0
         plain = consensus_labels(pooled, 10, min_cluster_fraction=0.0)
         print(f"| {' + '.join(combo)} | {pooled.shape[1]} | {cluster_accuracy(y, lab):.3f} | {nmi(y, lab):.3f} | "
