@@ -71,7 +71,6 @@ def test_fit_members_consensus_save_load(tmp_path: Path, fashion: tuple[np.ndarr
     consensus of (1 + members) views x gmm_runs partitions and beat chance; predict reproduces most of them
     through the joint mixture; a saved model predicts the same after loading."""
     x, y = fashion
-    torch.set_num_threads(1)
     est = create_deep("n2d-ensemble", k=10, epochs=2, seed=1, device="cpu", members=2, gmm_runs=3,
                       checkpoint_dir=str(tmp_path / "ckpt"))
     assert isinstance(est, MultiViewClusterer)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, cast
 
 import numpy as np
 import torch
@@ -32,8 +32,8 @@ import torch
 from imgclust.consensus import MAX_CONSENSUS_ROWS, MIN_CLUSTER_FRACTION, consensus_labels
 from imgclust.deep import DeepEstimator
 from imgclust.deep.autoencoder import AutoencoderClusterer
-from imgclust.deep.networks import ASCAE_F_DIM, MultiViewNet
-from imgclust.deep.training import encode_batched, resolve_device, to_float_images
+from imgclust.deep.networks import ASCAE_F_DIM, MultiViewNet, build_network
+from imgclust.deep.training import resolve_device, to_float_images
 from imgclust.estimator import check_int
 from imgclust.exceptions import ConfigError
 from imgclust.gmm import GaussianMixtureClusterer
@@ -136,8 +136,7 @@ class MultiViewClusterer(DeepEstimator):
                                 "image_size": [int(x.shape[2]), int(x.shape[3])], "k": self.n_clusters,
                                 "members": self.members, "pixel_components": self.pixel_components,
                                 "init": self.init}
-        net = MultiViewNet(int(x.shape[1]), (int(x.shape[2]), int(x.shape[3])), self.n_clusters,
-                           members=self.members, pixel_components=self.pixel_components, init=self.init)
+        net = cast(MultiViewNet, build_network(spec))
         self.history_: list[dict[str, Any]] = []
         for i in range(self.members):
             logger.info("n2d-ensemble: training SCAE member %d/%d (seed %d)", i + 1, self.members,
@@ -153,7 +152,8 @@ class MultiViewClusterer(DeepEstimator):
         net.to(device).eval()
         with torch.inference_mode():
             views = _views_batched(net, x, self._inference_batch(), device)
-        norms = torch.stack([torch.cat([v.norm(dim=1) for v in view]).mean().clamp_min(1e-12) for view in views])
+        whole = [torch.cat(view) for view in views]  # each view (N, view_dims[j]), computed once
+        norms = torch.stack([v.norm(dim=1).mean().clamp_min(1e-12) for v in whole])
         net.scales.copy_(norms.to(net.scales.device))
         self.network_ = net
         self.network_spec_ = spec
@@ -161,7 +161,8 @@ class MultiViewClusterer(DeepEstimator):
         self.input_scale_ = 1.0
         self.n_features_in_ = flat_dim
         self.embed_dim_ = int(net.embed_dim)
-        self._fit_clusters(encode_batched(net, x, batch_size=self._inference_batch(), device=device))
+        # network_.encode's output, without encoding the training images a second time
+        self._fit_clusters(torch.cat([v / sc for v, sc in zip(whole, net.scales.cpu(), strict=True)], dim=1).numpy())
         return self
 
     def _view_slices(self) -> list[slice]:
