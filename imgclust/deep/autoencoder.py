@@ -18,14 +18,13 @@ Training is seeded and checkpointed with exact resume (:mod:`imgclust.deep.train
 from __future__ import annotations
 
 import logging
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
-from imgclust.cluster import FaissKMeans
-from imgclust.deep import DeepEstimator
+from imgclust.deep.embedding import CLUSTERERS, EmbeddingClusterer
 from imgclust.deep.losses import ascae_loss
 from imgclust.deep.networks import ARCHS, build_network
 from imgclust.deep.training import (
@@ -41,8 +40,6 @@ from imgclust.deep.training import (
 )
 from imgclust.estimator import check_int
 from imgclust.exceptions import ConfigError
-from imgclust.gmm import GaussianMixtureClusterer
-from imgclust.reduce import UMAPReducer
 
 logger = logging.getLogger(__name__)
 
@@ -68,11 +65,9 @@ L2-normalised F (cosine k-means, as DeepCluster normalises its features) reached
 _RESUMABLE_PARAMS = ("epochs", "device", "checkpoint_dir", "checkpoint_every", "kmeans_redo",
                      "umap_components", "umap_neighbors", "clusterer", "spherical",
                      "consensus_runs")
-CLUSTERERS = ("kmeans", "gmm")
-"""What clusters the (UMAP-mapped) embeddings: FaissKMeans or :class:`~imgclust.gmm.GaussianMixtureClusterer`."""
 
 
-class AutoencoderClusterer(DeepEstimator):
+class AutoencoderClusterer(EmbeddingClusterer):
     """Conv autoencoder (ASCAE / SCAE / ConvAE) + optional UMAP + k-means or a GMM on the embeddings.
 
     Parameters
@@ -119,9 +114,8 @@ class AutoencoderClusterer(DeepEstimator):
     embed_dim_ : embedding width; input_shape_ : per-image shape; input_scale_ : float
     """
 
-    _meta_attrs = (*DeepEstimator._meta_attrs, "history_")
+    _meta_attrs = (*EmbeddingClusterer._meta_attrs, "history_")
     _tensor_attrs = ("labels_",)
-    _sub_estimators: ClassVar[dict[str, str]] = {"kmeans": "kmeans_", "gmm": "gmm_", "umap": "umap_"}
 
     def __init__(self, *, arch: Literal["ascae", "scae", "convae"] = "convae", n_clusters: int = 10,
                  embed_dim: int | None = None, epochs: int = 50, batch_size: int = 256, lr: float = 1e-3,
@@ -245,51 +239,3 @@ class AutoencoderClusterer(DeepEstimator):
         emb = encode_batched(net, x, batch_size=self._inference_batch(), device=device)
         self._fit_clusters(emb)
         return self
-
-    def _fit_clusters(self, emb: np.ndarray) -> None:
-        """UMAP (optional) then k-means or a GMM on embeddings ``(N, embed_dim_)``; sets labels_."""
-        if not np.isfinite(emb).all():
-            raise ConfigError("the autoencoder produced NaN/inf embeddings (training diverged); lower lr, "
-                              "or lower input_scale")
-        feats = emb
-        self.umap_: UMAPReducer | None = None
-        if self.umap_components is not None:
-            self.umap_ = UMAPReducer(n_components=self.umap_components, n_neighbors=self.umap_neighbors,
-                                     min_dist=0.0, random_state=self.seed, fit_sample=None).fit(emb)
-            feats = self.umap_.embedding_
-        self.kmeans_: FaissKMeans | None = None
-        self.gmm_: GaussianMixtureClusterer | None = None
-        if self.clusterer == "gmm":
-            self.gmm_ = GaussianMixtureClusterer(n_clusters=self.n_clusters, fit_sample=None, random_state=self.seed,
-                                                 consensus_runs=self.consensus_runs).fit(feats)
-        else:
-            self.kmeans_ = FaissKMeans(n_clusters=self.n_clusters, n_redo=self.kmeans_redo, seed=self.seed,
-                                       spherical=self._spherical()).fit(feats)
-        self.labels_ = self._final_clusterer().predict(feats)
-        logger.info("AE[%s]: %s on %s features %s -> %d clusters", self.arch, self.clusterer,
-                    "UMAP" if self.umap_ is not None else "embedding", feats.shape, self.n_clusters)
-
-    def _final_clusterer(self) -> FaissKMeans | GaussianMixtureClusterer:
-        """The fitted clusterer of the embedding (or UMAP) space: ``gmm_`` or ``kmeans_``."""
-        est = getattr(self, "gmm_", None)
-        if est is None:
-            est = getattr(self, "kmeans_", None)
-        if est is None:
-            self._check_fitted("kmeans_")  # raises NotFittedError with the usual message
-        return est  # type: ignore[return-value]
-
-    @property
-    def cluster_centers_(self) -> np.ndarray:
-        """``(k, D)`` float32 k-means centroids or GMM means (in UMAP space when ``umap_components`` is set)."""
-        return self._final_clusterer().cluster_centers_
-
-    def cluster_features(self, images: Any) -> np.ndarray:
-        """The features k-means clusters: embeddings ``(N, embed_dim_)``, mapped by the fitted UMAP
-        (``(N, umap_components)``, out-of-sample transform) when there is one."""
-        emb = self.transform(images)
-        return emb if self.umap_ is None else self.umap_.transform(emb)
-
-    def predict(self, images: Any) -> np.ndarray:
-        """Cluster ``(N,)`` int64 of each image: nearest k-means centroid (or most probable GMM
-        component) of :meth:`cluster_features`."""
-        return self._final_clusterer().predict(self.cluster_features(images))
