@@ -177,7 +177,8 @@ class Runner:
         from imgclust.deep.training import resolve_device
 
         labels = {"n2d": "n2d (ours: ConvAE + UMAP + GMM)", "n2d-scae": "n2d-scae (ours: SCAE F + UMAP + GMM)",
-                  "n2d-ensemble": "n2d-ensemble (ours: pixels + 5 SCAE, UMAP + GMM runs per view, one consensus)"}
+                  "n2d-ensemble": "n2d-ensemble (ours: pixels + 5 SCAE, UMAP + GMM runs per view, one consensus)",
+                  "simclr": "simclr (ours: SimCLR CNN + UMAP + GMM)"}
         label = labels.get(method, f"{method} (ours)")
         method = {"n2d": "convae+umap", "n2d-scae": "scae+umap"}.get(method, method)
         name, umap = method.removesuffix("+umap"), method.endswith("+umap")

@@ -192,12 +192,12 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
-_REFINE_ENCODERS = {"n2d": "ConvAE", "n2d-scae": "SCAE", "n2d-ensemble": "pixels + 5 SCAE"}
+_REFINE_ENCODERS = {"n2d": "ConvAE", "n2d-scae": "SCAE", "n2d-ensemble": "pixels + 5 SCAE", "simclr": "SimCLR CNN"}
 
 
 def _demo_refine(a: argparse.Namespace, store: str, k: int, runner: RunnerConfig) -> None:
-    """The demo's optional second stage (``--refine n2d`` / ``n2d-scae`` / ``n2d-ensemble``): the refine flow trains the N2D recipe
-    (ConvAE or SCAE -> UMAP -> GMM consensus) on the corpus, clusters every image with it, and the promotion gate (tolerance 0) keeps it
+    """The demo's optional second stage (``--refine n2d`` / ``n2d-scae`` / ``n2d-ensemble`` / ``simclr``): the refine flow trains
+    an encoder (ConvAE, SCAE(s) or a SimCLR CNN) and the N2D stages (UMAP -> GMM consensus) on the corpus, clusters every image with it, and the promotion gate (tolerance 0) keeps it
     only if its NMI is not lower than the pixel model's."""
     from imgclust_cli.ops import _run_flow
 
@@ -244,7 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="use a seeded subset of this many images")
     p.add_argument("--refine", default="none", choices=[*_REFINE_ENCODERS, "none"],
                    help="after the pixel pipeline, train this deep recipe (n2d: ConvAE -> UMAP -> GMM; n2d-scae: "
-                        "SCAE -> UMAP -> GMM; n2d-ensemble: pixels + 5 SCAE encoders, one consensus) with the "
+                        "SCAE -> UMAP -> GMM; n2d-ensemble: pixels + 5 SCAE encoders, one consensus; simclr: contrastive "
+                        "CNN -> UMAP -> GMM) with the "
                         "refine flow and promote it only if its NMI is not lower than the pixel model's. Default none: on this corpus "
                         "it does not beat the pixel recipe yet (BENCHMARKS.md, deep clustering quality)")
     p.add_argument("--refine-epochs", type=int, default=20, help="autoencoder epochs of the refine stage (default %(default)s)")

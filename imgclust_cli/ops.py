@@ -60,13 +60,13 @@ def add_ops_parsers(sub: Any, add_exec: Any) -> None:
 
     p = sub.add_parser("refine", help="train a deep-clustering method on store images; candidate model + gate",
                        description="Trains the method on a sample of the store's images, extracts every image with "
-                                   "its encoder, refits the clusterer (k-means; UMAP + GMM for n2d, n2d-scae, n2d-ensemble) with stable ids, "
+                                   "its encoder, refits the clusterer (k-means; UMAP + GMM for n2d, n2d-scae, n2d-ensemble, simclr) with stable ids, "
                                    "relabels, evaluates and promotes "
                                    "through the gate. Prints the candidate's metrics and whether it was promoted.")
     p.add_argument("--store", required=True)
     p.add_argument("--method", required=True, choices=["ascae", "scae", "convae", "n2d", "n2d-scae", "n2d-ensemble",
-                                                           "dec", "idec", "nnc", "deepcluster"])
-    p.add_argument("--epochs", type=int, default=20, help="autoencoder (pre)training epochs")
+                                                           "simclr", "dec", "idec", "nnc", "deepcluster"])
+    p.add_argument("--epochs", type=int, default=20, help="encoder (pre)training epochs (autoencoders, simclr)")
     p.add_argument("--max-iter", type=int, default=2000, help="fine-tuning steps (dec, idec, nnc)")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--sample", type=int, default=20000, help="training images sampled from the store")

@@ -55,7 +55,7 @@ def test_refit_recipe_matches_how_each_method_clusters() -> None:
     """The refine flow refits a trained encoder's features as the method itself clusters them."""
     from imgclust.deep.methods import N2D, refit_recipe
 
-    for method in ("n2d", "n2d-scae", "n2d-ensemble"):
+    for method in ("n2d", "n2d-scae", "n2d-ensemble", "simclr"):
         reduce, cluster = refit_recipe(method, 7, 3)
         assert (reduce.umap_components, reduce.umap_neighbors) == (7, 20)
         assert (cluster.method, cluster.k, cluster.seed, cluster.consensus_runs) == ("gmm", 7, 3, N2D["consensus_runs"])

@@ -16,7 +16,7 @@ from imgclust.verify import verify_store
 pytestmark = [pytest.mark.integration, requires_fashion]
 
 
-@pytest.mark.parametrize("method", ["convae", "n2d", "n2d-ensemble"])
+@pytest.mark.parametrize("method", ["convae", "n2d", "n2d-ensemble", "simclr"])
 def test_refine_trains_extracts_refits_and_gates(tmp_path: Path, dask_address: str, method: str) -> None:
     from prefect_dask import DaskTaskRunner
 

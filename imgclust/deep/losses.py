@@ -6,6 +6,7 @@
 - :func:`kl_clustering_loss`: DEC's ``KL(P || Q)`` (eq. 2); IDEC adds it to the reconstruction
   loss (Guo et al., "Improved Deep Embedded Clustering with Local Structure Preservation", IJCAI 2017).
 - :func:`ascae_loss`: the ASCAE objective J (seeds/003, eq. 2).
+- :func:`nt_xent`: SimCLR's normalised temperature-scaled cross entropy (Chen et al., ICML 2020).
 
 No state, no side effects: every function maps tensors to tensors and is differentiable where
 training needs it.
@@ -16,7 +17,7 @@ import torch
 
 from imgclust.exceptions import ConfigError
 
-__all__ = ["student_t", "target_distribution", "kl_clustering_loss", "ascae_loss", "squared_distances"]
+__all__ = ["student_t", "target_distribution", "kl_clustering_loss", "ascae_loss", "squared_distances", "nt_xent"]
 
 _EPS = 1e-12
 
@@ -86,3 +87,23 @@ def ascae_loss(x: torch.Tensor, recon: torch.Tensor, f: torch.Tensor, d3: torch.
     rec = (x - recon).pow(2).reshape(n, -1).sum(dim=1).mean()
     fc = (f - d3).pow(2).reshape(n, -1).sum(dim=1).mean()
     return rec + lam * fc
+
+
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Tensor:
+    """SimCLR's NT-Xent loss (Chen, Kornblith, Norouzi & Hinton, ICML 2020, eq. 1), averaged over the ``2N`` anchors.
+
+    ``z1``, ``z2`` ``(N, d)``: projections of two augmented views of the same ``N`` images (row ``i`` of
+    each is a positive pair). With ``u`` the ``2N`` rows L2-normalised and ``s_ab = u_a·u_b / τ``, anchor
+    ``a`` with positive ``p(a)`` costs ``-log(exp(s_a,p(a)) / Σ_{b≠a} exp(s_ab))``: the other ``2N - 2``
+    views in the batch are its negatives.
+    """
+    if z1.ndim != 2 or z1.shape != z2.shape or z1.shape[0] < 2:
+        raise ConfigError(f"z1 and z2 must both be (N, d) with N >= 2; got {tuple(z1.shape)} and {tuple(z2.shape)}")
+    if not temperature > 0:
+        raise ConfigError(f"temperature must be > 0, got {temperature}")
+    n = z1.shape[0]
+    u = torch.nn.functional.normalize(torch.cat([z1, z2]), dim=1)
+    sim = (u @ u.T) / temperature
+    sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=sim.device), float("-inf"))
+    positive = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(sim.device)
+    return torch.nn.functional.cross_entropy(sim, positive)

@@ -3,7 +3,8 @@
 Names: ``ascae``/``scae`` (METHODS §3), ``convae`` (§4 stage 1), ``n2d`` (the §4 ConvAE, then UMAP
 and a Gaussian mixture: McConville et al., ICPR 2020), ``n2d-scae`` (the same last stages on the F
 layer of §3's SCAE), ``n2d-ensemble`` (pixels + several SCAE encoders, one UMAP + GMM runs per view, one pooled
-consensus: :mod:`imgclust.deep.ensemble`), ``dec``/``idec`` (§5), ``nnc`` (§4 neighbour consistency + sample stability),
+consensus: :mod:`imgclust.deep.ensemble`), ``simclr`` (a contrastively trained conv encoder, then the same UMAP + GMM
+stages: :mod:`imgclust.deep.contrastive`), ``dec``/``idec`` (§5), ``nnc`` (§4 neighbour consistency + sample stability),
 ``deepcluster`` (§1).
 """
 from __future__ import annotations
@@ -22,9 +23,10 @@ from imgclust.exceptions import ConfigError, CorruptArtifactError, UnknownNameEr
 
 log = logging.getLogger(__name__)
 
-DeepMethod = Literal["ascae", "scae", "convae", "n2d", "n2d-scae", "n2d-ensemble", "dec", "idec", "nnc", "deepcluster"]
-DEEP_METHODS: tuple[str, ...] = ("ascae", "scae", "convae", "n2d", "n2d-scae", "n2d-ensemble", "dec", "idec", "nnc",
-                                 "deepcluster")
+DeepMethod = Literal["ascae", "scae", "convae", "n2d", "n2d-scae", "n2d-ensemble", "simclr", "dec", "idec", "nnc",
+                     "deepcluster"]
+DEEP_METHODS: tuple[str, ...] = ("ascae", "scae", "convae", "n2d", "n2d-scae", "n2d-ensemble", "simclr", "dec", "idec",
+                                 "nnc", "deepcluster")
 N2D_CONSENSUS_RUNS = 8
 N2D: dict[str, Any] = {"arch": "convae", "umap_components": None, "umap_neighbors": 20, "clusterer": "gmm",
                        "consensus_runs": N2D_CONSENSUS_RUNS}
@@ -39,7 +41,7 @@ loss). On the 10k Fashion-MNIST *train* subset the two are within noise of each 
 0.598 vs 0.605 averaged over 4 UMAP maps; BENCHMARKS.md, "Choosing the GMM consensus"); the test-split
 numbers over several seeds are in BENCHMARKS.md, "Seed spread"."""
 _CLASSES = {"AutoencoderClusterer": "imgclust.deep.autoencoder", "DEC": "imgclust.deep.dec",
-            "MultiViewClusterer": "imgclust.deep.ensemble",
+            "MultiViewClusterer": "imgclust.deep.ensemble", "ContrastiveClusterer": "imgclust.deep.contrastive",
             "NeighbourConsistency": "imgclust.deep.nnc", "DeepCluster": "imgclust.deep.deepcluster"}
 
 
@@ -64,6 +66,10 @@ def create_deep(method: str, *, k: int, epochs: int = 20, max_iter: int = 2000, 
         from imgclust.deep.ensemble import MultiViewClusterer
 
         return MultiViewClusterer(n_clusters=k, epochs=epochs, **common, **extra)
+    if method == "simclr":
+        from imgclust.deep.contrastive import ContrastiveClusterer
+
+        return ContrastiveClusterer(n_clusters=k, epochs=epochs, umap_components=k, **common, **extra)
     if method in ("ascae", "scae", "convae", *N2D_RECIPES):
         from imgclust.deep.autoencoder import AutoencoderClusterer
 
@@ -89,12 +95,13 @@ def create_deep(method: str, *, k: int, epochs: int = 20, max_iter: int = 2000, 
 
 def refit_recipe(method: str, k: int, seed: int) -> tuple[ReduceConfig, ClusterConfig]:
     """How the pipeline clusters the features a trained ``method``'s encoder extracts (refine flow):
-    ``n2d`` / ``n2d-scae`` as they were trained (UMAP to k dims with 20 neighbours, then the GMM consensus);
+    ``n2d`` / ``n2d-scae`` / ``simclr`` as they were trained (UMAP to k dims with 20 neighbours, then the GMM
+    consensus);
     ``n2d-ensemble`` the same on its encoder's output, the scaled views side by side (one joint UMAP: the
     pipeline's refit has one feature space, where the estimator maps each view on its own); every other method
     k-means on the embeddings (what its own ``labels_`` come from), cosine k-means for ASCAE/SCAE
     (their :data:`~imgclust.deep.autoencoder.ARCH_DEFAULTS`)."""
-    if method in N2D_RECIPES or method == "n2d-ensemble":
+    if method in N2D_RECIPES or method in ("n2d-ensemble", "simclr"):
         return (ReduceConfig(method="none", n_components=None, umap_components=max(2, k), umap_neighbors=20),
                 ClusterConfig(method="gmm", k=k, seed=seed, consensus_runs=N2D_CONSENSUS_RUNS))
     from imgclust.deep.autoencoder import ARCH_DEFAULTS

@@ -1,0 +1,199 @@
+"""``simclr``: a contrastively trained conv encoder, then N2D's UMAP + Gaussian-mixture stages.
+
+Reconstruction objectives (ASCAE/SCAE, ConvAE) spend their capacity on what makes images *look* alike
+(silhouette, brightness); Fashion-MNIST's upper-body garments (T-shirt / pullover / coat / shirt) share
+those, and every autoencoder recipe here merges or splits them differently per seed (BENCHMARKS.md,
+"Seed spread"). :class:`ContrastiveClusterer` instead trains :class:`~imgclust.deep.networks.ContrastiveNet`
+so that two random augmentations of one image map close together and away from the other images of the
+batch (SimCLR: Chen, Kornblith, Norouzi & Hinton, "A Simple Framework for Contrastive Learning of Visual
+Representations", ICML 2020; loss :func:`~imgclust.deep.losses.nt_xent`). The augmentations are those
+that suit small grey product photos: a random resized crop (area ``min_crop_area``..1, aspect 3/4..4/3),
+a horizontal flip, and contrast / brightness jitter (SimCLR's colour distortion has no colour to work on).
+The L2-normalised pooled representation (not the projection head, as in SimCLR) is then mapped by UMAP
+(``n_clusters`` dims, 20 neighbours, min_dist 0) and clustered with the GMM consensus, the N2D recipe
+(McConville et al., ICPR 2020) of ``n2d`` / ``n2d-scae``.
+
+Training is seeded and checkpointed with exact resume (:mod:`imgclust.deep.training`): the augmentation
+draws from the global torch RNG, which every checkpoint saves.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from imgclust.deep.embedding import CLUSTERERS, EmbeddingClusterer
+from imgclust.deep.losses import nt_xent
+from imgclust.deep.networks import build_network
+from imgclust.deep.training import (
+    Checkpointer,
+    TrainingLoop,
+    config_fingerprint,
+    data_fingerprint,
+    encode_batched,
+    resolve_device,
+    seed_everything,
+    to_float_images,
+)
+from imgclust.estimator import check_int
+from imgclust.exceptions import ConfigError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ContrastiveClusterer", "contrastive_view"]
+
+_RESUMABLE_PARAMS = ("epochs", "device", "checkpoint_dir", "checkpoint_every", "kmeans_redo", "umap_components",
+                     "umap_neighbors", "clusterer", "consensus_runs")
+_FOREGROUND = 0.02
+"""Pixels above this intensity (of 1) get the brightness shift; the black background of centred product
+photos stays black, so brightness cannot be read off the background."""
+
+
+def contrastive_view(x: torch.Tensor, *, min_crop_area: float = 0.3, jitter: float = 0.4) -> torch.Tensor:
+    """One random augmentation of each image of a batch ``(N, C, H, W)`` in [0, 1] -> same shape, in [0, 1].
+
+    Per image (parameters from the global torch CPU RNG, so reproducible and part of
+    :func:`~imgclust.deep.training.rng_state`): a crop of area fraction in ``[min_crop_area, 1]`` and aspect
+    ratio in ``[3/4, 4/3]`` (clipped to the image) at a random position, resized back (bilinear, SimCLR's
+    random resized crop); a horizontal flip with probability 1/2; contrast ``× U(1 - jitter, 1 + jitter)``
+    and a brightness shift ``U(-jitter/2, jitter/2)`` of the foreground pixels (> 2 % intensity).
+    """
+    n = x.shape[0]
+    area = min_crop_area + torch.rand(n) * (1 - min_crop_area)
+    aspect = torch.exp((torch.rand(n) * 2 - 1) * math.log(4 / 3))
+    sx, sy = torch.sqrt(area * aspect).clamp(max=1), torch.sqrt(area / aspect).clamp(max=1)
+    tx, ty = (torch.rand(n) * 2 - 1) * (1 - sx), (torch.rand(n) * 2 - 1) * (1 - sy)
+    flip = torch.where(torch.rand(n) < 0.5, -1.0, 1.0)
+    zero = torch.zeros(n)
+    theta = torch.stack([torch.stack([sx * flip, zero, tx], 1), torch.stack([zero, sy, ty], 1)], 1)
+    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
+    # a crop samples up to half a pixel past the outer pixel centres: clamp there, do not fade to black
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    contrast = (1 - jitter + 2 * jitter * torch.rand(n, 1, 1, 1)).to(x.device, x.dtype)
+    brightness = ((torch.rand(n, 1, 1, 1) - 0.5) * jitter).to(x.device, x.dtype)
+    return (out * contrast + brightness * (out > _FOREGROUND)).clamp(0, 1)
+
+
+class ContrastiveClusterer(EmbeddingClusterer):
+    """SimCLR-trained :class:`~imgclust.deep.networks.ContrastiveNet` + UMAP + GMM consensus (method ``simclr``).
+
+    Parameters
+    ----------
+    n_clusters : k
+    width : encoder width (channels ``width, 2·width, 4·width``; representation ``4·width``)
+    proj_dim : projection head output (the loss's space; discarded afterwards)
+    epochs, batch_size, lr, weight_decay : Adam training; each step sees ``batch_size`` images twice
+        (two views), so a batch has ``2·batch_size - 2`` negatives per anchor
+    temperature : τ of NT-Xent (SimCLR uses 0.5 for small batches)
+    min_crop_area, jitter : augmentation strength (:func:`contrastive_view`)
+    umap_components : UMAP output size; ``None`` = k-means / GMM on the representation itself
+    umap_neighbors, clusterer, consensus_runs, kmeans_redo : the clustering stages
+        (:class:`~imgclust.deep.embedding.EmbeddingClusterer`; default the N2D recipe of ``n2d``)
+    seed, device, checkpoint_dir, checkpoint_every : as :class:`~imgclust.deep.autoencoder.AutoencoderClusterer`
+
+    Attributes
+    ----------
+    network_, network_spec_, labels_ ``(N,)``, umap_, gmm_ / kmeans_, history_ (one row per epoch),
+    resumed_from_step_, embed_dim_ (``4·width``), input_shape_, input_scale_ (1/255)
+    """
+
+    _meta_attrs = (*EmbeddingClusterer._meta_attrs, "history_")
+    _tensor_attrs = ("labels_",)
+
+    def __init__(self, *, n_clusters: int = 10, width: int = 32, proj_dim: int = 64, epochs: int = 20,
+                 batch_size: int = 256, lr: float = 1e-3, weight_decay: float = 1e-6, temperature: float = 0.5,
+                 min_crop_area: float = 0.3, jitter: float = 0.4, umap_components: int | None = 10,
+                 umap_neighbors: int = 20, clusterer: Literal["kmeans", "gmm"] = "gmm", consensus_runs: int = 8,
+                 kmeans_redo: int = 10, seed: int = 0, device: str = "auto", checkpoint_dir: str | None = None,
+                 checkpoint_every: int = 500) -> None:
+        self.n_clusters = n_clusters
+        self.width = width
+        self.proj_dim = proj_dim
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.temperature = temperature
+        self.min_crop_area = min_crop_area
+        self.jitter = jitter
+        self.umap_components = umap_components
+        self.umap_neighbors = umap_neighbors
+        self.clusterer = clusterer
+        self.consensus_runs = consensus_runs
+        self.kmeans_redo = kmeans_redo
+        self.seed = seed
+        self.device = device
+        self.checkpoint_dir = checkpoint_dir
+        self.checkpoint_every = checkpoint_every
+
+    def _validate_params(self) -> None:
+        for name, minimum in (("n_clusters", 1), ("width", 1), ("proj_dim", 1), ("epochs", 0), ("batch_size", 2),
+                              ("umap_neighbors", 2), ("consensus_runs", 1), ("kmeans_redo", 1),
+                              ("checkpoint_every", 1)):
+            check_int(name, getattr(self, name), minimum=minimum)
+        check_int("umap_components", self.umap_components, minimum=1, allow_none=True)
+        if not (self.lr > 0 and self.temperature > 0 and self.weight_decay >= 0):
+            raise ConfigError(f"lr and temperature must be > 0 and weight_decay >= 0; got lr={self.lr}, "
+                              f"temperature={self.temperature}, weight_decay={self.weight_decay}")
+        if not (0 < self.min_crop_area <= 1 and 0 <= self.jitter < 1):
+            raise ConfigError(f"min_crop_area must be in (0, 1] and jitter in [0, 1); got {self.min_crop_area} "
+                              f"and {self.jitter}")
+        if self.clusterer not in CLUSTERERS:
+            raise ConfigError(f"clusterer must be one of {list(CLUSTERERS)}, got {self.clusterer!r}")
+
+    def _spherical(self) -> bool:
+        return True  # the representation is L2-normalised; k-means on it is cosine k-means
+
+    def fit(self, images: Any, y: Any = None) -> ContrastiveClusterer:
+        """Train the encoder contrastively on images ``(N, H, W)`` or ``(N, H, W, C)`` (uint8 0..255,
+        N >= 2), then cluster the representations. ``y`` is ignored (API symmetry)."""
+        self._validate_params()
+        for attr in ("input_shape_", "network_"):
+            self.__dict__.pop(attr, None)
+        arr = self._check_images(images)
+        if arr.shape[0] < 2:
+            raise ConfigError("contrastive training needs at least 2 images (the other images are the negatives)")
+        x = to_float_images(arr, scale=1 / 255)
+        n = x.shape[0]
+        device = resolve_device(self.device)
+        gen = seed_everything(self.seed)
+        spec: dict[str, Any] = {"arch": "contrastive", "in_channels": int(x.shape[1]),
+                                "image_size": [int(x.shape[2]), int(x.shape[3])], "width": self.width,
+                                "proj_dim": self.proj_dim}
+        net = build_network(spec).to(device)
+        opt = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        params = {k: v for k, v in self.get_params().items() if k not in _RESUMABLE_PARAMS}
+        fingerprint = config_fingerprint({"class": type(self).__name__, "params": params, "spec": spec,
+                                          "data": data_fingerprint(arr)})
+        loop = TrainingLoop(n=n, batch_size=self.batch_size, generator=gen, name="SimCLR",
+                            checkpointer=Checkpointer(self.checkpoint_dir, fingerprint=fingerprint,
+                                                      every=self.checkpoint_every),
+                            stateful={"network": net, "optimizer": opt})
+        net.train()
+
+        def step_fn(idx: torch.Tensor, step: int) -> float:
+            if idx.numel() < 2:  # a last batch of one image has no negative: pair it with the next image
+                idx = torch.cat([idx, (idx + 1) % n])
+            xb = x[idx].to(device)
+            v1 = contrastive_view(xb, min_crop_area=self.min_crop_area, jitter=self.jitter)
+            v2 = contrastive_view(xb, min_crop_area=self.min_crop_area, jitter=self.jitter)
+            loss = nt_xent(net(v1), net(v2), self.temperature)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            return float(loss.detach())
+
+        self.history_ = loop.run(step_fn, max_steps=self.epochs * loop.steps_per_epoch)
+        self.resumed_from_step_ = loop.resumed_from
+        self.network_ = net.eval()
+        self.network_spec_ = spec
+        self.input_shape_ = [int(s) for s in arr.shape[1:]]
+        self.input_scale_ = 1 / 255
+        self.n_features_in_ = int(np.prod(self.input_shape_))
+        self.embed_dim_ = int(net.embed_dim)  # type: ignore[arg-type]
+        self._fit_clusters(encode_batched(net, x, batch_size=self._inference_batch(), device=device))
+        return self
