@@ -1,4 +1,5 @@
-"""imgclust.deep.contrastive (``simclr``): NT-Xent by hand, the augmentation, the net, training and resume."""
+"""imgclust.deep.contrastive (``simclr``): NT-Xent by hand, the augmentation, the net, training and resume;
+the deep methods' mixed precision on CUDA."""
 from __future__ import annotations
 
 import math
@@ -154,3 +155,42 @@ def test_simclr_method_fit_predict_save_load(tmp_path: Path) -> None:
     loaded = load_deep(tmp_path / "simclr")
     assert isinstance(loaded, ContrastiveClusterer)
     np.testing.assert_array_equal(loaded.predict(x), est.predict(x))
+
+
+def test_mixed_precision_is_bf16_autocast_on_cuda_only() -> None:
+    from imgclust.deep.training import mixed_precision
+
+    x = torch.randn(4, 4)
+    with mixed_precision(torch.device("cpu")):
+        assert (x @ x).dtype == torch.float32  # CPU training stays float32 (exact resume)
+    with pytest.warns(UserWarning, match="CUDA"), pytest.MonkeyPatch.context() as mp:  # the context itself, no GPU needed
+        mp.setattr(torch.cuda, "is_available", lambda: False)
+        ctx = mixed_precision(torch.device("cuda"))
+    assert isinstance(ctx, torch.autocast) and ctx.device == "cuda" and ctx.fast_dtype == torch.bfloat16
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("method", ["simclr", "convae", "idec", "nnc", "deepcluster"])
+def test_training_on_cuda_runs_under_bf16_autocast(method: str) -> None:
+    """On a GPU the training forward passes run in bf16 (a conv's output dtype, seen by a hook) and converge
+    to finite weights; inference (transform) stays float32."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    x, _ = fashion_test_subset(256)
+    extra = {"umap_components": None, "clusterer": "kmeans"} if method == "simclr" else {}
+    est = create_deep(method, k=4, epochs=1, max_iter=4, seed=0, device="cuda", **extra)
+    seen: set[torch.dtype] = set()
+    original = torch.nn.Conv2d.forward
+
+    def spy(self: torch.nn.Conv2d, inp: torch.Tensor) -> torch.Tensor:
+        out = original(self, inp)
+        if self.training:
+            seen.add(out.dtype)
+        return out
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(torch.nn.Conv2d, "forward", spy)
+        est.fit(x)
+    assert torch.bfloat16 in seen, seen
+    assert all(torch.isfinite(t).all() for t in est.network_.state_dict().values() if t.is_floating_point())
+    assert est.transform(x[:8]).dtype == np.float32

@@ -33,6 +33,7 @@ from imgclust.deep.training import (
     config_fingerprint,
     data_fingerprint,
     encode_batched,
+    mixed_precision,
     random_affine,
     resolve_device,
     seed_everything,
@@ -221,8 +222,9 @@ class AutoencoderClusterer(EmbeddingClusterer):
             xb = x[idx].to(device)
             if augment:
                 xb = random_affine(xb)
-            recon, extras = net(xb)
-            loss = self.reconstruction_loss(xb, recon, extras)
+            with mixed_precision(device):
+                recon, extras = net(xb)
+                loss = self.reconstruction_loss(xb, recon, extras)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

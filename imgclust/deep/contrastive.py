@@ -35,6 +35,7 @@ from imgclust.deep.training import (
     config_fingerprint,
     data_fingerprint,
     encode_batched,
+    mixed_precision,
     resolve_device,
     seed_everything,
     to_float_images,
@@ -181,7 +182,8 @@ class ContrastiveClusterer(EmbeddingClusterer):
             xb = x[idx].to(device)
             v1 = contrastive_view(xb, min_crop_area=self.min_crop_area, jitter=self.jitter)
             v2 = contrastive_view(xb, min_crop_area=self.min_crop_area, jitter=self.jitter)
-            loss = nt_xent(net(v1), net(v2), self.temperature)
+            with mixed_precision(device):
+                loss = nt_xent(net(v1), net(v2), self.temperature)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -35,6 +35,7 @@ from imgclust.deep.training import (
     config_fingerprint,
     data_fingerprint,
     encode_batched,
+    mixed_precision,
     resolve_device,
     seed_everything,
     to_float_images,
@@ -224,12 +225,14 @@ class DEC(DeepEstimator):
 
         def step_fn(idx: torch.Tensor, step: int) -> float:
             xb, p = x[idx].to(device), st["p"][idx].to(device)
-            if self.idec:
-                recon, extras = net(xb)
-                z = extras["z"] if "z" in extras else extras["f"]
-                loss = recon_loss(xb, recon, extras) + self.gamma * kl_clustering_loss(student_t(z, model.mu, self.alpha), p)
-            else:
-                loss = kl_clustering_loss(student_t(net.encode(xb), model.mu, self.alpha), p)  # type: ignore[operator]
+            with mixed_precision(device):
+                if self.idec:
+                    recon, extras = net(xb)
+                    z = extras["z"] if "z" in extras else extras["f"]
+                    loss = recon_loss(xb, recon, extras) + self.gamma * kl_clustering_loss(
+                        student_t(z, model.mu, self.alpha), p)
+                else:
+                    loss = kl_clustering_loss(student_t(net.encode(xb), model.mu, self.alpha), p)  # type: ignore[operator]
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

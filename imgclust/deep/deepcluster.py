@@ -43,6 +43,7 @@ from imgclust.deep.training import (
     config_fingerprint,
     data_fingerprint,
     encode_batched,
+    mixed_precision,
     random_affine,
     resolve_device,
     seed_everything,
@@ -271,7 +272,8 @@ class DeepCluster(DeepEstimator):
                 flip = torch.rand(xb.shape[0]) < 0.5
                 xb = torch.where(flip.to(device)[:, None, None, None], xb.flip(-1), xb)
                 xb = random_affine(xb)
-            loss = F.cross_entropy(model.head(net.encode(xb)), yb)  # type: ignore[operator]
+            with mixed_precision(device):
+                loss = F.cross_entropy(model.head(net.encode(xb)), yb)  # type: ignore[operator]
             opt.zero_grad(set_to_none=True)
             head_opt.zero_grad(set_to_none=True)
             loss.backward()

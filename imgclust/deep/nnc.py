@@ -56,6 +56,7 @@ from imgclust.deep.training import (
     config_fingerprint,
     data_fingerprint,
     encode_batched,
+    mixed_precision,
     resolve_device,
     seed_everything,
     to_float_images,
@@ -331,12 +332,13 @@ class NeighbourConsistency(DeepEstimator):
         def step_fn(idx: torch.Tensor, step: int) -> float:
             b = idx.shape[0]
             xb = x[torch.cat([idx, st["nb"][idx]])].to(device)  # samples and their neighbours, one pass
-            q = student_t(net.encode(xb), model.mu, self.alpha)  # type: ignore[operator]
-            l_nc = nc_loss(q[:b], q[b:])
-            l_ss = sample_stability_loss(q[:b], self.lam)
-            loss = l_nc + l_ss
-            if self.balance:
-                loss = loss + self.balance * balance_loss(q[:b])
+            with mixed_precision(device):
+                q = student_t(net.encode(xb), model.mu, self.alpha)  # type: ignore[operator]
+                l_nc = nc_loss(q[:b], q[b:])
+                l_ss = sample_stability_loss(q[:b], self.lam)
+                loss = l_nc + l_ss
+                if self.balance:
+                    loss = loss + self.balance * balance_loss(q[:b])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

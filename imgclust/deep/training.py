@@ -18,11 +18,16 @@ to it (``fingerprint.json``) and inside it, and a run with another configuration
 A test-only crash hook (``crash_at_step`` or env ``IMGCLUST_CRASH_AT_STEP``) raises
 :class:`SimulatedCrash` right after a step, which is how the tests prove the resume path.
 
+Mixed precision: on CUDA every training step's forward pass and loss run under bfloat16 autocast
+(:func:`mixed_precision`; bf16 keeps float32's exponent range, so no loss scaling is needed); on the CPU
+training stays float32, which is what makes the exact resume above bit-identical.
+
 Everything saved is a tensor, a number, a string or a container of those, so checkpoints load with
 ``torch.load(weights_only=True)`` (no pickle of arbitrary objects).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -48,6 +53,7 @@ __all__ = [
     "SimulatedCrash",
     "seed_everything",
     "resolve_device",
+    "mixed_precision",
     "Checkpointer",
     "config_fingerprint",
     "batches",
@@ -111,6 +117,18 @@ def resolve_device(device: str) -> torch.device:
             raise ConfigError(f"device={device!r} but torch sees no CUDA GPU; pass device='cpu' or 'auto'")
         return torch.device(device)
     raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+
+
+def mixed_precision(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """The context a training step's forward pass and loss run in: bfloat16 autocast on CUDA (AMP: convs and
+    matmuls in bf16, reductions in float32; gradients and optimizer state stay float32), nothing elsewhere.
+
+    Not on the CPU, on purpose: CPU bf16 autocast is slower than float32 on most CPUs without AMX, and the
+    bit-identical resume of the CPU tests is defined in float32.
+    """
+    if device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 # ----------------------------------------------------------------------------- RNG state
