@@ -17,37 +17,22 @@ Training is seeded and checkpointed with exact resume (:mod:`imgclust.deep.train
 """
 from __future__ import annotations
 
-import logging
 from typing import Any, Literal
 
 import numpy as np
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from imgclust.deep.embedding import CLUSTERERS, EmbeddingClusterer
 from imgclust.deep.losses import ascae_loss
-from imgclust.deep.networks import ARCHS, build_network
-from imgclust.deep.training import (
-    Checkpointer,
-    TrainingLoop,
-    config_fingerprint,
-    data_fingerprint,
-    encode_batched,
-    mixed_precision,
-    random_affine,
-    resolve_device,
-    seed_everything,
-    to_float_images,
-)
+from imgclust.deep.networks import ARCHS
+from imgclust.deep.training import random_affine
 from imgclust.estimator import check_int
 from imgclust.exceptions import ConfigError
 
-logger = logging.getLogger(__name__)
-
 __all__ = ["AutoencoderClusterer", "ARCH_DEFAULTS"]
 
-# Parameters that do not change the training trajectory, so a checkpoint written under other values
-# may be resumed (``epochs`` too: no LR schedule, so a finished run can be extended).
 ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
     "ascae": {"input_scale": 1.0, "augment": False, "spherical": True},
     "scae": {"input_scale": 1.0, "augment": False, "spherical": True},
@@ -62,10 +47,6 @@ ReLU output with dead units and a few large ones, and plain k-means on it fell b
 k-means on a Fashion-MNIST *train* subset (SCAE 0.448 ACC / 0.485 NMI), while k-means on
 L2-normalised F (cosine k-means, as DeepCluster normalises its features) reached 0.517 / 0.607
 (BENCHMARKS.md, "Choosing the ASCAE / SCAE k-means"). ConvAE's linear k-d embedding keeps plain k-means."""
-
-_RESUMABLE_PARAMS = ("epochs", "device", "checkpoint_dir", "checkpoint_every", "kmeans_redo",
-                     "umap_components", "umap_neighbors", "clusterer", "spherical",
-                     "consensus_runs")
 
 
 class AutoencoderClusterer(EmbeddingClusterer):
@@ -115,8 +96,6 @@ class AutoencoderClusterer(EmbeddingClusterer):
     embed_dim_ : embedding width; input_shape_ : per-image shape; input_scale_ : float
     """
 
-    _meta_attrs = (*EmbeddingClusterer._meta_attrs, "history_")
-    _tensor_attrs = ("labels_",)
 
     def __init__(self, *, arch: Literal["ascae", "scae", "convae"] = "convae", n_clusters: int = 10,
                  embed_dim: int | None = None, epochs: int = 50, batch_size: int = 256, lr: float = 1e-3,
@@ -194,50 +173,17 @@ class AutoencoderClusterer(EmbeddingClusterer):
             return F.mse_loss(recon, x)
         return ascae_loss(x, recon, extras["f"], extras["d3"], self.lam)
 
-    def fit(self, images: Any, y: Any = None) -> AutoencoderClusterer:
-        """Train the autoencoder on images ``(N, H, W)`` or ``(N, H, W, C)`` (uint8 0..255), then
-        cluster the embeddings. ``y`` is ignored (API symmetry)."""
-        self._validate_params()
-        for attr in ("input_shape_", "network_"):
-            self.__dict__.pop(attr, None)
-        arr = self._check_images(images)
-        x = to_float_images(arr, scale=self._input_scale())
-        device = resolve_device(self.device)
-        gen = seed_everything(self.seed)
-        spec = self.network_spec(arr)
-        net = build_network(spec).to(device)
-        opt = torch.optim.Adam(net.parameters(), lr=self.lr)
-        params = {k: v for k, v in self.get_params().items() if k not in _RESUMABLE_PARAMS}
-        params.update(input_scale=self._input_scale(), augment=self._augment())  # resolved, not None
-        fingerprint = config_fingerprint({"class": type(self).__name__, "params": params, "spec": spec,
-                                          "data": data_fingerprint(arr)})
-        loop = TrainingLoop(n=x.shape[0], batch_size=self.batch_size, generator=gen, name=f"AE[{self.arch}]",
-                            checkpointer=Checkpointer(self.checkpoint_dir, fingerprint=fingerprint,
-                                                      every=self.checkpoint_every),
-                            stateful={"network": net, "optimizer": opt})
-        augment = self._augment()
-        net.train()
+    def _fingerprint_params(self) -> dict[str, Any]:
+        return {**super()._fingerprint_params(), "input_scale": self._input_scale(),
+                "augment": self._augment()}  # resolved, not None
 
-        def step_fn(idx: torch.Tensor, step: int) -> float:
-            xb = x[idx].to(device)
-            if augment:
-                xb = random_affine(xb)
-            with mixed_precision(device):
-                recon, extras = net(xb)
-                loss = self.reconstruction_loss(xb, recon, extras)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            return float(loss.detach())
+    def _loop_name(self) -> str:
+        return f"AE[{self.arch}]"
 
-        self.history_ = loop.run(step_fn, max_steps=self.epochs * loop.steps_per_epoch)
-        self.resumed_from_step_ = loop.resumed_from
-        self.network_ = net.eval()
-        self.network_spec_ = spec
-        self.input_shape_ = [int(s) for s in arr.shape[1:]]
-        self.input_scale_ = self._input_scale()
-        self.n_features_in_ = int(np.prod(self.input_shape_))
-        self.embed_dim_ = int(net.embed_dim)  # type: ignore[arg-type]
-        emb = encode_batched(net, x, batch_size=self._inference_batch(), device=device)
-        self._fit_clusters(emb)
-        return self
+    def _batch_loss(self, net: nn.Module, x: torch.Tensor, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """Reconstruction loss of the (augmented, when ``augment``) batch: the target is the augmented image."""
+        xb = x[idx].to(device)
+        if self._augment():
+            xb = random_affine(xb)
+        recon, extras = net(xb)
+        return self.reconstruction_loss(xb, recon, extras)

@@ -18,37 +18,21 @@ draws from the global torch RNG, which every checkpoint saves.
 """
 from __future__ import annotations
 
-import logging
 import math
 from typing import Any, Literal
 
 import numpy as np
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from imgclust.deep.embedding import CLUSTERERS, EmbeddingClusterer
 from imgclust.deep.losses import nt_xent
-from imgclust.deep.networks import build_network
-from imgclust.deep.training import (
-    Checkpointer,
-    TrainingLoop,
-    config_fingerprint,
-    data_fingerprint,
-    encode_batched,
-    mixed_precision,
-    resolve_device,
-    seed_everything,
-    to_float_images,
-)
 from imgclust.estimator import check_int
 from imgclust.exceptions import ConfigError
 
-logger = logging.getLogger(__name__)
-
 __all__ = ["ContrastiveClusterer", "contrastive_view"]
 
-_RESUMABLE_PARAMS = ("epochs", "device", "checkpoint_dir", "checkpoint_every", "kmeans_redo", "umap_components",
-                     "umap_neighbors", "clusterer", "consensus_runs")
 _FOREGROUND = 0.02
 """Pixels above this intensity (of 1) get the brightness shift; the black background of centred product
 photos stays black, so brightness cannot be read off the background."""
@@ -102,9 +86,6 @@ class ContrastiveClusterer(EmbeddingClusterer):
     resumed_from_step_, embed_dim_ (``4·width``), input_shape_, input_scale_ (1/255)
     """
 
-    _meta_attrs = (*EmbeddingClusterer._meta_attrs, "history_")
-    _tensor_attrs = ("labels_",)
-
     def __init__(self, *, n_clusters: int = 10, width: int = 32, proj_dim: int = 64, epochs: int = 20,
                  batch_size: int = 256, lr: float = 1e-3, weight_decay: float = 1e-6, temperature: float = 0.5,
                  min_crop_area: float = 0.3, jitter: float = 0.4, umap_components: int | None = 10,
@@ -149,53 +130,30 @@ class ContrastiveClusterer(EmbeddingClusterer):
     def _spherical(self) -> bool:
         return True  # the representation is L2-normalised; k-means on it is cosine k-means
 
-    def fit(self, images: Any, y: Any = None) -> ContrastiveClusterer:
-        """Train the encoder contrastively on images ``(N, H, W)`` or ``(N, H, W, C)`` (uint8 0..255,
-        N >= 2), then cluster the representations. ``y`` is ignored (API symmetry)."""
-        self._validate_params()
-        for attr in ("input_shape_", "network_"):
-            self.__dict__.pop(attr, None)
-        arr = self._check_images(images)
+    def _input_scale(self) -> float:
+        return 1 / 255
+
+    def _loop_name(self) -> str:
+        return "SimCLR"
+
+    def network_spec(self, images: np.ndarray | torch.Tensor) -> dict[str, Any]:
+        """The JSON network spec for images ``(N, H, W[, C])`` under the current parameters."""
+        channels = 1 if images.ndim == 3 else int(images.shape[3])
+        return {"arch": "contrastive", "in_channels": channels, "image_size": [int(images.shape[1]), int(images.shape[2])],
+                "width": self.width, "proj_dim": self.proj_dim}
+
+    def _optimizer(self, net: nn.Module) -> torch.optim.Optimizer:
+        return torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+
+    def _check_training_images(self, arr: np.ndarray | torch.Tensor) -> None:
         if arr.shape[0] < 2:
             raise ConfigError("contrastive training needs at least 2 images (the other images are the negatives)")
-        x = to_float_images(arr, scale=1 / 255)
-        n = x.shape[0]
-        device = resolve_device(self.device)
-        gen = seed_everything(self.seed)
-        spec: dict[str, Any] = {"arch": "contrastive", "in_channels": int(x.shape[1]),
-                                "image_size": [int(x.shape[2]), int(x.shape[3])], "width": self.width,
-                                "proj_dim": self.proj_dim}
-        net = build_network(spec).to(device)
-        opt = torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        params = {k: v for k, v in self.get_params().items() if k not in _RESUMABLE_PARAMS}
-        fingerprint = config_fingerprint({"class": type(self).__name__, "params": params, "spec": spec,
-                                          "data": data_fingerprint(arr)})
-        loop = TrainingLoop(n=n, batch_size=self.batch_size, generator=gen, name="SimCLR",
-                            checkpointer=Checkpointer(self.checkpoint_dir, fingerprint=fingerprint,
-                                                      every=self.checkpoint_every),
-                            stateful={"network": net, "optimizer": opt})
-        net.train()
 
-        def step_fn(idx: torch.Tensor, step: int) -> float:
-            if idx.numel() < 2:  # a last batch of one image has no negative: pair it with the next image
-                idx = torch.cat([idx, (idx + 1) % n])
-            xb = x[idx].to(device)
-            v1 = contrastive_view(xb, min_crop_area=self.min_crop_area, jitter=self.jitter)
-            v2 = contrastive_view(xb, min_crop_area=self.min_crop_area, jitter=self.jitter)
-            with mixed_precision(device):
-                loss = nt_xent(net(v1), net(v2), self.temperature)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            return float(loss.detach())
-
-        self.history_ = loop.run(step_fn, max_steps=self.epochs * loop.steps_per_epoch)
-        self.resumed_from_step_ = loop.resumed_from
-        self.network_ = net.eval()
-        self.network_spec_ = spec
-        self.input_shape_ = [int(s) for s in arr.shape[1:]]
-        self.input_scale_ = 1 / 255
-        self.n_features_in_ = int(np.prod(self.input_shape_))
-        self.embed_dim_ = int(net.embed_dim)  # type: ignore[arg-type]
-        self._fit_clusters(encode_batched(net, x, batch_size=self._inference_batch(), device=device))
-        return self
+    def _batch_loss(self, net: nn.Module, x: torch.Tensor, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """NT-Xent between two random views of each image of the batch."""
+        if idx.numel() < 2:  # a last batch of one image has no negative: pair it with the next image
+            idx = torch.cat([idx, (idx + 1) % x.shape[0]])
+        xb = x[idx].to(device)
+        v1 = contrastive_view(xb, min_crop_area=self.min_crop_area, jitter=self.jitter)
+        v2 = contrastive_view(xb, min_crop_area=self.min_crop_area, jitter=self.jitter)
+        return nt_xent(net(v1), net(v2), self.temperature)

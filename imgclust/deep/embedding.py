@@ -1,8 +1,10 @@
-"""The last stages every encoder-then-cluster method shares: (UMAP) + k-means or a GMM on embeddings.
+"""What every train-an-encoder-then-cluster method shares: the training run and the last stages.
 
 :class:`EmbeddingClusterer` is the base of :class:`~imgclust.deep.autoencoder.AutoencoderClusterer` and
-:class:`~imgclust.deep.contrastive.ContrastiveClusterer`: a subclass trains its encoder in ``fit``, then
-calls :meth:`EmbeddingClusterer._fit_clusters` on the training embeddings. With ``umap_components`` and
+:class:`~imgclust.deep.contrastive.ContrastiveClusterer`. Its ``fit`` builds the subclass's network from
+its spec, trains it with Adam in the exact-resume loop of :mod:`imgclust.deep.training` (the subclass
+gives the loss of one batch), embeds every image and clusters the embeddings with
+:meth:`EmbeddingClusterer._fit_clusters`. With ``umap_components`` and
 ``clusterer="gmm"`` this is the N2D recipe (McConville, Santos-Rodriguez, Piechocki & Craddock, "N2D: (Not
 Too) Deep Clustering via Clustering the Local Manifold of an Autoencoded Embedding", ICPR 2020): UMAP with
 ``min_dist=0`` to a few dimensions, then a full-covariance Gaussian mixture.
@@ -10,12 +12,26 @@ Too) Deep Clustering via Clustering the Local Manifold of an Autoencoded Embeddi
 from __future__ import annotations
 
 import logging
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
+import torch
+from torch import nn
 
 from imgclust.cluster import FaissKMeans
 from imgclust.deep import DeepEstimator
+from imgclust.deep.networks import build_network
+from imgclust.deep.training import (
+    Checkpointer,
+    TrainingLoop,
+    config_fingerprint,
+    data_fingerprint,
+    encode_batched,
+    mixed_precision,
+    resolve_device,
+    seed_everything,
+    to_float_images,
+)
 from imgclust.exceptions import ConfigError
 from imgclust.gmm import GaussianMixtureClusterer
 from imgclust.reduce import UMAPReducer
@@ -24,6 +40,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["EmbeddingClusterer", "CLUSTERERS"]
 
+E = TypeVar("E", bound="EmbeddingClusterer")
 CLUSTERERS = ("kmeans", "gmm")
 """What clusters the (UMAP-mapped) embeddings: FaissKMeans or :class:`~imgclust.gmm.GaussianMixtureClusterer`."""
 
@@ -32,14 +49,26 @@ class EmbeddingClusterer(DeepEstimator):
     """Base: cluster an encoder's embeddings, optionally through UMAP, with k-means or a GMM.
 
     Subclasses define the parameters ``n_clusters``, ``umap_components`` (``None`` = no UMAP),
-    ``umap_neighbors``, ``clusterer`` (one of :data:`CLUSTERERS`), ``kmeans_redo``, ``consensus_runs`` and
-    ``seed``, and :meth:`_spherical` (k-means on L2-normalised rows).
+    ``umap_neighbors``, ``clusterer`` (one of :data:`CLUSTERERS`), ``kmeans_redo``, ``consensus_runs``,
+    ``epochs``, ``batch_size``, ``lr``, ``seed``, ``device``, ``checkpoint_dir``, ``checkpoint_every``, and
+    the hooks :meth:`_validate_params`, :meth:`network_spec`, :meth:`_input_scale`, :meth:`_batch_loss`
+    (and optionally :meth:`_spherical`, :meth:`_fingerprint_params`, :meth:`_optimizer`).
 
-    Attributes set by :meth:`_fit_clusters`: ``labels_`` ``(N,)`` int64; ``umap_`` (UMAPReducer | None);
-    ``kmeans_`` / ``gmm_`` (whichever ``clusterer`` names; the other is ``None``).
+    Attributes set by ``fit``: ``network_`` (eval mode), ``network_spec_``, ``history_`` (one row per
+    epoch), ``resumed_from_step_``, ``input_shape_``, ``input_scale_``, ``embed_dim_``; by
+    :meth:`_fit_clusters`: ``labels_`` ``(N,)`` int64, ``umap_`` (UMAPReducer | None), ``kmeans_`` /
+    ``gmm_`` (whichever ``clusterer`` names; the other is ``None``).
     """
 
     _sub_estimators: ClassVar[dict[str, str]] = {"kmeans": "kmeans_", "gmm": "gmm_", "umap": "umap_"}
+
+    _meta_attrs = (*DeepEstimator._meta_attrs, "history_")
+    _tensor_attrs = ("labels_",)
+    _resumable_params: ClassVar[tuple[str, ...]] = (
+        "epochs", "device", "checkpoint_dir", "checkpoint_every", "kmeans_redo", "umap_components", "umap_neighbors",
+        "clusterer", "consensus_runs", "spherical")
+    """Parameters that do not change the training trajectory, so a checkpoint written under other values may
+    be resumed (``epochs`` too: no LR schedule, so a finished run can be extended)."""
 
     n_clusters: int
     umap_components: int | None
@@ -47,11 +76,91 @@ class EmbeddingClusterer(DeepEstimator):
     clusterer: str
     kmeans_redo: int
     consensus_runs: int
+    epochs: int
+    lr: float
     seed: int
+    checkpoint_dir: str | None
+    checkpoint_every: int
+
+    # -- subclass hooks
+    def _validate_params(self) -> None:
+        """Raise ConfigError for bad parameters, before any work."""
+        raise NotImplementedError
+
+    def network_spec(self, images: np.ndarray | torch.Tensor) -> dict[str, Any]:
+        """The JSON network spec (:func:`~imgclust.deep.networks.build_network`) for images ``(N, H, W[, C])``."""
+        raise NotImplementedError
+
+    def _input_scale(self) -> float:
+        """What uint8 pixels are multiplied by before the network sees them."""
+        raise NotImplementedError
+
+    def _batch_loss(self, net: nn.Module, x: torch.Tensor, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """The scalar training loss of the batch ``x[idx]`` (``x`` all images ``(N, C, H, W)``, CPU; ``idx``
+        ``(b,)``), augmentation included; it runs under :func:`~imgclust.deep.training.mixed_precision`."""
+        raise NotImplementedError
+
+    def _fingerprint_params(self) -> dict[str, Any]:
+        """The parameters a checkpoint must match to be resumed."""
+        return {k: v for k, v in self.get_params().items() if k not in self._resumable_params}
+
+    def _optimizer(self, net: nn.Module) -> torch.optim.Optimizer:
+        return torch.optim.Adam(net.parameters(), lr=self.lr)
+
+    def _loop_name(self) -> str:
+        """How the training loop's progress log lines name this model."""
+        return type(self).__name__
 
     def _spherical(self) -> bool:
         """Whether k-means runs on L2-normalised rows (cosine k-means); ignored by the GMM."""
         return False
+
+    def _check_training_images(self, arr: np.ndarray | torch.Tensor) -> None:
+        """Refuse images this method cannot train on (after the generic checks)."""
+
+    # -- training
+    def fit(self: E, images: Any, y: Any = None) -> E:
+        """Train the encoder on images ``(N, H, W)`` or ``(N, H, W, C)`` (uint8 0..255), then cluster the
+        embeddings of every image. ``y`` is ignored (API symmetry). Returns ``self``."""
+        self._validate_params()
+        for attr in ("input_shape_", "network_"):
+            self.__dict__.pop(attr, None)
+        arr = self._check_images(images)
+        self._check_training_images(arr)
+        x = to_float_images(arr, scale=self._input_scale())
+        device = resolve_device(self.device)
+        gen = seed_everything(self.seed)
+        spec = self.network_spec(arr)
+        net = build_network(spec).to(device)
+        opt = self._optimizer(net)
+        fingerprint = config_fingerprint({"class": type(self).__name__, "params": self._fingerprint_params(),
+                                          "spec": spec, "data": data_fingerprint(arr)})
+        loop = TrainingLoop(n=x.shape[0], batch_size=self.batch_size, generator=gen, name=self._loop_name(),
+                            checkpointer=Checkpointer(self.checkpoint_dir, fingerprint=fingerprint,
+                                                      every=self.checkpoint_every),
+                            stateful={"network": net, "optimizer": opt})
+        net.train()
+
+        def step_fn(idx: torch.Tensor, step: int) -> float:
+            with mixed_precision(device):
+                loss = self._batch_loss(net, x, idx, device)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            return float(loss.detach())
+
+        self.history_ = loop.run(step_fn, max_steps=self.epochs * loop.steps_per_epoch)
+        self.resumed_from_step_ = loop.resumed_from
+        self.network_ = net.eval()
+        self.network_spec_ = spec
+        self.input_shape_ = [int(s) for s in arr.shape[1:]]
+        self.input_scale_ = self._input_scale()
+        self.n_features_in_ = int(np.prod(self.input_shape_))
+        self.embed_dim_ = int(net.embed_dim)  # type: ignore[arg-type]
+        self._fit_clusters(encode_batched(net, x, batch_size=self._inference_batch(), device=device))
+        return self
+
+    # -- clustering
 
     def _fit_clusters(self, emb: np.ndarray) -> None:
         """UMAP (optional) then k-means or a GMM on embeddings ``(N, embed_dim_)``; sets ``labels_``."""
