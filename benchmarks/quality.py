@@ -119,6 +119,8 @@ class Runner:
         self._ae: Any = None
         self._ae_seconds = 0.0
         self._fitted: dict[str, tuple[Any, float]] = {}
+        self.predictions: dict[str, np.ndarray] = {}
+        """Labels ``(N,)`` of each scored method, by its requested name."""
 
     def _create(self, name: str, **extra: Any) -> Any:
         from imgclust.deep.methods import create_deep
@@ -179,7 +181,7 @@ class Runner:
         labels = {"n2d": "n2d (ours: ConvAE + UMAP + GMM)", "n2d-scae": "n2d-scae (ours: SCAE F + UMAP + GMM)",
                   "n2d-ensemble": "n2d-ensemble (ours: pixels + 5 SCAE, UMAP + GMM runs per view, one consensus)",
                   "simclr": "simclr (ours: SimCLR CNN + UMAP + GMM)"}
-        label = labels.get(method, f"{method} (ours)")
+        label, requested = labels.get(method, f"{method} (ours)"), method
         method = {"n2d": "convae+umap", "n2d-scae": "scae+umap"}.get(method, method)
         name, umap = method.removesuffix("+umap"), method.endswith("+umap")
         est, total, own = self.fitted(name)
@@ -190,6 +192,7 @@ class Runner:
             pred = _gmm(_umap(feats, self.args.seed), self.args.seed, N2D_CONSENSUS_RUNS)
             extra = time.perf_counter() - t0
             total, own = total + extra, extra
+        self.predictions[requested] = pred
         return (label, *_score(self.y, pred), total, own, str(resolve_device(self.args.device)))
 
 
@@ -198,6 +201,17 @@ def _load() -> str:
         return " / ".join(f"{v:.2f}" for v in os.getloadavg())
     except OSError:
         return "n/a"
+
+
+def _save_labels(folder: str, name: str, pred: np.ndarray, y: np.ndarray) -> None:
+    """Write ``pred`` ``(N,)`` to ``folder/name.npy`` and log each cluster's size and its two largest classes."""
+    os.makedirs(folder, exist_ok=True)
+    np.save(os.path.join(folder, f"{name}.npy"), pred)
+    for c in np.unique(pred):
+        classes, counts = np.unique(y[pred == c], return_counts=True)
+        top = np.argsort(-counts)[:2]
+        log.info("%s cluster %d: %d images; top classes %s", name, c, counts.sum(),
+                 ", ".join(f"{classes[i]} ({counts[i]})" for i in top))
 
 
 def main() -> None:
@@ -214,6 +228,8 @@ def main() -> None:
                    "when a previous run saved it there (lets several runs share one pretraining)")
     p.add_argument("--no-baselines", action="store_true", help="skip the pixel baselines (split runs)")
     p.add_argument("--out", default=None, help="also write the Markdown section to this file")
+    p.add_argument("--labels-out", default=None, help="folder to save each method's labels in "
+                   "(<method>-seed<S>.npy) and log which classes each cluster holds")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     import torch
@@ -233,6 +249,8 @@ def main() -> None:
         log.info("training %s on %d images (load %s)", method, len(x), _load())
         rows.append(runner.row(method))
         log.info("%s: ACC %.3f NMI %.3f in %.0f s", *rows[-1][:4])
+        if args.labels_out:
+            _save_labels(args.labels_out, f"{method}-seed{args.seed}", runner.predictions[method], y)
     lines = [
         f"### Clustering quality, Fashion-MNIST {args.split} ({len(x)} images), {started:%Y-%m-%d %H:%M} UTC", "",
         f"- machine: {platform.node()} {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
