@@ -1,7 +1,7 @@
 """Clustering quality on Fashion-MNIST: every deep method next to the seed paper's table and plain baselines.
 
     python benchmarks/quality.py [--split test|all] [--methods convae+umap,convae,...] [--epochs N]
-                                 [--max-iter N] [--threads N] [--out FILE.md]
+                                 [--max-iter N] [--threads N] [--out FILE.md] [--labels-out DIR]
 
 Prints one Markdown section: a header (date, host, CPU count, torch threads, load average before
 and after, the command) and a table of ACC / NMI (Hungarian accuracy, normalised mutual
