@@ -246,9 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="after the pixel pipeline, train this deep recipe (n2d: ConvAE -> UMAP -> GMM; n2d-scae: "
                         "SCAE -> UMAP -> GMM; n2d-ensemble: pixels + 5 SCAE encoders, one consensus; simclr: contrastive "
                         "CNN -> UMAP -> GMM) with the "
-                        "refine flow and promote it only if its NMI is not lower than the pixel model's. Default none: on this corpus "
-                        "it does not beat the pixel recipe yet (BENCHMARKS.md, deep clustering quality)")
-    p.add_argument("--refine-epochs", type=int, default=20, help="autoencoder epochs of the refine stage (default %(default)s)")
+                        "refine flow and promote it only if its NMI is not lower than the pixel model's. Default none: no deep recipe "
+                        "has beaten the pixel recipe on this demo yet (BENCHMARKS.md, deep clustering quality)")
+    p.add_argument("--refine-epochs", type=int, default=20, help="encoder training epochs of the refine stage "
+                   "(default %(default)s)")
     _add_pipeline_args(p, source=False)
     p.set_defaults(func=cmd_demo, umap=10, method="gmm", store=None)
     p = sub.add_parser("backbones", help="list feature extractors")
