@@ -88,3 +88,19 @@ def write_bad_files(root: Path) -> dict[str, str]:
     (root / "full.jpg").unlink()
     return {"empty.jpg": "empty", "notes.jpg": "not_an_image", "page.png": "not_an_image",
             "truncated.jpg": "truncated"}
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """One torch intra-op thread for the test, restored afterwards (deep-model modules use it for every test).
+
+    Tiny networks gain nothing from intra-op threads, and on a busy 2-core machine spinning OpenMP threads made
+    2 threads several times slower than 1. Set before every test, not once: a UMAP step can reset the
+    process-wide OpenMP count, and bit-identical weights across fits need one thread count throughout.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

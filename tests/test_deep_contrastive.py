@@ -3,7 +3,6 @@ the deep methods' mixed precision on CUDA."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,14 +18,7 @@ from imgclust.deep.training import CRASH_ENV, SimulatedCrash
 from imgclust.exceptions import ConfigError
 from imgclust.metrics import cluster_accuracy, nmi
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """One intra-op thread, so weights compare bit for bit across fits."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_nt_xent_by_hand() -> None:

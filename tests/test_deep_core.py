@@ -5,7 +5,6 @@ import math
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -30,16 +29,7 @@ from imgclust.deep.training import (
 from imgclust.exceptions import ConfigError, CorruptArtifactError, NotFittedError
 from imgclust.metrics import cluster_accuracy, nmi
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """Tiny networks gain nothing from intra-op threads, and on a busy 2-core machine OpenMP
-    barriers make 2 threads several times slower than 1. Set before every test (a UMAP step can reset
-    the process-wide OpenMP count, and bit-identical resume needs one count); restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # ----------------------------------------------------------------------------- losses, by hand
 

@@ -1,7 +1,6 @@
 """imgclust.deep.ensemble (``n2d-ensemble``): the multi-view net, the members, the pooled consensus, save / load."""
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,14 +16,7 @@ from imgclust.deep.networks import MultiViewNet, build_network
 from imgclust.exceptions import ConfigError
 from imgclust.metrics import cluster_accuracy
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """One intra-op thread (as tests/test_deep_methods.py), so member weights compare bit for bit."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize(("channels", "size"), [(1, 28), (3, 64)])

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,16 +23,7 @@ from imgclust.deep.nnc import (
 from imgclust.deep.training import CRASH_ENV, SimulatedCrash
 from imgclust.exceptions import ConfigError, NotFittedError
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """One intra-op thread for this module: on a shared 2-core machine two spinning OpenMP threads
-    were ~10x slower than one. Set before every test (bit-identical resume needs one thread count
-    throughout); restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 
