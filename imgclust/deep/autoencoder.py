@@ -26,7 +26,7 @@ from torch.nn import functional as F
 
 from imgclust.deep.embedding import CLUSTERERS, EmbeddingClusterer
 from imgclust.deep.losses import ascae_loss
-from imgclust.deep.networks import ARCHS
+from imgclust.deep.networks import ARCHS, input_geometry
 from imgclust.deep.training import random_affine
 from imgclust.estimator import check_int
 from imgclust.exceptions import ConfigError
@@ -156,9 +156,7 @@ class AutoencoderClusterer(EmbeddingClusterer):
 
     def network_spec(self, images: np.ndarray | torch.Tensor) -> dict[str, Any]:
         """The JSON network spec for images ``(N, H, W[, C])`` under the current parameters."""
-        channels = 1 if images.ndim == 3 else int(images.shape[3])
-        spec: dict[str, Any] = {"arch": self.arch, "in_channels": channels,
-                                "image_size": [int(images.shape[1]), int(images.shape[2])]}
+        spec: dict[str, Any] = {"arch": self.arch, **input_geometry(images)}
         if self.arch == "convae":
             spec["embed_dim"] = self.embed_dim or self.n_clusters
         else:

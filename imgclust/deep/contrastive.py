@@ -28,6 +28,7 @@ from torch.nn import functional as F
 
 from imgclust.deep.embedding import CLUSTERERS, EmbeddingClusterer
 from imgclust.deep.losses import nt_xent
+from imgclust.deep.networks import input_geometry
 from imgclust.estimator import check_int
 from imgclust.exceptions import ConfigError
 
@@ -140,9 +141,7 @@ class ContrastiveClusterer(EmbeddingClusterer):
 
     def network_spec(self, images: np.ndarray | torch.Tensor) -> dict[str, Any]:
         """The JSON network spec for images ``(N, H, W[, C])`` under the current parameters."""
-        channels = 1 if images.ndim == 3 else int(images.shape[3])
-        return {"arch": "contrastive", "in_channels": channels, "image_size": [int(images.shape[1]), int(images.shape[2])],
-                "width": self.width, "proj_dim": self.proj_dim}
+        return {"arch": "contrastive", **input_geometry(images), "width": self.width, "proj_dim": self.proj_dim}
 
     def _optimizer(self, net: nn.Module) -> torch.optim.Optimizer:
         return torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)

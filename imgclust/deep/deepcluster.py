@@ -36,7 +36,7 @@ from torch.nn import functional as F
 
 from imgclust.cluster import FaissKMeans
 from imgclust.deep import DeepEstimator
-from imgclust.deep.networks import build_network
+from imgclust.deep.networks import build_network, input_geometry
 from imgclust.deep.training import (
     Checkpointer,
     TrainingLoop,
@@ -222,8 +222,7 @@ class DeepCluster(DeepEstimator):
         x = to_float_images(arr)
         device = resolve_device(self.device)
         gen = seed_everything(self.seed)
-        spec = {"arch": "convae", "in_channels": 1 if arr.ndim == 3 else int(arr.shape[3]),
-                "image_size": [int(arr.shape[1]), int(arr.shape[2])], "embed_dim": self.embed_dim}
+        spec = {"arch": "convae", **input_geometry(arr), "embed_dim": self.embed_dim}
         net = build_network(spec).to(device)
         model = _Model(net, nn.Linear(self.embed_dim, n_pseudo)).to(device)
         cnn_params = [p for name, p in net.named_parameters() if name.startswith(("encoder.", "embed."))]

@@ -32,7 +32,7 @@ import torch
 from imgclust.consensus import MAX_CONSENSUS_ROWS, MIN_CLUSTER_FRACTION, consensus_labels
 from imgclust.deep import DeepEstimator
 from imgclust.deep.autoencoder import AutoencoderClusterer
-from imgclust.deep.networks import ASCAE_F_DIM, MultiViewNet, build_network
+from imgclust.deep.networks import ASCAE_F_DIM, MultiViewNet, build_network, input_geometry
 from imgclust.deep.training import resolve_device, to_float_images
 from imgclust.estimator import check_int
 from imgclust.exceptions import ConfigError
@@ -132,8 +132,7 @@ class MultiViewClusterer(DeepEstimator):
         if self.pixel_components > min(flat_dim, x.shape[0]):
             raise ConfigError(f"pixel_components={self.pixel_components} exceeds the pixel count {flat_dim} or the "
                               f"image count {x.shape[0]}")
-        spec: dict[str, Any] = {"arch": "multiview", "in_channels": int(x.shape[1]),
-                                "image_size": [int(x.shape[2]), int(x.shape[3])], "k": self.n_clusters,
+        spec: dict[str, Any] = {"arch": "multiview", **input_geometry(arr), "k": self.n_clusters,
                                 "members": self.members, "pixel_components": self.pixel_components,
                                 "init": self.init}
         net = cast(MultiViewNet, build_network(spec))

@@ -27,7 +27,7 @@ from imgclust.exceptions import ConfigError, UnknownNameError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ASCAE", "SCAE", "ConvAE", "ContrastiveNet", "MultiViewNet", "build_network", "ARCHS", "conv_out", "ImageSize"]
+__all__ = ["ASCAE", "SCAE", "ConvAE", "ContrastiveNet", "MultiViewNet", "build_network", "input_geometry", "ARCHS", "conv_out", "ImageSize"]
 
 ImageSize = int | tuple[int, int]
 ARCHS = ("ascae", "scae", "convae")
@@ -271,6 +271,13 @@ class MultiViewNet(nn.Module):
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Images ``(N, C, H, W)`` -> the scaled views concatenated ``(N, embed_dim)``."""
         return torch.cat([v / s for v, s in zip(self.views(x), self.scales, strict=True)], dim=1)
+
+
+def input_geometry(images: Any) -> dict[str, Any]:
+    """The ``in_channels`` and ``image_size`` entries of a network spec for images ``(N, H, W)`` (1 channel) or
+    ``(N, H, W, C)``, as JSON values."""
+    return {"in_channels": 1 if images.ndim == 3 else int(images.shape[3]),
+            "image_size": [int(images.shape[1]), int(images.shape[2])]}
 
 
 def build_network(spec: dict[str, Any]) -> nn.Module:
