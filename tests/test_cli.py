@@ -61,10 +61,11 @@ def test_parser_defaults_match_config_defaults() -> None:
     assert (a.extractor, a.method, a.k, a.pca) == ("pixels", "kmeans", 10, 50)
 
 
-def test_demo_defaults_pixel_recipe_with_gmm_and_refine_is_opt_in(tmp_path: Path,
-                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_demo_defaults_pixel_recipe_with_gmm_then_simclr_refine(tmp_path: Path,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
     a = build_parser().parse_args(["demo"])
-    assert (a.method, a.umap, a.refine, a.refine_epochs) == ("gmm", 10, "none", 20)
+    assert (a.method, a.umap, a.refine, a.refine_epochs) == ("gmm", 10, "simclr", 10)  # BENCHMARKS.md: demo
+    assert build_parser().parse_args(["demo", "--refine", "none"]).refine == "none"
     assert a.consensus is None  # resolved by cmd_demo: DEMO_CONSENSUS runs for gmm, 1 otherwise
     assert _demo_consensus(a) == DEMO_CONSENSUS == 8
     assert _demo_consensus(build_parser().parse_args(["demo", "--method", "kmeans"])) is None
