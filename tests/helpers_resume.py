@@ -8,7 +8,10 @@ settings) can leak between the reference run and the resumed one.
 """
 from __future__ import annotations
 
+import os
 import sys
+
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")  # MKL's reproducible mode: same results whatever the memory alignment
 from pathlib import Path
 
 import torch

@@ -86,7 +86,11 @@ def seed_everything(seed: int, *, deterministic: bool = True) -> torch.Generator
     global stream that drives init and augmentation. With ``deterministic`` (default)
     ``torch.use_deterministic_algorithms(True, warn_only=True)`` is set: on CPU every op used here
     is deterministic; on CUDA non-deterministic kernels only warn. This is process-wide torch state.
-    Bit-exact reproduction on CPU also needs the same torch thread count (reductions split by thread).
+    Bit-exact reproduction on CPU also needs the same torch thread count (reductions split by thread)
+    and, across processes (a crash and its resume), MKL's reproducible mode set in the environment
+    before torch starts (``MKL_CBWR=AUTO,STRICT``): without it a resumed fit differed from the
+    uninterrupted one by a few ulps in one ConvTranspose2d weight in 2 of 11 runs on a loaded machine,
+    with it 0 of 8 (tests/helpers_resume.py sets it; a library cannot, MKL reads it once).
     """
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ConfigError(f"seed must be an int >= 0, got {seed!r}")
