@@ -89,8 +89,9 @@ def seed_everything(seed: int, *, deterministic: bool = True) -> torch.Generator
     Bit-exact reproduction on CPU also needs the same torch thread count (reductions split by thread)
     and, across processes (a crash and its resume), MKL's reproducible mode set in the environment
     before torch starts (``MKL_CBWR=AUTO,STRICT``): without it a resumed fit differed from the
-    uninterrupted one by a few ulps in one ConvTranspose2d weight in 2 of 11 runs on a loaded machine,
-    with it 0 of 8 (tests/helpers_resume.py sets it; a library cannot, MKL reads it once).
+    uninterrupted one in 2 of 11 runs on a loaded machine (where captured, by a few ulps in one
+    ConvTranspose2d weight), with it in 0 of 8 (tests/helpers_resume.py sets it; a library cannot,
+    MKL reads it once).
     """
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ConfigError(f"seed must be an int >= 0, got {seed!r}")
