@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import os
 import sys
-
-os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")  # MKL's reproducible mode: same results whatever the memory alignment
 from pathlib import Path
 
-import torch
+# MKL's reproducible mode (same results whatever the memory alignment), set before torch loads MKL
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
+
+import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 
