@@ -51,10 +51,11 @@ def prepare_environment() -> None:
 DEMO_CONSENSUS = 8
 """EM runs of the demo's GMM consensus: on a 10k Fashion-MNIST *train* subset of raw pixels the consensus of
 8 runs was +0.015 ACC above the mean single run over four UMAP maps (BENCHMARKS.md, "Choosing the GMM consensus")."""
-# The demo's default second stage: simclr beat the pixel recipe on the demo corpus (ACC 0.665 / NMI 0.633 against
-# 0.597 / 0.629, 10:16 for both stages on 2 cores, BENCHMARKS.md); 10 epochs keep the demo near its 10 minutes.
 DEMO_REFINE = "simclr"
+"""The demo's default second stage: it beat the pixel recipe on the demo corpus (ACC 0.665 / NMI 0.633 against
+0.597 / 0.629, 10 min 16 s for the whole command on 2 cores; BENCHMARKS.md, "The demo's default recipe")."""
 DEMO_REFINE_EPOCHS = 10
+"""Its training epochs: 20 would put the demo near 15 minutes; on the train subset 10 cost ~0.01 ACC."""
 
 
 def _add_pipeline_args(p: argparse.ArgumentParser, *, source: bool = True) -> None:

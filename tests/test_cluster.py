@@ -256,9 +256,9 @@ def test_contract_fit_returns_self_same_seed_same_result_dtypes(name: str, fitte
         # land elsewhere. So the seed is checked where it is ours (the fitted sample) and the layout by what
         # it must keep: the four blobs stay four groups in both.
         np.testing.assert_array_equal(fitted[name].sample_indices_, again.sample_indices_)
-        groups = [KMeans(n_clusters=4, n_init=4, random_state=0).fit_predict(e) for e in (a, b)]
-        assert adjusted_rand_score(*groups) == 1.0
-        assert adjusted_rand_score(groups[0], KMeans(n_clusters=4, n_init=4, random_state=0).fit_predict(X_new)) == 1.0
+        first, second, raw = (KMeans(n_clusters=4, n_init=4, random_state=0).fit_predict(e) for e in (a, b, X_new))
+        assert adjusted_rand_score(first, second) == 1.0
+        assert adjusted_rand_score(first, raw) == 1.0
     else:
         np.testing.assert_array_equal(a, b)
     assert a.dtype == (np.float32 if out is _transform_out else np.int64)
