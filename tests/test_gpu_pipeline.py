@@ -52,6 +52,27 @@ def test_decode_batch_matches_the_cpu_decoder_and_keeps_quarantine_kinds(files: 
         assert (img.float() - ref.float()).abs().mean() < 2.0, i  # libjpeg builds differ by rounding only
 
 
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_on_device_matches_pil(photo: Image.Image, orientation: int) -> None:
+    """nvJPEG ignores EXIF orientation, so decode_batch applies it itself: each of the 8 orientations must
+    give PIL's ``exif_transpose`` of the same JPEG, pixel for pixel after the (identical) decode."""
+    from PIL import ImageOps
+
+    from imgclust.gpu_pipeline import apply_exif_orientation
+
+    small = photo.resize((40, 30))
+    exif = small.getexif()
+    exif[0x0112] = orientation
+    data = _jpeg(small, exif=exif.tobytes())
+    with Image.open(io.BytesIO(data)) as im:
+        raw = np.asarray(im.convert("RGB"))
+        upright = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+    got = apply_exif_orientation(torch.from_numpy(raw.copy()).permute(2, 0, 1), orientation)
+    assert torch.equal(got, torch.from_numpy(upright.copy()).permute(2, 0, 1))
+    out = decode_batch([data], "RGB", "cpu")
+    assert tuple(out.images[0].shape) == (3, *upright.shape[:2])
+
+
 def test_gray_mode_gives_one_channel(files: list[bytes]) -> None:
     out = decode_batch(files[:3], "L", "cpu")
     assert all(t.shape[0] == 1 for t in out.images.values())
