@@ -149,6 +149,13 @@ def test_simclr_method_fit_predict_save_load(tmp_path: Path) -> None:
     np.testing.assert_array_equal(loaded.predict(x), est.predict(x))
 
 
+def test_create_deep_simclr_takes_its_own_umap_components() -> None:
+    """``create_deep`` sets UMAP to ``k`` dims for simclr unless the caller overrides it (the GPU test passes
+    ``umap_components=None``; a duplicate keyword used to raise TypeError)."""
+    assert create_deep("simclr", k=4, epochs=1).umap_components == 4
+    assert create_deep("simclr", k=4, epochs=1, umap_components=None).umap_components is None
+
+
 def test_mixed_precision_is_bf16_autocast_on_cuda_only() -> None:
     from imgclust.deep.training import mixed_precision
 

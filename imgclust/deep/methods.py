@@ -69,7 +69,7 @@ def create_deep(method: str, *, k: int, epochs: int = 20, max_iter: int = 2000, 
     if method == "simclr":
         from imgclust.deep.contrastive import ContrastiveClusterer
 
-        return ContrastiveClusterer(n_clusters=k, epochs=epochs, umap_components=k, **common, **extra)
+        return ContrastiveClusterer(n_clusters=k, epochs=epochs, **{"umap_components": k, **common, **extra})
     if method in ("ascae", "scae", "convae", *N2D_RECIPES):
         from imgclust.deep.autoencoder import AutoencoderClusterer
 
