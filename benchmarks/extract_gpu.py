@@ -9,7 +9,7 @@ temp folder. Per backbone (random weights; speed does not depend on weight value
   (``imgclust.gpu_pipeline.decode_batch``), on CPU with PIL in a pool of one thread per core;
 * **(b) forward**: ``Backbone.embed`` on a preprocessed batch already on the device (bf16 autocast
   and channels_last on CUDA), features copied back to the host;
-* **(c) end to end**: files read by threads, decoded + resized + normalised on the device in a
+* **(c) end to end**: files read by threads (the next batch while this one decodes), decoded + resized + normalised on the device in a
   producer thread (its own CUDA stream), forward in the main thread, two batches in flight;
 * **(d) naive**: PIL decode + ``preprocess_image`` in the main thread, fp32 forward, batch 32.
 
@@ -47,6 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batch", type=int, default=0, help="batch size (0: from free GPU memory, 64 on CPU)")
     p.add_argument("--max-batch", type=int, default=512)
+    p.add_argument("--producers", default="1",
+                   help="comma list: decode/preprocess threads feeding the model in (c); one row each")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -109,18 +111,27 @@ def forward_rate(backbone: Any, n: int, batch: int) -> float:
     return max(1, n // batch) * batch / (time.perf_counter() - t0)
 
 
-def end_to_end_rate(backbone: Any, paths: list[Path], batch: int) -> tuple[float, int]:
-    """(c) images/s from files: threaded reads, device decode + preprocess in a producer thread."""
+def end_to_end_rate(backbone: Any, paths: list[Path], batch: int, producers: int = 1) -> tuple[float, int]:
+    """(c) images/s from files: threaded reads, device decode + preprocess in ``producers`` threads (each on
+    its own CUDA stream, taking every ``producers``-th batch), forward in the main thread."""
     from imgclust.gpu_pipeline import decode_batch, preprocess_on_device
 
     device, prep = backbone.device, backbone.preprocessing
-    batches: queue.Queue[Any] = queue.Queue(maxsize=2)
-    stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+    batches: queue.Queue[Any] = queue.Queue(maxsize=2 * producers)
+    starts = list(range(0, len(paths), batch))
 
-    def produce() -> None:
-        with ThreadPoolExecutor(8) as readers:
-            for s in range(0, len(paths), batch):
-                datas = list(readers.map(Path.read_bytes, paths[s:s + batch]))
+    def produce(mine: list[int]) -> None:
+        stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        with ThreadPoolExecutor(8) as readers, ThreadPoolExecutor(1) as ahead:
+            def read(s: int) -> list[bytes]:
+                return list(readers.map(Path.read_bytes, paths[s:s + batch]))
+
+            pending = ahead.submit(read, mine[0]) if mine else None
+            for j in range(len(mine)):
+                assert pending is not None
+                datas = pending.result()
+                if j + 1 < len(mine):  # the next batch's files are read while this one decodes
+                    pending = ahead.submit(read, mine[j + 1])
                 ctx = torch.cuda.stream(stream) if stream is not None else _null()
                 with ctx:
                     dec = decode_batch(datas, prep.mode, device)
@@ -132,16 +143,22 @@ def end_to_end_rate(backbone: Any, paths: list[Path], batch: int) -> tuple[float
         batches.put(None)
 
     t0 = time.perf_counter()
-    producer = threading.Thread(target=produce, daemon=True)
-    producer.start()
-    n = bad = 0
-    while (item := batches.get()) is not None:
+    threads = [threading.Thread(target=produce, args=(starts[p::producers],), daemon=True) for p in range(producers)]
+    for t in threads:
+        t.start()
+    n = bad = finished = 0
+    while finished < producers:
+        item = batches.get()
+        if item is None:
+            finished += 1
+            continue
         x, done, errors = item
         if done is not None:
             torch.cuda.current_stream(device).wait_event(done)
         n += backbone.embed(x).shape[0]
         bad += errors
-    producer.join()
+    for t in threads:
+        t.join()
     return n / (time.perf_counter() - t0), bad
 
 
@@ -190,18 +207,20 @@ def main(argv: list[str] | None = None) -> None:
             decode_rate(datas[: min(len(datas), 2 * batch)], device, batch)  # warm-up (nvJPEG handles)
             a = decode_rate(datas, device, batch)
             b = forward_rate(backbone, args.n, batch)
-            end_to_end_rate(backbone, paths[: min(len(paths), 2 * batch)], batch)  # warm-up
-            c, bad = end_to_end_rate(backbone, paths, batch)
             d = naive_rate(name, paths[: min(len(paths), 1024)], device)
-            log.info("%s: decode %.0f/s, forward %.0f/s, end to end %.0f/s, naive %.0f/s", name, a, b, c, d)
-            rows.append((name, batch, a, b, c, d, bad))
+            for producers in [int(v) for v in args.producers.split(",")]:
+                end_to_end_rate(backbone, paths[: min(len(paths), 2 * batch * producers)], batch, producers)  # warm-up
+                c, bad = end_to_end_rate(backbone, paths, batch, producers)
+                log.info("%s: decode %.0f/s, forward %.0f/s, end to end %.0f/s (%d producers), naive %.0f/s",
+                         name, a, b, c, producers, d)
+                rows.append((name, batch, producers, a, b, c, d, bad))
         gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
         print(f"{args.n} JPEGs 500x375 q90; device {device} ({gpu}); {os.cpu_count()} cores; torch {torch.__version__}\n")
-        print("| model | batch | (a) decode img/s | (b) forward img/s | (c) end to end img/s | (d) naive img/s | "
-              "(c) / min(a, b) | (c) / (d) | bottleneck | quarantined |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
-        for name, batch, a, b, c, d, bad in rows:
-            print(f"| {name} | {batch} | {a:,.0f} | {b:,.0f} | {c:,.0f} | {d:,.0f} | {c / min(a, b):.2f} | "
+        print("| model | batch | (c) producers | (a) decode img/s | (b) forward img/s | (c) end to end img/s | "
+              "(d) naive img/s | (c) / min(a, b) | (c) / (d) | bottleneck | quarantined |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        for name, batch, producers, a, b, c, d, bad in rows:
+            print(f"| {name} | {batch} | {producers} | {a:,.0f} | {b:,.0f} | {c:,.0f} | {d:,.0f} | {c / min(a, b):.2f} | "
                   f"{c / d:.1f} | {'decode' if a < b else 'model'} | {bad} |")
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -54,6 +54,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--methods", default="faiss,torch,sklearn,minibatch",
                    help="comma-separated, the first is the reference of the ratio columns (default: %(default)s)")
+    p.add_argument("--init", choices=["k-means++", "random", "shared"], default="k-means++",
+                   help="seeding: each method's own k-means++ (FaissKMeans uses scikit-learn's, O(n k D) and "
+                        "mostly single-threaded: it dominates the fit at 1M rows, k=1000), k random rows, or "
+                        "'shared': one k-means++ draw made before timing and given to every method")
     p.add_argument("--device", default="auto", help="TorchKMeans device: auto | cpu | cuda (default: auto)")
     add_quiet_args(p)
     p.add_argument("--quick", action="store_true", help="smoke run: 10k rows, k=20, 5 iterations, 1 repeat")
@@ -94,9 +98,13 @@ def inertia(X: np.ndarray, centers: np.ndarray, chunk: int = 8192) -> float:
     return total
 
 
-def methods(n: int, k: int, iters: int, seed: int, device: str = "auto"
-            ) -> dict[str, tuple[str, str, Callable[[np.ndarray], Any]]]:
-    """key -> (name, settings shown in the table, fit function returning (centers (k, D), iterations run))."""
+def methods(n: int, k: int, iters: int, seed: int, device: str = "auto", init: str = "k-means++",
+            seeds: np.ndarray | None = None) -> dict[str, tuple[str, str, Callable[[np.ndarray], Any]]]:
+    """key -> (name, settings shown in the table, fit function returning (centers (k, D), iterations run)).
+
+    ``init="shared"``: every method starts from ``seeds`` ``(k, D)`` (one k-means++ draw, made before timing),
+    so the times are Lloyd iterations alone and the inertias compare like for like.
+    """
     from sklearn.cluster import KMeans, MiniBatchKMeans
 
     mppc = math.ceil(n / k)
@@ -104,7 +112,8 @@ def methods(n: int, k: int, iters: int, seed: int, device: str = "auto"
     def faiss_fit(X: np.ndarray) -> Any:
         from imgclust.cluster import FaissKMeans
 
-        est = FaissKMeans(n_clusters=k, n_iter=iters, n_redo=1, seed=seed, max_points_per_centroid=mppc).fit(X)
+        est = FaissKMeans(n_clusters=k, n_iter=iters, n_redo=1, seed=seed, max_points_per_centroid=mppc,
+                          init="random" if init == "random" else "k-means++").fit(X, init_centroids=seeds)
         if est.n_train_samples_ != X.shape[0]:
             raise RuntimeError(f"faiss trained on {est.n_train_samples_} of {X.shape[0]} rows")
         return est.cluster_centers_, iters
@@ -115,27 +124,47 @@ def methods(n: int, k: int, iters: int, seed: int, device: str = "auto"
         from imgclust.kmeans_torch import TorchKMeans
 
         est = TorchKMeans(n_clusters=k, n_iter=iters, n_redo=1, seed=seed, max_points_per_centroid=mppc,
-                          device=device).fit(X)
+                          init="random" if init == "random" else "k-means++", device=device
+                          ).fit(X, init_centroids=seeds)
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         return est.cluster_centers_, iters
 
     def km_fit(X: np.ndarray) -> Any:
-        est = KMeans(n_clusters=k, init="k-means++", n_init=1, max_iter=iters, tol=0.0, algorithm="lloyd",
+        start = seeds if seeds is not None else ("random" if init == "random" else "k-means++")
+        est = KMeans(n_clusters=k, init=start, n_init=1, max_iter=iters, tol=0.0, algorithm="lloyd",
                      random_state=seed).fit(X)
         return est.cluster_centers_, est.n_iter_
 
     def mb_fit(X: np.ndarray) -> Any:
-        est = MiniBatchKMeans(n_clusters=k, n_init=1, max_iter=iters, random_state=seed).fit(X)
+        start = seeds if seeds is not None else ("random" if init == "random" else "k-means++")
+        est = MiniBatchKMeans(n_clusters=k, init=start, n_init=1, max_iter=iters, random_state=seed).fit(X)
         return est.cluster_centers_, f"{est.n_iter_} epochs ({est.n_steps_} batches)"
 
-    all_rows = f"max_points_per_centroid={mppc} (all rows)"
+    all_rows = f"max_points_per_centroid={mppc} (all rows), init={init}"
     return {
         "faiss": ("FaissKMeans", f"n_iter={iters}, n_redo=1, {all_rows}", faiss_fit),
         "torch": (f"TorchKMeans ({_torch_device(device)})", f"n_iter={iters}, n_redo=1, {all_rows}", torch_fit),
-        "sklearn": ("sklearn KMeans", f"lloyd, max_iter={iters}, tol=0, n_init=1", km_fit),
-        "minibatch": ("sklearn MiniBatchKMeans", f"max_iter={iters}, n_init=1, batch_size=1024", mb_fit),
+        "sklearn": ("sklearn KMeans", f"lloyd, max_iter={iters}, tol=0, n_init=1, init={init}", km_fit),
+        "minibatch": ("sklearn MiniBatchKMeans", f"max_iter={iters}, n_init=1, batch_size=1024, init={init}", mb_fit),
     }
+
+
+def shared_seeds(X: np.ndarray, k: int, seed: int, device: str) -> np.ndarray:
+    """One k-means++ draw ``(k, D)`` float32 over all rows of ``X``, with TorchKMeans's seeding on ``device``."""
+    import torch
+
+    from imgclust.deep.training import resolve_device
+    from imgclust.kmeans_torch import _kmeans_pp
+
+    dev = resolve_device(device)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        seeds = _kmeans_pp(torch.from_numpy(X).to(dev), k, torch.Generator(device=dev).manual_seed(seed))
+    out = seeds.cpu().numpy().astype(np.float32)
+    log.info("shared k-means++ seeds (%d, %d) on %s in %.1f s (not timed)", k, X.shape[1], dev,
+             time.perf_counter() - t0)
+    return out
 
 
 def _torch_device(device: str) -> str:
@@ -154,7 +183,9 @@ def available(key: str) -> bool:
 def run(X: np.ndarray, args: argparse.Namespace) -> list[dict[str, Any]]:
     """Warm up every method, then time them interleaved (``repeats`` rounds), each after a quiet check."""
     keys = [m.strip() for m in args.methods.split(",") if m.strip()]
-    every = methods(X.shape[0], args.k, args.iters, args.seed, args.device)
+    shared = args.init == "shared"
+    every = methods(X.shape[0], args.k, args.iters, args.seed, args.device, args.init,
+                    shared_seeds(X, args.k, args.seed, args.device) if shared else None)
     unknown = sorted(set(keys) - set(every))
     if unknown:
         raise SystemExit(f"unknown --methods {unknown}; choose from {sorted(every)}")
@@ -164,7 +195,10 @@ def run(X: np.ndarray, args: argparse.Namespace) -> list[dict[str, Any]]:
     keys = [key for key in keys if key not in skipped]
     table = {key: every[key] for key in keys}
     warm = X[: min(10_000, X.shape[0])]
-    for key, (name, _, fit) in methods(warm.shape[0], min(args.k, 100), 2, args.seed, args.device).items():
+    warm_k = min(args.k, 100)
+    warm_seeds = shared_seeds(warm, warm_k, args.seed, args.device) if shared else None
+    for key, (name, _, fit) in methods(warm.shape[0], warm_k, 2, args.seed, args.device, args.init,
+                                       warm_seeds).items():
         if key in table:
             log.info("%s: warm-up on %d rows", name, warm.shape[0])
             fit(warm)
