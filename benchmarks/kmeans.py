@@ -4,7 +4,7 @@ Same float32 matrix, same ``k``, same number of Lloyd iterations, one run each (
 ``n_redo=1``), all seeded with k-means++:
 
 * FaissKMeans: ``n_iter=25, n_redo=1, max_points_per_centroid=ceil(n / k)`` so faiss trains on every
-  row (no subsampling); its ``fit`` includes the k-means++ init (scikit-learn's ``kmeans_plusplus``)
+  row (no subsampling); its ``fit`` includes the k-means++ init (``imgclust.seeding``, torch on the CPU)
   and the assignment passes it makes to compute its own inertia.
 * TorchKMeans: the same settings on ``--device`` (``auto``: the GPU when present), timed with a
   CUDA synchronise; its k-means++ runs on the device too.
@@ -55,9 +55,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--methods", default="faiss,torch,sklearn,minibatch",
                    help="comma-separated, the first is the reference of the ratio columns (default: %(default)s)")
     p.add_argument("--init", choices=["k-means++", "random", "shared"], default="k-means++",
-                   help="seeding: each method's own k-means++ (FaissKMeans uses scikit-learn's, O(n k D) and "
-                        "mostly single-threaded: it dominates the fit at 1M rows, k=1000), k random rows, or "
-                        "'shared': one k-means++ draw made before timing and given to every method")
+                   help="seeding: each method's own k-means++ (O(n k D) in k sequential steps; on CPU cores it "
+                        "dominates the fit at 1M rows, k=1000), k random rows, or 'shared': one k-means++ draw "
+                        "made before timing and given to every method")
     p.add_argument("--device", default="auto", help="TorchKMeans device: auto | cpu | cuda (default: auto)")
     add_quiet_args(p)
     p.add_argument("--quick", action="store_true", help="smoke run: 10k rows, k=20, 5 iterations, 1 repeat")
@@ -155,12 +155,12 @@ def shared_seeds(X: np.ndarray, k: int, seed: int, device: str) -> np.ndarray:
     import torch
 
     from imgclust.deep.training import resolve_device
-    from imgclust.kmeans_torch import _kmeans_pp
+    from imgclust.seeding import kmeans_plusplus
 
     dev = resolve_device(device)
     t0 = time.perf_counter()
     with torch.no_grad():
-        seeds = _kmeans_pp(torch.from_numpy(X).to(dev), k, torch.Generator(device=dev).manual_seed(seed))
+        seeds = kmeans_plusplus(torch.from_numpy(X).to(dev), k, torch.Generator(device=dev).manual_seed(seed))
     out = seeds.cpu().numpy().astype(np.float32)
     log.info("shared k-means++ seeds (%d, %d) on %s in %.1f s (not timed)", k, X.shape[1], dev,
              time.perf_counter() - t0)

@@ -3,8 +3,8 @@
 faiss-gpu wheels carry no Hopper kernels and need CUDA 12 libraries (ENVIRONMENT.md), so GPU
 k-means on current machines is done with plain torch: Lloyd's algorithm (Lloyd, "Least squares
 quantization in PCM", IEEE TIT 1982) with distances as ``||c||^2 - 2 x.c`` GEMMs over row chunks,
-centroid sums by ``index_add_``, and greedy k-means++ seeding (Arthur & Vassilvitskii, SODA 2007;
-``2 + log k`` candidates per step as scikit-learn does) on the device. Runs on the CPU too (the
+centroid sums by ``index_add_``, and greedy k-means++ seeding (:mod:`imgclust.seeding`; Arthur &
+Vassilvitskii, SODA 2007) on the device. Runs on the CPU too (the
 tests compare it with faiss there).
 
 Sampling, the streaming ``predict`` and persistence are inherited from :class:`FaissKMeans`;
@@ -15,7 +15,6 @@ are always returned.
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any, Literal
 
 import numpy as np
@@ -24,6 +23,7 @@ import torch
 from imgclust.cluster import FaissKMeans
 from imgclust.estimator import l2_normalize, register_estimator
 from imgclust.exceptions import ConfigError
+from imgclust.seeding import kmeans_plusplus
 
 logger = logging.getLogger(__name__)
 
@@ -54,29 +54,6 @@ def _nearest(X: torch.Tensor, C: torch.Tensor, x2: torch.Tensor | None = None
         labels[s:s + step] = idx
         dist[s:s + step] = (best + ((x * x).sum(dim=1) if x2 is None else x2[s:s + step])).clamp_min_(0.0)
     return labels, dist
-
-
-def _kmeans_pp(X: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
-    """Greedy k-means++ seeds ``(k, D)`` from rows of ``X`` (n, D), drawn with the generator ``gen``."""
-    n = X.shape[0]
-    trials = 2 + int(math.log(k))
-    first = int(torch.randint(n, (1,), generator=gen, device=gen.device).item())
-    centers = [X[first]]
-    closest = ((X - X[first]) ** 2).sum(dim=1)
-    x2 = (X * X).sum(dim=1)
-    for _ in range(1, k):
-        total = closest.sum()
-        if float(total) <= 0.0:  # fewer distinct rows than k: any row is as good as another
-            cand = torch.randint(n, (trials,), generator=gen, device=gen.device)
-        else:
-            cand = torch.multinomial(closest / total, trials, replacement=True, generator=gen)
-        Y = X[cand]  # (t, D)
-        d = (x2[:, None] + (Y * Y).sum(dim=1)[None, :] - 2.0 * (X @ Y.T)).clamp_min_(0.0)  # (n, t)
-        d = torch.minimum(d, closest[:, None])
-        best = int(torch.argmin(d.sum(dim=0)).item())
-        centers.append(Y[best])
-        closest = d[:, best].contiguous()
-    return torch.stack(centers)
 
 
 @register_estimator
@@ -147,7 +124,7 @@ class TorchKMeans(FaissKMeans):
                 elif self.init == "random":
                     C0 = X[torch.randperm(X.shape[0], generator=gen, device=device)[:k]].clone()
                 else:
-                    C0 = _kmeans_pp(X, k, gen)
+                    C0 = kmeans_plusplus(X, k, gen)
                 C = self._lloyd(X, C0)
                 inertia = float(_nearest(X, C)[1].sum(dtype=torch.float64))
                 if best is None or inertia < best[1]:
