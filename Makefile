@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 FASHION := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
 
-.PHONY: demo test test-slow test-all lint bench dataset clean
+.PHONY: demo test test-slow test-gpu test-all lint bench dataset clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ test: $(STAMP) dataset
 
 test-slow: $(STAMP) dataset
 	$(PY) -m pytest -m slow
+
+test-gpu: $(STAMP) dataset
+	$(PY) -m pytest -m gpu
 
 test-all: $(STAMP) dataset
 	$(PY) -m pytest -m ''
