@@ -10,7 +10,12 @@ import pytest
 import torch
 from conftest import fashion_test_subset
 
-from imgclust.deep.contrastive import ContrastiveClusterer, contrastive_view
+from imgclust.deep.contrastive import (
+    ContrastiveClusterer,
+    apply_tone_curve,
+    contrastive_view,
+    tone_curve_knots,
+)
 from imgclust.deep.losses import nt_xent
 from imgclust.deep.methods import create_deep, load_deep
 from imgclust.deep.networks import ContrastiveNet, build_network
@@ -66,13 +71,45 @@ def test_contrastive_view_keeps_shape_range_and_background() -> None:
     torch.testing.assert_close(contrastive_view(x), out)  # reproducible from the torch RNG
     # a flat grey image: any crop of it is flat; contrast and brightness keep it flat, within their ranges
     flat = torch.full((32, 3, 8, 8), 0.5)
-    views = contrastive_view(flat, min_crop_area=0.5, jitter=0.4)
+    views = contrastive_view(flat, min_crop_area=0.5, jitter=0.4, tone_curve="none")
     per_image = views.flatten(1)
     torch.testing.assert_close(per_image.max(1).values, per_image.min(1).values)
     assert per_image.min() >= 0.5 * 0.6 - 0.2 - 1e-6 and per_image.max() <= 0.5 * 1.4 + 0.2 + 1e-6
     assert per_image[:, 0].std() > 0.05  # the jitter does vary between images
-    # the black background gets no brightness shift
-    assert torch.equal(contrastive_view(torch.zeros(8, 1, 28, 28)), torch.zeros(8, 1, 28, 28))
+    # a tone curve maps one grey level to one grey level: still flat
+    for kind in ("monotone", "random"):
+        per_image = contrastive_view(flat, min_crop_area=0.5, tone_curve=kind).flatten(1)
+        torch.testing.assert_close(per_image.max(1).values, per_image.min(1).values)
+        assert per_image.min() >= 0 and per_image.max() <= 1
+    # the black background gets no brightness shift, and every tone curve keeps black black
+    for kind in ("none", "monotone", "random"):
+        assert torch.equal(contrastive_view(torch.zeros(8, 1, 28, 28), tone_curve=kind), torch.zeros(8, 1, 28, 28))
+
+
+def test_apply_tone_curve_by_hand() -> None:
+    # S = 4 pieces: knots are the outputs at 0, 0.25, 0.5, 0.75, 1; linear in between
+    knots = torch.tensor([[0.0, 0.5, 0.6, 0.9, 1.0], [0.0, 1.0, 0.2, 0.2, 0.4]])
+    x = torch.tensor([0.0, 0.125, 0.3, 0.5, 0.8, 1.0]).view(1, 1, 1, 6).expand(2, 2, 1, 6)  # two channels alike
+    out = apply_tone_curve(x, knots)
+    torch.testing.assert_close(out[0, 0, 0], torch.tensor([0.0, 0.25, 0.52, 0.6, 0.92, 1.0]))
+    torch.testing.assert_close(out[1, 0, 0], torch.tensor([0.0, 0.5, 0.84, 0.2, 0.24, 0.4]))
+    torch.testing.assert_close(out[:, 1], out[:, 0])
+    with pytest.raises(ConfigError, match="knots must be"):
+        apply_tone_curve(x, knots[:1])
+
+
+def test_tone_curve_knots() -> None:
+    torch.manual_seed(0)
+    mono = tone_curve_knots(500, "monotone", 4)
+    assert mono.shape == (500, 5) and (mono[:, 0] == 0).all()
+    assert (mono.diff(dim=1) >= 0).all()  # keeps the order of grey levels
+    torch.testing.assert_close(mono[:, -1], torch.ones(500))
+    rnd = tone_curve_knots(500, "random", 8)
+    assert rnd.shape == (500, 9) and (rnd[:, 0] == 0).all() and (rnd[:, 1:] >= 0.2).all() and (rnd <= 1).all()
+    assert (rnd.diff(dim=1) < 0).any(dim=1).float().mean() > 0.9  # almost every curve reorders grey levels
+    for bad in ("none", "gamma"):
+        with pytest.raises(ConfigError, match="tone curve kind"):
+            tone_curve_knots(2, bad)
 
 
 @pytest.mark.parametrize(("channels", "size"), [(1, 28), (3, 64)])
@@ -96,6 +133,7 @@ def test_bad_parameters_fail_before_training() -> None:
     x = np.zeros((10, 28, 28), dtype=np.uint8)
     for bad, match in (({"temperature": 0.0}, "temperature"), ({"min_crop_area": 0.0}, "min_crop_area"),
                        ({"jitter": 1.0}, "jitter"), ({"batch_size": 1}, "batch_size"),
+                       ({"tone_curve": "gamma"}, "tone_curve"), ({"tone_segments": 0}, "tone_segments"),
                        ({"clusterer": "dbscan"}, "clusterer")):
         with pytest.raises(ConfigError, match=match):
             ContrastiveClusterer(**bad).fit(x)  # type: ignore[arg-type]
