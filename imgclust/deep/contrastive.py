@@ -133,7 +133,7 @@ class ContrastiveClusterer(EmbeddingClusterer):
     epochs, batch_size, lr, weight_decay : Adam training; each step sees ``batch_size`` images twice
         (two views), so a batch has ``2·batch_size - 2`` negatives per anchor. 20 epochs was the best of
         10 / 20 / 40 / 60 on a 10k Fashion-MNIST *train* subset (BENCHMARKS.md, "Choosing the ``simclr``
-        training length": ACC 0.690 / NMI 0.665 at 20)
+        training length": ACC 0.690 / NMI 0.665 at 20; chosen before the tone curve existed, not re-chosen)
     temperature : τ of NT-Xent (0.5, SimCLR's CIFAR-10 setting)
     min_crop_area, jitter : augmentation strength (:func:`contrastive_view`)
     tone_curve, tone_segments : the per-view random tone curve of :func:`contrastive_view` (one of
