@@ -1,6 +1,8 @@
 """Evidence-accumulation consensus (Fred & Jain 2005): hand-computed co-association and the cut."""
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 
@@ -70,14 +72,21 @@ def _groups_with_stragglers() -> tuple[np.ndarray, np.ndarray]:
     return truth, np.stack(runs, axis=1)
 
 
-def test_outlier_rows_do_not_take_a_cluster() -> None:
+def test_outlier_rows_do_not_take_a_cluster(caplog: pytest.LogCaptureFixture) -> None:
     """The plain average-linkage cut spends one of the 3 clusters on the 3 stragglers and merges B and
-    C; the outlier-aware cut keeps A, B, C and gives each straggler the group it co-occurs with most (A)."""
+    C, and warns about the 3-row cluster; the outlier-aware cut keeps A, B, C and gives each straggler the
+    group it co-occurs with most (A), with no warning."""
     truth, p = _groups_with_stragglers()
-    plain = consensus_labels(p, 3)  # the default: Fred & Jain's plain cut
+    with caplog.at_level(logging.WARNING, logger="imgclust.consensus"):
+        plain = consensus_labels(p, 3)  # the default: Fred & Jain's plain cut
     assert sorted(np.bincount(plain).tolist()) == [3, 40, 80]
-    labels = consensus_labels(p, 3, min_cluster_fraction=MIN_CLUSTER_FRACTION)
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and "1 of 3 clusters" in warned[0] and "(sizes [3])" in warned[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="imgclust.consensus"):
+        labels = consensus_labels(p, 3, min_cluster_fraction=MIN_CLUSTER_FRACTION)
     assert cluster_accuracy(truth, labels) == 1.0
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]  # no outlier-size cluster left
 
 
 def test_min_size_that_no_cut_meets_is_an_error() -> None:
