@@ -31,6 +31,7 @@ CANDIDATES: dict[str, dict[str, Any]] = {
     "random": {"tone_curve": "random"},
     "random-crop0.6": {"tone_curve": "random", "min_crop_area": 0.6},
     "random8-crop0.6": {"tone_curve": "random", "tone_segments": 8, "min_crop_area": 0.6},
+    "monotone-b512": {"tone_curve": "monotone", "batch_size": 512},
 }
 """Candidate augmentations (ContrastiveClusterer parameters); ``none`` is the augmentation before the tone
 curve was added (crop 0.3-1, flip, contrast/brightness jitter)."""
