@@ -228,7 +228,9 @@ def main() -> None:
     p.add_argument("--limit", type=int, default=None, help="seeded subset (smoke runs)")
     p.add_argument("--pretrained", default=None, help="folder to save the shared ConvAE in, or load it from "
                    "when a previous run saved it there (lets several runs share one pretraining)")
-    p.add_argument("--tone-curve", default=None, choices=["none", "monotone", "random"],
+    from imgclust.deep.contrastive import TONE_CURVES
+
+    p.add_argument("--tone-curve", default=None, choices=TONE_CURVES,
                    help="simclr's per-view tone curve (default: the method's own default)")
     p.add_argument("--no-baselines", action="store_true", help="skip the pixel baselines (split runs)")
     p.add_argument("--out", default=None, help="also write the Markdown section to this file")
@@ -261,8 +263,8 @@ def main() -> None:
         f"with {torch.get_num_threads()} intra-op threads; load average (1/5/15 min) before {load_before}, "
         f"after {_load()}; whole run {time.perf_counter() - t_all:.0f} s",
         f"- command: `python {' '.join(shlex.quote(a) for a in sys.argv)}`",
-        f"- settings: epochs={args.epochs}, max_iter={args.max_iter}, seed={args.seed}, device={args.device}, "
-        f"simclr tone curve {args.tone_curve or 'default'}; "
+        f"- settings: epochs={args.epochs}, max_iter={args.max_iter}, seed={args.seed}, device={args.device}"
+        + (f", simclr tone curve {args.tone_curve or 'default'}" if "simclr" in args.methods.split(",") else "") + "; "
         "convae / dec / idec / nnc share one pretrained ConvAE (its time is included in their `train s`)", "",
         "| method | ACC | NMI | train s | own s | device |", "|---|---|---|---|---|---|"]
     lines += [f"| {n} | {a:.3f} | {m:.3f} | {s:.0f} | {o:.0f} | {d} |" for n, a, m, s, o, d in rows]

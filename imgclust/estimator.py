@@ -238,8 +238,17 @@ class Estimator:
     _array_attrs: ClassVar[tuple[str, ...]] = ()
     _meta_attrs: ClassVar[tuple[str, ...]] = ("n_features_in_",)
     _object_attr: ClassVar[str | None] = None
+    _params_added: ClassVar[dict[str, Any]] = {}
+    """Constructor parameters added after artifacts of the class were first written, each with the value a
+    model saved without it was trained with (not the new default): :meth:`saved_params` fills them in."""
 
     n_features_in_: int
+
+    @classmethod
+    def saved_params(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """Constructor parameters of a saved artifact's manifest, with :attr:`_params_added` filled in where the
+        artifact predates them, so a loaded model reports how it was trained rather than today's defaults."""
+        return {**{k: v for k, v in cls._params_added.items() if k not in params}, **params}
 
     @classmethod
     def _param_names(cls) -> list[str]:
@@ -343,7 +352,7 @@ class Estimator:
         else:
             target = cls
         try:
-            est = target(**doc["params"])
+            est = target(**target.saved_params(doc["params"]))
         except TypeError as exc:
             raise CorruptArtifactError(f"{_join(root, MANIFEST_NAME)}: saved params do not match "
                                        f"{name}'s signature ({exc}); it was written by another version "

@@ -89,6 +89,19 @@ def test_outlier_rows_do_not_take_a_cluster(caplog: pytest.LogCaptureFixture) ->
     assert not [r for r in caplog.records if r.levelno == logging.WARNING]  # no outlier-size cluster left
 
 
+def test_no_warning_when_the_cut_already_has_a_minimum_size(caplog: pytest.LogCaptureFixture) -> None:
+    """With ``min_cluster_fraction > 0`` the cut itself chose its clusters: a kept 4-row group (the minimum,
+    int(0.1 * 125 / 3) = 4 rows, below a tenth of the mean size 41.7) is not reported as outliers."""
+    p = np.repeat(np.concatenate([np.repeat([0, 1, 2], [60, 61, 4])])[:, None], 8, axis=1)
+    with caplog.at_level(logging.WARNING, logger="imgclust.consensus"):
+        labels = consensus_labels(p, 3, min_cluster_fraction=MIN_CLUSTER_FRACTION)
+    assert sorted(np.bincount(labels).tolist()) == [4, 60, 61]
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+    with caplog.at_level(logging.WARNING, logger="imgclust.consensus"):
+        consensus_labels(p, 3)  # the plain cut gives the same clusters, and does report the small one
+    assert [r for r in caplog.records if r.levelno == logging.WARNING]
+
+
 def test_min_size_that_no_cut_meets_is_an_error() -> None:
     p = np.repeat(np.arange(4), 5)[:, None]  # 4 groups of 5 rows
     assert len(np.unique(consensus_labels(p, 4, min_cluster_fraction=1.0))) == 4  # exactly the mean size

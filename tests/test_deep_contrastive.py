@@ -2,6 +2,7 @@
 the deep methods' mixed precision on CUDA."""
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -96,6 +97,10 @@ def test_apply_tone_curve_by_hand() -> None:
     torch.testing.assert_close(out[:, 1], out[:, 0])
     with pytest.raises(ConfigError, match="knots must be"):
         apply_tone_curve(x, knots[:1])
+    with pytest.raises(ConfigError, match=r"images \(N, C, H, W\) and knots \(N, S \+ 1\)"):
+        apply_tone_curve(x, knots[0])
+    with pytest.raises(ConfigError, match=r"images \(N, C, H, W\)"):
+        apply_tone_curve(x[:, 0], knots)
 
 
 def test_tone_curve_knots() -> None:
@@ -103,7 +108,7 @@ def test_tone_curve_knots() -> None:
     mono = tone_curve_knots(500, "monotone", 4)
     assert mono.shape == (500, 5) and (mono[:, 0] == 0).all()
     assert (mono.diff(dim=1) >= 0).all()  # keeps the order of grey levels
-    torch.testing.assert_close(mono[:, -1], torch.ones(500))
+    assert (mono[:, -1] == 1).all()  # exactly: every curve maps white to white
     rnd = tone_curve_knots(500, "random", 8)
     assert rnd.shape == (500, 9) and (rnd[:, 0] == 0).all() and (rnd[:, 1:] >= 0.2).all() and (rnd <= 1).all()
     assert (rnd.diff(dim=1) < 0).any(dim=1).float().mean() > 0.9  # almost every curve reorders grey levels
@@ -183,8 +188,17 @@ def test_simclr_method_fit_predict_save_load(tmp_path: Path) -> None:
     assert est.transform(x).shape == (300, 32) and est.cluster_features(x).shape == (300, 10)
     est.save(tmp_path / "simclr")
     loaded = load_deep(tmp_path / "simclr")
-    assert isinstance(loaded, ContrastiveClusterer)
+    assert isinstance(loaded, ContrastiveClusterer) and loaded.get_params()["tone_curve"] == "monotone"
     np.testing.assert_array_equal(loaded.predict(x), est.predict(x))
+    # a model saved before the tone curve existed was trained without one, and says so when loaded
+    manifest = tmp_path / "simclr" / "estimator.json"
+    doc = json.loads(manifest.read_text())
+    del doc["params"]["tone_curve"], doc["params"]["tone_segments"]
+    manifest.write_text(json.dumps(doc))
+    old = load_deep(tmp_path / "simclr")
+    assert isinstance(old, ContrastiveClusterer)
+    assert (old.get_params()["tone_curve"], old.get_params()["tone_segments"]) == ("none", 4)
+    np.testing.assert_array_equal(old.predict(x), est.predict(x))
 
 
 def test_create_deep_simclr_takes_its_own_umap_components() -> None:

@@ -175,7 +175,7 @@ class DeepEstimator(Estimator):
         if doc["class"] != cls.__name__:
             raise ConfigError(f"{root} holds a {doc['class']}, not a {cls.__name__}; use {doc['class']}.load(...)")
         try:
-            est = cls(**doc["params"])
+            est = cls(**cls.saved_params(doc["params"]))
         except TypeError as exc:
             raise CorruptArtifactError(f"{root}: saved params do not match {cls.__name__}'s signature ({exc}); "
                                        "refit and save again") from exc

@@ -20,7 +20,7 @@ draws from the global torch RNG, which every checkpoint saves.
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -63,6 +63,7 @@ def tone_curve_knots(n: int, kind: str = "monotone", segments: int = 4) -> torch
     if kind == "monotone":
         inc = -torch.log(torch.rand(n, segments).clamp_min(1e-12))  # Exp(1) draws: normalised, Dirichlet(1..1)
         rest = torch.cumsum(inc, dim=1) / inc.sum(dim=1, keepdim=True)
+        rest[:, -1] = 1.0  # the cumulative sum can round one step past 1
     else:
         rest = 0.2 + 0.8 * torch.rand(n, segments)
     return torch.cat([torch.zeros(n, 1), rest], dim=1)
@@ -71,6 +72,9 @@ def tone_curve_knots(n: int, kind: str = "monotone", segments: int = 4) -> torch
 def apply_tone_curve(x: torch.Tensor, knots: torch.Tensor) -> torch.Tensor:
     """Map images ``(N, C, H, W)`` in [0, 1] through their curves ``knots`` ``(N, S + 1)`` (one per image,
     output at inputs ``0, 1/S, ..., 1``; linear in between) -> same shape, in [0, 1]."""
+    if x.ndim != 4 or knots.ndim != 2:
+        raise ConfigError(f"apply_tone_curve takes images (N, C, H, W) and knots (N, S + 1); got shapes "
+                          f"{tuple(x.shape)} and {tuple(knots.shape)}")
     n, s1 = knots.shape
     if n != x.shape[0] or s1 < 2:
         raise ConfigError(f"knots must be (N, S + 1) with N = {x.shape[0]} images and S >= 1; got {tuple(knots.shape)}")
@@ -153,6 +157,9 @@ class ContrastiveClusterer(EmbeddingClusterer):
     network_, network_spec_, labels_ ``(N,)``, umap_, gmm_ / kmeans_, history_ (one row per epoch),
     resumed_from_step_, embed_dim_ (``4·width``), input_shape_, input_scale_ (1/255)
     """
+
+    _params_added: ClassVar[dict[str, Any]] = {"tone_curve": "none", "tone_segments": 4}
+    """A ``simclr`` model saved before the tone curve existed was trained without one."""
 
     def __init__(self, *, n_clusters: int = 10, width: int = 32, proj_dim: int = 64, epochs: int = 20,
                  batch_size: int = 256, lr: float = 1e-3, weight_decay: float = 1e-6, temperature: float = 0.5,
