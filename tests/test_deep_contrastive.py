@@ -20,6 +20,7 @@ from imgclust.deep.contrastive import (
 from imgclust.deep.losses import nt_xent
 from imgclust.deep.methods import create_deep, load_deep
 from imgclust.deep.networks import ContrastiveNet, build_network
+from imgclust.deep.resnet import BasicBlock
 from imgclust.deep.training import CRASH_ENV, SimulatedCrash
 from imgclust.exceptions import ConfigError
 from imgclust.metrics import cluster_accuracy, nmi
@@ -134,12 +135,49 @@ def test_contrastive_net_shapes(channels: int, size: int) -> None:
         build_network({"arch": "contrastive", "in_channels": 1, "image_size": 28})
 
 
+@pytest.mark.parametrize(("channels", "size"), [(1, 28), (3, 33)])
+def test_resnet18_encoder_shapes(channels: int, size: int) -> None:
+    """The CIFAR-stem ResNet-18: 8·width representation, any size >= 4 (stages at size, /2, /4, /8)."""
+    torch.manual_seed(0)
+    spec = {"arch": "contrastive", "in_channels": channels, "image_size": [size, size], "width": 4, "proj_dim": 16,
+            "encoder": "resnet18"}
+    net = build_network(spec)
+    assert isinstance(net, ContrastiveNet) and net.embed_dim == 32
+    x = torch.rand(3, channels, size, size)
+    z = net.encode(x)
+    assert z.shape == (3, 32)
+    torch.testing.assert_close(z.norm(dim=1), torch.ones(3))
+    assert net(x).shape == (3, 16)
+    blocks = [m for m in net.encoder.modules() if isinstance(m, BasicBlock)]
+    assert len(blocks) == 8 and [b.conv2.out_channels for b in blocks[::2]] == [4, 8, 16, 32]
+    # width 64 is the published ResNet-18 (11.17M encoder parameters with one input channel: torchvision's 11.69M
+    # less its 1000-class fc and 7x7 RGB stem)
+    published = ContrastiveNet(1, 28, width=64, encoder="resnet18")
+    assert sum(p.numel() for p in published.encoder.parameters()) == 11_167_680
+    # a spec saved before encoders existed builds the small encoder
+    old = build_network({k: v for k, v in spec.items() if k != "encoder"})
+    assert isinstance(old, ContrastiveNet) and not [m for m in old.modules() if isinstance(m, BasicBlock)]
+    with pytest.raises(ConfigError, match="encoder must be one of"):
+        ContrastiveNet(1, 28, encoder="vgg")
+
+
+def test_resnet18_simclr_fits_saves_and_loads(tmp_path: Path) -> None:
+    x, _ = fashion_test_subset(120)
+    est = ContrastiveClusterer(n_clusters=3, encoder="resnet18", width=4, epochs=1, batch_size=32,
+                               umap_components=None, clusterer="kmeans", kmeans_redo=1, device="cpu", seed=0).fit(x)
+    assert est.embed_dim_ == 32 and est.transform(x).shape == (120, 32) and est.labels_.shape == (120,)
+    est.save(tmp_path / "m")
+    loaded = load_deep(tmp_path / "m")
+    assert isinstance(loaded, ContrastiveClusterer) and loaded.encoder == "resnet18"
+    np.testing.assert_array_equal(loaded.transform(x), est.transform(x))
+
+
 def test_bad_parameters_fail_before_training() -> None:
     x = np.zeros((10, 28, 28), dtype=np.uint8)
     for bad, match in (({"temperature": 0.0}, "temperature"), ({"min_crop_area": 0.0}, "min_crop_area"),
                        ({"jitter": 1.0}, "jitter"), ({"batch_size": 1}, "batch_size"),
                        ({"tone_curve": "gamma"}, "tone_curve"), ({"tone_segments": 0}, "tone_segments"),
-                       ({"clusterer": "dbscan"}, "clusterer")):
+                       ({"clusterer": "dbscan"}, "clusterer"), ({"encoder": "vgg"}, "encoder")):
         with pytest.raises(ConfigError, match=match):
             ContrastiveClusterer(**bad).fit(x)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="at least 2 images"):

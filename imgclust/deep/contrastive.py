@@ -29,7 +29,7 @@ from torch.nn import functional as F
 
 from imgclust.deep.embedding import CLUSTERERS, EmbeddingClusterer
 from imgclust.deep.losses import nt_xent
-from imgclust.deep.networks import input_geometry
+from imgclust.deep.networks import CONTRASTIVE_ENCODERS, input_geometry
 from imgclust.estimator import check_int
 from imgclust.exceptions import ConfigError
 
@@ -132,7 +132,12 @@ class ContrastiveClusterer(EmbeddingClusterer):
     Parameters
     ----------
     n_clusters : k
-    width : encoder width (channels ``width, 2·width, 4·width``; representation ``4·width``)
+    width : encoder width (``"small"``: channels ``width, 2·width, 4·width``, representation ``4·width``;
+        ``"resnet18"``: stages ``width .. 8·width``, representation ``8·width``)
+    encoder : ``"small"`` (default; the encoder every measured default was chosen with) or ``"resnet18"``,
+        ResNet-18 with SimCLR's CIFAR stem (:mod:`imgclust.deep.resnet`; ``width=64`` is the published net),
+        7.8x (``width`` 32) or 31x (``width`` 64) the FLOPs per 28x28 image of the small encoder at ``width`` 32:
+        meant for a GPU
     proj_dim : projection head output (the loss's space; discarded afterwards)
     epochs, batch_size, lr, weight_decay : Adam training; each step sees ``batch_size`` images twice
         (two views), so a batch has ``2·batch_size - 2`` negatives per anchor. 20 epochs was the best of
@@ -155,13 +160,14 @@ class ContrastiveClusterer(EmbeddingClusterer):
     Attributes
     ----------
     network_, network_spec_, labels_ ``(N,)``, umap_, gmm_ / kmeans_, history_ (one row per epoch),
-    resumed_from_step_, embed_dim_ (``4·width``), input_shape_, input_scale_ (1/255)
+    resumed_from_step_, embed_dim_ (``4·width``, or ``8·width`` for ResNet-18), input_shape_, input_scale_ (1/255)
     """
 
     _params_added: ClassVar[dict[str, Any]] = {"tone_curve": "none", "tone_segments": 4}
     """A ``simclr`` model saved before the tone curve existed was trained without one."""
 
-    def __init__(self, *, n_clusters: int = 10, width: int = 32, proj_dim: int = 64, epochs: int = 20,
+    def __init__(self, *, n_clusters: int = 10, width: int = 32, encoder: str = "small", proj_dim: int = 64,
+                 epochs: int = 20,
                  batch_size: int = 256, lr: float = 1e-3, weight_decay: float = 1e-6, temperature: float = 0.5,
                  min_crop_area: float = 0.3, jitter: float = 0.4, tone_curve: str = "monotone", tone_segments: int = 4,
                  umap_components: int | None = 10,
@@ -170,6 +176,7 @@ class ContrastiveClusterer(EmbeddingClusterer):
                  checkpoint_every: int = 500) -> None:
         self.n_clusters = n_clusters
         self.width = width
+        self.encoder = encoder
         self.proj_dim = proj_dim
         self.epochs = epochs
         self.batch_size = batch_size
@@ -202,6 +209,8 @@ class ContrastiveClusterer(EmbeddingClusterer):
         if not (0 < self.min_crop_area <= 1 and 0 <= self.jitter < 1):
             raise ConfigError(f"min_crop_area must be in (0, 1] and jitter in [0, 1); got {self.min_crop_area} "
                               f"and {self.jitter}")
+        if self.encoder not in CONTRASTIVE_ENCODERS:
+            raise ConfigError(f"encoder must be one of {list(CONTRASTIVE_ENCODERS)}, got {self.encoder!r}")
         if self.tone_curve not in TONE_CURVES:
             raise ConfigError(f"tone_curve must be one of {list(TONE_CURVES)}, got {self.tone_curve!r}")
         if self.clusterer not in CLUSTERERS:
@@ -218,7 +227,8 @@ class ContrastiveClusterer(EmbeddingClusterer):
 
     def network_spec(self, images: np.ndarray | torch.Tensor) -> dict[str, Any]:
         """The JSON network spec for images ``(N, H, W[, C])`` under the current parameters."""
-        return {"arch": "contrastive", **input_geometry(images), "width": self.width, "proj_dim": self.proj_dim}
+        return {"arch": "contrastive", **input_geometry(images), "width": self.width, "proj_dim": self.proj_dim,
+                "encoder": self.encoder}
 
     def _optimizer(self, net: nn.Module) -> torch.optim.Optimizer:
         return torch.optim.Adam(net.parameters(), lr=self.lr, weight_decay=self.weight_decay)

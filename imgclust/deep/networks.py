@@ -5,7 +5,7 @@
   no pooling, conv strides 3, 2, 1, 1, clustering features F = the 1x1 output of C4.
 - :class:`ConvAE`: the conv autoencoder of the neighbour-consistency method (seeds/004, Qian et
   al. 2025): 32/64/128/256 channels, stride 2, batch-norm, a linear embedding of size k.
-- :class:`ContrastiveNet`: a small VGG-style conv encoder with a SimCLR projection head (Chen et al.,
+- :class:`ContrastiveNet`: a small VGG-style conv encoder (or ResNet-18, :mod:`imgclust.deep.resnet`) with a SimCLR projection head (Chen et al.,
   ICML 2020), trained by :mod:`imgclust.deep.contrastive`; it has no decoder.
 
 Every network maps ``(N, C, H, W)`` float32 images to ``forward(x) -> (recon (N, C, H, W),
@@ -27,10 +27,12 @@ from imgclust.exceptions import ConfigError, UnknownNameError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ASCAE", "SCAE", "ConvAE", "ContrastiveNet", "MultiViewNet", "build_network", "input_geometry", "ARCHS", "conv_out", "ImageSize"]
+__all__ = ["ASCAE", "SCAE", "ConvAE", "ContrastiveNet", "MultiViewNet", "build_network", "input_geometry", "ARCHS", "CONTRASTIVE_ENCODERS", "conv_out", "ImageSize"]
 
 ImageSize = int | tuple[int, int]
 ARCHS = ("ascae", "scae", "convae")
+CONTRASTIVE_ENCODERS = ("small", "resnet18")
+"""Encoders of :class:`ContrastiveNet`."""
 ASCAE_F_DIM = 50
 """Width of ASCAE's F layer (the 50 C4 filters, 1x1 each): the clustering features."""
 CONVAE_CHANNELS = (32, 64, 128, 256)
@@ -199,32 +201,45 @@ class ContrastiveNet(nn.Module):
     """Conv encoder + projection head for contrastive training (SimCLR: Chen, Kornblith, Norouzi & Hinton,
     "A Simple Framework for Contrastive Learning of Visual Representations", ICML 2020).
 
-    Encoder: 3x3 conv + BatchNorm + ReLU blocks of ``width``, 2x2 max-pool, ``2·width``, 2x2 max-pool,
-    then two blocks of ``4·width`` and a global average pool: ``encode(x)`` is that ``(N, 4·width)``
-    representation L2-normalised (what is clustered; the loss compares directions too). Head (training only, discarded for clustering as SimCLR does):
-    Linear ``4·width -> 4·width``, ReLU, Linear ``-> proj_dim``; ``forward(x)`` returns ``(N, proj_dim)``.
+    Encoder ``"small"`` (the default): 3x3 conv + BatchNorm + ReLU blocks of ``width``, 2x2 max-pool,
+    ``2·width``, 2x2 max-pool, then two blocks of ``4·width`` and a global average pool, a ``4·width``
+    representation. Encoder ``"resnet18"``: ResNet-18 with SimCLR's CIFAR stem
+    (:func:`~imgclust.deep.resnet.resnet18_encoder`), an ``8·width`` representation (``width=64`` is the
+    published net). ``encode(x)`` is the representation L2-normalised (what is clustered; the loss compares
+    directions too). Head (training only, discarded for clustering as SimCLR does): Linear
+    ``embed_dim -> embed_dim``, ReLU, Linear ``-> proj_dim``; ``forward(x)`` returns ``(N, proj_dim)``.
     Any image of at least 4x4 pixels works (the pooling is global).
     """
 
-    def __init__(self, in_channels: int, image_size: ImageSize, *, width: int = 32, proj_dim: int = 64) -> None:
+    def __init__(self, in_channels: int, image_size: ImageSize, *, width: int = 32, proj_dim: int = 64,
+                 encoder: str = "small") -> None:
         super().__init__()
         h, w = _hw(image_size)
         if in_channels < 1 or width < 1 or proj_dim < 1:
             raise ConfigError(f"in_channels, width and proj_dim must be >= 1, got {in_channels}, {width}, {proj_dim}")
         if min(h, w) < 4:
             raise ConfigError(f"ContrastiveNet needs images of at least 4x4 pixels (two 2x2 pools); got {h}x{w}")
+        if encoder not in CONTRASTIVE_ENCODERS:
+            raise ConfigError(f"ContrastiveNet encoder must be one of {list(CONTRASTIVE_ENCODERS)}, got {encoder!r}")
 
         def block(c_in: int, c_out: int) -> list[nn.Module]:
             return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
 
-        self.encoder = nn.Sequential(*block(in_channels, width), nn.MaxPool2d(2), *block(width, 2 * width),
-                                     nn.MaxPool2d(2), *block(2 * width, 4 * width), *block(4 * width, 4 * width),
-                                     nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.head = nn.Sequential(nn.Linear(4 * width, 4 * width), nn.ReLU(inplace=True), nn.Linear(4 * width, proj_dim))
-        self.embed_dim = 4 * width
+        if encoder == "resnet18":
+            from imgclust.deep.resnet import resnet18_encoder
+
+            self.encoder = resnet18_encoder(in_channels, width)
+            self.embed_dim = 8 * width
+        else:
+            self.encoder = nn.Sequential(*block(in_channels, width), nn.MaxPool2d(2), *block(width, 2 * width),
+                                         nn.MaxPool2d(2), *block(2 * width, 4 * width), *block(4 * width, 4 * width),
+                                         nn.AdaptiveAvgPool2d(1), nn.Flatten())
+            self.embed_dim = 4 * width
+        d = self.embed_dim
+        self.head = nn.Sequential(nn.Linear(d, d), nn.ReLU(inplace=True), nn.Linear(d, proj_dim))
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Images ``(N, C, H, W)`` -> unit-norm representations ``(N, 4·width)``."""
+        """Images ``(N, C, H, W)`` -> unit-norm representations ``(N, embed_dim)``."""
         return F.normalize(self.encoder(x), dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -284,7 +299,7 @@ def build_network(spec: dict[str, Any]) -> nn.Module:
     """Build a network from its JSON spec ``{"arch", "in_channels", "image_size", ...}``.
 
     ``arch`` ``"ascae"`` / ``"scae"`` need ``k`` (D2 units) and take ``init``; ``"convae"`` needs
-    ``embed_dim``; ``"contrastive"`` ``width`` and ``proj_dim``; ``"multiview"`` ``k``, ``members`` and
+    ``embed_dim``; ``"contrastive"`` ``width`` and ``proj_dim`` and takes ``encoder``; ``"multiview"`` ``k``, ``members`` and
     ``pixel_components``. Estimators store this spec so :meth:`load` rebuilds the same module.
     """
     arch = spec.get("arch")
@@ -298,7 +313,7 @@ def build_network(spec: dict[str, Any]) -> nn.Module:
             return ConvAE(int(spec["in_channels"]), size, int(spec["embed_dim"]))
         if arch == "contrastive":
             return ContrastiveNet(int(spec["in_channels"]), size, width=int(spec["width"]),
-                                  proj_dim=int(spec["proj_dim"]))
+                                  proj_dim=int(spec["proj_dim"]), encoder=spec.get("encoder", "small"))
         if arch == "multiview":
             return MultiViewNet(int(spec["in_channels"]), size, int(spec["k"]), members=int(spec["members"]),
                                 pixel_components=int(spec["pixel_components"]), init=spec.get("init", "paper"))
