@@ -131,6 +131,10 @@ def stage_b(feats: np.ndarray, y: np.ndarray, seed: int) -> None:
     print(f"\nstage B: UMAP(10, 20 nn, min_dist 0) + 8-run GMM consensus on {feats.shape} (seed {seed}): "
           f"ACC / NMI {_score(y, labels)} in {time.perf_counter() - t0:.0f} s; cluster sizes {sizes.tolist()}",
           flush=True)
+    for c in range(10):
+        counts = np.bincount(y[labels == c], minlength=10)
+        top = np.argsort(-counts)[:3]
+        log.info("cluster %d: %d images; top classes %s", c, sizes[c], ", ".join(f"{i} ({counts[i]})" for i in top))
 
 
 def main() -> None:
