@@ -259,14 +259,18 @@ def test_mixed_precision_is_bf16_autocast_on_cuda_only() -> None:
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("method", ["simclr", "convae", "idec", "nnc", "deepcluster"])
+@pytest.mark.parametrize("method", ["simclr", "simclr-resnet18", "convae", "idec", "nnc", "deepcluster"])
 def test_training_on_cuda_runs_under_bf16_autocast(method: str) -> None:
     """On a GPU the training forward passes run in bf16 (a conv's output dtype, seen by a hook) and converge
     to finite weights; inference (transform) stays float32."""
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
     x, _ = fashion_test_subset(256)
-    extra = {"umap_components": None, "clusterer": "kmeans"} if method == "simclr" else {}
+    extra: dict[str, object] = {}
+    if method.startswith("simclr"):
+        extra = {"umap_components": None, "clusterer": "kmeans"}
+        if method == "simclr-resnet18":
+            method, extra["encoder"], extra["width"] = "simclr", "resnet18", 8
     est = create_deep(method, k=4, epochs=1, max_iter=4, seed=0, device="cuda", **extra)
     seen: set[torch.dtype] = set()
     original = torch.nn.Conv2d.forward
