@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -118,17 +119,23 @@ def test_tone_curve_knots() -> None:
             tone_curve_knots(2, bad)
 
 
+def _check_contrastive_net(spec: dict[str, Any], embed_dim: int) -> ContrastiveNet:
+    """Build ``spec`` and check: unit-norm ``(3, embed_dim)`` representations, ``(3, proj_dim)`` projections."""
+    torch.manual_seed(0)
+    net = build_network(spec)
+    assert isinstance(net, ContrastiveNet) and net.embed_dim == embed_dim
+    x = torch.rand(3, spec["in_channels"], *spec["image_size"])
+    z = net.encode(x)
+    assert z.shape == (3, embed_dim)
+    torch.testing.assert_close(z.norm(dim=1), torch.ones(3))
+    assert net(x).shape == (3, spec["proj_dim"])
+    return net
+
+
 @pytest.mark.parametrize(("channels", "size"), [(1, 28), (3, 64)])
 def test_contrastive_net_shapes(channels: int, size: int) -> None:
-    torch.manual_seed(0)
-    net = build_network({"arch": "contrastive", "in_channels": channels, "image_size": [size, size], "width": 8,
-                         "proj_dim": 16})
-    assert isinstance(net, ContrastiveNet) and net.embed_dim == 32
-    x = torch.rand(3, channels, size, size)
-    z = net.encode(x)
-    assert z.shape == (3, 32)
-    torch.testing.assert_close(z.norm(dim=1), torch.ones(3))
-    assert net(x).shape == (3, 16)
+    _check_contrastive_net({"arch": "contrastive", "in_channels": channels, "image_size": [size, size], "width": 8,
+                            "proj_dim": 16}, 32)
     with pytest.raises(ConfigError, match="at least 4x4"):
         ContrastiveNet(1, 3)
     with pytest.raises(ConfigError, match="width and proj_dim"):
@@ -138,16 +145,9 @@ def test_contrastive_net_shapes(channels: int, size: int) -> None:
 @pytest.mark.parametrize(("channels", "size"), [(1, 28), (3, 33)])
 def test_resnet18_encoder_shapes(channels: int, size: int) -> None:
     """The CIFAR-stem ResNet-18: 8·width representation, any size >= 4 (stages at size, /2, /4, /8)."""
-    torch.manual_seed(0)
     spec = {"arch": "contrastive", "in_channels": channels, "image_size": [size, size], "width": 4, "proj_dim": 16,
             "encoder": "resnet18"}
-    net = build_network(spec)
-    assert isinstance(net, ContrastiveNet) and net.embed_dim == 32
-    x = torch.rand(3, channels, size, size)
-    z = net.encode(x)
-    assert z.shape == (3, 32)
-    torch.testing.assert_close(z.norm(dim=1), torch.ones(3))
-    assert net(x).shape == (3, 16)
+    net = _check_contrastive_net(spec, 32)
     blocks = [m for m in net.encoder.modules() if isinstance(m, BasicBlock)]
     assert len(blocks) == 8 and [b.conv2.out_channels for b in blocks[::2]] == [4, 8, 16, 32]
     # width 64 is the published ResNet-18 (11.17M encoder parameters with one input channel: torchvision's 11.69M
