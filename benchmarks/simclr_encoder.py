@@ -63,7 +63,8 @@ def stage_a(args: argparse.Namespace, x: np.ndarray, y: np.ndarray) -> np.ndarra
                                        checkpoint_dir=ckpt).fit(x)
             step_s = time.perf_counter() - t0
             feats = est.transform(x).astype(np.float32)
-            at1, at20 = sampled_agreement(feats, y, 20, args.agreement_queries, args.seed)
+            queries = np.random.default_rng(args.seed).choice(len(x), min(args.agreement_queries, len(x)), replace=False)
+            at1, at20 = neighbour_agreement(feats, y, 20, np.sort(queries))
             train_s = sum(h["seconds"] for h in est.history_)
             rows.append(f"| {epochs} | {train_s:.0f} | {at1:.3f} | {at20:.3f} |")
             log.info("step done: %s (step %.0f s)", rows[-1], step_s)
@@ -79,24 +80,6 @@ def stage_a(args: argparse.Namespace, x: np.ndarray, y: np.ndarray) -> np.ndarra
     print(f"final representation: kNN agreement over every image @1 {at1:.3f} @20 {at20:.3f}; cosine k-means "
           f"(10 restarts) ACC / NMI {_score(y, km)} ({time.perf_counter() - t0:.0f} s)", flush=True)
     return feats
-
-
-def sampled_agreement(feats: np.ndarray, y: np.ndarray, k: int, queries: int, seed: int) -> tuple[float, float]:
-    """kNN label agreement (as :func:`augment_choice.neighbour_agreement`) of ``queries`` seeded rows of ``feats``
-    ``(N, D)`` (unit rows) against all ``N``: ``(agreement@1, agreement@k)``; the query itself is dropped."""
-    import faiss
-
-    e = np.ascontiguousarray(feats, dtype=np.float32)
-    q = np.sort(np.random.default_rng(seed).choice(len(e), min(queries, len(e)), replace=False))
-    index = faiss.IndexFlatIP(e.shape[1])
-    index.add(e)
-    _, nb = index.search(e[q], k + 1)
-    own = nb == q[:, None]
-    drop = np.where(own.any(axis=1), own.argmax(axis=1), k)
-    keep = np.ones(nb.shape, dtype=bool)
-    keep[np.arange(len(q)), drop] = False
-    same = y[nb[keep].reshape(len(q), k)] == y[q][:, None]
-    return float(same[:, 0].mean()), float(same.mean())
 
 
 def save_reps(out: Path, feats: np.ndarray, y: np.ndarray, chunk_rows: int) -> None:

@@ -248,7 +248,7 @@ class Estimator:
     def saved_params(cls, params: dict[str, Any]) -> dict[str, Any]:
         """Constructor parameters of a saved artifact's manifest, with :attr:`_params_added` filled in where the
         artifact predates them, so a loaded model reports how it was trained rather than today's defaults."""
-        return {**{k: v for k, v in cls._params_added.items() if k not in params}, **params}
+        return {**cls._params_added, **params}
 
     @classmethod
     def _param_names(cls) -> list[str]:
