@@ -13,7 +13,7 @@ from flows.extract_features import run_extraction
 from flows.recluster import run_refit
 from flows.runtime import default_task_runner
 from imgclust.config import ExtractConfig
-from imgclust.deep.methods import DeepMethod, refit_recipe
+from imgclust.deep.methods import DeepMethod, check_deep_options, refit_recipe
 from imgclust.promotion import GateConfig
 from tasks.cluster import current_model_task
 from tasks.refine import prepare_training_set_task, train_deep_task
@@ -22,10 +22,13 @@ from tasks.refine import prepare_training_set_task, train_deep_task
 @flow(name="refine", task_runner=default_task_runner())
 def refine(store: str, method: DeepMethod = "convae", k: int = 10, epochs: int = 20, max_iter: int = 2000,
            sample: int | None = 20000, image_size: int = 28, mode: str = "L", device: str = "auto", seed: int = 0,
-           truth: str = "none", gate_metric: str | None = None, gate_tolerance: float = 0.02) -> dict[str, Any]:
+           truth: str = "none", gate_metric: str | None = None, gate_tolerance: float = 0.02,
+           options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train ``method`` on up to ``sample`` store images, then extract every image with its encoder
-    (``deep:`` extractor), refit the clusterer (k-means; for ``n2d`` / ``n2d-scae`` UMAP + GMM consensus)
-    with lineage against CURRENT, relabel, evaluate, gate.
+    (``deep:`` extractor), refit the clusterer (k-means; UMAP + GMM consensus for ``n2d`` / ``n2d-scae`` /
+    ``n2d-ensemble`` / ``simclr``; SCAN's head with ``options={"clusterer": "scan"}``) with lineage against
+    CURRENT, relabel, evaluate, gate. ``options`` override the method's parameters (e.g. ``{"encoder":
+    "resnet18"}`` for ``simclr``); they are checked before any work.
 
     The gate compares against CURRENT on ``gate_metric`` (default: NMI with ground truth, else
     silhouette; internal metrics of different feature spaces are only roughly comparable).
@@ -35,17 +38,18 @@ def refine(store: str, method: DeepMethod = "convae", k: int = 10, epochs: int =
                       tolerance=gate_tolerance)  # validated before any work
     if mode not in ("L", "RGB"):
         raise ValueError(f"mode must be L or RGB, got {mode!r}")
+    check_deep_options(method, k, options)
     previous, _ = current_model_task(store)
     run = f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{method}-{uuid.uuid4().hex[:6]}"
     train_rel = prepare_training_set_task(store, run, sample, image_size, mode, seed)
-    trained = train_deep_task(store, run, train_rel, method, k, epochs, max_iter, device, seed, truth)
+    trained = train_deep_task(store, run, train_rel, method, k, epochs, max_iter, device, seed, truth, options)
     extract = ExtractConfig(extractor=f"deep:{trained['deep_uri']}", batch_size=256,
                             device=device)  # type: ignore[arg-type]
     extraction = run_extraction(store, extract)
-    reduce, cluster = refit_recipe(method, k, seed)
+    reduce, cluster = refit_recipe(method, k, seed, options)
     result = run_refit(store, extraction["extractor_key"], extract, reduce, cluster, previous, truth=truth, gate=gate)
     create_markdown_artifact(key="refine-summary", markdown=(
-        f"# Refine {method}\n\ntrained on {trained['n_train']} images in {trained['train_seconds']} s\n\n"
+        f"# Refine {method} {options or ''}\n\ntrained on {trained['n_train']} images in {trained['train_seconds']} s\n\n"
         f"training metrics: {trained.get('train_metrics')}\n\ncandidate {result['model_id']} promoted: "
         f"{result['promoted']} ({result['gate']['reason']})\n"))
     logger.info("refine %s: candidate %s promoted=%s", method, result["model_id"], result["promoted"])

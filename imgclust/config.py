@@ -83,10 +83,12 @@ class ReduceConfig(_Base):
 
 
 class ClusterConfig(_Base):
-    """The clustering step: Faiss k-means, HDBSCAN, agglomerative, or a Gaussian mixture (N2D's clusterer)."""
+    """The clustering step: Faiss k-means, HDBSCAN, agglomerative, a Gaussian mixture (N2D's clusterer), or SCAN's
+    neighbour-consistency head on the features (:mod:`imgclust.scan`; no UMAP)."""
 
-    method: Literal["kmeans", "hdbscan", "agglomerative", "gmm"] = Field("kmeans", description="Clustering algorithm.")
-    k: int = Field(10, ge=2, le=1_000_000, description="Number of clusters (kmeans, agglomerative, gmm).")
+    method: Literal["kmeans", "hdbscan", "agglomerative", "gmm", "scan"] = Field(
+        "kmeans", description="Clustering algorithm.")
+    k: int = Field(10, ge=2, le=1_000_000, description="Number of clusters (kmeans, agglomerative, gmm, scan).")
     n_iter: int = Field(25, ge=1, le=1000, description="k-means iterations.")
     n_redo: int = Field(3, ge=1, le=100, description="k-means restarts; the best inertia wins.")
     backend: Literal["faiss", "torch"] = Field(
@@ -96,7 +98,7 @@ class ClusterConfig(_Base):
     spherical: bool = Field(False, description="Cosine k-means (L2-normalised centroids).")
     min_cluster_size: int = Field(50, ge=2, description="HDBSCAN min_cluster_size.")
     fit_sample: int = Field(50_000, ge=100,
-                            description="Rows UMAP/HDBSCAN/GMM are fitted on; the rest are predicted.")
+                            description="Rows UMAP/HDBSCAN/GMM/SCAN are fitted on; the rest are predicted.")
     consensus_runs: int = Field(
         1, ge=1, le=64, description="gmm only: EM runs combined by evidence accumulation (Fred & Jain 2005) into "
         "the final mixture; 1 = plain EM."
@@ -141,6 +143,13 @@ class PipelineConfig(_Base):
         "none", description="Where ground-truth classes come from for ACC/NMI (parent folder name) or none."
     )
     date: dt.date | None = Field(None, description="Ingestion date partition; default today (UTC).")
+
+    @model_validator(mode="after")
+    def _scan_without_umap(self) -> PipelineConfig:
+        if self.cluster.method == "scan" and self.reduce.umap_components is not None:
+            raise ValueError("cluster.method='scan' clusters the features by their cosine neighbours, not UMAP "
+                             f"coordinates: drop reduce.umap_components (got {self.reduce.umap_components})")
+        return self
 
     @field_validator("source", "store")
     @classmethod

@@ -33,6 +33,7 @@ from imgclust.exceptions import ConfigError, CorruptArtifactError, StoreError
 from imgclust.gmm import GaussianMixtureClusterer
 from imgclust.pca import ExactPCA, LinearProjection, ScatterStats, merge_all
 from imgclust.reduce import StreamingPCA, UMAPReducer
+from imgclust.scan import ScanClusterer
 from imgclust.store import Store
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ class ClusterModel:
     extractor_key: str
     reducer: LinearProjection | None
     umap: UMAPReducer | None
-    clusterer: FaissKMeans | HDBSCANClusterer | AgglomerativeClusterer | GaussianMixtureClusterer
+    clusterer: FaissKMeans | HDBSCANClusterer | AgglomerativeClusterer | GaussianMixtureClusterer | ScanClusterer
     centroids: np.ndarray  # (k, d) in the clustering space
     thresholds: np.ndarray  # (k,) float32
     stable_ids: np.ndarray  # (k,) int32
@@ -85,11 +86,11 @@ class ClusterModel:
         """Assign rows already in the clustering space (n, d)."""
         n = Z.shape[0]
         k = self.n_clusters
-        own_confidence = isinstance(self.clusterer, (HDBSCANClusterer, GaussianMixtureClusterer))
+        own_confidence = isinstance(self.clusterer, (HDBSCANClusterer, GaussianMixtureClusterer, ScanClusterer))
         if isinstance(self.clusterer, HDBSCANClusterer):
             raw, strength = self.clusterer.predict_with_strength(Z)
             confidence = strength.astype(np.float32)
-        elif isinstance(self.clusterer, GaussianMixtureClusterer):
+        elif isinstance(self.clusterer, (GaussianMixtureClusterer, ScanClusterer)):
             posterior = self.clusterer.predict_proba(Z)
             raw = posterior.argmax(axis=1)
             confidence = posterior[np.arange(n), raw].astype(np.float32)
@@ -167,6 +168,9 @@ def fit_model(source: BatchSource, *, extractor_key: str, reduce: ReduceConfig, 
     on Dask workers, :func:`write_pca_statistics`). UMAP and HDBSCAN fit on a seeded sample of
     ``cluster.fit_sample`` rows of the reduced stream; k-means trains on its own sample.
     """
+    if cluster.method == "scan" and reduce.umap_components is not None:
+        raise ConfigError("cluster method 'scan' clusters the (PCA-reduced) features by their cosine neighbours, "
+                          f"not UMAP coordinates: drop umap_components (got {reduce.umap_components})")
     if reducer is None and reduce.method == "ipca":
         reducer = StreamingPCA(n_components=reduce.n_components, variance_target=reduce.variance_target,
                                whiten=reduce.whiten, l2_normalize_input=reduce.l2_normalize).fit(source)
@@ -192,7 +196,7 @@ def fit_model(source: BatchSource, *, extractor_key: str, reduce: ReduceConfig, 
             yield umap.transform(block) if umap is not None else block
 
     sample = sample_rows(final, cluster.fit_sample, cluster.seed).rows
-    clusterer: FaissKMeans | HDBSCANClusterer | AgglomerativeClusterer | GaussianMixtureClusterer
+    clusterer: FaissKMeans | HDBSCANClusterer | AgglomerativeClusterer | GaussianMixtureClusterer | ScanClusterer
     if cluster.method == "kmeans":
         # without UMAP the stream is cheap and k-means samples it itself; with UMAP every pass pays a
         # transform, so k-means trains on the sample already drawn (fit_sample rows)
@@ -214,6 +218,9 @@ def fit_model(source: BatchSource, *, extractor_key: str, reduce: ReduceConfig, 
         clusterer = GaussianMixtureClusterer(n_clusters=cluster.k, fit_sample=None, random_state=cluster.seed,
                                              consensus_runs=cluster.consensus_runs).fit(sample)
         centroids = clusterer.cluster_centers_
+    elif cluster.method == "scan":
+        clusterer = ScanClusterer(n_clusters=cluster.k, fit_sample=None, random_state=cluster.seed).fit(sample)
+        centroids = _centroids(sample, clusterer.labels_, cluster.k)
     else:  # pragma: no cover - pydantic restricts the literal
         raise ConfigError(f"unknown cluster method {cluster.method!r}")
     model = ClusterModel(model_id=model_id or new_model_id(), extractor_key=extractor_key, reducer=reducer,
@@ -238,9 +245,12 @@ def _kmeans(cluster: ClusterConfig) -> FaissKMeans:
 
 
 def _centroids(Z: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """Mean ``(k, d)`` float32 of the rows ``Z`` ``(n, d)`` of each cluster ``0..k-1`` (zeros for an empty one)."""
     out = np.zeros((k, Z.shape[1]), np.float32)
     for c in range(k):
-        out[c] = Z[labels == c].mean(axis=0)
+        members = Z[labels == c]
+        if len(members):
+            out[c] = members.mean(axis=0)
     return out
 
 

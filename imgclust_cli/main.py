@@ -70,8 +70,8 @@ def _add_pipeline_args(p: argparse.ArgumentParser, *, source: bool = True) -> No
     g.add_argument("--batch-size", type=int, default=ExtractConfig().batch_size)
     g.add_argument("--shard-size", type=int, default=ExtractConfig().shard_size, help="images per shard/task")
     g = p.add_argument_group("clustering")
-    g.add_argument("--method", default="kmeans", choices=["kmeans", "hdbscan", "agglomerative", "gmm"])
-    g.add_argument("--k", type=int, default=ClusterConfig().k, help="number of clusters (kmeans/agglomerative/gmm)")
+    g.add_argument("--method", default="kmeans", choices=["kmeans", "hdbscan", "agglomerative", "gmm", "scan"])
+    g.add_argument("--k", type=int, default=ClusterConfig().k, help="number of clusters (kmeans/agglomerative/gmm/scan)")
     g.add_argument("--pca", type=int, default=ReduceConfig().n_components, help="PCA components (0 = none)")
     g.add_argument("--reducer", default=ReduceConfig().method, choices=["ipca", "pca"],
                    help="ipca: IncrementalPCA streamed in one process; pca: exact PCA from per-shard statistics "

@@ -35,7 +35,7 @@ def add_ops_parsers(sub: Any, add_exec: Any) -> None:
 
     p = sub.add_parser("recluster", help="refit on all stored features, keep stable ids, relabel, gate, promote")
     p.add_argument("--store", required=True)
-    p.add_argument("--method", choices=["kmeans", "hdbscan", "agglomerative", "gmm"], default=None,
+    p.add_argument("--method", choices=["kmeans", "hdbscan", "agglomerative", "gmm", "scan"], default=None,
                    help="default: the CURRENT model's recipe")
     p.add_argument("--k", type=int, default=None)
     p.add_argument("--pca", type=int, default=None)
@@ -74,6 +74,9 @@ def add_ops_parsers(sub: Any, add_exec: Any) -> None:
     p.add_argument("--mode", choices=["L", "RGB"], default="L")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--truth", default="none", choices=["none", "parent_dir"])
+    p.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
+                   help="override one of the method's parameters (repeatable; VALUE is read as JSON, else as a "
+                        "string), e.g. --option encoder=resnet18 --option clusterer=scan for simclr")
     add_exec(p)
     p.set_defaults(func=cmd_refine)
 
@@ -156,13 +159,31 @@ def cmd_backfill(a: argparse.Namespace) -> int:
     return 0
 
 
+def parse_options(items: list[str]) -> dict[str, Any]:
+    """``["encoder=resnet18", "width=64"]`` -> ``{"encoder": "resnet18", "width": 64}`` (values JSON, else strings)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        name, sep, raw = item.partition("=")
+        if not sep or not name.strip():
+            raise ConfigError(f"--option takes NAME=VALUE, got {item!r}")
+        try:
+            out[name.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[name.strip()] = raw
+    return out
+
+
 def cmd_refine(a: argparse.Namespace) -> int:
     for name in ("epochs", "max_iter", "k", "sample", "image_size"):
         if getattr(a, name) < (2 if name == "k" else 1):
             raise ConfigError(f"--{name.replace('_', '-')} must be positive (k >= 2)")
+    from imgclust.deep.methods import check_deep_options
+
+    options = parse_options(a.option)
+    check_deep_options(a.method, a.k, options)
     result = _run_flow("flows.refine:refine", _runner(a), store=a.store, method=a.method, k=a.k, epochs=a.epochs,
                        max_iter=a.max_iter, sample=a.sample, image_size=a.image_size, mode=a.mode, device=a.device,
-                       truth=a.truth)
+                       truth=a.truth, options=options or None)
     m = result["metrics"]
     print(f"candidate {result['model_id']} ({a.method}): " + ", ".join(
         f"{key}={m[key]:.4f}" for key in ("acc", "nmi", "ari", "internal_silhouette") if isinstance(m.get(key), float)))

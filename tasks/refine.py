@@ -23,10 +23,13 @@ def prepare_training_set_task(store: str, run: str, sample: int | None, size: in
 
 @task(name="train-deep", task_run_name="train-{method}", retries=1, retry_condition_fn=retry_transient)
 def train_deep_task(store: str, run: str, train_rel: str, method: str, k: int, epochs: int, max_iter: int,
-                    device: str, seed: int, truth: str = "none") -> dict[str, Any]:
-    """Train (resuming from this run's checkpoints after a crash) and save under ``deep/<run>/``."""
+                    device: str, seed: int, truth: str = "none",
+                    options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train (resuming from this run's checkpoints after a crash) and save under ``deep/<run>/``; ``options``
+    override the method's parameters."""
     result = train_deep_from_store(open_store(store), train_rel, f"deep/{run}", method=method, k=k, epochs=epochs,
-                                   max_iter=max_iter, device=device, seed=seed, run=run, truth=truth)
+                                   max_iter=max_iter, device=device, seed=seed, run=run, truth=truth,
+                                   options=options)
     get_run_logger().info("trained %s in %ss; training metrics %s", method, result["train_seconds"],
                           result.get("train_metrics"))
     return result

@@ -41,6 +41,27 @@ def test_bad_arguments_fail_before_work(tmp_path: Path, args: list[str], needle:
     assert not (tmp_path / "store").exists()
 
 
+@pytest.mark.parametrize("options,needle", [
+    (["--option", "encoder=vgg"], "encoder must be one of"),
+    (["--option", "colour=red"], "bad options for deep method 'simclr'"),
+    (["--option", "clusterer=scan", "--option", "umap_components=5"], "umap_components=None"),
+    (["--option", "novalue"], "NAME=VALUE"),
+])
+def test_refine_options_are_checked_before_work(tmp_path: Path, options: list[str], needle: str,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["refine", "--store", str(tmp_path / "store"), "--method", "simclr", *options])
+    err = capsys.readouterr().err
+    assert rc == 2 and needle in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "store").exists()
+
+
+def test_refine_option_values_are_json_else_strings() -> None:
+    from imgclust_cli.ops import parse_options
+
+    assert parse_options(["encoder=resnet18", "width=64", "umap_components=null", "lr=1e-3", "x=a=b"]) == \
+        {"encoder": "resnet18", "width": 64, "umap_components": None, "lr": 1e-3, "x": "a=b"}
+
+
 def test_missing_source_folder_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", str(tmp_path / "missing"), "--store", str(tmp_path / "s")]) == 2
     assert "does not exist" in capsys.readouterr().err

@@ -8,7 +8,7 @@ import pytest
 
 from imgclust.backbones import create_backbone
 from imgclust.deep.methods import DEEP_METHODS, create_deep, load_deep
-from imgclust.exceptions import CorruptArtifactError, UnknownNameError
+from imgclust.exceptions import ConfigError, CorruptArtifactError, UnknownNameError
 
 
 @pytest.mark.parametrize("method", DEEP_METHODS)
@@ -62,7 +62,11 @@ def test_refit_recipe_matches_how_each_method_clusters() -> None:
     for method, spherical in (("scae", True), ("ascae", True), ("convae", False), ("dec", False)):
         reduce, cluster = refit_recipe(method, 7, 3)
         assert reduce.umap_components is None and (cluster.method, cluster.spherical) == ("kmeans", spherical)
+    reduce, cluster = refit_recipe("simclr", 7, 3, {"clusterer": "scan", "encoder": "resnet18"})
+    assert reduce.umap_components is None and reduce.method == "none" and (cluster.method, cluster.k) == ("scan", 7)
+    assert create_deep("simclr", k=7, clusterer="scan").umap_components is None  # SCAN needs the representation
     est = create_deep("n2d-scae", k=5, epochs=1, seed=0, device="cpu")
+
     params = est.get_params()
     assert (params["arch"], params["umap_components"], params["clusterer"], params["consensus_runs"]) == \
         ("scae", 5, "gmm", N2D["consensus_runs"])
@@ -77,3 +81,14 @@ def test_refine_command_offers_every_deep_method() -> None:
     refine = sub.choices["refine"]  # type: ignore[index]
     method = next(a for a in refine._actions if a.dest == "method")
     assert tuple(method.choices) == DEEP_METHODS
+
+
+def test_check_deep_options_refuses_bad_options_before_work() -> None:
+    from imgclust.deep.methods import check_deep_options
+
+    check_deep_options("simclr", 10, {"encoder": "resnet18", "clusterer": "scan"})
+    check_deep_options("dec", 10, None)
+    with pytest.raises(ConfigError, match="bad options for deep method 'dec'"):
+        check_deep_options("dec", 10, {"colour": "red"})
+    with pytest.raises(ConfigError, match="clusterer must be one of"):
+        check_deep_options("convae", 10, {"clusterer": "dbscan"})

@@ -31,7 +31,7 @@ def _source(X: np.ndarray, block: int = 250):
 
 
 @pytest.mark.parametrize("method,umap,runs", [("kmeans", None, 1), ("agglomerative", None, 1), ("hdbscan", 4, 1),
-                                              ("gmm", None, 1), ("gmm", None, 3)])
+                                              ("gmm", None, 1), ("gmm", None, 3), ("scan", None, 1)])
 def test_fit_model_recovers_blobs_and_round_trips(tmp_path: Path, method: str, umap: int | None, runs: int) -> None:
     X, y = _blobs(1)
     model = fit_model(_source(X), extractor_key="k", reduce=ReduceConfig(n_components=8, umap_components=umap),
@@ -43,7 +43,7 @@ def test_fit_model_recovers_blobs_and_round_trips(tmp_path: Path, method: str, u
     assert a.cluster_id.dtype == np.int32 and a.distance.dtype == np.float32
     assert ari(y[~a.is_novel], a.cluster_id[~a.is_novel]) > 0.9
     assert ((a.confidence >= 0) & (a.confidence <= 1)).all()
-    if method == "gmm":  # confidence is the posterior of the chosen component
+    if method in ("gmm", "scan"):  # confidence is the posterior (SCAN: the vote's share) of the chosen cluster
         np.testing.assert_allclose(a.confidence, model.clusterer.predict_proba(model.embed(X)).max(axis=1), rtol=1e-6)
     store = Store(tmp_path)
     model.save(store)
@@ -63,6 +63,19 @@ def test_consensus_runs_need_gmm() -> None:
         validated(ClusterConfig, method="kmeans", consensus_runs=4)
     with pytest.raises(ConfigError, match="consensus_runs"):
         validated(ClusterConfig, method="gmm", consensus_runs=0)
+
+
+def test_scan_refuses_umap_before_any_work() -> None:
+    from imgclust.config import PipelineConfig, validated
+    from imgclust.exceptions import ConfigError
+
+    X, _ = _blobs(1)
+    with pytest.raises(ConfigError, match="drop umap_components"):
+        fit_model(_source(X), extractor_key="k", reduce=ReduceConfig(n_components=8, umap_components=4),
+                  cluster=ClusterConfig(method="scan", k=4))
+    with pytest.raises(ConfigError, match="drop reduce.umap_components"):
+        validated(PipelineConfig, source="s", store="t", reduce=ReduceConfig(umap_components=4),
+                  cluster=ClusterConfig(method="scan"))
 
 
 def test_far_away_points_are_novel_and_members_mostly_not() -> None:

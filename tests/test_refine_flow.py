@@ -16,8 +16,10 @@ from imgclust.verify import verify_store
 pytestmark = [pytest.mark.integration, requires_fashion]
 
 
-@pytest.mark.parametrize("method", ["convae", "n2d", "n2d-ensemble", "simclr"])
-def test_refine_trains_extracts_refits_and_gates(tmp_path: Path, dask_address: str, method: str) -> None:
+@pytest.mark.parametrize("method,options", [("convae", None), ("n2d", None), ("n2d-ensemble", None),
+                                            ("simclr", None), ("simclr", {"clusterer": "scan"})])
+def test_refine_trains_extracts_refits_and_gates(tmp_path: Path, dask_address: str, method: str,
+                                                 options: dict[str, Any] | None) -> None:
     from prefect_dask import DaskTaskRunner
 
     from flows.pipeline import pipeline
@@ -31,7 +33,7 @@ def test_refine_trains_extracts_refits_and_gates(tmp_path: Path, dask_address: s
         extract=ExtractConfig(extractor="pixels", shard_size=200), reduce=ReduceConfig(n_components=20),
         cluster=ClusterConfig(k=10, seed=0)))
     result: dict[str, Any] = refine.with_options(task_runner=runner)(
-        store=str(store_dir), method=method, k=10, epochs=2, sample=300, truth="parent_dir", seed=0)
+        store=str(store_dir), method=method, k=10, epochs=2, sample=300, truth="parent_dir", seed=0, options=options)
     store = Store(store_dir)
     key = result["training"]["deep_uri"]
     assert result["previous"] == first["build"]["model_id"]
@@ -39,7 +41,10 @@ def test_refine_trains_extracts_refits_and_gates(tmp_path: Path, dask_address: s
     info = store.read_json(f"models/{result['model_id']}/model.json")
     assert info["extractor_key"].startswith("deep-") and info["parent_model"] == first["build"]["model_id"]
     assert info["extract"]["extractor"] == f"deep:{key}"
-    if method != "convae":  # the candidate clusters the deep features as N2D does: UMAP to k dims, then a GMM
+    if options:  # trained with SCAN's head, refitted with it: no UMAP
+        assert info["parts"] == {"reducer": None, "umap": None, "clusterer": "ScanClusterer"}
+        assert info["cluster"]["method"] == "scan"
+    elif method != "convae":  # the candidate clusters the deep features as N2D does: UMAP to k dims, then a GMM
         assert info["parts"] == {"reducer": None, "umap": "UMAPReducer", "clusterer": "GaussianMixtureClusterer"}
         assert info["reduce"]["umap_components"] == 10 and info["reduce"]["umap_neighbors"] == 20
         assert info["cluster"]["consensus_runs"] == 8

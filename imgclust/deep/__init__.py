@@ -91,6 +91,10 @@ class DeepEstimator(Estimator):
     embed_dim_: int
     labels_: np.ndarray
 
+    def _validate_params(self) -> None:
+        """Raise ConfigError for bad parameters, before any work (every subclass defines it)."""
+        raise NotImplementedError
+
     # -- inputs
     def _check_images(self, images: Any) -> np.ndarray | torch.Tensor:
         """Validate images ``(N, H, W)`` / ``(N, H, W, C)``; once fitted, the per-image shape must match."""

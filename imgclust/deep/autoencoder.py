@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from imgclust.deep.embedding import CLUSTERERS, EmbeddingClusterer
+from imgclust.deep.embedding import EmbeddingClusterer
 from imgclust.deep.losses import ascae_loss
 from imgclust.deep.networks import ARCHS, input_geometry
 from imgclust.deep.training import random_affine
@@ -73,7 +73,8 @@ class AutoencoderClusterer(EmbeddingClusterer):
     umap_components : ``None`` (k-means on the embeddings) or the UMAP output size (N2D uses k).
     umap_neighbors : UMAP ``n_neighbors`` (N2D uses 20).
     clusterer : ``"kmeans"`` (default; the papers of §3/§4) or ``"gmm"`` (full-covariance Gaussian
-        mixture, N2D's last stage; meant for UMAP coordinates, see :mod:`imgclust.gmm`).
+        mixture, N2D's last stage; meant for UMAP coordinates, see :mod:`imgclust.gmm`) or ``"scan"``
+        (SCAN's neighbour-consistency head on the embeddings, :mod:`imgclust.scan`; needs ``umap_components=None``).
     kmeans_redo : k-means restarts (k-means++ init), the lowest inertia wins (the paper: 50).
     spherical : k-means on L2-normalised embeddings (cosine k-means; rows are normalised for
         training and prediction). ``None`` (default): :data:`ARCH_DEFAULTS` (on for ASCAE/SCAE, whose
@@ -101,7 +102,7 @@ class AutoencoderClusterer(EmbeddingClusterer):
                  embed_dim: int | None = None, epochs: int = 50, batch_size: int = 256, lr: float = 1e-3,
                  lam: float = 20.0, input_scale: float | None = None, init: Literal["paper", "torch"] = "paper",
                  augment: bool | None = None, umap_components: int | None = None, umap_neighbors: int = 20,
-                 clusterer: Literal["kmeans", "gmm"] = "kmeans", kmeans_redo: int = 10, spherical: bool | None = None,
+                 clusterer: Literal["kmeans", "gmm", "scan"] = "kmeans", kmeans_redo: int = 10, spherical: bool | None = None,
                  consensus_runs: int = 1, seed: int = 0, device: str = "auto", checkpoint_dir: str | None = None,
                  checkpoint_every: int = 500) -> None:
         self.arch = arch
@@ -140,8 +141,7 @@ class AutoencoderClusterer(EmbeddingClusterer):
         if not self.lr > 0 or not self._input_scale() > 0 or not self.lam >= 0:
             raise ConfigError(f"lr and input_scale must be > 0 and lam >= 0; got lr={self.lr}, "
                               f"input_scale={self.input_scale}, lam={self.lam}")
-        if self.clusterer not in CLUSTERERS:
-            raise ConfigError(f"clusterer must be one of {list(CLUSTERERS)}, got {self.clusterer!r}")
+        self._validate_clusterer()
         if self.init not in ("paper", "torch"):
             raise ConfigError(f"init must be 'paper' or 'torch', got {self.init!r}")
 

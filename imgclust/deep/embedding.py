@@ -35,14 +35,16 @@ from imgclust.deep.training import (
 from imgclust.exceptions import ConfigError
 from imgclust.gmm import GaussianMixtureClusterer
 from imgclust.reduce import UMAPReducer
+from imgclust.scan import ScanClusterer
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["EmbeddingClusterer", "CLUSTERERS"]
 
 E = TypeVar("E", bound="EmbeddingClusterer")
-CLUSTERERS = ("kmeans", "gmm")
-"""What clusters the (UMAP-mapped) embeddings: FaissKMeans or :class:`~imgclust.gmm.GaussianMixtureClusterer`."""
+CLUSTERERS = ("kmeans", "gmm", "scan")
+"""What clusters the (UMAP-mapped) embeddings: FaissKMeans, :class:`~imgclust.gmm.GaussianMixtureClusterer`, or
+(embeddings only, no UMAP) :class:`~imgclust.scan.ScanClusterer`, SCAN's neighbour-consistency head."""
 
 
 class EmbeddingClusterer(DeepEstimator):
@@ -57,10 +59,10 @@ class EmbeddingClusterer(DeepEstimator):
     Attributes set by ``fit``: ``network_`` (eval mode), ``network_spec_``, ``history_`` (one row per
     epoch), ``resumed_from_step_``, ``input_shape_``, ``input_scale_``, ``embed_dim_``; by
     :meth:`_fit_clusters`: ``labels_`` ``(N,)`` int64, ``umap_`` (UMAPReducer | None), ``kmeans_`` /
-    ``gmm_`` (whichever ``clusterer`` names; the other is ``None``).
+    ``gmm_`` / ``scan_`` (whichever ``clusterer`` names; the others are ``None``).
     """
 
-    _sub_estimators: ClassVar[dict[str, str]] = {"kmeans": "kmeans_", "gmm": "gmm_", "umap": "umap_"}
+    _sub_estimators: ClassVar[dict[str, str]] = {"kmeans": "kmeans_", "gmm": "gmm_", "scan": "scan_", "umap": "umap_"}
 
     _meta_attrs = (*DeepEstimator._meta_attrs, "history_")
     _tensor_attrs = ("labels_",)
@@ -83,10 +85,6 @@ class EmbeddingClusterer(DeepEstimator):
     checkpoint_every: int
 
     # -- subclass hooks
-    def _validate_params(self) -> None:
-        """Raise ConfigError for bad parameters, before any work."""
-        raise NotImplementedError
-
     def network_spec(self, images: np.ndarray | torch.Tensor) -> dict[str, Any]:
         """The JSON network spec (:func:`~imgclust.deep.networks.build_network`) for images ``(N, H, W[, C])``."""
         raise NotImplementedError
@@ -99,6 +97,14 @@ class EmbeddingClusterer(DeepEstimator):
         """The scalar training loss of the batch ``x[idx]`` (``x`` all images ``(N, C, H, W)``, CPU; ``idx``
         ``(b,)``), augmentation included; it runs under :func:`~imgclust.deep.training.mixed_precision`."""
         raise NotImplementedError
+
+    def _validate_clusterer(self) -> None:
+        """ConfigError unless ``clusterer`` is one of :data:`CLUSTERERS` and fits ``umap_components``."""
+        if self.clusterer not in CLUSTERERS:
+            raise ConfigError(f"clusterer must be one of {list(CLUSTERERS)}, got {self.clusterer!r}")
+        if self.clusterer == "scan" and self.umap_components is not None:
+            raise ConfigError("clusterer='scan' clusters the embedding itself (cosine neighbours of L2-normalised "
+                              f"rows), not UMAP coordinates: set umap_components=None (got {self.umap_components})")
 
     def _fingerprint_params(self) -> dict[str, Any]:
         """The parameters a checkpoint must match to be resumed."""
@@ -175,7 +181,10 @@ class EmbeddingClusterer(DeepEstimator):
             feats = self.umap_.embedding_
         self.kmeans_: FaissKMeans | None = None
         self.gmm_: GaussianMixtureClusterer | None = None
-        if self.clusterer == "gmm":
+        self.scan_: ScanClusterer | None = None
+        if self.clusterer == "scan":
+            self.scan_ = ScanClusterer(n_clusters=self.n_clusters, random_state=self.seed).fit(feats)
+        elif self.clusterer == "gmm":
             self.gmm_ = GaussianMixtureClusterer(n_clusters=self.n_clusters, fit_sample=None, random_state=self.seed,
                                                  consensus_runs=self.consensus_runs).fit(feats)
         else:
@@ -185,18 +194,19 @@ class EmbeddingClusterer(DeepEstimator):
         logger.info("%s: %s on %s features %s -> %d clusters", type(self).__name__, self.clusterer,
                     "UMAP" if self.umap_ is not None else "embedding", feats.shape, self.n_clusters)
 
-    def _final_clusterer(self) -> FaissKMeans | GaussianMixtureClusterer:
-        """The fitted clusterer of the embedding (or UMAP) space: ``gmm_`` or ``kmeans_``."""
-        est = getattr(self, "gmm_", None)
-        if est is None:
-            est = getattr(self, "kmeans_", None)
-        if est is None:
-            self._check_fitted("kmeans_")  # raises NotFittedError with the usual message
-        return est  # type: ignore[return-value]
+    def _final_clusterer(self) -> FaissKMeans | GaussianMixtureClusterer | ScanClusterer:
+        """The fitted clusterer of the embedding (or UMAP) space: ``gmm_``, ``scan_`` or ``kmeans_``."""
+        for attr in ("gmm_", "scan_", "kmeans_"):
+            est = getattr(self, attr, None)
+            if est is not None:
+                return est  # type: ignore[no-any-return]
+        self._check_fitted("kmeans_")  # raises NotFittedError with the usual message
+        raise AssertionError("unreachable")  # pragma: no cover
 
     @property
     def cluster_centers_(self) -> np.ndarray:
-        """``(k, D)`` float32 k-means centroids or GMM means (in UMAP space when ``umap_components`` is set)."""
+        """``(k, D)`` float32 k-means centroids, GMM means (in UMAP space when ``umap_components`` is set) or the
+        mean unit embedding of each SCAN cluster."""
         return self._final_clusterer().cluster_centers_
 
     def cluster_features(self, images: Any) -> np.ndarray:
@@ -206,6 +216,6 @@ class EmbeddingClusterer(DeepEstimator):
         return emb if self.umap_ is None else self.umap_.transform(emb)
 
     def predict(self, images: Any) -> np.ndarray:
-        """Cluster ``(N,)`` int64 of each image: nearest k-means centroid (or most probable GMM
-        component) of :meth:`cluster_features`."""
+        """Cluster ``(N,)`` int64 of each image: nearest k-means centroid (most probable GMM component, SCAN's
+        neighbour vote) of :meth:`cluster_features`."""
         return self._final_clusterer().predict(self.cluster_features(images))

@@ -69,7 +69,8 @@ def create_deep(method: str, *, k: int, epochs: int = 20, max_iter: int = 2000, 
     if method == "simclr":
         from imgclust.deep.contrastive import ContrastiveClusterer
 
-        return ContrastiveClusterer(n_clusters=k, epochs=epochs, **{"umap_components": k, **common, **extra})
+        umap = None if extra.get("clusterer") == "scan" else k  # SCAN clusters the representation itself
+        return ContrastiveClusterer(n_clusters=k, epochs=epochs, **{"umap_components": umap, **common, **extra})
     if method in ("ascae", "scae", "convae", *N2D_RECIPES):
         from imgclust.deep.autoencoder import AutoencoderClusterer
 
@@ -93,14 +94,28 @@ def create_deep(method: str, *, k: int, epochs: int = 20, max_iter: int = 2000, 
     return DeepCluster(n_clusters=k, epochs=epochs, **common, **extra)
 
 
-def refit_recipe(method: str, k: int, seed: int) -> tuple[ReduceConfig, ClusterConfig]:
+def check_deep_options(method: str, k: int, options: dict[str, Any] | None) -> None:
+    """ConfigError, before any work, unless ``create_deep(method, k=k, **options)`` builds a valid estimator
+    (unknown option names, bad values)."""
+    try:
+        est = create_deep(method, k=k, **(options or {}))
+    except TypeError as exc:
+        raise ConfigError(f"bad options for deep method {method!r}: {exc}; see its class's parameters") from exc
+    est._validate_params()
+
+
+def refit_recipe(method: str, k: int, seed: int,
+                 options: dict[str, Any] | None = None) -> tuple[ReduceConfig, ClusterConfig]:
     """How the pipeline clusters the features a trained ``method``'s encoder extracts (refine flow):
     ``n2d`` / ``n2d-scae`` / ``simclr`` as they were trained (UMAP to k dims with 20 neighbours, then the GMM
     consensus);
     ``n2d-ensemble`` the same on its encoder's output, the scaled views side by side (one joint UMAP: the
     pipeline's refit has one feature space, where the estimator maps each view on its own); every other method
     k-means on the embeddings (what its own ``labels_`` come from), cosine k-means for ASCAE/SCAE
-    (their :data:`~imgclust.deep.autoencoder.ARCH_DEFAULTS`)."""
+    (their :data:`~imgclust.deep.autoencoder.ARCH_DEFAULTS`). A method trained with ``options``
+    ``{"clusterer": "scan"}`` is refitted with SCAN's head on the features (:mod:`imgclust.scan`)."""
+    if (options or {}).get("clusterer") == "scan":
+        return ReduceConfig(method="none", n_components=None), ClusterConfig(method="scan", k=k, seed=seed)
     if method in N2D_RECIPES or method in ("n2d-ensemble", "simclr"):
         return (ReduceConfig(method="none", n_components=None, umap_components=max(2, k), umap_neighbors=20),
                 ClusterConfig(method="gmm", k=k, seed=seed, consensus_runs=N2D_CONSENSUS_RUNS))

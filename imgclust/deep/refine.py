@@ -25,15 +25,17 @@ def checkpoint_dir_for(store: Store, run: str) -> str:
 
 
 def train_deep_from_store(store: Store, train_rel: str, out_rel: str, *, method: str, k: int, epochs: int,
-                          max_iter: int, device: str, seed: int, run: str, truth: str = "none") -> dict[str, Any]:
-    """Fit ``method`` on the saved training sample, save the estimator at ``out_rel``, return a summary.
+                          max_iter: int, device: str, seed: int, run: str, truth: str = "none",
+                          options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Fit ``method`` (its parameters overridden by ``options``, as :func:`create_deep`'s ``extra``) on the saved
+    training sample, save the estimator at ``out_rel``, return a summary.
 
     With ``truth == "parent_dir"`` the summary has ACC/NMI/ARI of the training labels against folder
     names (for monitoring; never used to choose parameters).
     """
     ids, images = load_training_set(store, train_rel)
     est = create_deep(method, k=k, epochs=epochs, max_iter=max_iter, seed=seed, device=device,
-                      checkpoint_dir=checkpoint_dir_for(store, run))
+                      checkpoint_dir=checkpoint_dir_for(store, run), **(options or {}))
     t0 = time.perf_counter()
     est.fit(images)
     seconds = time.perf_counter() - t0

@@ -1,0 +1,112 @@
+"""imgclust.scan: SCAN's loss by hand, neighbour mining, the fitted head and its vote, save/load, errors; and
+``clusterer="scan"`` inside the deep methods."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import fashion_test_subset
+from sklearn.metrics import adjusted_rand_score
+
+from imgclust.deep.contrastive import ContrastiveClusterer
+from imgclust.deep.methods import load_deep
+from imgclust.estimator import load_estimator
+from imgclust.exceptions import ConfigError, NotFittedError
+from imgclust.scan import ScanClusterer, nearest_neighbours, scan_loss
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _directions(seed: int = 0, per: int = 150, dim: int = 8, spread: float = 0.15) -> tuple[np.ndarray, np.ndarray]:
+    """Four groups of rows around four orthogonal directions (unit rows after normalisation)."""
+    rng = np.random.default_rng(seed)
+    X = np.concatenate([np.eye(dim)[c] + spread * rng.standard_normal((per, dim)) for c in range(4)])
+    return X.astype(np.float32), np.repeat(np.arange(4), per)
+
+
+def test_scan_loss_by_hand() -> None:
+    pa = torch.tensor([[1.0, 0.0], [0.5, 0.5]])
+    pn = torch.tensor([[1.0, 0.0], [0.5, 0.5]])
+    total, consistency, entropy = scan_loss(pa, pn, entropy_weight=2.0)
+    # <p_i, p_N(i)> = 1 and 0.5: consistency = -(log 1 + log 0.5) / 2; mean assignment (0.75, 0.25)
+    assert consistency.item() == pytest.approx(math.log(2) / 2)
+    assert entropy.item() == pytest.approx(-(0.75 * math.log(0.75) + 0.25 * math.log(0.25)))
+    assert total.item() == pytest.approx(math.log(2) / 2 - 2.0 * entropy.item())
+    # disagreeing one-hot neighbours: the clamp keeps the loss finite (-log 1e-8)
+    far, _, _ = scan_loss(torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]]), entropy_weight=0.0)
+    assert far.item() == pytest.approx(-math.log(1e-8))
+
+
+def test_nearest_neighbours_drop_the_row_itself() -> None:
+    angles = np.array([0.0, 0.1, 0.25, 1.5, 1.6])
+    rows = np.stack([np.cos(angles), np.sin(angles)], axis=1).astype(np.float32)
+    np.testing.assert_array_equal(nearest_neighbours(rows, 1)[:, 0], [1, 0, 1, 4, 3])
+    # exact duplicates: each is the other's neighbour, never its own
+    dup = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]], dtype=np.float32)
+    nb = nearest_neighbours(dup, 2)
+    assert nb[0, 0] == 1 and nb[1, 0] == 0 and all(i not in row for i, row in enumerate(nb))
+
+
+def test_fit_recovers_directional_groups_and_predicts_its_labels() -> None:
+    X, y = _directions()
+    est = ScanClusterer(n_clusters=4, n_neighbors=10, heads=3, epochs=40, batch_size=128, lr=1e-2, random_state=0).fit(X)
+    assert adjusted_rand_score(y, est.labels_) == 1.0
+    assert len(est.head_losses_) == 3 and est.best_head_ == int(np.argmin(est.head_losses_))
+    np.testing.assert_array_equal(est.predict(X), est.labels_)
+    proba = est.predict_proba(X[:7])
+    assert proba.shape == (7, 4) and np.allclose(proba.sum(axis=1), 1.0, atol=1e-2)
+    est.vote = False  # the head alone agrees on such clean groups
+    assert adjusted_rand_score(y, est.predict(X)) == 1.0
+    assert est.cluster_centers_.shape == (4, 8)
+    # the rows' scale does not matter (they are normalised), new rows near a group join it
+    np.testing.assert_array_equal(est.predict(X * 3.0), est.predict(X))
+    again = ScanClusterer(n_clusters=4, n_neighbors=10, heads=3, epochs=40, batch_size=128, lr=1e-2, random_state=0).fit(X)
+    np.testing.assert_array_equal(again.labels_, est.labels_)  # seeded
+
+
+def test_save_load_round_trip(tmp_path: Path) -> None:
+    X, _ = _directions(seed=1)
+    est = ScanClusterer(n_clusters=4, n_neighbors=5, heads=2, epochs=10, fit_sample=400, random_state=2).fit(X)
+    assert est.reference_.shape == (400, 8) and est.reference_.dtype == np.float16 and est.n_samples_seen_ == 600
+    est.save(tmp_path / "scan")
+    loaded = load_estimator(tmp_path / "scan")
+    assert isinstance(loaded, ScanClusterer)
+    np.testing.assert_array_equal(loaded.predict(X), est.predict(X))
+    np.testing.assert_array_equal(loaded.labels_, est.labels_)
+
+
+def test_errors_are_clear() -> None:
+    X, _ = _directions()
+    with pytest.raises(NotFittedError):
+        ScanClusterer(n_clusters=4).predict(X)
+    for bad, match in (({"n_neighbors": 0}, "n_neighbors"), ({"lr": 0.0}, "lr"), ({"vote": "yes"}, "vote"),
+                       ({"entropy_weight": -1.0}, "entropy_weight"), ({"n_clusters": 1}, "n_clusters")):
+        with pytest.raises(ConfigError, match=match):
+            ScanClusterer(**{"n_clusters": 4, **bad}).fit(X)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="more than 20 rows"):
+        ScanClusterer(n_clusters=2).fit(X[:20])
+    zeros = X.copy()
+    zeros[3] = 0.0
+    with pytest.raises(ConfigError, match="all zeros"):
+        ScanClusterer(n_clusters=4).fit(zeros)
+    fitted = ScanClusterer(n_clusters=4, n_neighbors=5, heads=1, epochs=2).fit(X)
+    with pytest.raises(ConfigError):
+        fitted.predict(X[:, :5])
+
+
+def test_simclr_with_the_scan_clusterer_fits_saves_and_loads(tmp_path: Path) -> None:
+    x, _ = fashion_test_subset(200)
+    with pytest.raises(ConfigError, match="umap_components=None"):
+        ContrastiveClusterer(clusterer="scan").fit(x)  # UMAP's default 10 components: refused before training
+    est = ContrastiveClusterer(n_clusters=4, width=4, epochs=1, batch_size=64, umap_components=None, clusterer="scan",
+                               device="cpu", seed=0).fit(x)
+    assert est.scan_ is not None and est.gmm_ is None and est.kmeans_ is None
+    np.testing.assert_array_equal(est.labels_, est.predict(x))
+    assert est.cluster_centers_.shape == (4, est.embed_dim_)
+    est.save(tmp_path / "m")
+    loaded = load_deep(tmp_path / "m")
+    assert isinstance(loaded, ContrastiveClusterer) and isinstance(loaded.scan_, ScanClusterer)
+    np.testing.assert_array_equal(loaded.predict(x), est.predict(x))
