@@ -10,8 +10,9 @@ representation's kNN label agreement (fraction of the 1 / 20 nearest neighbours,
 in chunks of at most ``--chunk-rows`` rows (``reps-NN.npy``) and the labels (``y.npy``) to ``--out``.
 
 Stage B runs ``simclr``'s own last stages on the representation, with the parameters
-:class:`~imgclust.deep.embedding.EmbeddingClusterer` uses (UMAP(10, 20 neighbours, min_dist 0, the seed) and the
-8-run GMM consensus) and prints ACC / NMI. ``--from-reps DIR`` runs stage B alone on a saved representation
+:class:`~imgclust.deep.embedding.EmbeddingClusterer` uses, once per clusterer of ``--stage-b``: UMAP(10, 20
+neighbours, min_dist 0, the seed) and the 8-run GMM consensus (the default), the same UMAP and k-means, and
+SCAN's head (:class:`~imgclust.scan.ScanClusterer`, ``clusterer="scan"``); it prints a row of ACC / NMI each. ``--from-reps DIR`` runs stage B alone on a saved representation
 (when stage A ran on a machine whose time ran out before stage B).
 
     python benchmarks/simclr_encoder.py --split all --encoder resnet18 --width 32 --device cuda \\
@@ -100,27 +101,55 @@ def load_reps(folder: Path) -> tuple[np.ndarray, np.ndarray]:
     return feats / np.linalg.norm(feats, axis=1, keepdims=True), np.load(folder / "y.npy")
 
 
-def stage_b(feats: np.ndarray, y: np.ndarray, seed: int) -> None:
-    """``simclr``'s last stages (``EmbeddingClusterer._fit_clusters`` with its defaults) on ``feats``; print ACC / NMI."""
+STAGE_B = ("gmm", "kmeans", "scan")
+"""Stage B's clusterers: UMAP + 8-run GMM consensus (``simclr``'s default), the same UMAP + k-means (10 restarts),
+and SCAN's neighbour-consistency head on the representation itself (``clusterer="scan"``, no UMAP)."""
+
+
+def _composition(name: str, y: np.ndarray, labels: np.ndarray) -> None:
+    """Log each cluster's size and its three most frequent classes."""
+    sizes = np.bincount(labels, minlength=10)
+    for c in range(len(sizes)):
+        counts = np.bincount(y[labels == c], minlength=10)
+        top = np.argsort(-counts)[:3]
+        log.info("%s cluster %d: %d images; top classes %s", name, c, sizes[c],
+                 ", ".join(f"{i} ({counts[i]})" for i in top))
+
+
+def stage_b(feats: np.ndarray, y: np.ndarray, seed: int, clusterers: list[str]) -> None:
+    """``simclr``'s last stages (``EmbeddingClusterer._fit_clusters`` with its defaults) on ``feats`` ``(N, D)``,
+    with each of ``clusterers`` (of :data:`STAGE_B`); print one ACC / NMI row each."""
     from imgclust.cluster import FaissKMeans
     from imgclust.gmm import GaussianMixtureClusterer
     from imgclust.reduce import UMAPReducer
+    from imgclust.scan import ScanClusterer
 
-    t0 = time.perf_counter()
-    umap = UMAPReducer(n_components=10, n_neighbors=20, min_dist=0.0, random_state=seed, fit_sample=None).fit(feats)
-    coords = umap.embedding_
-    gmm = GaussianMixtureClusterer(n_clusters=10, fit_sample=None, random_state=seed, consensus_runs=8).fit(coords)
-    labels = gmm.predict(coords)
-    sizes = np.bincount(labels, minlength=10)
-    km = FaissKMeans(n_clusters=10, n_redo=10, seed=seed).fit(coords).predict(coords)
-    print(f"\nstage B, same UMAP + k-means (10 restarts) instead of the GMM: ACC / NMI {_score(y, km)}")
-    print(f"\nstage B: UMAP(10, 20 nn, min_dist 0) + 8-run GMM consensus on {feats.shape} (seed {seed}): "
-          f"ACC / NMI {_score(y, labels)} in {time.perf_counter() - t0:.0f} s; cluster sizes {sizes.tolist()}",
-          flush=True)
-    for c in range(10):
-        counts = np.bincount(y[labels == c], minlength=10)
-        top = np.argsort(-counts)[:3]
-        log.info("cluster %d: %d images; top classes %s", c, sizes[c], ", ".join(f"{i} ({counts[i]})" for i in top))
+    rows = []
+    coords = None
+    for name in clusterers:
+        t0 = time.perf_counter()
+        if name in ("gmm", "kmeans") and coords is None:
+            coords = UMAPReducer(n_components=10, n_neighbors=20, min_dist=0.0, random_state=seed,
+                                 fit_sample=None).fit(feats).embedding_
+            log.info("UMAP(10, 20 nn, min_dist 0) of %s in %.0f s", feats.shape, time.perf_counter() - t0)
+        if name == "gmm":
+            labels = GaussianMixtureClusterer(n_clusters=10, fit_sample=None, random_state=seed,
+                                              consensus_runs=8).fit(coords).predict(coords)
+            what = "UMAP + 8-run GMM consensus (simclr's default)"
+        elif name == "kmeans":
+            labels = FaissKMeans(n_clusters=10, n_redo=10, seed=seed).fit(coords).predict(coords)
+            what = "UMAP + k-means (10 restarts)"
+        else:
+            labels = ScanClusterer(n_clusters=10, random_state=seed).fit(feats).labels_
+            what = "SCAN head + neighbour vote (clusterer='scan')"
+        _composition(name, y, labels)
+        rows.append(f"| {what} | {seed} | {_score(y, labels).replace(' / ', ' | ')} | "
+                    f"{time.perf_counter() - t0:.0f} | {np.bincount(labels, minlength=10).tolist()} |")
+        log.info("stage B %s", rows[-1])
+    print(f"\nstage B on the representation {feats.shape}:")
+    print("| clusterer | seed | ACC | NMI | s (UMAP in the first that uses it) | cluster sizes |")
+    print("|---|---|---|---|---|---|")
+    print("\n".join(rows), flush=True)
 
 
 def main() -> None:
@@ -142,7 +171,11 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=None, help="folder to save the representation in")
     p.add_argument("--no-stage-b", action="store_true", help="stop after saving the representation")
     p.add_argument("--from-reps", type=Path, default=None, help="run stage B alone on a saved representation")
+    p.add_argument("--stage-b", default=",".join(STAGE_B), help=f"stage B's clusterers, comma-separated, of {STAGE_B}")
     args = p.parse_args()
+    clusterers = [c for c in args.stage_b.split(",") if c]
+    if not clusterers or set(clusterers) - set(STAGE_B):
+        p.error(f"--stage-b takes a comma-separated list of {STAGE_B}, got {args.stage_b!r}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     import torch
 
@@ -152,7 +185,7 @@ def main() -> None:
              os.getloadavg())
     if args.from_reps is not None:
         feats, y = load_reps(args.from_reps)
-        stage_b(feats, y, args.seed)
+        stage_b(feats, y, args.seed, clusterers)
         return
     from imgclust.datasets import load_fashion_mnist
 
@@ -169,7 +202,7 @@ def main() -> None:
     if args.out is not None:
         save_reps(args.out, feats, y, args.chunk_rows)
     if not args.no_stage_b:
-        stage_b(feats, y, args.seed)
+        stage_b(feats, y, args.seed, clusterers)
 
 
 if __name__ == "__main__":
