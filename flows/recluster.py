@@ -8,7 +8,7 @@ from prefect import flow
 from flows.artifacts import publish_model_artifacts
 from flows.build_clusters import label_all, pca_statistics
 from flows.runtime import default_task_runner
-from imgclust.config import ClusterConfig, ExtractConfig, ReduceConfig
+from imgclust.config import ClusterConfig, ExtractConfig, ReduceConfig, check_recipe
 from imgclust.promotion import GateConfig
 from tasks.cluster import current_model_task, evaluate_task, gate_and_promote_task, refit_task
 from tasks.extract import done_shards_task, extractor_key_task
@@ -30,6 +30,7 @@ def recluster(store: str, reduce: ReduceConfig | None = None, cluster: ClusterCo
     info = _recipe(store, previous)
     reduce = reduce or ReduceConfig(**info["reduce"])
     cluster = cluster or ClusterConfig(**info["cluster"])
+    check_recipe(reduce, cluster)  # e.g. scan on a UMAP recipe: refused before any shard is read
     key = extractor_key_task(extract)
     return run_refit(store, key, extract, reduce, cluster, previous, truth=truth, gate=gate, min_overlap=min_overlap)
 

@@ -146,9 +146,9 @@ class PipelineConfig(_Base):
 
     @model_validator(mode="after")
     def _scan_without_umap(self) -> PipelineConfig:
-        if self.cluster.method == "scan" and self.reduce.umap_components is not None:
-            raise ValueError("cluster.method='scan' clusters the features by their cosine neighbours, not UMAP "
-                             f"coordinates: drop reduce.umap_components (got {self.reduce.umap_components})")
+        problem = recipe_problem(self.reduce, self.cluster)
+        if problem:
+            raise ValueError(problem)
         return self
 
     @field_validator("source", "store")
@@ -157,6 +157,23 @@ class PipelineConfig(_Base):
         if not v.strip():
             raise ValueError("must not be empty")
         return v
+
+
+def recipe_problem(reduce: ReduceConfig, cluster: ClusterConfig) -> str | None:
+    """Why ``reduce`` and ``cluster`` cannot be used together, or ``None``: SCAN (``scan``) clusters features by
+    their cosine neighbours and refuses UMAP coordinates."""
+    if cluster.method == "scan" and reduce.umap_components is not None:
+        return ("cluster method 'scan' clusters the (PCA-reduced) features by their cosine neighbours, not UMAP "
+                f"coordinates: drop reduce.umap_components / --umap (got {reduce.umap_components})")
+    return None
+
+
+def check_recipe(reduce: ReduceConfig, cluster: ClusterConfig) -> None:
+    """Raise ConfigError, before any work, if ``reduce`` and ``cluster`` cannot be used together
+    (:func:`recipe_problem`)."""
+    problem = recipe_problem(reduce, cluster)
+    if problem:
+        raise ConfigError(problem)
 
 
 def validated(model: type[_M], **values: Any) -> _M:

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from imgclust.cluster import AgglomerativeClusterer, FaissKMeans, HDBSCANClusterer, squared_distances
-from imgclust.config import ClusterConfig, ExtractConfig, ReduceConfig
+from imgclust.config import ClusterConfig, ExtractConfig, ReduceConfig, check_recipe
 from imgclust.estimator import BatchSource, Estimator, load_estimator, sample_rows
 from imgclust.exceptions import ConfigError, CorruptArtifactError, StoreError
 from imgclust.gmm import GaussianMixtureClusterer
@@ -168,9 +168,7 @@ def fit_model(source: BatchSource, *, extractor_key: str, reduce: ReduceConfig, 
     on Dask workers, :func:`write_pca_statistics`). UMAP and HDBSCAN fit on a seeded sample of
     ``cluster.fit_sample`` rows of the reduced stream; k-means trains on its own sample.
     """
-    if cluster.method == "scan" and reduce.umap_components is not None:
-        raise ConfigError("cluster method 'scan' clusters the (PCA-reduced) features by their cosine neighbours, "
-                          f"not UMAP coordinates: drop umap_components (got {reduce.umap_components})")
+    check_recipe(reduce, cluster)
     if reducer is None and reduce.method == "ipca":
         reducer = StreamingPCA(n_components=reduce.n_components, variance_target=reduce.variance_target,
                                whiten=reduce.whiten, l2_normalize_input=reduce.l2_normalize).fit(source)

@@ -92,3 +92,12 @@ def test_check_deep_options_refuses_bad_options_before_work() -> None:
         check_deep_options("dec", 10, {"colour": "red"})
     with pytest.raises(ConfigError, match="clusterer must be one of"):
         check_deep_options("convae", 10, {"clusterer": "dbscan"})
+    with pytest.raises(ConfigError, match="may not set epochs, seed"):
+        check_deep_options("simclr", 10, {"seed": 1, "epochs": 5})
+    with pytest.raises(ConfigError, match="bad options for deep method 'simclr'"):
+        check_deep_options("simclr", 10, {"lr": "fast"})  # a wrong type is a ConfigError too, not a TypeError
+    # a recipe's own settings may be overridden; SCAN drops the recipe's UMAP unless told otherwise
+    check_deep_options("n2d", 10, {"clusterer": "scan"})
+    n2d = create_deep("n2d", k=10, clusterer="scan").get_params()
+    assert (n2d["clusterer"], n2d["umap_components"], n2d["arch"]) == ("scan", None, "convae")
+    assert create_deep("n2d", k=10, umap_neighbors=5).get_params()["umap_neighbors"] == 5

@@ -70,7 +70,7 @@ def test_scan_refuses_umap_before_any_work() -> None:
     from imgclust.exceptions import ConfigError
 
     X, _ = _blobs(1)
-    with pytest.raises(ConfigError, match="drop umap_components"):
+    with pytest.raises(ConfigError, match="drop reduce.umap_components"):
         fit_model(_source(X), extractor_key="k", reduce=ReduceConfig(n_components=8, umap_components=4),
                   cluster=ClusterConfig(method="scan", k=4))
     with pytest.raises(ConfigError, match="drop reduce.umap_components"):

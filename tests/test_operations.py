@@ -12,6 +12,7 @@ import pytest
 from conftest import requires_fashion, write_fashion_corpus
 
 from imgclust.config import ClusterConfig, ExtractConfig, PipelineConfig, ReduceConfig
+from imgclust.exceptions import ConfigError
 from imgclust.labels import read_labels
 from imgclust.model import current_model_id
 from imgclust.store import Store
@@ -111,6 +112,18 @@ def test_gate_blocks_a_worse_model(ops: dict[str, Any]) -> None:
     assert worse["promoted"] is False
     assert "acc" in worse["gate"]["reason"]
     assert current_model_id(store) == current
+
+
+def test_recluster_refuses_scan_on_umap_before_any_work(ops: dict[str, Any]) -> None:
+    from flows.recluster import recluster
+
+    store = Store(ops["store"])
+    models = sorted(store.glob("models/*/model.json"))
+    with pytest.raises(ConfigError, match="drop reduce.umap_components"):
+        recluster.with_options(task_runner=_runner(ops["address"]))(
+            store=str(ops["store"]), reduce=ReduceConfig(n_components=30, umap_components=4),
+            cluster=ClusterConfig(method="scan", k=8))
+    assert sorted(store.glob("models/*/model.json")) == models
 
 
 def test_backfill_twice_changes_nothing_the_second_time(ops: dict[str, Any]) -> None:

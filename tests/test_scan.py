@@ -67,6 +67,18 @@ def test_fit_recovers_directional_groups_and_predicts_its_labels() -> None:
     np.testing.assert_array_equal(again.labels_, est.labels_)  # seeded
 
 
+def test_all_zero_rows_get_the_uniform_assignment(caplog: pytest.LogCaptureFixture) -> None:
+    X, y = _directions()
+    zeros = X.copy()
+    zeros[3] = 0.0
+    est = ScanClusterer(n_clusters=4, n_neighbors=10, heads=3, epochs=40, batch_size=128, lr=1e-2).fit(zeros)
+    assert "1 of 600 rows are all zeros" in caplog.text
+    proba = est.predict_proba(zeros[:5])
+    np.testing.assert_allclose(proba[3], 0.25)
+    keep = np.arange(600) != 3
+    assert adjusted_rand_score(y[keep], est.labels_[keep]) == 1.0  # one row without direction harms no other
+
+
 def test_save_load_round_trip(tmp_path: Path) -> None:
     X, _ = _directions(seed=1)
     est = ScanClusterer(n_clusters=4, n_neighbors=5, heads=2, epochs=10, fit_sample=400, random_state=2).fit(X)
@@ -88,10 +100,6 @@ def test_errors_are_clear() -> None:
             ScanClusterer(**{"n_clusters": 4, **bad}).fit(X)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="more than 20 rows"):
         ScanClusterer(n_clusters=2).fit(X[:20])
-    zeros = X.copy()
-    zeros[3] = 0.0
-    with pytest.raises(ConfigError, match="all zeros"):
-        ScanClusterer(n_clusters=4).fit(zeros)
     fitted = ScanClusterer(n_clusters=4, n_neighbors=5, heads=1, epochs=2).fit(X)
     with pytest.raises(ConfigError):
         fitted.predict(X[:, :5])

@@ -69,15 +69,15 @@ def create_deep(method: str, *, k: int, epochs: int = 20, max_iter: int = 2000, 
     if method == "simclr":
         from imgclust.deep.contrastive import ContrastiveClusterer
 
-        umap = None if extra.get("clusterer") == "scan" else k  # SCAN clusters the representation itself
-        return ContrastiveClusterer(n_clusters=k, epochs=epochs, **{"umap_components": umap, **common, **extra})
+        return ContrastiveClusterer(n_clusters=k, epochs=epochs, **_with_clusterer({"umap_components": k, **common},
+                                                                                  extra))
     if method in ("ascae", "scae", "convae", *N2D_RECIPES):
         from imgclust.deep.autoencoder import AutoencoderClusterer
 
         arch: dict[str, Any] = {"arch": method}
         if method in N2D_RECIPES:
             arch = {**N2D_RECIPES[method], "umap_components": k}
-        return AutoencoderClusterer(n_clusters=k, epochs=epochs, **arch, **common, **extra)
+        return AutoencoderClusterer(n_clusters=k, epochs=epochs, **_with_clusterer({**arch, **common}, extra))
     finetune: dict[str, Any] = {"init": "umap", "autoencoder": pretrain, **common, **extra}
     if "pretrained" in extra:
         finetune.pop("autoencoder")
@@ -94,14 +94,30 @@ def create_deep(method: str, *, k: int, epochs: int = 20, max_iter: int = 2000, 
     return DeepCluster(n_clusters=k, epochs=epochs, **common, **extra)
 
 
+def _with_clusterer(defaults: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``defaults`` overridden by ``extra``; ``clusterer="scan"`` without an explicit ``umap_components`` drops the
+    recipe's UMAP (SCAN clusters the embedding itself)."""
+    params = {**defaults, **extra}
+    if extra.get("clusterer") == "scan" and "umap_components" not in extra:
+        params["umap_components"] = None
+    return params
+
+
+OWN_ARGUMENTS = ("k", "n_clusters", "epochs", "max_iter", "seed", "device", "checkpoint_dir")
+"""What the refine flow sets itself (its own parameters / CLI flags), so ``options`` may not name them."""
+
+
 def check_deep_options(method: str, k: int, options: dict[str, Any] | None) -> None:
     """ConfigError, before any work, unless ``create_deep(method, k=k, **options)`` builds a valid estimator
-    (unknown option names, bad values)."""
+    (unknown option names, names the refine flow sets itself, bad values)."""
+    clash = sorted(set(options or {}) & set(OWN_ARGUMENTS))
+    if clash:
+        raise ConfigError(f"options may not set {', '.join(clash)}: the refine flow sets them (use its own "
+                          "parameters, e.g. --epochs, --k, --seed, --device, --max-iter)")
     try:
-        est = create_deep(method, k=k, **(options or {}))
-    except TypeError as exc:
+        create_deep(method, k=k, **(options or {}))._validate_params()
+    except (TypeError, ValueError) as exc:
         raise ConfigError(f"bad options for deep method {method!r}: {exc}; see its class's parameters") from exc
-    est._validate_params()
 
 
 def refit_recipe(method: str, k: int, seed: int,
