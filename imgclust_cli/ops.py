@@ -60,7 +60,8 @@ def add_ops_parsers(sub: Any, add_exec: Any) -> None:
 
     p = sub.add_parser("refine", help="train a deep-clustering method on store images; candidate model + gate",
                        description="Trains the method on a sample of the store's images, extracts every image with "
-                                   "its encoder, refits the clusterer (k-means; UMAP + GMM for n2d, n2d-scae, n2d-ensemble, simclr) with stable ids, "
+                                   "its encoder, refits the clusterer (k-means; UMAP + GMM for n2d, n2d-scae, n2d-ensemble, simclr; "
+                                   "SCAN after --option clusterer=scan) with stable ids, "
                                    "relabels, evaluates and promotes "
                                    "through the gate. Prints the candidate's metrics and whether it was promoted.")
     p.add_argument("--store", required=True)
