@@ -42,19 +42,11 @@ def neighbour_agreement(emb: np.ndarray, y: np.ndarray, k: int,
     """Fraction of the nearest neighbour, and of the ``k`` nearest, of each query row of ``emb`` ``(N, D)``
     (cosine, searched among all ``N``; the row itself excluded) whose label equals the row's:
     ``(agreement@1, agreement@k)``. ``queries``: row indices ``(Q,)`` to score; ``None`` = every row."""
-    import faiss
+    from imgclust.scan import nearest_neighbours
 
     e = np.ascontiguousarray(emb / np.linalg.norm(emb, axis=1, keepdims=True), dtype=np.float32)
     q = np.arange(len(e)) if queries is None else np.asarray(queries)
-    index = faiss.IndexFlatIP(e.shape[1])
-    index.add(e)
-    _, nb = index.search(e[q], k + 1)
-    own = nb == q[:, None]
-    # drop the row itself: usually column 0; with exact duplicates it may sit elsewhere or be absent (drop the last)
-    drop = np.where(own.any(axis=1), own.argmax(axis=1), k)
-    keep = np.ones(nb.shape, dtype=bool)
-    keep[np.arange(len(q)), drop] = False
-    nb = nb[keep].reshape(len(q), k)
+    nb = nearest_neighbours(e, k, q)
     same = y[nb] == y[q][:, None]
     return float(same[:, 0].mean()), float(same.mean())
 

@@ -39,6 +39,16 @@ _CHUNK = 65536  # rows per assignment step; bounds temporary memory to O(_CHUNK 
 _FAISS_MIN_POINTS_PER_CENTROID = 39  # faiss's own default threshold for its "too few points" warning
 
 
+def cluster_means(X: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """Mean ``(k, D)`` float32 of the rows of ``X`` ``(n, D)`` in each cluster ``0..k-1`` of ``labels`` ``(n,)``
+    (summed in float64; rows labelled ``< 0``, noise, are left out; an empty cluster's mean is zeros)."""
+    keep = labels >= 0
+    sums = np.zeros((k, X.shape[1]), dtype=np.float64)
+    np.add.at(sums, labels[keep], X[keep])
+    counts = np.bincount(labels[keep], minlength=k)
+    return (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
+
+
 def _faiss() -> Any:
     import faiss  # imported lazily: loads OpenMP/BLAS, which is not needed to import imgclust
 
@@ -380,10 +390,7 @@ class AgglomerativeClusterer(Estimator):
 
         labels = AgglomerativeClustering(n_clusters=self.n_clusters, linkage=self.linkage).fit_predict(data)
         self.labels_ = np.asarray(labels, dtype=np.int64)
-        counts = np.bincount(self.labels_, minlength=self.n_clusters).astype(np.float64)
-        sums = np.zeros((self.n_clusters, data.shape[1]), dtype=np.float64)
-        np.add.at(sums, self.labels_, data)
-        self.cluster_centers_ = (sums / counts[:, None]).astype(np.float32)
+        self.cluster_centers_ = cluster_means(data, self.labels_, self.n_clusters)
         self.n_samples_seen_ = n
         self.n_features_in_ = data.shape[1]
         return self

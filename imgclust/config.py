@@ -146,9 +146,7 @@ class PipelineConfig(_Base):
 
     @model_validator(mode="after")
     def _scan_without_umap(self) -> PipelineConfig:
-        problem = recipe_problem(self.reduce, self.cluster)
-        if problem:
-            raise ValueError(problem)
+        check_recipe(self.reduce, self.cluster)  # a ConfigError is a ValueError: pydantic reports it
         return self
 
     @field_validator("source", "store")
@@ -159,21 +157,12 @@ class PipelineConfig(_Base):
         return v
 
 
-def recipe_problem(reduce: ReduceConfig, cluster: ClusterConfig) -> str | None:
-    """Why ``reduce`` and ``cluster`` cannot be used together, or ``None``: SCAN (``scan``) clusters features by
-    their cosine neighbours and refuses UMAP coordinates."""
-    if cluster.method == "scan" and reduce.umap_components is not None:
-        return ("cluster method 'scan' clusters the (PCA-reduced) features by their cosine neighbours, not UMAP "
-                f"coordinates: drop reduce.umap_components / --umap (got {reduce.umap_components})")
-    return None
-
-
 def check_recipe(reduce: ReduceConfig, cluster: ClusterConfig) -> None:
-    """Raise ConfigError, before any work, if ``reduce`` and ``cluster`` cannot be used together
-    (:func:`recipe_problem`)."""
-    problem = recipe_problem(reduce, cluster)
-    if problem:
-        raise ConfigError(problem)
+    """Raise ConfigError, before any work, if ``reduce`` and ``cluster`` cannot be used together: SCAN
+    (``scan``) clusters features by their cosine neighbours and refuses UMAP coordinates."""
+    if cluster.method == "scan" and reduce.umap_components is not None:
+        raise ConfigError("cluster method 'scan' clusters the (PCA-reduced) features by their cosine neighbours, "
+                          f"not UMAP coordinates: drop reduce.umap_components / --umap (got {reduce.umap_components})")
 
 
 def validated(model: type[_M], **values: Any) -> _M:

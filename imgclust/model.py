@@ -26,7 +26,13 @@ from typing import Any
 
 import numpy as np
 
-from imgclust.cluster import AgglomerativeClusterer, FaissKMeans, HDBSCANClusterer, squared_distances
+from imgclust.cluster import (
+    AgglomerativeClusterer,
+    FaissKMeans,
+    HDBSCANClusterer,
+    cluster_means,
+    squared_distances,
+)
 from imgclust.config import ClusterConfig, ExtractConfig, ReduceConfig, check_recipe
 from imgclust.estimator import BatchSource, Estimator, load_estimator, sample_rows
 from imgclust.exceptions import ConfigError, CorruptArtifactError, StoreError
@@ -208,7 +214,7 @@ def fit_model(source: BatchSource, *, extractor_key: str, reduce: ReduceConfig, 
     elif cluster.method == "hdbscan":
         clusterer = HDBSCANClusterer(min_cluster_size=cluster.min_cluster_size, fit_sample=None,
                                      random_state=cluster.seed).fit(sample)
-        centroids = _centroids(sample, clusterer.labels_, clusterer.n_clusters_)
+        centroids = cluster_means(sample, clusterer.labels_, clusterer.n_clusters_)
     elif cluster.method == "agglomerative":
         clusterer = AgglomerativeClusterer(n_clusters=cluster.k).fit(sample)
         centroids = clusterer.cluster_centers_
@@ -218,7 +224,7 @@ def fit_model(source: BatchSource, *, extractor_key: str, reduce: ReduceConfig, 
         centroids = clusterer.cluster_centers_
     elif cluster.method == "scan":
         clusterer = ScanClusterer(n_clusters=cluster.k, fit_sample=None, random_state=cluster.seed).fit(sample)
-        centroids = _centroids(sample, clusterer.labels_, cluster.k)
+        centroids = cluster_means(sample, clusterer.labels_, cluster.k)
     else:  # pragma: no cover - pydantic restricts the literal
         raise ConfigError(f"unknown cluster method {cluster.method!r}")
     model = ClusterModel(model_id=model_id or new_model_id(), extractor_key=extractor_key, reducer=reducer,
@@ -240,16 +246,6 @@ def _kmeans(cluster: ClusterConfig) -> FaissKMeans:
 
         return TorchKMeans(device=cluster.device, **params)
     return FaissKMeans(**params)
-
-
-def _centroids(Z: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
-    """Mean ``(k, d)`` float32 of the rows ``Z`` ``(n, d)`` of each cluster ``0..k-1`` (zeros for an empty one)."""
-    out = np.zeros((k, Z.shape[1]), np.float32)
-    for c in range(k):
-        members = Z[labels == c]
-        if len(members):
-            out[c] = members.mean(axis=0)
-    return out
 
 
 def novelty_thresholds(model: ClusterModel, Z: np.ndarray, quantile: float) -> np.ndarray:

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from imgclust.cluster import cluster_means
 from imgclust.estimator import ArrayOrSource, Estimator, check_int, register_estimator, sample_rows
 from imgclust.exceptions import ConfigError
 
@@ -62,20 +63,22 @@ def scan_loss(p_anchor: torch.Tensor, p_neighbour: torch.Tensor,
     return consistency - entropy_weight * entropy, consistency, entropy
 
 
-def nearest_neighbours(rows: np.ndarray, k: int) -> np.ndarray:
-    """Indices ``(n, k)`` int64 of the ``k`` nearest other rows of each row of unit-norm ``rows`` ``(n, D)``
-    (exact inner product, faiss ``IndexFlatIP``); the row itself is dropped wherever it appears (exact
-    duplicates may put it after another row), else the farthest of the ``k + 1`` found."""
+def nearest_neighbours(rows: np.ndarray, k: int, queries: np.ndarray | None = None) -> np.ndarray:
+    """Indices ``(Q, k)`` int64 of the ``k`` nearest other rows of each query row (``queries``: row indices
+    ``(Q,)``; ``None`` = every row) of unit-norm ``rows`` ``(n, D)`` (exact inner product, faiss
+    ``IndexFlatIP``); the row itself is dropped wherever it appears (exact duplicates may put it after another
+    row), else the farthest of the ``k + 1`` found."""
     import faiss  # lazy: loads OpenMP/BLAS
 
+    q = np.arange(len(rows)) if queries is None else np.asarray(queries)
     index = faiss.IndexFlatIP(rows.shape[1])
     index.add(rows)
-    _, nb = index.search(rows, k + 1)
-    own = nb == np.arange(len(rows))[:, None]
+    _, nb = index.search(rows[q], k + 1)
+    own = nb == q[:, None]
     drop = np.where(own.any(axis=1), own.argmax(axis=1), k)
     keep = np.ones(nb.shape, dtype=bool)
-    keep[np.arange(len(rows)), drop] = False
-    return nb[keep].reshape(len(rows), k).astype(np.int64)
+    keep[np.arange(len(q)), drop] = False
+    return nb[keep].reshape(len(q), k).astype(np.int64)
 
 
 def _unit_rows(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -155,7 +158,7 @@ class ScanClusterer(Estimator):
 
         self._validate_params()
         sample = sample_rows(X, self.fit_sample, self.random_state)
-        rows, _ = _unit_rows(sample.rows)
+        rows, zero = _unit_rows(sample.rows)
         n, d = rows.shape
         if n <= self.n_neighbors:
             raise ConfigError(f"SCAN with n_neighbors={self.n_neighbors} needs more than {self.n_neighbors} rows, "
@@ -185,7 +188,7 @@ class ScanClusterer(Estimator):
         self.reference_ = rows.astype(np.float16)
         self.reference_proba_ = self._head_proba(rows).astype(np.float16)
         self.__dict__.pop("_index", None)
-        self.labels_ = self.predict(rows)
+        self.labels_ = self._assignments(rows, zero).argmax(axis=1).astype(np.int64)
         sizes = np.bincount(self.labels_, minlength=self.n_clusters)
         logger.info("SCAN: head %d of %d kept (loss %.4f); %d rows -> cluster sizes %s", best, self.heads,
                     self.head_losses_[best], n, sizes.tolist())
@@ -228,7 +231,10 @@ class ScanClusterer(Estimator):
         """Soft assignments ``(n, C)`` float32: the head's softmax, or with ``vote`` the normalised sum of the
         reference assignments of the ``n_neighbors + 1`` nearest fitted rows; uniform for all-zero rows."""
         self._check_fitted("weight_")
-        rows, zero = _unit_rows(self._check_dim(X))
+        return self._assignments(*_unit_rows(self._check_dim(X)))
+
+    def _assignments(self, rows: np.ndarray, zero: np.ndarray) -> np.ndarray:
+        """:meth:`predict_proba` of unit ``rows`` ``(n, D)``, the all-zero ones flagged by ``zero`` ``(n,)``."""
         out = self._head_proba(rows) if not self.vote else self._vote(rows)
         out[zero] = 1.0 / self.n_clusters
         return out
@@ -258,11 +264,7 @@ class ScanClusterer(Estimator):
     def cluster_centers_(self) -> np.ndarray:
         """``(C, D)`` float32 mean unit row of each cluster of the fitted rows (zeros for an empty cluster)."""
         self._check_fitted("labels_")
-        ref = self.reference_.astype(np.float32)
-        centers = np.zeros((self.n_clusters, ref.shape[1]), dtype=np.float32)
-        counts = np.bincount(self.labels_, minlength=self.n_clusters)
-        np.add.at(centers, self.labels_, ref)
-        return centers / np.maximum(counts, 1)[:, None]
+        return cluster_means(self.reference_.astype(np.float32), self.labels_, self.n_clusters)
 
     def _set_state(self, meta: dict[str, Any], arrays: dict[str, np.ndarray], obj: Any) -> None:
         super()._set_state(meta, arrays, obj)
