@@ -12,8 +12,9 @@ in chunks of at most ``--chunk-rows`` rows (``reps-NN.npy``) and the labels (``y
 Stage B runs ``simclr``'s own last stages on the representation, with the parameters
 :class:`~imgclust.deep.embedding.EmbeddingClusterer` uses, once per clusterer of ``--stage-b``: UMAP(10, 20
 neighbours, min_dist 0, the seed) and the 8-run GMM consensus (the default), the same UMAP and k-means, and
-SCAN's head (:class:`~imgclust.scan.ScanClusterer`, ``clusterer="scan"``); it prints a row of ACC / NMI each. ``--from-reps DIR`` runs stage B alone on a saved representation
-(when stage A ran on a machine whose time ran out before stage B).
+SCAN's head (:class:`~imgclust.scan.ScanClusterer`, ``clusterer="scan"``: ``scan`` with neighbours in the whitened
+space, its default, ``scan-raw`` without); it prints a row of ACC / NMI each. ``--from-reps DIR`` runs stage B
+alone on a saved representation (when stage A ran on a machine whose time ran out before stage B).
 
     python benchmarks/simclr_encoder.py --split all --encoder resnet18 --width 32 --device cuda \\
         --train-budget-s 170 --out DIR
@@ -101,9 +102,10 @@ def load_reps(folder: Path) -> tuple[np.ndarray, np.ndarray]:
     return feats / np.linalg.norm(feats, axis=1, keepdims=True), np.load(folder / "y.npy")
 
 
-STAGE_B = ("gmm", "kmeans", "scan")
+STAGE_B = ("gmm", "kmeans", "scan", "scan-raw")
 """Stage B's clusterers: UMAP + 8-run GMM consensus (``simclr``'s default), the same UMAP + k-means (10 restarts),
-and SCAN's neighbour-consistency head on the representation itself (``clusterer="scan"``, no UMAP)."""
+SCAN's neighbour-consistency head on the representation itself (``clusterer="scan"``, no UMAP; neighbours in the
+whitened space), and the same with cosine neighbours of the representation as given (``whiten=False``)."""
 
 
 def _composition(name: str, y: np.ndarray, labels: np.ndarray) -> None:
@@ -140,8 +142,10 @@ def stage_b(feats: np.ndarray, y: np.ndarray, seed: int, clusterers: list[str]) 
             labels = FaissKMeans(n_clusters=10, n_redo=10, seed=seed).fit(coords).predict(coords)
             what = "UMAP + k-means (10 restarts)"
         else:
-            labels = ScanClusterer(n_clusters=10, random_state=seed).fit(feats).labels_
-            what = "SCAN head + neighbour vote (clusterer='scan')"
+            whiten = name == "scan"
+            labels = ScanClusterer(n_clusters=10, random_state=seed, whiten=whiten).fit(feats).labels_
+            what = ("SCAN head + neighbour vote (clusterer='scan'), whitened neighbours" if whiten else
+                    "SCAN head + neighbour vote, neighbours unwhitened (whiten=False)")
         _composition(name, y, labels)
         rows.append(f"| {what} | {seed} | {_score(y, labels).replace(' / ', ' | ')} | "
                     f"{time.perf_counter() - t0:.0f} | {np.bincount(labels, minlength=10).tolist()} |")

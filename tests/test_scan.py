@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,9 +14,9 @@ from sklearn.metrics import adjusted_rand_score
 
 from imgclust.deep.contrastive import ContrastiveClusterer
 from imgclust.deep.methods import load_deep
-from imgclust.estimator import load_estimator
+from imgclust.estimator import Estimator, load_estimator
 from imgclust.exceptions import ConfigError, NotFittedError
-from imgclust.scan import ScanClusterer, nearest_neighbours, scan_loss
+from imgclust.scan import ScanClusterer, nearest_neighbours, scan_loss, whitening
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -48,6 +49,78 @@ def test_nearest_neighbours_drop_the_row_itself() -> None:
     dup = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]], dtype=np.float32)
     nb = nearest_neighbours(dup, 2)
     assert nb[0, 0] == 1 and nb[1, 0] == 0 and all(i not in row for i, row in enumerate(nb))
+
+
+def test_whitening_gives_identity_covariance_and_drops_empty_directions() -> None:
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((500, 3)) @ np.array([[3.0, 0.0, 0.0], [1.0, 0.5, 0.0], [0.0, 0.2, 0.1]]) + 7.0
+    mean, W = whitening(X)
+    np.testing.assert_allclose(mean, X.mean(axis=0), rtol=1e-5)
+    Z = (X - mean) @ W
+    np.testing.assert_allclose(Z.T @ Z / len(X), np.eye(3), atol=1e-4)
+    # a constant column (and a copy of another) carries no variance of its own: those directions are dropped
+    flat = np.concatenate([X, np.full((500, 1), 2.0), X[:, :1]], axis=1)
+    mean, W = whitening(flat)
+    assert W.shape == (5, 3)
+    Z = (flat - mean) @ W
+    np.testing.assert_allclose(Z.T @ Z / len(flat), np.eye(3), atol=1e-4)
+    with pytest.raises(ConfigError, match="identical rows"):
+        whitening(np.ones((5, 3)))
+    with pytest.raises(ConfigError, match="at least 2"):
+        whitening(np.ones((1, 3)))
+
+
+def _nuisance(seed: int = 0, per: int = 150) -> tuple[np.ndarray, np.ndarray]:
+    """Two groups told apart by one low-variance direction (the last dim: +-1, noise 0.1), hidden among four
+    high-variance ones (std 5; the first shifted by 10, off the origin, so cosine sees them first)."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(2), per)
+    X = np.concatenate([5.0 * rng.standard_normal((2 * per, 4)),
+                        (2.0 * y - 1.0 + 0.1 * rng.standard_normal(2 * per))[:, None]], axis=1)
+    X[:, 0] += 10.0
+    return X.astype(np.float32), y
+
+
+def test_whitened_neighbours_see_the_low_variance_direction() -> None:
+    X, y = _nuisance()
+    unit = X / np.linalg.norm(X, axis=1, keepdims=True)
+    raw = nearest_neighbours(unit, 10)
+    mean, W = whitening(unit)
+    z = (unit - mean) @ W
+    white = nearest_neighbours((z / np.linalg.norm(z, axis=1, keepdims=True)).astype(np.float32), 10)
+    purity = [float((y[nb] == y[:, None]).mean()) for nb in (raw, white)]
+    assert purity[1] > 0.93 and purity[0] < 0.75, purity
+
+
+def _vote_by_hand(est: ScanClusterer, queries: np.ndarray, space: Any) -> np.ndarray:
+    """The vote ``(n, C)`` over the ``n_neighbors + 1`` fitted rows nearest to ``queries`` in ``space(rows)``."""
+    def unit(a: np.ndarray) -> np.ndarray:
+        return a / np.linalg.norm(a, axis=1, keepdims=True)
+
+    nb = np.argsort(-(space(unit(queries)) @ space(est.reference_.astype(np.float32)).T), axis=1)
+    return est.reference_proba_.astype(np.float32)[nb[:, :est.n_neighbors + 1]].mean(axis=1)
+
+
+def test_the_fit_and_the_vote_use_whitened_neighbours() -> None:
+    X, _ = _nuisance(seed=1)
+    est = ScanClusterer(n_clusters=2, n_neighbors=10, heads=2, epochs=5, random_state=0).fit(X)
+    unit = X / np.linalg.norm(X, axis=1, keepdims=True)
+    mean, W = whitening(unit)
+    np.testing.assert_allclose(est.mean_, mean, atol=1e-5)
+    assert est.whitening_.shape == (5, 5)
+
+    def whitened(rows: np.ndarray) -> np.ndarray:
+        z = (rows - est.mean_) @ est.whitening_
+        return z / np.linalg.norm(z, axis=1, keepdims=True)
+
+    proba = est.predict_proba(X)
+    by_hand = _vote_by_hand(est, X, whitened)
+    unwhitened = _vote_by_hand(est, X, lambda rows: rows)
+    assert np.abs(proba - by_hand).mean() < 1e-3 < np.abs(proba - unwhitened).mean()
+    np.testing.assert_array_equal(est.labels_, est.predict(X))
+    raw = ScanClusterer(n_clusters=2, n_neighbors=10, heads=2, epochs=5, random_state=0, whiten=False).fit(X)
+    assert raw.whitening_.shape == (5, 0)
+    assert np.abs(raw.predict_proba(X) - _vote_by_hand(raw, X, lambda rows: rows)).mean() < 1e-3
 
 
 def test_fit_recovers_directional_groups_and_predicts_its_labels() -> None:
@@ -90,11 +163,27 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
     np.testing.assert_array_equal(loaded.labels_, est.labels_)
 
 
+def test_a_model_saved_before_whitening_loads_unwhitened(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    X, _ = _directions(seed=3)
+    est = ScanClusterer(n_clusters=4, n_neighbors=5, heads=2, epochs=10, whiten=False).fit(X)
+    assert est.whitening_.shape == (8, 0)
+    with monkeypatch.context() as old:  # write the artifact as the version before `whiten` existed did
+        old.setattr(ScanClusterer, "_array_attrs", ("weight_", "bias_", "reference_", "reference_proba_", "labels_"))
+        old.setattr(ScanClusterer, "_param_names", classmethod(
+            lambda cls: [n for n in Estimator._param_names.__func__(cls) if n != "whiten"]))  # type: ignore[attr-defined]
+        est.save(tmp_path / "old")
+    manifest = (tmp_path / "old" / "estimator.json").read_text()
+    assert "whiten" not in manifest
+    loaded = load_estimator(tmp_path / "old")
+    assert isinstance(loaded, ScanClusterer) and loaded.whiten is False
+    np.testing.assert_array_equal(loaded.predict(X), est.predict(X))
+
+
 def test_errors_are_clear() -> None:
     X, _ = _directions()
     with pytest.raises(NotFittedError):
         ScanClusterer(n_clusters=4).predict(X)
-    for bad, match in (({"n_neighbors": 0}, "n_neighbors"), ({"lr": 0.0}, "lr"), ({"vote": "yes"}, "vote"),
+    for bad, match in (({"n_neighbors": 0}, "n_neighbors"), ({"lr": 0.0}, "lr"), ({"vote": "yes"}, "vote"), ({"whiten": 1}, "whiten"),
                        ({"entropy_weight": -1.0}, "entropy_weight"), ({"n_clusters": 1}, "n_clusters")):
         with pytest.raises(ConfigError, match=match):
             ScanClusterer(**{"n_clusters": 4, **bad}).fit(X)  # type: ignore[arg-type]

@@ -158,7 +158,9 @@ class ContrastiveClusterer(EmbeddingClusterer):
         ``clusterer="scan"`` with ``umap_components=None``: SCAN's neighbour-consistency head on the
         representation itself (:mod:`imgclust.scan`); on a 10k Fashion-MNIST *train* subset with the ResNet-18
         encoder it beat UMAP + GMM on mean ACC and NMI (BENCHMARKS.md, "Choosing the clusterer of the ResNet
-        representation"); with the small encoder it cost 0.038 NMI there, so the default stays UMAP + GMM
+        representation", and with neighbours in the whitened space, "SCAN's neighbours in the whitened space");
+        with the small encoder it cost 0.038 NMI there (0.023 with whitened neighbours), so the default stays
+        UMAP + GMM
     seed, device, checkpoint_dir, checkpoint_every : as :class:`~imgclust.deep.autoencoder.AutoencoderClusterer`
 
     Attributes
