@@ -50,6 +50,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["ScanClusterer", "scan_loss", "nearest_neighbours", "whitening"]
 
 _CHUNK = 65536
+_COV_CHUNK = 8192
+"""Rows per float64 block of the whitening's covariance (2048-d features: 134 MB a block)."""
 _EIG_RTOL = 1e-6
 """Whitening keeps the covariance's eigenvectors whose eigenvalue exceeds this fraction of the largest: the
 others (a rank-deficient sample, e.g. fewer rows than dimensions) would be noise multiplied by ~1e3 or more."""
@@ -98,16 +100,19 @@ def whitening(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """PCA whitening of ``rows`` ``(n, D)``: ``(mean (D,) float32, W (D, r) float32)`` such that
     ``(rows - mean) @ W`` has identity covariance over ``rows`` (Jégou & Chum 2012). ``W``'s columns are the
     covariance's eigenvectors divided by the square roots of their eigenvalues, the ``r`` of eigenvalue above
-    ``_EIG_RTOL`` times the largest (computed in float64)."""
-    x = np.asarray(rows, dtype=np.float64)
-    if len(x) < 2:
-        raise ConfigError(f"whitening needs at least 2 non-zero rows, got {len(x)}; pass whiten=False or more rows")
-    mean = x.mean(axis=0)
-    centred = x - mean
-    values, vectors = np.linalg.eigh(centred.T @ centred / len(x))
+    ``_EIG_RTOL`` times the largest (accumulated in float64, ``_COV_CHUNK`` rows at a time)."""
+    n = len(rows)
+    if n < 2:
+        raise ConfigError(f"whitening needs at least 2 non-zero rows, got {n}; pass whiten=False or more rows")
+    mean = np.asarray(rows).mean(axis=0, dtype=np.float64)
+    cov = np.zeros((mean.size, mean.size))
+    for start in range(0, n, _COV_CHUNK):
+        centred = np.asarray(rows[start:start + _COV_CHUNK], dtype=np.float64) - mean
+        cov += centred.T @ centred
+    values, vectors = np.linalg.eigh(cov / n)
     keep = values > _EIG_RTOL * max(float(values.max()), np.finfo(np.float64).tiny)
     if not keep.any():
-        raise ConfigError(f"cannot whiten {len(x)} identical rows (no variance); pass whiten=False or more rows")
+        raise ConfigError(f"cannot whiten {n} identical rows (no variance); pass whiten=False or more rows")
     return mean.astype(np.float32), (vectors[:, keep] / np.sqrt(values[keep])).astype(np.float32)
 
 

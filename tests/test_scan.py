@@ -51,7 +51,8 @@ def test_nearest_neighbours_drop_the_row_itself() -> None:
     assert nb[0, 0] == 1 and nb[1, 0] == 0 and all(i not in row for i, row in enumerate(nb))
 
 
-def test_whitening_gives_identity_covariance_and_drops_empty_directions() -> None:
+def test_whitening_gives_identity_covariance_and_drops_empty_directions(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("imgclust.scan._COV_CHUNK", 64)  # the covariance summed over several blocks
     rng = np.random.default_rng(0)
     X = rng.standard_normal((500, 3)) @ np.array([[3.0, 0.0, 0.0], [1.0, 0.5, 0.0], [0.0, 0.2, 0.1]]) + 7.0
     mean, W = whitening(X)
