@@ -12,8 +12,8 @@ in chunks of at most ``--chunk-rows`` rows (``reps-NN.npy``) and the labels (``y
 Stage B runs ``simclr``'s own last stages on the representation, with the parameters
 :class:`~imgclust.deep.embedding.EmbeddingClusterer` uses, once per clusterer of ``--stage-b``: UMAP(10, 20
 neighbours, min_dist 0, the seed) and the 8-run GMM consensus (the default), the same UMAP and k-means, and
-SCAN's head (:class:`~imgclust.scan.ScanClusterer`, ``clusterer="scan"``: ``scan`` with neighbours in the whitened
-space, its default, ``scan-raw`` without); it prints a row of ACC / NMI each. ``--from-reps DIR`` runs stage B
+SCAN's head (:class:`~imgclust.scan.ScanClusterer`: ``scan`` with neighbours in the whitened space, as
+``clusterer="scan"`` uses it, ``scan-raw`` without); it prints a row of ACC / NMI each. ``--from-reps DIR`` runs stage B
 alone on a saved representation (when stage A ran on a machine whose time ran out before stage B).
 
     python benchmarks/simclr_encoder.py --split all --encoder resnet18 --width 32 --device cuda \\

@@ -99,6 +99,10 @@ class ClusterConfig(_Base):
     min_cluster_size: int = Field(50, ge=2, description="HDBSCAN min_cluster_size.")
     fit_sample: int = Field(50_000, ge=100,
                             description="Rows UMAP/HDBSCAN/GMM/SCAN are fitted on; the rest are predicted.")
+    scan_whiten: bool = Field(
+        False, description="scan only: find the neighbours after PCA whitening of the features (Jégou & Chum 2012). "
+        "Chosen for the deep methods' learned representations. Off by default: on PCA-reduced pixels it was worse "
+        "(BENCHMARKS.md).")
     consensus_runs: int = Field(
         1, ge=1, le=64, description="gmm only: EM runs combined by evidence accumulation (Fred & Jain 2005) into "
         "the final mixture; 1 = plain EM."
@@ -112,6 +116,8 @@ class ClusterConfig(_Base):
     def _consensus_needs_gmm(self) -> ClusterConfig:
         if self.consensus_runs > 1 and self.method != "gmm":
             raise ValueError(f"consensus_runs={self.consensus_runs} needs method='gmm' (got {self.method!r})")
+        if self.scan_whiten and self.method != "scan":
+            raise ValueError(f"scan_whiten=True needs method='scan' (got {self.method!r})")
         return self
 
 

@@ -223,7 +223,8 @@ def fit_model(source: BatchSource, *, extractor_key: str, reduce: ReduceConfig, 
                                              consensus_runs=cluster.consensus_runs).fit(sample)
         centroids = clusterer.cluster_centers_
     elif cluster.method == "scan":
-        clusterer = ScanClusterer(n_clusters=cluster.k, fit_sample=None, random_state=cluster.seed).fit(sample)
+        clusterer = ScanClusterer(n_clusters=cluster.k, whiten=cluster.scan_whiten, fit_sample=None,
+                                  random_state=cluster.seed).fit(sample)
         centroids = cluster_means(sample, clusterer.labels_, cluster.k)
     else:  # pragma: no cover - pydantic restricts the literal
         raise ConfigError(f"unknown cluster method {cluster.method!r}")

@@ -21,7 +21,8 @@ nearest rows of the fitted sample (itself included when it was fitted), so predi
 (float16) and their probabilities; on that subset it raised ACC / NMI by 0.003 / 0.008 on average over
 four seeds (BENCHMARKS.md, "Choosing the clusterer of the ResNet representation").
 
-**Neighbours in the whitened space** (``whiten=True``, the default): the neighbours mined for training and
+**Neighbours in the whitened space** (``whiten=True``; what the deep methods' ``clusterer="scan"`` uses, and the
+pipeline's ``scan`` with ``scan_whiten``): the neighbours mined for training and
 those of the vote are found after PCA whitening of the fitted rows (centre, rotate onto the covariance's
 eigenvectors, divide each by the square root of its eigenvalue, L2-normalise; Jégou & Chum, "Negative
 evidences and co-occurrences in image retrieval: the benefit of PCA and whitening", ECCV 2012), so a few
@@ -29,12 +30,13 @@ high-variance directions no longer decide who is near whom; the head itself stil
 rows (a linear head on whitened rows fell to ACC 0.38 there). On that subset whitening raised the
 20-neighbour label agreement of the ResNet-18 representation from 0.768 to 0.795 and SCAN's mean ACC / NMI
 over four seeds from 0.727 / 0.691 to 0.733 / 0.710 (BENCHMARKS.md, "SCAN's neighbours in the whitened
-space").
+space"). It is not the default: on PCA-reduced pixels (50 components, same subset, two seeds) it lowered mean
+ACC / NMI from 0.559 / 0.539 to 0.525 / 0.532, whitening raising directions that hold little but noise.
 """
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -141,8 +143,8 @@ class ScanClusterer(Estimator):
     heads : heads trained together; the one of lowest final-epoch loss is kept
     epochs, batch_size, lr, weight_decay : Adam training of the heads (one pass over the sample per epoch)
     vote : label by the neighbour vote (default) instead of the head's own argmax
-    whiten : find neighbours (training and vote) in the PCA-whitened space of the fitted rows (default; module
-        docstring); ``False`` = cosine neighbours of the rows as given
+    whiten : find neighbours (training and vote) in the PCA-whitened space of the fitted rows (module
+        docstring; for learned representations); ``False`` (default) = cosine neighbours of the rows as given
     fit_sample : rows fitted (seeded uniform sample, kept float16 for the vote; ``None`` = all rows)
     random_state : seed of the sample, the heads' initialisation and the batches
 
@@ -162,12 +164,10 @@ class ScanClusterer(Estimator):
 
     _array_attrs = ("weight_", "bias_", "reference_", "reference_proba_", "labels_", "mean_", "whitening_")
     _meta_attrs = ("n_features_in_", "n_samples_seen_", "n_train_samples_", "head_losses_", "best_head_")
-    _params_added: ClassVar[dict[str, Any]] = {"whiten": False}
-    """A SCAN model saved before whitening existed found its neighbours in the unwhitened space."""
 
     def __init__(self, *, n_clusters: int, n_neighbors: int = 20, entropy_weight: float = 5.0, heads: int = 10,
                  epochs: int = 200, batch_size: int = 512, lr: float = 1e-3, weight_decay: float = 1e-4,
-                 vote: bool = True, whiten: bool = True, fit_sample: int | None = 100000,
+                 vote: bool = True, whiten: bool = False, fit_sample: int | None = 100000,
                  random_state: int = 0) -> None:
         self.n_clusters = n_clusters
         self.n_neighbors = n_neighbors

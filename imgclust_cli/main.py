@@ -83,6 +83,8 @@ def _add_pipeline_args(p: argparse.ArgumentParser, *, source: bool = True) -> No
     g.add_argument("--consensus", type=int, default=None,
                    help="gmm: EM runs combined by evidence accumulation into the final mixture (default 1; the "
                         "demo's gmm: 8)")
+    g.add_argument("--scan-whiten", action="store_true",
+                   help="scan: find neighbours after PCA whitening (helps learned representations, not pixels)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--date", default=None, help="ingestion date partition YYYY-MM-DD (default today, UTC)")
     g.add_argument("--truth", default="none", choices=["none", "parent_dir"],
@@ -103,7 +105,7 @@ def _pipeline_config(a: argparse.Namespace) -> tuple[PipelineConfig, RunnerConfi
     reduce = (validated(ReduceConfig, method="none", n_components=None, umap_components=a.umap) if a.pca == 0
               else validated(ReduceConfig, method=a.reducer, n_components=a.pca, umap_components=a.umap))
     cluster = validated(ClusterConfig, method=a.method, k=a.k, min_cluster_size=a.min_cluster_size, seed=a.seed,
-                        backend=a.kmeans_backend, device=a.device,
+                        backend=a.kmeans_backend, device=a.device, scan_whiten=a.scan_whiten,
                         consensus_runs=ClusterConfig().consensus_runs if a.consensus is None else a.consensus)
     kind = "address" if a.address else ("cuda" if a.gpu_cluster else "local")
     runner = validated(RunnerConfig, kind=kind, workers=a.workers, address=a.address)

@@ -38,6 +38,7 @@ def add_ops_parsers(sub: Any, add_exec: Any) -> None:
     p.add_argument("--method", choices=["kmeans", "hdbscan", "agglomerative", "gmm", "scan"], default=None,
                    help="default: the CURRENT model's recipe")
     p.add_argument("--k", type=int, default=None)
+    p.add_argument("--scan-whiten", action="store_true", help="with --method scan: neighbours after PCA whitening")
     p.add_argument("--pca", type=int, default=None)
     p.add_argument("--umap", type=int, default=None)
     p.add_argument("--truth", default="none", choices=["none", "parent_dir"])
@@ -137,8 +138,9 @@ def cmd_recluster(a: argparse.Namespace) -> int:
     from imgclust.promotion import GateConfig
 
     GateConfig(metric=a.gate_metric, tolerance=a.gate_tolerance)  # validate before any work
-    cluster = (validated(ClusterConfig, **{k: v for k, v in (("method", a.method), ("k", a.k)) if v is not None})
-               if a.method or a.k else None)
+    given = (("method", a.method), ("k", a.k), ("scan_whiten", a.scan_whiten or None))
+    cluster = (validated(ClusterConfig, **{k: v for k, v in given if v is not None})
+               if a.method or a.k or a.scan_whiten else None)
     reduce = (validated(ReduceConfig, n_components=a.pca or ReduceConfig().n_components, umap_components=a.umap)
               if a.pca or a.umap else None)
     _print(_run_flow("flows.recluster:recluster", _runner(a), store=a.store, reduce=reduce, cluster=cluster,

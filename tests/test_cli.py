@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from imgclust.config import ClusterConfig
 from imgclust.exceptions import ConfigError
 from imgclust_cli.main import DEMO_CONSENSUS, _demo_consensus, _pipeline_config, build_parser, main
 
@@ -29,6 +30,7 @@ def test_help_lists_subcommands_and_options() -> None:
     (["--k", "1"], "k"),
     (["--workers", "0"], "workers"),
     (["--extractor", "resnet18", "--weights", "facebook/resnet"], "hub"),
+    (["--scan-whiten"], "needs method='scan'"),
 ])
 def test_bad_arguments_fail_before_work(tmp_path: Path, args: list[str], needle: str,
                                         capsys: pytest.CaptureFixture[str]) -> None:
@@ -80,6 +82,7 @@ def test_imagenet_weights_absent_names_the_expected_file(tmp_path: Path, monkeyp
 def test_parser_defaults_match_config_defaults() -> None:
     a = build_parser().parse_args(["run", "src", "--store", "s"])
     assert (a.extractor, a.method, a.k, a.pca) == ("pixels", "kmeans", 10, 50)
+    assert a.scan_whiten is False and ClusterConfig().scan_whiten is False
 
 
 def test_demo_defaults_pixel_recipe_with_gmm_then_simclr_refine(tmp_path: Path,
@@ -94,6 +97,9 @@ def test_demo_defaults_pixel_recipe_with_gmm_then_simclr_refine(tmp_path: Path,
     run = build_parser().parse_args(["run", str(tmp_path), "--store", str(tmp_path / "s"), "--method", "gmm",
                                      "--consensus", "3"])
     assert _pipeline_config(run)[0].cluster.consensus_runs == 3
+    scan = build_parser().parse_args(["run", str(tmp_path), "--store", str(tmp_path / "s"), "--method", "scan",
+                                      "--scan-whiten"])
+    assert _pipeline_config(scan)[0].cluster.scan_whiten is True
     with pytest.raises(ConfigError, match="needs method='gmm'"):
         _pipeline_config(build_parser().parse_args(["run", str(tmp_path), "--store", "s", "--consensus", "3"]))
     assert build_parser().parse_args(["demo", "--refine", "n2d"]).refine == "n2d"

@@ -64,6 +64,7 @@ def test_refit_recipe_matches_how_each_method_clusters() -> None:
         assert reduce.umap_components is None and (cluster.method, cluster.spherical) == ("kmeans", spherical)
     reduce, cluster = refit_recipe("simclr", 7, 3, {"clusterer": "scan", "encoder": "resnet18"})
     assert reduce.umap_components is None and reduce.method == "none" and (cluster.method, cluster.k) == ("scan", 7)
+    assert cluster.scan_whiten  # refitted as it was trained: neighbours after whitening
     assert create_deep("simclr", k=7, clusterer="scan").umap_components is None  # SCAN needs the representation
     est = create_deep("n2d-scae", k=5, epochs=1, seed=0, device="cpu")
 

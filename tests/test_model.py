@@ -31,14 +31,19 @@ def _source(X: np.ndarray, block: int = 250):
 
 
 @pytest.mark.parametrize("method,umap,runs", [("kmeans", None, 1), ("agglomerative", None, 1), ("hdbscan", 4, 1),
-                                              ("gmm", None, 1), ("gmm", None, 3), ("scan", None, 1)])
+                                              ("gmm", None, 1), ("gmm", None, 3), ("scan", None, 1),
+                                              ("scan-whiten", None, 1)])
 def test_fit_model_recovers_blobs_and_round_trips(tmp_path: Path, method: str, umap: int | None, runs: int) -> None:
     X, y = _blobs(1)
+    whiten = method == "scan-whiten"
+    method = "scan" if whiten else method
     model = fit_model(_source(X), extractor_key="k", reduce=ReduceConfig(n_components=8, umap_components=umap),
                       cluster=ClusterConfig(method=method, k=4, min_cluster_size=40, fit_sample=1000, seed=2,
-                                            consensus_runs=runs))
+                                            consensus_runs=runs, scan_whiten=whiten))
     if method == "gmm":
         assert model.clusterer.get_params()["consensus_runs"] == runs
+    if method == "scan":
+        assert model.clusterer.get_params()["whiten"] is whiten
     a = model.assign(X)
     assert a.cluster_id.dtype == np.int32 and a.distance.dtype == np.float32
     assert ari(y[~a.is_novel], a.cluster_id[~a.is_novel]) > 0.9
@@ -63,6 +68,8 @@ def test_consensus_runs_need_gmm() -> None:
         validated(ClusterConfig, method="kmeans", consensus_runs=4)
     with pytest.raises(ConfigError, match="consensus_runs"):
         validated(ClusterConfig, method="gmm", consensus_runs=0)
+    with pytest.raises(ConfigError, match="scan_whiten=True needs method='scan'"):
+        validated(ClusterConfig, method="kmeans", scan_whiten=True)
 
 
 def test_scan_refuses_umap_before_any_work() -> None:

@@ -104,7 +104,7 @@ def _vote_by_hand(est: ScanClusterer, queries: np.ndarray, space: Any) -> np.nda
 
 def test_the_fit_and_the_vote_use_whitened_neighbours() -> None:
     X, _ = _nuisance(seed=1)
-    est = ScanClusterer(n_clusters=2, n_neighbors=10, heads=2, epochs=5, random_state=0).fit(X)
+    est = ScanClusterer(n_clusters=2, n_neighbors=10, heads=2, epochs=5, random_state=0, whiten=True).fit(X)
     unit = X / np.linalg.norm(X, axis=1, keepdims=True)
     mean, W = whitening(unit)
     np.testing.assert_allclose(est.mean_, mean, atol=1e-5)
@@ -119,7 +119,7 @@ def test_the_fit_and_the_vote_use_whitened_neighbours() -> None:
     unwhitened = _vote_by_hand(est, X, lambda rows: rows)
     assert np.abs(proba - by_hand).mean() < 1e-3 < np.abs(proba - unwhitened).mean()
     np.testing.assert_array_equal(est.labels_, est.predict(X))
-    raw = ScanClusterer(n_clusters=2, n_neighbors=10, heads=2, epochs=5, random_state=0, whiten=False).fit(X)
+    raw = ScanClusterer(n_clusters=2, n_neighbors=10, heads=2, epochs=5, random_state=0).fit(X)  # default: as given
     assert raw.whitening_.shape == (5, 0)
     assert np.abs(raw.predict_proba(X) - _vote_by_hand(raw, X, lambda rows: rows)).mean() < 1e-3
 
@@ -153,13 +153,16 @@ def test_all_zero_rows_get_the_uniform_assignment(caplog: pytest.LogCaptureFixtu
     assert adjusted_rand_score(y[keep], est.labels_[keep]) == 1.0  # one row without direction harms no other
 
 
-def test_save_load_round_trip(tmp_path: Path) -> None:
+@pytest.mark.parametrize("whiten", [False, True])
+def test_save_load_round_trip(tmp_path: Path, whiten: bool) -> None:
     X, _ = _directions(seed=1)
-    est = ScanClusterer(n_clusters=4, n_neighbors=5, heads=2, epochs=10, fit_sample=400, random_state=2).fit(X)
+    est = ScanClusterer(n_clusters=4, n_neighbors=5, heads=2, epochs=10, fit_sample=400, random_state=2,
+                        whiten=whiten).fit(X)
     assert est.reference_.shape == (400, 8) and est.reference_.dtype == np.float16 and est.n_samples_seen_ == 600
     est.save(tmp_path / "scan")
     loaded = load_estimator(tmp_path / "scan")
-    assert isinstance(loaded, ScanClusterer)
+    assert isinstance(loaded, ScanClusterer) and loaded.whiten is whiten
+    np.testing.assert_array_equal(loaded.whitening_, est.whitening_)
     np.testing.assert_array_equal(loaded.predict(X), est.predict(X))
     np.testing.assert_array_equal(loaded.labels_, est.labels_)
 
@@ -168,6 +171,7 @@ def test_a_model_saved_before_whitening_loads_unwhitened(tmp_path: Path, monkeyp
     X, _ = _directions(seed=3)
     est = ScanClusterer(n_clusters=4, n_neighbors=5, heads=2, epochs=10, whiten=False).fit(X)
     assert est.whitening_.shape == (8, 0)
+    assert ScanClusterer(n_clusters=2).whiten is False  # so an artifact without the parameter loads unwhitened
     with monkeypatch.context() as old:  # write the artifact as the version before `whiten` existed did
         old.setattr(ScanClusterer, "_array_attrs", ("weight_", "bias_", "reference_", "reference_proba_", "labels_"))
         old.setattr(ScanClusterer, "_param_names", classmethod(
@@ -202,6 +206,7 @@ def test_simclr_with_the_scan_clusterer_fits_saves_and_loads(tmp_path: Path) -> 
     est = ContrastiveClusterer(n_clusters=4, width=4, epochs=1, batch_size=64, umap_components=None, clusterer="scan",
                                device="cpu", seed=0).fit(x)
     assert est.scan_ is not None and est.gmm_ is None and est.kmeans_ is None
+    assert est.scan_.whiten  # a learned representation: neighbours after whitening
     np.testing.assert_array_equal(est.labels_, est.predict(x))
     assert est.cluster_centers_.shape == (4, est.embed_dim_)
     est.save(tmp_path / "m")

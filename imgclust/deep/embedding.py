@@ -183,7 +183,7 @@ class EmbeddingClusterer(DeepEstimator):
         self.gmm_: GaussianMixtureClusterer | None = None
         self.scan_: ScanClusterer | None = None
         if self.clusterer == "scan":
-            self.scan_ = ScanClusterer(n_clusters=self.n_clusters, random_state=self.seed).fit(feats)
+            self.scan_ = ScanClusterer(n_clusters=self.n_clusters, whiten=True, random_state=self.seed).fit(feats)
         elif self.clusterer == "gmm":
             self.gmm_ = GaussianMixtureClusterer(n_clusters=self.n_clusters, fit_sample=None, random_state=self.seed,
                                                  consensus_runs=self.consensus_runs).fit(feats)

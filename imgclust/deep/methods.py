@@ -129,9 +129,11 @@ def refit_recipe(method: str, k: int, seed: int,
     pipeline's refit has one feature space, where the estimator maps each view on its own); every other method
     k-means on the embeddings (what its own ``labels_`` come from), cosine k-means for ASCAE/SCAE
     (their :data:`~imgclust.deep.autoencoder.ARCH_DEFAULTS`). A method trained with ``options``
-    ``{"clusterer": "scan"}`` is refitted with SCAN's head on the features (:mod:`imgclust.scan`)."""
+    ``{"clusterer": "scan"}`` is refitted with SCAN's head on the features, neighbours found after whitening as
+    in training (:mod:`imgclust.scan`)."""
     if (options or {}).get("clusterer") == "scan":
-        return ReduceConfig(method="none", n_components=None), ClusterConfig(method="scan", k=k, seed=seed)
+        return (ReduceConfig(method="none", n_components=None),
+                ClusterConfig(method="scan", k=k, seed=seed, scan_whiten=True))
     if method in N2D_RECIPES or method in ("n2d-ensemble", "simclr"):
         return (ReduceConfig(method="none", n_components=None, umap_components=max(2, k), umap_neighbors=20),
                 ClusterConfig(method="gmm", k=k, seed=seed, consensus_runs=N2D_CONSENSUS_RUNS))
