@@ -19,7 +19,9 @@ would pay), and the ``own s`` column is the row's own part. ``ascae``/``scae``/`
 train from scratch. ``X+umap`` = the method's features, then UMAP(10, n_neighbors 20, min_dist 0)
 and a full-covariance GMM (N2D's last two stages, McConville et al. 2020); ``n2d`` = ``convae+umap``,
 the library's ``create_deep("n2d")`` recipe computed from the shared ConvAE, ``n2d-scae`` = ``scae+umap``; the GMM of ``X+umap`` rows is
-the consensus of ``N2D_CONSENSUS_RUNS`` EM runs, as in ``n2d``.
+the consensus of ``N2D_CONSENSUS_RUNS`` EM runs, as in ``n2d``. ``simclr-resnet`` (:data:`RECIPES`) is ``simclr``
+with the ResNet-18 encoder and SCAN's head: ``--split all --methods simclr-resnet --device cuda`` trains and
+clusters the 70k recipe of BENCHMARKS.md in one run.
 """
 from __future__ import annotations
 
@@ -47,6 +49,10 @@ PUBLISHED = {  # METHODS.md §4, Fashion-MNIST column: ACC, NMI
     "N2D (McConville et al. 2020, 70k)": (0.672, 0.684),
 }
 _SHARED_AE = ("convae", "dec", "idec", "nnc")
+RECIPES = {"simclr-resnet": ("simclr", {"encoder": "resnet18", "clusterer": "scan"})}
+"""Method names of this benchmark that are a library method with options (``imgclust refine --option``):
+``simclr-resnet`` = ``simclr`` with the CIFAR-stem ResNet-18 and SCAN's head on whitened neighbours, the recipe
+of BENCHMARKS.md's 70k result (meant for a GPU: ~20 min of training for 10k images on 2 CPU cores)."""
 Row = tuple[str, float, float, float, float, str]  # name, ACC, NMI, train s, own s, device
 
 
@@ -167,9 +173,10 @@ class Runner:
             extra: dict[str, Any] = {}
             if name in _SHARED_AE:
                 extra["pretrained"] = self.pretrained_ae()[0]
-            if name == "simclr" and self.args.tone_curve is not None:
+            base, options = RECIPES.get(name, (name, {}))
+            if base == "simclr" and self.args.tone_curve is not None:
                 extra["tone_curve"] = self.args.tone_curve
-            est = self._create(name, **extra)
+            est = self._create(base, **options, **extra)
             t0 = time.perf_counter()
             est.fit(self.x)
             own = time.perf_counter() - t0
@@ -182,7 +189,8 @@ class Runner:
 
         labels = {"n2d": "n2d (ours: ConvAE + UMAP + GMM)", "n2d-scae": "n2d-scae (ours: SCAE F + UMAP + GMM)",
                   "n2d-ensemble": "n2d-ensemble (ours: pixels + 5 SCAE, UMAP + GMM runs per view, one consensus)",
-                  "simclr": "simclr (ours: SimCLR CNN + UMAP + GMM)"}
+                  "simclr": "simclr (ours: SimCLR CNN + UMAP + GMM)",
+                  "simclr-resnet": "simclr-resnet (ours: SimCLR ResNet-18 + SCAN, whitened neighbours)"}
         label, requested = labels.get(method, f"{method} (ours)"), method
         method = {"n2d": "convae+umap", "n2d-scae": "scae+umap"}.get(method, method)
         name, umap = method.removesuffix("+umap"), method.endswith("+umap")
@@ -264,7 +272,8 @@ def main() -> None:
         f"after {_load()}; whole run {time.perf_counter() - t_all:.0f} s",
         f"- command: `python {' '.join(shlex.quote(a) for a in sys.argv)}`",
         f"- settings: epochs={args.epochs}, max_iter={args.max_iter}, seed={args.seed}, device={args.device}"
-        + (f", simclr tone curve {args.tone_curve or 'default'}" if "simclr" in args.methods.split(",") else "") + "; "
+        + (f", simclr tone curve {args.tone_curve or 'default'}"
+           if {"simclr", "simclr-resnet"} & set(args.methods.split(",")) else "") + "; "
         "convae / dec / idec / nnc share one pretrained ConvAE (its time is included in their `train s`)", "",
         "| method | ACC | NMI | train s | own s | device |", "|---|---|---|---|---|---|"]
     lines += [f"| {n} | {a:.3f} | {m:.3f} | {s:.0f} | {o:.0f} | {d} |" for n, a, m, s, o, d in rows]
