@@ -43,7 +43,7 @@ def test_refine_trains_extracts_refits_and_gates(tmp_path: Path, dask_address: s
     assert info["extract"]["extractor"] == f"deep:{key}"
     if options:  # trained with SCAN's head, refitted with it: no UMAP
         assert info["parts"] == {"reducer": None, "umap": None, "clusterer": "ScanClusterer"}
-        assert info["cluster"]["method"] == "scan"
+        assert info["cluster"]["method"] == "scan" and info["cluster"]["scan_whiten"] is True  # as it was trained
     elif method != "convae":  # the candidate clusters the deep features as N2D does: UMAP to k dims, then a GMM
         assert info["parts"] == {"reducer": None, "umap": "UMAPReducer", "clusterer": "GaussianMixtureClusterer"}
         assert info["reduce"]["umap_components"] == 10 and info["reduce"]["umap_neighbors"] == 20
