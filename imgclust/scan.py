@@ -36,7 +36,7 @@ ACC / NMI from 0.559 / 0.539 to 0.525 / 0.532, whitening raising directions that
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -53,6 +53,12 @@ __all__ = ["ScanClusterer", "scan_loss", "nearest_neighbours", "whitening"]
 
 _CHUNK = 65536
 _COV_CHUNK = 8192
+_ROWS_PER_DIRECTION = 10
+"""Whitening keeps at most ``n // _ROWS_PER_DIRECTION`` leading directions of an ``n``-row sample. A sample
+covariance cannot resolve more: with ``n <= D + 1`` rows, whitening every direction puts all rows at the same
+distance from each other. On the ResNet-18 representation (256-d) of the 10k Fashion-MNIST train subset, 10-NN
+label agreement of 300 sampled rows: 0.689 as given, 0.232 fully whitened, 0.686 capped; of 1,000: 0.729,
+0.686, 0.736; from 3,000 rows on the cap does not bind at 256-d (BENCHMARKS.md)."""
 """Rows per float64 block of the whitening's covariance (2048-d features: 134 MB a block)."""
 _EIG_RTOL = 1e-6
 """Whitening keeps the covariance's eigenvectors whose eigenvalue exceeds this fraction of the largest: the
@@ -100,9 +106,10 @@ def nearest_neighbours(rows: np.ndarray, k: int, queries: np.ndarray | None = No
 
 def whitening(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """PCA whitening of ``rows`` ``(n, D)``: ``(mean (D,) float32, W (D, r) float32)`` such that
-    ``(rows - mean) @ W`` has identity covariance over ``rows`` (Jégou & Chum 2012). ``W``'s columns are the
-    covariance's eigenvectors divided by the square roots of their eigenvalues, the ``r`` of eigenvalue above
-    ``_EIG_RTOL`` times the largest (accumulated in float64, ``_COV_CHUNK`` rows at a time)."""
+    ``(rows - mean) @ W`` has identity covariance over ``rows`` in its ``r`` directions (Jégou & Chum 2012).
+    ``W``'s columns are the leading covariance eigenvectors divided by the square roots of their eigenvalues:
+    those of eigenvalue above ``_EIG_RTOL`` times the largest, at most ``n // _ROWS_PER_DIRECTION`` of them
+    (covariance accumulated in float64, ``_COV_CHUNK`` rows at a time)."""
     n = len(rows)
     if n < 2:
         raise ConfigError(f"whitening needs at least 2 non-zero rows, got {n}; pass whiten=False or more rows")
@@ -112,10 +119,16 @@ def whitening(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         centred = np.asarray(rows[start:start + _COV_CHUNK], dtype=np.float64) - mean
         cov += centred.T @ centred
     values, vectors = np.linalg.eigh(cov / n)
-    keep = values > _EIG_RTOL * max(float(values.max()), np.finfo(np.float64).tiny)
-    if not keep.any():
+    values, vectors = values[::-1], vectors[:, ::-1]  # leading first
+    keep = int(np.count_nonzero(values > _EIG_RTOL * max(float(values[0]), np.finfo(np.float64).tiny)))
+    if keep == 0:
         raise ConfigError(f"cannot whiten {n} identical rows (no variance); pass whiten=False or more rows")
-    return mean.astype(np.float32), (vectors[:, keep] / np.sqrt(values[keep])).astype(np.float32)
+    cap = max(1, n // _ROWS_PER_DIRECTION)
+    if keep > cap:
+        logger.info("whitening: %d rows estimate %d directions reliably; the leading %d of %d are kept",
+                    n, cap, cap, keep)
+        keep = cap
+    return mean.astype(np.float32), (vectors[:, :keep] / np.sqrt(values[:keep])).astype(np.float32)
 
 
 def _unit_rows(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -156,7 +169,9 @@ class ScanClusterer(Estimator):
     Attributes
     ----------
     weight_ : (C, D) float32 and bias_ : (C,) float32 of the kept head
-    reference_ : (n, D) float16 fitted rows (unit norm); reference_proba_ : (n, C) float16 their assignments
+    reference_ : (n, D) float16 fitted rows (unit norm); reference_proba_ : (n, C) float16 their assignments.
+        The vote whitens these float16 rows, which whitening's division by small eigenvalues amplifies: where the
+        spectrum falls steeply, a few of a row's vote neighbours can differ from those it was trained with
     mean_ : (D,) float32 and whitening_ : (D, r) float32 of the whitening (``r = 0`` when ``whiten=False``)
     labels_ : (n,) int64 labels of the fitted rows; head_losses_ : final-epoch loss of every head;
     best_head_ : int; n_samples_seen_, n_train_samples_, n_features_in_ : int
@@ -164,6 +179,8 @@ class ScanClusterer(Estimator):
 
     _array_attrs = ("weight_", "bias_", "reference_", "reference_proba_", "labels_", "mean_", "whitening_")
     _meta_attrs = ("n_features_in_", "n_samples_seen_", "n_train_samples_", "head_losses_", "best_head_")
+    _params_added: ClassVar[dict[str, Any]] = {"whiten": False}
+    """A SCAN model saved before whitening existed found its neighbours among the rows as given."""
 
     def __init__(self, *, n_clusters: int, n_neighbors: int = 20, entropy_weight: float = 5.0, heads: int = 10,
                  epochs: int = 200, batch_size: int = 512, lr: float = 1e-3, weight_decay: float = 1e-4,
@@ -207,7 +224,7 @@ class ScanClusterer(Estimator):
             raise ConfigError(f"SCAN with n_neighbors={self.n_neighbors} needs more than {self.n_neighbors} rows, "
                               f"got {n}; lower n_neighbors")
         if self.whiten:
-            self.mean_, self.whitening_ = whitening(rows[~zero])
+            self.mean_, self.whitening_ = whitening(rows[~zero] if zero.any() else rows)
         else:
             self.mean_, self.whitening_ = np.zeros(d, np.float32), np.zeros((d, 0), np.float32)
         space = self._neighbour_space(rows)
@@ -292,13 +309,16 @@ class ScanClusterer(Estimator):
         return out
 
     def _neighbour_space(self, rows: np.ndarray) -> np.ndarray:
-        """The rows ``(n, r)`` float32 whose inner products rank neighbours: unit ``rows`` ``(n, D)`` as given, or
-        whitened (``(rows - mean_) @ whitening_``) and L2-normalised (a row at the mean stays zero)."""
-        if not self.whiten:
+        """The rows ``(n, r)`` float32 whose inner products rank neighbours: unit ``rows`` ``(n, D)`` as given
+        (``whitening_`` has no columns), or whitened (``(rows - mean_) @ whitening_``) and L2-normalised. An
+        all-zero row, and a row at the mean, stay zero: no direction, so no row's near neighbour."""
+        if self.whitening_.shape[1] == 0:
             return rows
         z = (rows - self.mean_) @ self.whitening_
         norms = np.linalg.norm(z, axis=1, keepdims=True)
-        return np.ascontiguousarray(z / np.where(norms == 0, 1.0, norms), dtype=np.float32)
+        z /= np.where(norms == 0, 1.0, norms)
+        z[~rows.any(axis=1)] = 0.0
+        return np.ascontiguousarray(z, dtype=np.float32)
 
     def _vote(self, space: np.ndarray) -> np.ndarray:
         """Normalised sum ``(n, C)`` float32 of the assignments of the ``n_neighbors + 1`` nearest fitted rows,

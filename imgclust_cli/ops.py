@@ -38,7 +38,8 @@ def add_ops_parsers(sub: Any, add_exec: Any) -> None:
     p.add_argument("--method", choices=["kmeans", "hdbscan", "agglomerative", "gmm", "scan"], default=None,
                    help="default: the CURRENT model's recipe")
     p.add_argument("--k", type=int, default=None)
-    p.add_argument("--scan-whiten", action="store_true", help="with --method scan: neighbours after PCA whitening")
+    p.add_argument("--scan-whiten", action="store_true", help="with --method scan: neighbours after PCA whitening "
+                   "(a CURRENT scan model's own setting is kept when no --method is given)")
     p.add_argument("--pca", type=int, default=None)
     p.add_argument("--umap", type=int, default=None)
     p.add_argument("--truth", default="none", choices=["none", "parent_dir"])
@@ -138,6 +139,8 @@ def cmd_recluster(a: argparse.Namespace) -> int:
     from imgclust.promotion import GateConfig
 
     GateConfig(metric=a.gate_metric, tolerance=a.gate_tolerance)  # validate before any work
+    if a.scan_whiten and a.method != "scan":  # a given recipe replaces CURRENT's whole, so it must name scan
+        raise ConfigError("--scan-whiten needs --method scan (a recipe given to recluster replaces the CURRENT one)")
     given = (("method", a.method), ("k", a.k), ("scan_whiten", a.scan_whiten or None))
     cluster = (validated(ClusterConfig, **{k: v for k, v in given if v is not None})
                if a.method or a.k or a.scan_whiten else None)

@@ -106,3 +106,10 @@ def test_demo_defaults_pixel_recipe_with_gmm_then_simclr_refine(tmp_path: Path,
     assert main(["demo", "--out", str(tmp_path / "d"), "--refine", "n2d", "--refine-epochs", "0"]) == 2
     assert "--refine-epochs" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()  # refused before the corpus is written
+
+
+def test_recluster_scan_whiten_needs_method_scan(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["recluster", "--store", str(tmp_path / "store"), "--scan-whiten"]) == 2
+    err = capsys.readouterr().err
+    assert "--scan-whiten needs --method scan" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "store").exists()  # refused before any work

@@ -65,6 +65,15 @@ def test_whitening_gives_identity_covariance_and_drops_empty_directions(monkeypa
     assert W.shape == (5, 3)
     Z = (flat - mean) @ W
     np.testing.assert_allclose(Z.T @ Z / len(flat), np.eye(3), atol=1e-4)
+    # 40 rows of 64-d (4 groups): a covariance of 40 rows resolves 4 directions, not 39; whitening all of them
+    # would put every row at the same distance from every other
+    few = np.repeat(np.eye(64)[:4], 10, axis=0) + 0.05 * rng.standard_normal((40, 64))
+    mean, W = whitening(few)
+    assert W.shape == (64, 4)
+    z = (few - mean) @ W
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    nb = nearest_neighbours(z.astype(np.float32), 5)
+    assert (nb // 10 == np.arange(40)[:, None] // 10).mean() > 0.95  # neighbours stay in their group
     with pytest.raises(ConfigError, match="identical rows"):
         whitening(np.ones((5, 3)))
     with pytest.raises(ConfigError, match="at least 2"):
@@ -102,9 +111,22 @@ def _vote_by_hand(est: ScanClusterer, queries: np.ndarray, space: Any) -> np.nda
     return est.reference_proba_.astype(np.float32)[nb[:, :est.n_neighbors + 1]].mean(axis=1)
 
 
-def test_the_fit_and_the_vote_use_whitened_neighbours() -> None:
+def test_the_fit_and_the_vote_use_whitened_neighbours(monkeypatch: pytest.MonkeyPatch) -> None:
+    import imgclust.scan
+
+    mined: list[np.ndarray] = []
+
+    def spy(rows: np.ndarray, k: int, queries: np.ndarray | None = None) -> np.ndarray:
+        mined.append(rows.copy())
+        return nearest_neighbours(rows, k, queries)
+
+    monkeypatch.setattr(imgclust.scan, "nearest_neighbours", spy)
     X, _ = _nuisance(seed=1)
     est = ScanClusterer(n_clusters=2, n_neighbors=10, heads=2, epochs=5, random_state=0, whiten=True).fit(X)
+    unit_rows = (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float32)
+    assert len(mined) == 1  # the training neighbours were mined among the whitened rows
+    np.testing.assert_allclose(mined[0], est._neighbour_space(unit_rows), atol=1e-6)
+    assert np.abs(mined[0][:, :4] - unit_rows[:, :4]).max() > 0.1
     unit = X / np.linalg.norm(X, axis=1, keepdims=True)
     mean, W = whitening(unit)
     np.testing.assert_allclose(est.mean_, mean, atol=1e-5)
@@ -141,12 +163,15 @@ def test_fit_recovers_directional_groups_and_predicts_its_labels() -> None:
     np.testing.assert_array_equal(again.labels_, est.labels_)  # seeded
 
 
-def test_all_zero_rows_get_the_uniform_assignment(caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("whiten", [False, True])
+def test_all_zero_rows_get_the_uniform_assignment(caplog: pytest.LogCaptureFixture, whiten: bool) -> None:
     X, y = _directions()
     zeros = X.copy()
     zeros[3] = 0.0
-    est = ScanClusterer(n_clusters=4, n_neighbors=10, heads=3, epochs=40, batch_size=128, lr=1e-2).fit(zeros)
+    est = ScanClusterer(n_clusters=4, n_neighbors=10, heads=3, epochs=40, batch_size=128, lr=1e-2,
+                        whiten=whiten).fit(zeros)
     assert "1 of 600 rows are all zeros" in caplog.text
+    assert not est._neighbour_space(np.zeros((1, 8), np.float32)).any()  # no direction, whitened or not
     proba = est.predict_proba(zeros[:5])
     np.testing.assert_allclose(proba[3], 0.25)
     keep = np.arange(600) != 3

@@ -103,8 +103,9 @@ class EmbeddingClusterer(DeepEstimator):
         if self.clusterer not in CLUSTERERS:
             raise ConfigError(f"clusterer must be one of {list(CLUSTERERS)}, got {self.clusterer!r}")
         if self.clusterer == "scan" and self.umap_components is not None:
-            raise ConfigError("clusterer='scan' clusters the embedding itself (cosine neighbours of L2-normalised "
-                              f"rows), not UMAP coordinates: set umap_components=None (got {self.umap_components})")
+            raise ConfigError("clusterer='scan' clusters the embedding itself (neighbours of its whitened, "
+                              "L2-normalised rows), not UMAP coordinates: set umap_components=None "
+                              f"(got {self.umap_components})")
 
     def _fingerprint_params(self) -> dict[str, Any]:
         """The parameters a checkpoint must match to be resumed."""
