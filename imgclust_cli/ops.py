@@ -37,7 +37,7 @@ def add_ops_parsers(sub: Any, add_exec: Any) -> None:
     p.add_argument("--store", required=True)
     p.add_argument("--method", choices=["kmeans", "hdbscan", "agglomerative", "gmm", "scan"], default=None,
                    help="default: the CURRENT model's recipe")
-    p.add_argument("--k", type=int, default=None)
+    p.add_argument("--k", type=int, default=None, help="without --method: the CURRENT recipe with this k")
     p.add_argument("--scan-whiten", action="store_true", help="with --method scan: neighbours after PCA whitening "
                    "(a CURRENT scan model's own setting is kept when no --method is given)")
     p.add_argument("--pca", type=int, default=None)
@@ -135,15 +135,33 @@ def cmd_label(a: argparse.Namespace) -> int:
     return 0
 
 
+def recluster_cluster_config(a: argparse.Namespace) -> ClusterConfig | None:
+    """The clustering recipe ``recluster`` is given: ``None`` (the flow keeps CURRENT's) without ``--method`` /
+    ``--k``; with ``--k`` alone, CURRENT's recipe with that k (its method, seed, restarts, whitening kept); with
+    ``--method``, that method's defaults and the given k / ``--scan-whiten``. Errors before any work."""
+    if a.scan_whiten and a.method != "scan":  # a given method replaces CURRENT's recipe whole, so it must be scan
+        raise ConfigError("--scan-whiten needs --method scan (a recipe given to recluster replaces the CURRENT one)")
+    if a.method is not None:
+        given = {"method": a.method, "k": a.k, "scan_whiten": a.scan_whiten or None}
+        return validated(ClusterConfig, **{k: v for k, v in given.items() if v is not None})
+    if a.k is None:
+        return None
+    from imgclust.model import current_model_id
+    from imgclust.store import Store
+
+    store = Store(a.store)
+    model_id = current_model_id(store)
+    if model_id is None:
+        raise ConfigError(f"--k without --method changes the CURRENT model's k, but {store.uri('models/CURRENT')} "
+                          "does not exist; pass --method too")
+    return validated(ClusterConfig, **{**store.read_json(f"models/{model_id}/model.json")["cluster"], "k": a.k})
+
+
 def cmd_recluster(a: argparse.Namespace) -> int:
     from imgclust.promotion import GateConfig
 
     GateConfig(metric=a.gate_metric, tolerance=a.gate_tolerance)  # validate before any work
-    if a.scan_whiten and a.method != "scan":  # a given recipe replaces CURRENT's whole, so it must name scan
-        raise ConfigError("--scan-whiten needs --method scan (a recipe given to recluster replaces the CURRENT one)")
-    given = (("method", a.method), ("k", a.k), ("scan_whiten", a.scan_whiten or None))
-    cluster = (validated(ClusterConfig, **{k: v for k, v in given if v is not None})
-               if a.method or a.k or a.scan_whiten else None)
+    cluster = recluster_cluster_config(a)
     reduce = (validated(ReduceConfig, n_components=a.pca or ReduceConfig().n_components, umap_components=a.umap)
               if a.pca or a.umap else None)
     _print(_run_flow("flows.recluster:recluster", _runner(a), store=a.store, reduce=reduce, cluster=cluster,

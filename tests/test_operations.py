@@ -80,6 +80,26 @@ def test_nightly_with_nothing_new_is_a_no_op(ops: dict[str, Any]) -> None:
     assert again["new_images"] == 0 and again["labeled"] == 0
 
 
+def test_recluster_k_alone_keeps_the_current_recipe(ops: dict[str, Any], tmp_path: Path) -> None:
+    import argparse
+
+    from imgclust_cli.ops import recluster_cluster_config
+
+    def args(**kw: Any) -> argparse.Namespace:
+        return argparse.Namespace(**{"store": str(ops["store"]), "method": None, "k": None, "scan_whiten": False,
+                                     **kw})
+
+    store = Store(ops["store"])
+    current = store.read_json(f"models/{current_model_id(store)}/model.json")["cluster"]
+    assert (current["n_redo"], current["seed"]) != (ClusterConfig().n_redo, ClusterConfig().seed)  # not defaults
+    assert recluster_cluster_config(args(k=5)) == ClusterConfig(**{**current, "k": 5})
+    assert recluster_cluster_config(args()) is None  # the flow keeps CURRENT's recipe
+    assert recluster_cluster_config(args(method="scan", k=6, scan_whiten=True)) == \
+        ClusterConfig(method="scan", k=6, scan_whiten=True)
+    with pytest.raises(ConfigError, match="does not exist; pass --method"):
+        recluster_cluster_config(args(store=str(tmp_path / "empty"), k=5))
+
+
 def test_recluster_keeps_stable_ids_and_relabels_everything(ops: dict[str, Any]) -> None:
     from flows.recluster import recluster
 
