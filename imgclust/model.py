@@ -369,6 +369,11 @@ def extract_config_of(store: Store, model_id: str) -> ExtractConfig:
     return ExtractConfig(**info["extract"])
 
 
+def cluster_config_of(store: Store, model_id: str) -> ClusterConfig:
+    """The ClusterConfig a model was fitted with (recorded at fit time; fields added since take their defaults)."""
+    return ClusterConfig(**store.read_json(f"models/{model_id}/model.json")["cluster"])
+
+
 def save_metrics(store: Store, model_id: str, metrics: dict[str, Any]) -> None:
     """Evaluation results of a model version (``models/<id>/metrics.json``), read by the promotion gate."""
     store.write_json(f"models/{model_id}/metrics.json", metrics)

@@ -131,6 +131,11 @@ def whitening(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mean.astype(np.float32), (vectors[:, :keep] / np.sqrt(values[:keep])).astype(np.float32)
 
 
+def _no_whitening(d: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(mean_, whitening_)`` of ``d``-dimensional rows used as given: zeros ``(d,)`` and ``(d, 0)`` (no columns)."""
+    return np.zeros(d, np.float32), np.zeros((d, 0), np.float32)
+
+
 def _unit_rows(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``(unit rows (n, D) float32, zero (n,) bool)``: rows of ``X`` L2-normalised; all-zero rows (no direction)
     stay zero and are flagged, with a warning (SCAN cannot place them: in a fit their neighbours are arbitrary;
@@ -226,7 +231,7 @@ class ScanClusterer(Estimator):
         if self.whiten:
             self.mean_, self.whitening_ = whitening(rows[~zero] if zero.any() else rows)
         else:
-            self.mean_, self.whitening_ = np.zeros(d, np.float32), np.zeros((d, 0), np.float32)
+            self.mean_, self.whitening_ = _no_whitening(d)
         space = self._neighbour_space(rows)
         nb = torch.from_numpy(nearest_neighbours(space, self.n_neighbors))
         x = torch.from_numpy(rows)
@@ -351,7 +356,7 @@ class ScanClusterer(Estimator):
 
     def _set_state(self, meta: dict[str, Any], arrays: dict[str, np.ndarray], obj: Any) -> None:
         if "whitening_" not in arrays and not self.whiten:  # saved before whitening existed
-            d = int(meta["n_features_in_"])
-            arrays = {**arrays, "mean_": np.zeros(d, np.float32), "whitening_": np.zeros((d, 0), np.float32)}
+            mean, whitening_ = _no_whitening(int(meta["n_features_in_"]))
+            arrays = {**arrays, "mean_": mean, "whitening_": whitening_}
         super()._set_state(meta, arrays, obj)
         self.__dict__.pop("_index", None)

@@ -146,7 +146,7 @@ def recluster_cluster_config(a: argparse.Namespace) -> ClusterConfig | None:
         return validated(ClusterConfig, **{k: v for k, v in given.items() if v is not None})
     if a.k is None:
         return None
-    from imgclust.model import current_model_id
+    from imgclust.model import cluster_config_of, current_model_id
     from imgclust.store import Store
 
     store = Store(a.store)
@@ -154,7 +154,7 @@ def recluster_cluster_config(a: argparse.Namespace) -> ClusterConfig | None:
     if model_id is None:
         raise ConfigError(f"--k without --method changes the CURRENT model's k, but {store.uri('models/CURRENT')} "
                           "does not exist; pass --method too")
-    return validated(ClusterConfig, **{**store.read_json(f"models/{model_id}/model.json")["cluster"], "k": a.k})
+    return validated(ClusterConfig, **{**cluster_config_of(store, model_id).model_dump(), "k": a.k})
 
 
 def cmd_recluster(a: argparse.Namespace) -> int:
