@@ -92,7 +92,9 @@ def test_sample_stability_loss_matches_numpy() -> None:
 
 
 def test_balance_loss_by_hand() -> None:
-    assert float(balance_loss(torch.full((4, 5), 0.2))) == pytest.approx(0.0, abs=1e-7)  # uniform mean
+    # uniform mean: float32 log k + sum of k terms p log p (their |.| sum to log k); u = 2**-24, gamma_{k-1} for the
+    # sum, ~5u per term (mean, log, product), u for log k: |error| <= (k + 5) u log k; 1e-7 was under one ulp of log 5
+    assert float(balance_loss(torch.full((4, 5), 0.2))) == pytest.approx(0.0, abs=(5 + 5) * 2**-24 * math.log(5))
     collapsed = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
     assert float(balance_loss(collapsed)) == pytest.approx(math.log(3))  # everything in one cluster
     # two of three clusters used equally: log 3 - log 2
