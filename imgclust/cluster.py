@@ -30,6 +30,7 @@ from imgclust.estimator import (
     sample_rows,
 )
 from imgclust.exceptions import ConfigError, UnknownNameError
+from imgclust.progress import Progress, timed
 
 logger = logging.getLogger(__name__)
 
@@ -180,21 +181,26 @@ class FaissKMeans(Estimator):
             if warm.shape[1] != d:
                 raise ConfigError(f"init_centroids have {warm.shape[1]} features, the data {d}")
             km = faiss.Kmeans(d, k, nredo=1, seed=self.seed, **common)
-            km.train(train, init_centroids=np.ascontiguousarray(l2_normalize(warm) if self.spherical else warm))
+            with timed(f"k-means from the previous centroids (k={k}, {train.shape[0]} rows)", logger):
+                km.train(train, init_centroids=np.ascontiguousarray(l2_normalize(warm) if self.spherical else warm))
             runs = [np.ascontiguousarray(km.centroids, dtype=np.float32)]
         elif self.init == "random":  # faiss's own init: k random sample rows, restarts inside faiss
             km = faiss.Kmeans(d, k, nredo=self.n_redo, seed=self.seed, **common)
-            km.train(train)
+            with timed(f"k-means, {self.n_redo} restarts inside faiss (k={k}, {train.shape[0]} rows)", logger):
+                km.train(train)
             runs = [np.ascontiguousarray(km.centroids, dtype=np.float32)]
         else:
             from imgclust.seeding import kmeans_plusplus_numpy
 
             runs = []
-            for redo in range(self.n_redo):
-                init = kmeans_plusplus_numpy(train, k, self.seed + redo)
-                km = faiss.Kmeans(d, k, nredo=1, seed=self.seed + redo, **common)
-                km.train(train, init_centroids=np.ascontiguousarray(init, dtype=np.float32))
-                runs.append(np.ascontiguousarray(km.centroids, dtype=np.float32))
+            with Progress(f"k-means restarts (k={k}, {train.shape[0]} rows)", self.n_redo, logger, unit="runs",
+                          every=0) as progress:
+                for redo in range(self.n_redo):
+                    init = kmeans_plusplus_numpy(train, k, self.seed + redo)
+                    km = faiss.Kmeans(d, k, nredo=1, seed=self.seed + redo, **common)
+                    km.train(train, init_centroids=np.ascontiguousarray(init, dtype=np.float32))
+                    runs.append(np.ascontiguousarray(km.centroids, dtype=np.float32))
+                    progress.advance()
         best: tuple[np.ndarray, float] | None = None
         for centers in runs:
             self.cluster_centers_, self._index = centers, None
@@ -317,7 +323,8 @@ class HDBSCANClusterer(Estimator):
         model = hdbscan.HDBSCAN(min_cluster_size=self.min_cluster_size, min_samples=self.min_samples,
                                 cluster_selection_method=self.cluster_selection_method,
                                 prediction_data=True)
-        model.fit(sample.rows)
+        with timed("HDBSCAN fit", logger, f"{m} rows, min_cluster_size={self.min_cluster_size}"):
+            model.fit(sample.rows)
         self.hdbscan_ = model
         self.labels_ = np.asarray(model.labels_, dtype=np.int64)
         self.probabilities_ = np.asarray(model.probabilities_, dtype=np.float32)
@@ -388,7 +395,8 @@ class AgglomerativeClusterer(Estimator):
         data = np.concatenate(blocks) if len(blocks) > 1 else blocks[0]
         from sklearn.cluster import AgglomerativeClustering
 
-        labels = AgglomerativeClustering(n_clusters=self.n_clusters, linkage=self.linkage).fit_predict(data)
+        with timed("agglomerative fit", logger, f"{n} rows, {self.linkage} linkage"):
+            labels = AgglomerativeClustering(n_clusters=self.n_clusters, linkage=self.linkage).fit_predict(data)
         self.labels_ = np.asarray(labels, dtype=np.int64)
         self.cluster_centers_ = cluster_means(data, self.labels_, self.n_clusters)
         self.n_samples_seen_ = n

@@ -19,6 +19,7 @@ import logging
 import numpy as np
 
 from imgclust.exceptions import ConfigError
+from imgclust.progress import timed
 
 logger = logging.getLogger(__name__)
 
@@ -113,13 +114,16 @@ def consensus_labels(partitions: np.ndarray, n_clusters: int, *, max_rows: int =
         raise ConfigError(f"n_clusters must be in [1, {n}], got {n_clusters}")
     if not 0.0 <= min_cluster_fraction <= 1.0:
         raise ConfigError(f"min_cluster_fraction must be in [0, 1], got {min_cluster_fraction}")
-    co = co_association(p)
-    dist = 1.0 - co
-    np.fill_diagonal(dist, 0.0)
-    tree = linkage(squareform(dist, checks=False), method="average")
-    del dist
+    with timed("consensus: co-association", logger, f"{n} rows, {p.shape[1]} partitions"):
+        co = co_association(p)
+    with timed("consensus: average-linkage tree", logger, f"{n} rows"):
+        dist = 1.0 - co
+        np.fill_diagonal(dist, 0.0)
+        tree = linkage(squareform(dist, checks=False), method="average")
+        del dist
     min_size = max(1, int(min_cluster_fraction * n / n_clusters))
-    raw, big = _cut_with_min_size(tree, n_clusters, min_size, n)
+    with timed("consensus: cut", logger, f"{n_clusters} clusters of at least {min_size} rows"):
+        raw, big = _cut_with_min_size(tree, n_clusters, min_size, n)
     labels = np.full(n, -1, dtype=np.int64)
     for new, c in enumerate(big):
         labels[raw == c] = new

@@ -39,6 +39,7 @@ from imgclust.features import (
 )
 from imgclust.images import decode_image
 from imgclust.manifest import ShardSpec, read_shard_rows
+from imgclust.progress import Progress
 from imgclust.sources import read_uri
 from imgclust.store import Store
 
@@ -235,7 +236,9 @@ def extract_shard(store: Store, spec: ShardSpec, config: ExtractConfig, *, force
 
     decoded = (_decoded_on_device if decodes_on_device(backbone, config) else _decoded)(
         backbone, rows, config, storage_options)
+    progress = Progress(f"extract shard {spec.shard_id}", rows.num_rows, log, unit="images")  # throttled lines
     for image_id, uri, tensor, kind, message in decoded:
+        progress.advance()
         if tensor is None:
             quarantined.append({"image_id": image_id, "uri": uri, "error_kind": kind, "message": message[:1000]})
             continue

@@ -32,6 +32,7 @@ import numpy as np
 from imgclust.consensus import MAX_CONSENSUS_ROWS, consensus_labels
 from imgclust.estimator import ArrayOrSource, Estimator, check_int, register_estimator, sample_rows
 from imgclust.exceptions import ConfigError
+from imgclust.progress import Progress
 
 logger = logging.getLogger(__name__)
 
@@ -100,10 +101,15 @@ class GaussianMixtureClusterer(Estimator):
         self._validate_params()
         sample = sample_rows(X, self.fit_sample, self.random_state)
         rows = sample.rows.astype(np.float64)
-        if rows.shape[0] < 2 * self.n_clusters:
-            raise ConfigError(f"a {self.n_clusters}-component mixture needs at least {2 * self.n_clusters} rows, "
+        if rows.shape[0] < self.n_clusters:
+            raise ConfigError(f"a {self.n_clusters}-component mixture needs at least {self.n_clusters} rows, "
                               f"got {rows.shape[0]}; use fewer clusters or more data")
-        runs = [self._em(rows, self.random_state + r) for r in range(self.consensus_runs)]
+        stage = "GMM consensus: EM runs" if self.consensus_runs > 1 else "GMM: EM"
+        runs = []
+        with Progress(stage, self.consensus_runs, logger, unit="runs", every=0) as progress:
+            for r in range(self.consensus_runs):
+                runs.append(self._em(rows, self.random_state + r))
+                progress.advance(detail=f"{int(runs[-1].n_iter_)} iterations")
         self.converged_, self.n_iter_ = all(gm.converged_ for gm in runs), sum(int(gm.n_iter_) for gm in runs)
         if self.consensus_runs == 1:
             self.means_ = np.asarray(runs[0].means_, dtype=np.float64)

@@ -23,6 +23,7 @@ import torch
 from imgclust.cluster import FaissKMeans
 from imgclust.estimator import l2_normalize, register_estimator
 from imgclust.exceptions import ConfigError
+from imgclust.progress import Progress
 from imgclust.seeding import kmeans_plusplus
 
 logger = logging.getLogger(__name__)
@@ -116,8 +117,10 @@ class TorchKMeans(FaissKMeans):
         if warm is not None and warm.shape[1] != X.shape[1]:
             raise ConfigError(f"init_centroids have {warm.shape[1]} features, the data {X.shape[1]}")
         best: tuple[np.ndarray, float] | None = None
-        with torch.no_grad():
-            for redo in range(1 if warm is not None else self.n_redo):
+        n_runs = 1 if warm is not None else self.n_redo
+        with torch.no_grad(), Progress(f"k-means restarts (k={k}, {X.shape[0]} rows, {device})", n_runs, logger,
+                                       unit="runs", every=0) as progress:
+            for redo in range(n_runs):
                 gen = torch.Generator(device=device).manual_seed(self.seed + redo)
                 if warm is not None:
                     C0 = torch.from_numpy(l2_normalize(warm) if self.spherical else warm).to(device)
@@ -129,6 +132,7 @@ class TorchKMeans(FaissKMeans):
                 inertia = float(_nearest(X, C)[1].sum(dtype=torch.float64))
                 if best is None or inertia < best[1]:
                     best = (C.cpu().numpy().astype(np.float32), inertia)
+                progress.advance()
         assert best is not None
         return best
 

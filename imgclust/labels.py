@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,7 @@ from imgclust.features import done_shards, embeddings_of, feature_path, iter_fea
 from imgclust.manifest import read_manifest
 from imgclust.metrics import internal_metrics, supervised_metrics
 from imgclust.model import ClusterModel
+from imgclust.progress import Progress
 from imgclust.sources import parent_name
 from imgclust.store import Store
 
@@ -77,6 +79,7 @@ def label_shard(store: Store, model_id: str, extractor_key: str, shard_id: str, 
         n = store.read_parquet(rel, columns=["is_novel"])
         return {"shard_id": shard_id, "path": rel, "n": n.num_rows,
                 "novel": int(pc.sum(n.column("is_novel")).as_py() or 0), "skipped": True}
+    t0 = time.perf_counter()
     model = load_model_cached(store, model_id)
     table = store.read_parquet(feature_path(extractor_key, shard_id))
     a = model.assign(embeddings_of(table)) if table.num_rows else None
@@ -96,8 +99,11 @@ def label_shard(store: Store, model_id: str, extractor_key: str, shard_id: str, 
     )
     store.write_parquet(rel, out)
     sizes = pc.value_counts(out.column("cluster_id")).to_pylist()
-    return {"shard_id": shard_id, "path": rel, "n": n, "novel": int(out.column("is_novel").to_numpy().sum()),
-            "skipped": False, "sizes": {int(v["values"]): int(v["counts"]) for v in sizes}}
+    n_novel = int(out.column("is_novel").to_numpy().sum())
+    log.info("labelled shard %s with %s: %d rows, %d novel, in %.1f s", shard_id, model_id, n, n_novel,
+             time.perf_counter() - t0)
+    return {"shard_id": shard_id, "path": rel, "n": n, "novel": n_novel, "skipped": False,
+            "sizes": {int(v["values"]): int(v["counts"]) for v in sizes}}
 
 
 def with_names(labels: pa.Table, names: dict[int, str]) -> pa.Table:
@@ -127,12 +133,15 @@ def evaluate(store: Store, model_id: str, extractor_key: str, *, truth: str = "n
     ids_all: list[str] = []
     Z_parts: list[np.ndarray] = []
     total = 0
+    progress = Progress(f"evaluate {model_id}: embedding a sample", labels.num_rows, log, unit="rows").start()
     for ids, X in iter_feature_batches(store, extractor_key, done_shards(store, extractor_key)):
         keep = rng.random(len(ids)) < max(sample_size / max(labels.num_rows, 1), 1e-9)
         total += len(ids)
         if keep.any():
             ids_all.extend(np.asarray(ids)[keep].tolist())
             Z_parts.append(model.embed(X[keep]))
+        progress.advance(len(ids))
+    progress.finish()
     if Z_parts:
         Z = np.concatenate(Z_parts)
         raw = model.assign_embedded(Z).raw

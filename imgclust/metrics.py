@@ -86,7 +86,7 @@ def internal_metrics(X: Any, labels: Any, *, sample_size: int = 10000, seed: int
     Noise rows (label ``-1``) are excluded from silhouette and Davies-Bouldin. Silhouette is
     ``O(m^2)``, so it is computed on a seeded uniform sample of at most ``sample_size`` non-noise
     rows; Davies-Bouldin is linear and uses every non-noise row. With fewer than two clusters
-    (or a sample holding one) both are NaN and a warning is logged.
+    (or a sample holding one), or as many clusters as rows, they are NaN and a warning is logged.
 
     Returns ``silhouette`` (float), ``davies_bouldin`` (float), ``n_clusters`` (int, without
     noise), ``noise_fraction`` (float), ``cluster_sizes`` (dict label -> count, noise included, so
@@ -114,7 +114,11 @@ def internal_metrics(X: Any, labels: Any, *, sample_size: int = 10000, seed: int
         logger.warning("internal_metrics: %d cluster(s) besides noise; silhouette and Davies-Bouldin "
                        "need at least 2, reporting NaN", n_clusters)
         return out
-    out["davies_bouldin"] = float(davies_bouldin_score(Xc, lc))
+    if n_clusters < Xc.shape[0]:
+        out["davies_bouldin"] = float(davies_bouldin_score(Xc, lc))
+    else:  # every row its own cluster (a corpus of k images): no within-cluster spread to compare
+        logger.warning("internal_metrics: %d clusters over %d rows; Davies-Bouldin needs fewer clusters than "
+                       "rows, reporting NaN", n_clusters, Xc.shape[0])
     rng = np.random.default_rng(seed)
     if Xc.shape[0] > sample_size:
         idx = np.sort(rng.choice(Xc.shape[0], size=sample_size, replace=False))

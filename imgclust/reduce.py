@@ -32,11 +32,14 @@ from imgclust.estimator import (
 )
 from imgclust.exceptions import ConfigError
 from imgclust.pca import LinearProjection, select_components
+from imgclust.progress import timed
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["StreamingPCA", "UMAPReducer"]
 
+_TIMED_TRANSFORM_ROWS = 5000
+"""UMAP transforms of at least this many rows (several seconds on a CPU core) log their start and end."""
 _IPCA_ARRAYS = ("components_", "singular_values_", "mean_", "var_", "explained_variance_",
                 "explained_variance_ratio_")
 
@@ -293,7 +296,8 @@ class UMAPReducer(Estimator):
         if m <= self.n_neighbors:
             raise ConfigError(f"UMAP needs more rows than n_neighbors={self.n_neighbors}; the fit sample "
                               f"has {m}. Lower n_neighbors or provide more data")
-        with keep_torch_threads():
+        with keep_torch_threads(), timed("UMAP fit", logger, f"{m} rows x {sample.rows.shape[1]} dims -> "
+                                         f"{self.n_components} dims, {self.n_neighbors} neighbours"):
             self._fit_sample(sample)
         return self
 
@@ -313,5 +317,6 @@ class UMAPReducer(Estimator):
         """Embed new rows ``(n, D) -> (n, n_components)`` float32 with UMAP's ``transform``."""
         self._check_fitted("umap_", "n_features_in_")
         X = self._check_dim(X)
-        with keep_torch_threads():
+        with keep_torch_threads(), (timed("UMAP transform", logger, f"{X.shape[0]} rows")
+                                    if X.shape[0] >= _TIMED_TRANSFORM_ROWS else contextlib.nullcontext()):
             return np.ascontiguousarray(self.umap_.transform(X), dtype=np.float32)

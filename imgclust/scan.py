@@ -43,6 +43,7 @@ import numpy as np
 from imgclust.cluster import cluster_means
 from imgclust.estimator import ArrayOrSource, Estimator, check_int, register_estimator, sample_rows
 from imgclust.exceptions import ConfigError
+from imgclust.progress import Progress
 
 if TYPE_CHECKING:
     import torch
@@ -241,11 +242,11 @@ class ScanClusterer(Estimator):
         gen = torch.Generator().manual_seed(self.random_state)
         opt = torch.optim.Adam(heads.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         losses = torch.zeros(self.heads)
-        for epoch in range(self.epochs):
-            losses = self._epoch(heads, opt, x, nb, gen)
-            if (epoch + 1) % 20 == 0 or epoch + 1 == self.epochs:
-                logger.info("SCAN epoch %d/%d: head losses min %.4f, max %.4f", epoch + 1, self.epochs,
-                            float(losses.min()), float(losses.max()))
+        stage = f"SCAN training ({n} rows, {self.heads} heads)"
+        with Progress(stage, self.epochs, logger, unit="epochs") as progress:
+            for _ in range(self.epochs):
+                losses = self._epoch(heads, opt, x, nb, gen)
+                progress.advance(detail=f"head losses min {float(losses.min()):.4f}, max {float(losses.max()):.4f}")
         if not torch.isfinite(losses).all():
             raise ConfigError(f"SCAN training diverged (head losses {losses.tolist()}); lower lr")
         best = int(losses.argmin())

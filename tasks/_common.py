@@ -1,6 +1,7 @@
 """Shared task plumbing: retry policy for transient errors only, and store construction."""
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from imgclust.exceptions import ConfigError, CorruptArtifactError, ImageDecodeError, StoreError
@@ -37,3 +38,30 @@ def open_store(url: str) -> Store:
     never from task parameters; a URL carrying credentials is refused with a ConfigError.
     """
     return Store(url)
+
+
+def enable_library_logs() -> None:
+    """Let the library's INFO lines (progress of long steps, per-shard summaries) through in this process.
+
+    Prefect's logging configuration leaves the root logger at WARNING, and ``PREFECT_LOGGING_EXTRA_LOGGERS=imgclust``
+    (set by the CLI and for the deployments) attaches the API handler to the ``imgclust`` logger but not a level,
+    so in a flow-run process without a console configuration (``serve``, a work-pool worker) and in every Dask
+    worker the library's INFO records were dropped before reaching the console or the run logs. This sets the
+    ``imgclust`` logger to INFO unless it, or a logger above it, was configured to let more through; and when
+    ``PREFECT_LOGGING_EXTRA_LOGGERS`` names ``imgclust`` but the API handler is missing (the setting arrived after
+    Prefect configured logging in this process), it attaches one. Run when the task modules are imported, which
+    happens in the flow process and, through the pickled tasks, in each Dask worker.
+    """
+    from prefect.logging.handlers import APILogHandler
+    from prefect.settings import PREFECT_LOGGING_EXTRA_LOGGERS
+
+    lib = logging.getLogger("imgclust")
+    if lib.level == logging.NOTSET and lib.getEffectiveLevel() > logging.INFO:
+        lib.setLevel(logging.INFO)
+    extra = PREFECT_LOGGING_EXTRA_LOGGERS.value() or []
+    names = [n.strip() for n in (extra.split(",") if isinstance(extra, str) else extra)]
+    if "imgclust" in names and not any(isinstance(h, APILogHandler) for h in lib.handlers):
+        lib.addHandler(APILogHandler())
+
+
+enable_library_logs()

@@ -59,7 +59,7 @@ def test_errors_are_clear() -> None:
         GaussianMixtureClusterer(n_clusters=3).predict(X)
     with pytest.raises(ConfigError, match="covariance_type"):
         GaussianMixtureClusterer(n_clusters=3, covariance_type="tied").fit(X)  # type: ignore[arg-type]
-    with pytest.raises(ConfigError, match="at least 20 rows"):
+    with pytest.raises(ConfigError, match="at least 10 rows"):
         GaussianMixtureClusterer(n_clusters=10).fit(X[:5])
     est = GaussianMixtureClusterer(n_clusters=3).fit(X)
     with pytest.raises(ConfigError):

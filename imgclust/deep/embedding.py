@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from imgclust.capping import FitSizes, cap_embedding_fit
 from imgclust.cluster import FaissKMeans
 from imgclust.deep import DeepEstimator
 from imgclust.deep.networks import build_network
@@ -175,16 +176,18 @@ class EmbeddingClusterer(DeepEstimator):
             raise ConfigError(f"{type(self).__name__} produced NaN/inf embeddings (training diverged); lower lr "
                               "(or input_scale)")
         feats = emb
+        sizes = self._sizes(emb)
         self.umap_: UMAPReducer | None = None
-        if self.umap_components is not None:
-            self.umap_ = UMAPReducer(n_components=self.umap_components, n_neighbors=self.umap_neighbors,
+        if sizes.umap_components is not None:
+            self.umap_ = UMAPReducer(n_components=sizes.umap_components, n_neighbors=sizes.umap_neighbors,
                                      min_dist=0.0, random_state=self.seed, fit_sample=None).fit(emb)
             feats = self.umap_.embedding_
         self.kmeans_: FaissKMeans | None = None
         self.gmm_: GaussianMixtureClusterer | None = None
         self.scan_: ScanClusterer | None = None
         if self.clusterer == "scan":
-            self.scan_ = ScanClusterer(n_clusters=self.n_clusters, whiten=True, random_state=self.seed).fit(feats)
+            self.scan_ = ScanClusterer(n_clusters=self.n_clusters, n_neighbors=sizes.scan_neighbors, whiten=True,
+                                       random_state=self.seed).fit(feats)
         elif self.clusterer == "gmm":
             self.gmm_ = GaussianMixtureClusterer(n_clusters=self.n_clusters, fit_sample=None, random_state=self.seed,
                                                  consensus_runs=self.consensus_runs).fit(feats)
@@ -194,6 +197,17 @@ class EmbeddingClusterer(DeepEstimator):
         self.labels_ = self._final_clusterer().predict(feats)
         logger.info("%s: %s on %s features %s -> %d clusters", type(self).__name__, self.clusterer,
                     "UMAP" if self.umap_ is not None else "embedding", feats.shape, self.n_clusters)
+
+    def _sizes(self, emb: np.ndarray) -> FitSizes:
+        """UMAP and SCAN sizes for the ``(N, D)`` embeddings, capped to what N rows support
+        (:func:`imgclust.capping.cap_to_data`, one warning when something is capped); fewer rows than
+        ``n_clusters`` raise :class:`ConfigError`."""
+        sizes = cap_embedding_fit(emb.shape[0], emb.shape[1], umap_components=self.umap_components,
+                                  umap_neighbors=self.umap_neighbors, method=self.clusterer,
+                                  n_clusters=self.n_clusters)
+        if sizes.capped:
+            logger.warning("%s: %s", type(self).__name__, sizes.describe())
+        return sizes
 
     def _final_clusterer(self) -> FaissKMeans | GaussianMixtureClusterer | ScanClusterer:
         """The fitted clusterer of the embedding (or UMAP) space: ``gmm_``, ``scan_`` or ``kmeans_``."""
