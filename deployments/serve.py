@@ -1,70 +1,54 @@
-"""The deployments of imgclust, declared in Python for ``flow.serve``-style serving (``imgclust serve``).
+"""Serve imgclust's deployments from this process (``imgclust serve`` runs it under its supervisor).
 
-``deployments/prefect.yaml`` declares the same set for ``prefect deploy`` onto a work pool.
-Settings come from the environment so that no credential is ever a flow parameter:
-
-==========================  ===============================================  ==================
-variable                    meaning                                          default
-==========================  ===============================================  ==================
-IMGCLUST_SOURCE             folder / URL the nightly run ingests             (required)
-IMGCLUST_STORE              store root                                       (required)
-IMGCLUST_TIMEZONE           timezone of the cron schedules                   UTC
-IMGCLUST_NIGHTLY_CRON       nightly auto-label schedule                      ``0 2 * * *``
-IMGCLUST_RECLUSTER_CRON     weekly recluster schedule                        ``0 4 * * 0``
-IMGCLUST_REFINE_CRON        weekly deep refinement schedule                  ``0 3 * * 6``
-IMGCLUST_REFINE_METHOD      deep method of the scheduled refinement          convae
-IMGCLUST_DASK_ADDRESS etc.  where tasks run (see flows/runtime.py)            local cluster
-==========================  ===============================================  ==================
+The deployment set, its schedules, parameters and the novelty trigger are declared once in
+``deployments/spec.py`` (environment variables and defaults are listed there); this module turns that
+declaration into ``RunnerDeployment`` objects and serves them with ``prefect.serve``.
 """
 from __future__ import annotations
 
-import os
+import datetime as dt
+import importlib
+import logging
+from collections.abc import Mapping
 from typing import Any
 
-from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
-from prefect.schedules import Cron
+from deployments.spec import DEPLOYMENTS, DeploymentSpec, environment, resolve
 
-from flows.auto_label import auto_label
-from flows.backfill import backfill
-from flows.pipeline import pipeline
-from flows.recluster import recluster
-from flows.refine import refine
-from imgclust.exceptions import ConfigError
+log = logging.getLogger(__name__)
 
 
-def _env(name: str) -> str:
-    value = os.environ.get(name, "").strip()
-    if not value:
-        raise ConfigError(f"{name} is not set; export it (see deployments/serve.py) before serving")
-    return value
+def _flow(entrypoint: str) -> Any:
+    path, name = entrypoint.split(":")
+    return getattr(importlib.import_module(path.removesuffix(".py").replace("/", ".")), name)
 
 
-def build_deployments() -> list[Any]:
-    """The RunnerDeployments to serve: nightly auto-label, weekly recluster, on-demand backfill and run."""
-    source, store = _env("IMGCLUST_SOURCE"), _env("IMGCLUST_STORE")
-    tz = os.environ.get("IMGCLUST_TIMEZONE", "UTC")
-    one_at_a_time = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
-    return [
-        auto_label.to_deployment(
-            name="nightly", schedules=[Cron(os.environ.get("IMGCLUST_NIGHTLY_CRON", "0 2 * * *"), timezone=tz)],
-            parameters={"source": source, "store": store}, concurrency_limit=one_at_a_time,
-            description="Label images ingested since the last run with the CURRENT model.", tags=["imgclust"]),
-        recluster.to_deployment(
-            name="weekly", schedules=[Cron(os.environ.get("IMGCLUST_RECLUSTER_CRON", "0 4 * * 0"), timezone=tz)],
-            parameters={"store": store}, concurrency_limit=one_at_a_time,
-            description="Refit on all features, keep stable ids, relabel, promote through the gate.",
-            tags=["imgclust"]),
-        refine.to_deployment(
-            name="weekly", schedules=[Cron(os.environ.get("IMGCLUST_REFINE_CRON", "0 3 * * 6"), timezone=tz)],
-            parameters={"store": store, "method": os.environ.get("IMGCLUST_REFINE_METHOD", "convae")},
-            concurrency_limit=one_at_a_time, tags=["imgclust", "gpu"],
-            description="Train a deep-clustering method; its candidate model goes through the promotion gate."),
-        backfill.to_deployment(
-            name="on-demand", concurrency_limit=one_at_a_time, tags=["imgclust"],
-            description="Re-ingest / re-extract / re-label a date range (start from the UI form)."),
-        pipeline.to_deployment(name="on-demand", concurrency_limit=one_at_a_time, tags=["imgclust"],
-                               description="Run the whole pipeline once on a source."),
-    ]
+def _to_deployment(spec: DeploymentSpec, values: Mapping[str, str]) -> Any:
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+    from prefect.events import DeploymentEventTrigger
+    from prefect.schedules import Cron
+    from pydantic import TypeAdapter
+
+    d = resolve(spec.as_dict(), values)
+    kwargs: dict[str, Any] = {}
+    if spec.cron_env:
+        kwargs["schedules"] = [Cron(s["cron"], timezone=s["timezone"]) for s in d["schedules"]]
+    if spec.trigger:
+        t = dict(d["triggers"][0])
+        t.pop("type")
+        t["within"] = TypeAdapter(dt.timedelta).validate_python(t["within"])
+        kwargs["triggers"] = [DeploymentEventTrigger(**t)]
+    limit = ConcurrencyLimitConfig(limit=d["concurrency_limit"]["limit"],
+                                   collision_strategy=ConcurrencyLimitStrategy(d["concurrency_limit"]
+                                                                               ["collision_strategy"]))
+    return _flow(spec.entrypoint).to_deployment(
+        name=spec.name, parameters=d["parameters"], description=spec.description, tags=list(spec.tags),
+        concurrency_limit=limit, **kwargs)
+
+
+def build_deployments(environ: Mapping[str, str] | None = None) -> list[Any]:
+    """The RunnerDeployments of :data:`deployments.spec.DEPLOYMENTS`, resolved against ``environ``."""
+    values = environment(environ)
+    return [_to_deployment(spec, values) for spec in DEPLOYMENTS]
 
 
 def main() -> None:

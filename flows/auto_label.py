@@ -9,37 +9,35 @@ import datetime as dt
 from typing import Any
 
 from prefect import flow, get_run_logger
-from prefect.events import emit_event
 
 from flows.artifacts import publish_label_summary
 from flows.build_clusters import label_all
+from flows.events import NOVELTY_EVENT, emit_novelty
 from flows.extract_features import run_extraction
 from flows.runtime import default_task_runner
+from flows.store_lease import DEFAULT_LOCK_TTL_SECONDS, DEFAULT_LOCK_WAIT_SECONDS, store_writer
 from imgclust.config import IngestConfig
-from imgclust.lock import StoreLease
-from tasks._common import open_store
 from tasks.cluster import current_model_task
 from tasks.ingest import ingest_source
 from tasks.report import cluster_names_task
 
-LEASE_NAME = "auto-label"
-
 
 @flow(name="auto-label", task_runner=default_task_runner())
 def auto_label(source: str, store: str, date: dt.date | None = None, novelty_threshold: float = 0.2,
-               ingest: IngestConfig = IngestConfig(), lock_wait_seconds: float = 0.0,
-               lock_ttl_seconds: float = 600.0) -> dict[str, Any]:
+               ingest: IngestConfig = IngestConfig(), lock_wait_seconds: float = DEFAULT_LOCK_WAIT_SECONDS,
+               lock_ttl_seconds: float = DEFAULT_LOCK_TTL_SECONDS) -> dict[str, Any]:
     """Ingest what arrived since the last run, extract it, label it with the CURRENT model.
 
-    Emits the Prefect event ``imgclust.novelty.high`` when the share of novel images exceeds
-    ``novelty_threshold`` (an automation can trigger a recluster on it).
+    Emits the Prefect event ``imgclust.novelty.high`` for the store when the share of novel images exceeds
+    ``novelty_threshold`` (the novelty trigger of ``recluster/weekly`` starts a recluster on it).
 
-    One run at a time per store: the run holds the store lease ``locks/auto-label.json``
-    (imgclust.lock; renewed every ``lock_ttl_seconds / 3``). Another run waits up to
-    ``lock_wait_seconds`` for it, then fails with LeaseHeldError naming the holder, before touching
-    the store. (Two overlapping ingests of the same new files would add them twice.)
+    One writer at a time per store: the run holds the store's writer lease (``flows/store_lease.py``;
+    renewed every ``lock_ttl_seconds / 3``), shared with recluster, refine, backfill and the pipeline.
+    A run waits up to ``lock_wait_seconds`` for another writer, then fails with LeaseHeldError naming
+    the holder, before touching the store. (Two overlapping ingests of the same new files would add
+    them twice; a recluster promoted mid-run would never label this night's images.)
     """
-    with StoreLease(open_store(store), LEASE_NAME, ttl=lock_ttl_seconds, wait=lock_wait_seconds):
+    with store_writer(store, wait=lock_wait_seconds, ttl=lock_ttl_seconds):
         return _auto_label(source, store, date, novelty_threshold, ingest)
 
 
@@ -64,10 +62,8 @@ def _auto_label(source: str, store: str, date: dt.date | None, novelty_threshold
     summary.update(labeled=n, novel=novel, quarantined=extraction["quarantined"], novelty_rate=round(rate, 4),
                    novelty_alert=rate > novelty_threshold, part=ingested["part"])
     if summary["novelty_alert"]:
-        logger.warning("novelty rate %.3f exceeds %.3f: emitting imgclust.novelty.high", rate, novelty_threshold)
-        emit_event(event="imgclust.novelty.high",
-                   resource={"prefect.resource.id": f"imgclust.store.{model_id}", "imgclust.model_id": model_id},
-                   payload={"novelty_rate": rate, "novel": novel, "labeled": n, "part": ingested["part"]})
+        logger.warning("novelty rate %.3f exceeds %.3f: emitting %s", rate, novelty_threshold, NOVELTY_EVENT)
+        emit_novelty(store, model_id, {"novelty_rate": rate, "novel": novel, "labeled": n, "part": ingested["part"]})
     sizes: dict[int, int] = {}
     for r in labeled:
         for c, count in r.get("sizes", {}).items():

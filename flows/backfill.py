@@ -1,7 +1,12 @@
 """Flow: on-demand backfill from the Prefect UI: re-ingest / re-extract / re-label a date range.
 
 Idempotent: a second identical run changes nothing (ingest is content-deduplicated, done shards and
-existing label files are skipped unless ``force``). The deployment limits concurrent runs to one.
+existing label files are skipped unless ``force``). The deployment limits concurrent runs to one, and the
+run holds the store's writer lease (``flows/store_lease.py``).
+
+The parameters are top-level (not one nested model) so that the deployment's defaults (store, sources)
+pre-fill the UI form and a run started through the API with only ``start`` and ``end`` keeps them: Prefect
+merges a run's parameters over the deployment's key by key.
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from flows.build_clusters import label_all
 from flows.extract_features import run_extraction
 from flows.runtime import default_task_runner
+from flows.store_lease import DEFAULT_LOCK_WAIT_SECONDS, store_writer
 from imgclust.backbones import list_backbones
 from imgclust.config import ExtractConfig, IngestConfig
 from tasks.cluster import current_model_task
@@ -55,9 +61,35 @@ class BackfillParams(BaseModel):
         return f"backfill-{self.start}-{self.end}-{'+'.join(sorted(self.redo))}-{ext}"
 
 
+Stage = Literal["ingest", "extract", "label"]
+
+
 @flow(name="backfill", task_runner=default_task_runner())
-def backfill(params: BackfillParams) -> dict[str, Any]:
-    """Re-ingest sources, re-extract and/or re-label the manifest partitions dated start..end."""
+def backfill(store: str, start: dt.date, end: dt.date,
+             redo: list[Stage] = ["extract", "label"],  # noqa: B006 (Prefect copies parameters per run)
+             sources: list[str] = [],  # noqa: B006
+             extractor: Extractor | None = None,  # type: ignore[valid-type]
+             force: bool = False, lock_wait_seconds: float = DEFAULT_LOCK_WAIT_SECONDS) -> dict[str, Any]:
+    """Re-ingest sources, re-extract and/or re-label the manifest partitions dated start..end.
+
+    Args:
+        store: Store root: folder or s3://bucket/prefix.
+        start: First manifest date to process.
+        end: Last manifest date to process (inclusive).
+        redo: Stages to run for the range.
+        sources: Folders/URLs to re-scan when redo has ingest.
+        extractor: Backbone for extract; default: the CURRENT model's.
+        force: Recompute even finished shards / existing labels.
+        lock_wait_seconds: How long to wait for another run that writes to the store.
+    """
+    params = BackfillParams(store=store, start=start, end=end, redo=redo, sources=sources, extractor=extractor,
+                            force=force)  # cross-field checks before any work
+    with store_writer(params.store, wait=lock_wait_seconds):
+        return _backfill(params)
+
+
+def _backfill(params: BackfillParams) -> dict[str, Any]:
+    """The body of :func:`backfill`, run while holding the store's writer lease."""
     logger = get_run_logger()
     out: dict[str, Any] = {"key": params.key(), "ingested": [], "extraction": None, "labeled": 0,
                            "labels_skipped": 0}

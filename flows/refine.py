@@ -12,7 +12,8 @@ from prefect.artifacts import create_markdown_artifact
 from flows.extract_features import run_extraction
 from flows.recluster import run_refit
 from flows.runtime import default_task_runner
-from imgclust.config import ExtractConfig
+from flows.store_lease import DEFAULT_LOCK_WAIT_SECONDS, store_writer
+from imgclust.config import RECOMMENDED_REFINE_METHOD, ExtractConfig
 from imgclust.deep.methods import DeepMethod, check_deep_options, refit_recipe
 from imgclust.promotion import GateConfig
 from tasks.cluster import current_model_task
@@ -20,10 +21,12 @@ from tasks.refine import prepare_training_set_task, train_deep_task
 
 
 @flow(name="refine", task_runner=default_task_runner())
-def refine(store: str, method: DeepMethod = "convae", k: int = 10, epochs: int = 20, max_iter: int = 2000,
+def refine(store: str, method: DeepMethod = RECOMMENDED_REFINE_METHOD,  # type: ignore[assignment]
+           k: int = 10, epochs: int = 20, max_iter: int = 2000,
            sample: int | None = 20000, image_size: int = 28, mode: str = "L", device: str = "auto", seed: int = 0,
            truth: str = "none", gate_metric: str | None = None, gate_tolerance: float = 0.02,
-           options: dict[str, Any] | None = None) -> dict[str, Any]:
+           options: dict[str, Any] | None = None,
+           lock_wait_seconds: float = DEFAULT_LOCK_WAIT_SECONDS) -> dict[str, Any]:
     """Train ``method`` on up to ``sample`` store images, then extract every image with its encoder
     (``deep:`` extractor), refit the clusterer (k-means; UMAP + GMM consensus for ``n2d`` / ``n2d-scae`` /
     ``n2d-ensemble`` / ``simclr``; SCAN's head with ``options={"clusterer": "scan"}``) with lineage against
@@ -31,7 +34,9 @@ def refine(store: str, method: DeepMethod = "convae", k: int = 10, epochs: int =
     "resnet18"}`` for ``simclr``); they are checked before any work.
 
     The gate compares against CURRENT on ``gate_metric`` (default: NMI with ground truth, else
-    silhouette; internal metrics of different feature spaces are only roughly comparable).
+    silhouette; internal metrics of different feature spaces are only roughly comparable). Training runs
+    without the store's writer lease; extraction, refit, relabelling and promotion hold it
+    (``flows/store_lease.py``), so a nightly run cannot label with the old model in between.
     """
     logger = get_run_logger()
     gate = GateConfig(metric=gate_metric or ("nmi" if truth == "parent_dir" else "internal_silhouette"),
@@ -39,15 +44,18 @@ def refine(store: str, method: DeepMethod = "convae", k: int = 10, epochs: int =
     if mode not in ("L", "RGB"):
         raise ValueError(f"mode must be L or RGB, got {mode!r}")
     check_deep_options(method, k, options)
-    previous, _ = current_model_task(store)
+    current_model_task(store)  # no model yet: a clear error before training
     run = f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{method}-{uuid.uuid4().hex[:6]}"
     train_rel = prepare_training_set_task(store, run, sample, image_size, mode, seed)
     trained = train_deep_task(store, run, train_rel, method, k, epochs, max_iter, device, seed, truth, options)
     extract = ExtractConfig(extractor=f"deep:{trained['deep_uri']}", batch_size=256,
                             device=device)  # type: ignore[arg-type]
-    extraction = run_extraction(store, extract)
     reduce, cluster = refit_recipe(method, k, seed, options)
-    result = run_refit(store, extraction["extractor_key"], extract, reduce, cluster, previous, truth=truth, gate=gate)
+    with store_writer(store, wait=lock_wait_seconds):
+        previous, _ = current_model_task(store)  # CURRENT may have changed while training
+        extraction = run_extraction(store, extract)
+        result = run_refit(store, extraction["extractor_key"], extract, reduce, cluster, previous, truth=truth,
+                           gate=gate, trigger=f"refine:{method}")
     create_markdown_artifact(key="refine-summary", markdown=(
         f"# Refine {method} {options or ''}\n\ntrained on {trained['n_train']} images in {trained['train_seconds']} s\n\n"
         f"training metrics: {trained.get('train_metrics')}\n\ncandidate {result['model_id']} promoted: "

@@ -20,6 +20,11 @@ class _Base(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+RECOMMENDED_REFINE_METHOD = "simclr"
+"""The recommended deep-clustering recipe: the demo's second stage and the scheduled ``refine/weekly`` default
+(one place, so the two cannot drift)."""
+
+
 class IngestConfig(_Base):
     """How a source is scanned into the manifest."""
 

@@ -122,8 +122,8 @@ class StoreLease:
                 continue
             if time.monotonic() >= deadline:
                 raise LeaseHeldError(
-                    f"{self.store.uri(self.rel)} is {current.describe()}: another {self.name} run is in "
-                    f"progress on this store. Wait for it to finish (or pass a longer lock wait); if that run "
+                    f"{self.store.uri(self.rel)} is {current.describe()}: another run holding the {self.name!r} "
+                    f"lease is in progress on this store. Wait for it to finish (or pass a longer lock wait); if that run "
                     f"is known to be dead, delete the lease file or wait for its expiry")
             log.info("lease %s is %s; waiting", self.rel, current.describe())
             time.sleep(min(self.poll, max(0.05, deadline - time.monotonic())))

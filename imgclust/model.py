@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from imgclust.capping import FitSizes, cap_to_data, check_enough_rows
 from imgclust.cluster import (
     AgglomerativeClusterer,
     FaissKMeans,
@@ -38,6 +39,7 @@ from imgclust.estimator import BatchSource, Estimator, load_estimator, sample_ro
 from imgclust.exceptions import ConfigError, CorruptArtifactError, StoreError
 from imgclust.gmm import GaussianMixtureClusterer
 from imgclust.pca import ExactPCA, LinearProjection, ScatterStats, merge_all
+from imgclust.progress import tracked
 from imgclust.reduce import StreamingPCA, UMAPReducer
 from imgclust.scan import ScanClusterer
 from imgclust.store import Store
@@ -166,20 +168,33 @@ WarmStart = Callable[[Callable[[np.ndarray], np.ndarray]], "np.ndarray | None"]
 
 def fit_model(source: BatchSource, *, extractor_key: str, reduce: ReduceConfig, cluster: ClusterConfig,
               model_id: str | None = None, warm_start: WarmStart | None = None,
-              reducer: LinearProjection | None = None) -> ClusterModel:
+              reducer: LinearProjection | None = None, n_rows: int | None = None) -> ClusterModel:
     """Fit reducer then clusterer on a stream of feature blocks (never all in memory at once).
 
     Pass 1 fits the reducer: IncrementalPCA (``ipca``) or exact PCA from scatter statistics
     (``pca``), unless an already fitted ``reducer`` is given (e.g. exact PCA from statistics summed
     on Dask workers, :func:`write_pca_statistics`). UMAP and HDBSCAN fit on a seeded sample of
     ``cluster.fit_sample`` rows of the reduced stream; k-means trains on its own sample.
+
+    ``n_rows``: the rows of ``source`` when known (:func:`fit_from_store` reads the shards' Parquet footers);
+    otherwise a pass counts them. The sizes that depend on them (PCA components, UMAP neighbours and dimensions,
+    HDBSCAN's minimum cluster size, SCAN's neighbours) are capped to what the rows support
+    (:func:`imgclust.capping.cap_to_data`): one warning, and ``capped`` in the model's metadata; fewer rows than
+    ``cluster.k`` raise :class:`ConfigError`. Each pass over the stream and each long step logs its progress
+    (:mod:`imgclust.progress`).
     """
     check_recipe(reduce, cluster)
+    n_rows, n_features = _source_shape(source, n_rows)
+    sizes = cap_to_data(reduce, cluster, n_rows=n_rows, n_features=n_features)
+    if sizes.capped:
+        log.warning("%s", sizes.describe())
     if reducer is None and reduce.method == "ipca":
-        reducer = StreamingPCA(n_components=reduce.n_components, variance_target=reduce.variance_target,
-                               whiten=reduce.whiten, l2_normalize_input=reduce.l2_normalize).fit(source)
+        reducer = StreamingPCA(n_components=sizes.pca_components, variance_target=reduce.variance_target,
+                               max_components=sizes.pca_max_components, whiten=reduce.whiten,
+                               l2_normalize_input=reduce.l2_normalize
+                               ).fit(tracked(source, "fit: IncrementalPCA pass", n_rows, log))
     elif reducer is None and reduce.method == "pca":
-        reducer = _exact_pca(reduce).fit(source)
+        reducer = _exact_pca(reduce, sizes).fit(tracked(source, "fit: PCA statistics pass", n_rows, log))
     if reducer is not None:
         log.info("%s: %d components explain %.3f of the variance", type(reducer).__name__,
                  reducer.n_components_, float(np.sum(reducer.explained_variance_ratio_)))
@@ -188,18 +203,18 @@ def fit_model(source: BatchSource, *, extractor_key: str, reduce: ReduceConfig, 
         for block in source():
             yield reducer.transform(block) if reducer is not None else block
 
-    umap_dims = reduce.umap_components or (10 if cluster.method == "hdbscan" else None)
     umap: UMAPReducer | None = None
-    if umap_dims:
-        umap = UMAPReducer(n_components=umap_dims, n_neighbors=reduce.umap_neighbors, fit_sample=cluster.fit_sample,
-                           random_state=cluster.seed)
-        umap.fit(reduced)
+    if sizes.umap_components:
+        umap = UMAPReducer(n_components=sizes.umap_components, n_neighbors=sizes.umap_neighbors,
+                           fit_sample=cluster.fit_sample, random_state=cluster.seed)
+        umap.fit(tracked(reduced, "fit: UMAP sample pass", n_rows, log))
 
     def final() -> Any:
         for block in reduced():
             yield umap.transform(block) if umap is not None else block
 
-    sample = sample_rows(final, cluster.fit_sample, cluster.seed).rows
+    sample = sample_rows(tracked(final, "fit: clustering sample pass" + (" (UMAP transform)" if umap else ""),
+                                 n_rows, log), cluster.fit_sample, cluster.seed).rows
     clusterer: FaissKMeans | HDBSCANClusterer | AgglomerativeClusterer | GaussianMixtureClusterer | ScanClusterer
     if cluster.method == "kmeans":
         # without UMAP the stream is cheap and k-means samples it itself; with UMAP every pass pays a
@@ -209,10 +224,11 @@ def fit_model(source: BatchSource, *, extractor_key: str, reduce: ReduceConfig, 
             return umap.transform(Z) if umap is not None else Z
 
         init = warm_start(embed) if warm_start is not None else None
-        clusterer = _kmeans(cluster).fit(final if umap is None else sample, init_centroids=init)
+        clusterer = _kmeans(cluster).fit(tracked(final, "fit: k-means sample pass", n_rows, log)
+                                         if umap is None else sample, init_centroids=init)
         centroids = clusterer.cluster_centers_
     elif cluster.method == "hdbscan":
-        clusterer = HDBSCANClusterer(min_cluster_size=cluster.min_cluster_size, fit_sample=None,
+        clusterer = HDBSCANClusterer(min_cluster_size=sizes.min_cluster_size, fit_sample=None,
                                      random_state=cluster.seed).fit(sample)
         centroids = cluster_means(sample, clusterer.labels_, clusterer.n_clusters_)
     elif cluster.method == "agglomerative":
@@ -223,8 +239,8 @@ def fit_model(source: BatchSource, *, extractor_key: str, reduce: ReduceConfig, 
                                              consensus_runs=cluster.consensus_runs).fit(sample)
         centroids = clusterer.cluster_centers_
     elif cluster.method == "scan":
-        clusterer = ScanClusterer(n_clusters=cluster.k, whiten=cluster.scan_whiten, fit_sample=None,
-                                  random_state=cluster.seed).fit(sample)
+        clusterer = ScanClusterer(n_clusters=cluster.k, n_neighbors=sizes.scan_neighbors, whiten=cluster.scan_whiten,
+                                  fit_sample=None, random_state=cluster.seed).fit(sample)
         centroids = cluster_means(sample, clusterer.labels_, cluster.k)
     else:  # pragma: no cover - pydantic restricts the literal
         raise ConfigError(f"unknown cluster method {cluster.method!r}")
@@ -233,9 +249,27 @@ def fit_model(source: BatchSource, *, extractor_key: str, reduce: ReduceConfig, 
                          thresholds=np.full(centroids.shape[0], np.inf, np.float32),
                          stable_ids=np.arange(centroids.shape[0], dtype=np.int32),
                          meta={"reduce": reduce.model_dump(), "cluster": cluster.model_dump(),
+                               "capped": sizes.record(),
                                "created_at": dt.datetime.now(dt.timezone.utc).isoformat()})
     model.thresholds = novelty_thresholds(model, sample, cluster.novelty_quantile)
     return model
+
+
+def _source_shape(source: BatchSource, n_rows: int | None) -> tuple[int, int]:
+    """``(rows, features)`` of ``source``: the features from its first block, the rows counted by a pass unless
+    ``n_rows`` gives them. An empty stream is refused."""
+    blocks = iter(source())
+    try:
+        first = next(blocks, None)
+        if first is None:
+            raise ConfigError("the feature stream has no rows: nothing to fit; extract features first")
+        if n_rows is None:
+            n_rows = int(first.shape[0]) + sum(int(b.shape[0]) for b in blocks)
+        return n_rows, int(first.shape[1])
+    finally:
+        close = getattr(blocks, "close", None)
+        if close is not None:
+            close()
 
 
 def _kmeans(cluster: ClusterConfig) -> FaissKMeans:
@@ -279,9 +313,14 @@ def current_model_id(store: Store) -> str | None:
     return store.read_bytes(CURRENT).decode().strip() or None
 
 
-def _exact_pca(reduce: ReduceConfig) -> ExactPCA:
-    return ExactPCA(n_components=reduce.n_components, variance_target=reduce.variance_target,
-                    whiten=reduce.whiten, l2_normalize_input=reduce.l2_normalize)
+def _exact_pca(reduce: ReduceConfig, sizes: FitSizes | None = None) -> ExactPCA:
+    """The exact PCA of ``reduce``, with the component counts of ``sizes`` when given (capped to the rows)."""
+    if sizes is None:
+        return ExactPCA(n_components=reduce.n_components, variance_target=reduce.variance_target,
+                        whiten=reduce.whiten, l2_normalize_input=reduce.l2_normalize)
+    return ExactPCA(n_components=sizes.pca_components, variance_target=reduce.variance_target,
+                    max_components=sizes.pca_max_components, whiten=reduce.whiten,
+                    l2_normalize_input=reduce.l2_normalize)
 
 
 def feature_source(store: Store, extractor_key: str, shard_ids: list[str], batch_size: int = 65536) -> BatchSource:
@@ -307,7 +346,9 @@ def write_pca_statistics(store: Store, extractor_key: str, shard_ids: list[str],
     """Summarise the features of ``shard_ids`` (n, D) into :class:`ScatterStats` and write them (one
     ``.npz``, D x D float64) to the store; returns the store-relative path. Run per shard group on
     Dask workers; :func:`fit_from_store` merges the groups with ``pca_statistics=...``."""
-    stats = _exact_pca(reduce).statistics(feature_source(store, extractor_key, shard_ids, batch_size))
+    rows = _row_counts(store, extractor_key, shard_ids)[0]
+    stats = _exact_pca(reduce).statistics(tracked(feature_source(store, extractor_key, shard_ids, batch_size),
+                                                  f"PCA statistics of {len(shard_ids)} shards", rows, log))
     rel = pca_statistics_path(extractor_key, shard_ids, reduce)
     store.write_bytes(rel, stats.to_bytes())
     return rel
@@ -331,6 +372,10 @@ def fit_from_store(store: Store, extractor_key: str, *, reduce: ReduceConfig, cl
     if not shards:
         raise StoreError(f"no finished feature shards under {store.uri(f'features/{extractor_key}')}; "
                          "run extraction first")
+    n_rows, n_quarantined = _row_counts(store, extractor_key, shards)
+    quarantine = (f" ({n_quarantined} more were quarantined, their reasons are in "
+                  f"{store.uri(f'quarantine/{extractor_key}')})" if n_quarantined else "")
+    check_enough_rows(n_rows, cluster, what=f"{n_rows} images have {extractor_key} features{quarantine}")
     source = feature_source(store, extractor_key, shards, batch_size)
 
     reducer: LinearProjection | None = None
@@ -341,10 +386,11 @@ def fit_from_store(store: Store, extractor_key: str, *, reduce: ReduceConfig, cl
         if missing:
             raise StoreError(f"PCA statistics {store.uri(missing[0])} (and {len(missing) - 1} more) are gone; "
                              "re-run the flow: the statistics are recomputed")
-        reducer = _exact_pca(reduce).fit_stats(merge_all(
-            ScatterStats.from_bytes(store.read_bytes(p), where=store.uri(p)) for p in pca_statistics))
+        stats = merge_all(ScatterStats.from_bytes(store.read_bytes(p), where=store.uri(p)) for p in pca_statistics)
+        sizes = cap_to_data(reduce, cluster, n_rows=stats.n, n_features=stats.dim)
+        reducer = _exact_pca(reduce, sizes).fit_stats(stats)
     model = fit_model(source, extractor_key=extractor_key, reduce=reduce, cluster=cluster, warm_start=warm_start,
-                      reducer=reducer)
+                      reducer=reducer, n_rows=n_rows)
     model.meta["n_shards"] = len(shards)
     if extract is not None:
         model.meta["extract"] = extract.model_dump()
@@ -353,6 +399,18 @@ def fit_from_store(store: Store, extractor_key: str, *, reduce: ReduceConfig, cl
         log.info("saved model %s (%d clusters) to %s", model.model_id, model.n_clusters, store.uri("models"))
         discard_pca_statistics(store, pca_statistics)
     return model
+
+
+def _row_counts(store: Store, extractor_key: str, shard_ids: list[str]) -> tuple[int, int]:
+    """``(rows with features, rows quarantined)`` of the given shards, from their Parquet footers."""
+    from imgclust.features import feature_path, quarantine_path
+
+    n_features = n_quarantined = 0
+    for sid in shard_ids:
+        n_features += store.parquet_num_rows(feature_path(extractor_key, sid), what="feature shard")
+        if store.exists(quarantine_path(extractor_key, sid)):
+            n_quarantined += store.parquet_num_rows(quarantine_path(extractor_key, sid), what="quarantine shard")
+    return n_features, n_quarantined
 
 
 def discard_pca_statistics(store: Store, paths: list[str] | None) -> None:
@@ -374,6 +432,11 @@ def cluster_config_of(store: Store, model_id: str) -> ClusterConfig:
     return ClusterConfig(**store.read_json(f"models/{model_id}/model.json")["cluster"])
 
 
+def reduce_config_of(store: Store, model_id: str) -> ReduceConfig:
+    """The ReduceConfig a model was fitted with (recorded at fit time; fields added since take their defaults)."""
+    return ReduceConfig(**store.read_json(f"models/{model_id}/model.json")["reduce"])
+
+
 def save_metrics(store: Store, model_id: str, metrics: dict[str, Any]) -> None:
     """Evaluation results of a model version (``models/<id>/metrics.json``), read by the promotion gate."""
     store.write_json(f"models/{model_id}/metrics.json", metrics)
@@ -381,4 +444,15 @@ def save_metrics(store: Store, model_id: str, metrics: dict[str, Any]) -> None:
 
 def load_metrics(store: Store, model_id: str) -> dict[str, Any] | None:
     rel = f"models/{model_id}/metrics.json"
+    return store.read_json(rel) if store.exists(rel) else None
+
+
+def save_gate_decision(store: Store, model_id: str, decision: dict[str, Any]) -> None:
+    """The promotion gate's decision on a model version and why the run was started
+    (``models/<id>/gate.json``: promoted, reason, previous, metric values, trigger)."""
+    store.write_json(f"models/{model_id}/gate.json", decision)
+
+
+def load_gate_decision(store: Store, model_id: str) -> dict[str, Any] | None:
+    rel = f"models/{model_id}/gate.json"
     return store.read_json(rel) if store.exists(rel) else None

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from imgclust.config import (
+    RECOMMENDED_REFINE_METHOD,
     ClusterConfig,
     ExtractConfig,
     IngestConfig,
@@ -51,7 +52,7 @@ def prepare_environment() -> None:
 DEMO_CONSENSUS = 8
 """EM runs of the demo's GMM consensus: on a 10k Fashion-MNIST *train* subset of raw pixels the consensus of
 8 runs was +0.015 ACC above the mean single run over four UMAP maps (BENCHMARKS.md, "Choosing the GMM consensus")."""
-DEMO_REFINE = "simclr"
+DEMO_REFINE = RECOMMENDED_REFINE_METHOD
 """The demo's default second stage: it beat the pixel recipe on the demo corpus (ACC 0.665 / NMI 0.633 against
 0.597 / 0.629, 10 min 16 s for the whole command on 2 cores; BENCHMARKS.md, "The demo's default recipe")."""
 DEMO_REFINE_EPOCHS = 10
@@ -150,6 +151,9 @@ def _print_summary(result: dict[str, Any], extra: dict[str, Any] | None = None) 
         f"  model                   {b['model_id']} ({len(m.get('cluster_sizes', {}))} clusters incl. -1=novel, "
         f"{m.get('n_novel', 0)} novel)",
     ]
+    capped = _capped(result["store"], b["model_id"])
+    if capped:
+        lines.append(f"  capped (small corpus)   {capped}")
     for key in ("acc", "nmi", "ari", "internal_silhouette", "internal_davies_bouldin"):
         if key in m and m[key] is not None:
             lines.append(f"  {key:<23} {m[key]:.4f}")
@@ -158,6 +162,15 @@ def _print_summary(result: dict[str, Any], extra: dict[str, Any] | None = None) 
     lines.append(f"  store                   {result['store']}  (labels/{b['model_id']}/, models/CURRENT)")
     lines.append(f"  wall time               {result['seconds']} s")
     print("\n".join(lines))
+
+
+def _capped(store: str, model_id: str) -> str:
+    """What the fit capped to the corpus size (``model.json``'s ``capped``), as ``name asked -> used, ...``."""
+    from imgclust.store import Store
+
+    values = Store(store).read_json(f"models/{model_id}/model.json").get("capped", {}).get("values", {})
+    return ", ".join(f"{name} {v['asked']} -> {'none' if v['used'] is None else v['used']}"
+                     for name, v in values.items())
 
 
 def cmd_run(a: argparse.Namespace) -> int:

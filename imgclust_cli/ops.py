@@ -1,13 +1,9 @@
-"""Operations subcommands: label, recluster, backfill, report, verify, serve."""
+"""Operations subcommands: label, recluster, backfill, report, verify, serve, deploy."""
 from __future__ import annotations
 
 import argparse
 import datetime as dt
 import json
-import os
-import subprocess
-import sys
-import time
 from typing import Any
 
 from imgclust.config import ClusterConfig, ReduceConfig, RunnerConfig, validated
@@ -93,13 +89,31 @@ def add_ops_parsers(sub: Any, add_exec: Any) -> None:
     p.add_argument("--model", default=None, help="also check this model's labels (default CURRENT)")
     p.set_defaults(func=cmd_verify)
 
-    p = sub.add_parser("serve", help="serve the deployments (nightly, weekly recluster, backfill) locally",
-                       description="Needs IMGCLUST_SOURCE and IMGCLUST_STORE (or --source/--store). Without "
-                                   "PREFECT_API_URL it starts `prefect server start` on 127.0.0.1:--port (UI there).")
+    p = sub.add_parser("serve", help="serve the deployments (nightly, recluster, refine, backfill, pipeline)",
+                       description="Serves the deployments of deployments/spec.py under a supervisor. Needs "
+                                   "IMGCLUST_SOURCE and IMGCLUST_STORE (or --source/--store); schedules and the "
+                                   "novelty automation are set by the IMGCLUST_* variables listed in "
+                                   "deployments/spec.py. Without PREFECT_API_URL it starts `prefect server start` on "
+                                   "--host:--port (UI and API there) and restarts it if it dies. With PREFECT_API_URL "
+                                   "it exits with status 3 when that server stays unreachable for --server-grace "
+                                   "seconds, and with status 4 when a process keeps dying.")
     p.add_argument("--source", default=None)
     p.add_argument("--store", default=None)
-    p.add_argument("--port", type=int, default=4200)
+    p.add_argument("--host", default="127.0.0.1", help="address of the server it starts (default %(default)s)")
+    p.add_argument("--port", type=int, default=4200, help="port of the server it starts (default %(default)s)")
+    p.add_argument("--server-grace", type=float, default=300.0,
+                   help="seconds the Prefect API may be unreachable before serve acts (default %(default)s)")
+    p.add_argument("--check-interval", type=float, default=5.0, help="health-check period in seconds")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("deploy", help="register the deployments on a work pool (prefect deploy of prefect.yaml)",
+                       description="Fills the defaults of unset IMGCLUST_* variables (deployments/spec.py), creates "
+                                   "the process work pool IMGCLUST_WORK_POOL (default imgclust) if missing, and runs "
+                                   "`prefect deploy --all` with deployments/prefect.yaml against PREFECT_API_URL. "
+                                   "Then start a worker: `prefect worker start --pool imgclust`.")
+    p.add_argument("--source", default=None)
+    p.add_argument("--store", default=None)
+    p.set_defaults(func=cmd_deploy)
 
 
 def _runner(a: argparse.Namespace) -> RunnerConfig:
@@ -165,7 +179,7 @@ def cmd_recluster(a: argparse.Namespace) -> int:
     reduce = (validated(ReduceConfig, n_components=a.pca or ReduceConfig().n_components, umap_components=a.umap)
               if a.pca or a.umap else None)
     _print(_run_flow("flows.recluster:recluster", _runner(a), store=a.store, reduce=reduce, cluster=cluster,
-                     truth=a.truth, gate_metric=a.gate_metric, gate_tolerance=a.gate_tolerance))
+                     truth=a.truth, gate_metric=a.gate_metric, gate_tolerance=a.gate_tolerance, reason="manual"))
     return 0
 
 
@@ -179,7 +193,7 @@ def cmd_backfill(a: argparse.Namespace) -> int:
                                 redo=[r.strip() for r in a.redo.split(",") if r.strip()], extractor=a.extractor)
     except ValidationError as err:
         raise ConfigError("invalid backfill: " + "; ".join(e["msg"] for e in err.errors())) from err
-    _print(_run_flow("flows.backfill:backfill", _runner(a), params=params))
+    _print(_run_flow("flows.backfill:backfill", _runner(a), **params.model_dump()))
     return 0
 
 
@@ -237,42 +251,18 @@ def cmd_verify(a: argparse.Namespace) -> int:
 
 def cmd_serve(a: argparse.Namespace) -> int:
     from imgclust_cli.main import prepare_environment
+    from imgclust_cli.serve import ServeOptions, serve
 
-    for name, value in (("IMGCLUST_SOURCE", a.source), ("IMGCLUST_STORE", a.store)):
-        if value:
-            os.environ[name] = value
-        if not os.environ.get(name):
-            raise ConfigError(f"{name} is not set; pass --{name.split('_')[1].lower()} or export it")
+    if not 0 < a.port < 65536 or a.server_grace <= 0 or a.check_interval <= 0:
+        raise ConfigError("--port must be in 1..65535 and --server-grace, --check-interval positive")
     prepare_environment()
-    server = None
-    if not os.environ.get("PREFECT_API_URL"):
-        server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                                   "--port", str(a.port)])
-        os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{a.port}/api"
-        _wait_healthy(os.environ["PREFECT_API_URL"], server)
-        print(f"Prefect UI at http://127.0.0.1:{a.port}", flush=True)
-    try:
-        from deployments.serve import main as serve_main
-
-        serve_main()
-    finally:
-        if server is not None:
-            server.terminate()
-            server.wait(timeout=30)
-    return 0
+    return serve(a.source, a.store, ServeOptions(host=a.host, port=a.port, server_grace=a.server_grace,
+                                                 check_interval=a.check_interval))
 
 
-def _wait_healthy(api_url: str, proc: subprocess.Popen[bytes], timeout: float = 180.0) -> None:
-    import httpx
+def cmd_deploy(a: argparse.Namespace) -> int:
+    from imgclust_cli.main import prepare_environment
+    from imgclust_cli.serve import deploy
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise ConfigError(f"`prefect server start` exited with status {proc.returncode}")
-        try:
-            if httpx.get(f"{api_url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    raise ConfigError(f"Prefect server at {api_url} did not become healthy within {timeout:.0f}s")
+    prepare_environment()
+    return deploy(a.source, a.store)

@@ -13,6 +13,7 @@ from imgclust.model import (
     fit_from_store,
     load_metrics,
     promote,
+    save_gate_decision,
     save_metrics,
 )
 from imgclust.promotion import GateConfig, decide
@@ -50,17 +51,21 @@ def evaluate_task(store: str, model_id: str, extractor_key: str, truth: str = "n
 
 
 @task(name="gate-and-promote")
-def gate_and_promote_task(store: str, model_id: str, gate: GateConfig) -> dict[str, Any]:
-    """Promote ``model_id`` unless it is worse than CURRENT beyond the gate's tolerance."""
+def gate_and_promote_task(store: str, model_id: str, gate: GateConfig, trigger: str = "manual") -> dict[str, Any]:
+    """Promote ``model_id`` unless it is worse than CURRENT beyond the gate's tolerance; the decision and
+    what started the run (``trigger``: schedule, novelty, manual, ...) are recorded in ``models/<id>/gate.json``."""
     s = open_store(store)
     current = current_model_id(s)
     decision = decide(load_metrics(s, model_id) or {}, load_metrics(s, current) if current else None, gate)
+    record = {"promoted": decision.promote, "reason": decision.reason, "previous": current,
+              "candidate_value": decision.candidate, "current_value": decision.current, "metric": gate.metric,
+              "tolerance": gate.tolerance, "trigger": trigger}
+    save_gate_decision(s, model_id, record)  # before promotion: a promoted model always has its decision
     if decision.promote:
         promote(s, model_id)
     get_run_logger().info("%s %s: %s", "promoted" if decision.promote else "kept CURRENT, did not promote",
                           model_id, decision.reason)
-    return {"promoted": decision.promote, "reason": decision.reason, "previous": current,
-            "candidate_value": decision.candidate, "current_value": decision.current}
+    return record
 
 
 @task(name="current-model", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=retry_transient)

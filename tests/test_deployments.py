@@ -8,28 +8,34 @@ runs each flow in its own subprocess on a one-worker Dask LocalCluster.
 Day 1: the ``pipeline/on-demand`` deployment ingests a few hundred Fashion-MNIST PNGs and builds the
 first model. Day 2: new PNGs land in the source folder; ``auto-label/nightly`` labels exactly those.
 Then ``backfill/on-demand`` runs twice (the second run changes no Parquet file) and an idempotency key
-is reused. The deployments' schedules and parameter schemas are checked as the UI renders them.
+is reused, with only the dates given (the store comes from the deployment's defaults). The deployments'
+schedules, parameter schemas and defaults are checked as the UI renders them, and against
+``deployments/prefect.yaml`` resolved with the same environment.
 """
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import logging
-import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import pytest
+import yaml
 from conftest import requires_fashion, write_fashion_corpus
+from helpers_prefect import (
+    Proc,
+    api_post,
+    clean_env,
+    free_port,
+    run_deployment_and_wait,
+    start_server,
+    wait_for,
+)
 
 from imgclust.model import current_model_id
 from imgclust.sources import content_id
@@ -45,83 +51,6 @@ N1, N2 = 300, 30
 TZ = "Europe/Berlin"
 NIGHTLY_CRON = "30 1 * * *"
 DEPLOYMENTS = ("auto-label/nightly", "recluster/weekly", "refine/weekly", "backfill/on-demand", "pipeline/on-demand")
-RUN_TIMEOUT = 240.0
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _tail(path: Path, n: int = 4000) -> str:
-    try:
-        return path.read_text(errors="replace")[-n:]
-    except OSError:
-        return ""
-
-
-class _Proc:
-    """A subprocess in its own session (so the whole process group can be ended), output to a file."""
-
-    def __init__(self, name: str, args: list[str], env: dict[str, str], logdir: Path) -> None:
-        self.name, self.log = name, logdir / f"{name}.log"
-        self._out = self.log.open("wb")
-        self.popen = subprocess.Popen(args, cwd=REPO, env=env, stdout=self._out, stderr=subprocess.STDOUT,
-                                      stdin=subprocess.DEVNULL, start_new_session=True)
-        log.info("started %s (pid %d): %s", name, self.popen.pid, " ".join(args))
-
-    def check_alive(self) -> None:
-        if self.popen.poll() is not None:
-            raise RuntimeError(f"{self.name} exited with {self.popen.returncode}:\n{_tail(self.log)}")
-
-    def stop(self) -> None:
-        """SIGTERM the process group, then SIGKILL whatever is left of it."""
-        pgid = self.popen.pid  # session leader: its pid is the group id
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGTERM)
-        try:
-            self.popen.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            log.warning("%s did not stop on SIGTERM; killing its process group", self.name)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:  # children (flow-run subprocesses, Dask workers) go too
-            try:
-                os.killpg(pgid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.2)
-        else:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pgid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.popen.wait(timeout=10)
-        self._out.close()
-        log.info("stopped %s (rc %s)", self.name, self.popen.returncode)
-
-    def group_alive(self) -> bool:
-        try:
-            os.killpg(self.popen.pid, 0)
-        except ProcessLookupError:
-            return False
-        return True
-
-
-def _wait(what: str, ok: Any, procs: list[_Proc], timeout: float) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        for p in procs:
-            p.check_alive()
-        try:
-            value = ok()
-            if value:
-                return value
-        except Exception as err:  # noqa: BLE001 (not up yet)
-            last = err
-        time.sleep(0.5)
-    tails = "\n".join(f"--- {p.name}\n{_tail(p.log)}" for p in procs)
-    raise TimeoutError(f"{what} not ready after {timeout:.0f}s (last error: {last!r})\n{tails}")
 
 
 def _copy(files: list[Path], src_root: Path, dest_root: Path) -> None:
@@ -148,27 +77,20 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     day2 = [f for i, f in enumerate(files) if i in late]
     _copy(day1, corpus, source)
 
-    port = _free_port()
+    port = free_port()
     api = f"http://127.0.0.1:{port}/api"
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "IMGCLUST_"))}
-    base.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", PYTHONUNBUFFERED="1",
-                DASK_LOGGING__DISTRIBUTED="warning")
-    server_env = dict(base, PREFECT_UI_ENABLED="false",
-                      # no auto-scheduled runs: only the runs this test starts may touch the store
-                      PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED="false")
-    serve_env = dict(base, PREFECT_API_URL=api, PREFECT_RUNNER_POLL_FREQUENCY="1",
-                     IMGCLUST_SOURCE=str(source), IMGCLUST_STORE=str(store), IMGCLUST_DASK_WORKERS="1",
-                     IMGCLUST_TIMEZONE=TZ, IMGCLUST_NIGHTLY_CRON=NIGHTLY_CRON,
-                     DASK_DISTRIBUTED__WORKER__DAEMON="false")
-    procs: list[_Proc] = []
+    serve_env = clean_env(PREFECT_HOME=str(home), PREFECT_API_URL=api, PREFECT_RUNNER_POLL_FREQUENCY="1",
+                          IMGCLUST_SOURCE=str(source), IMGCLUST_STORE=str(store), IMGCLUST_DASK_WORKERS="1",
+                          IMGCLUST_TIMEZONE=TZ, IMGCLUST_NIGHTLY_CRON=NIGHTLY_CRON,
+                          DASK_DISTRIBUTED__WORKER__DAEMON="false")
+    procs: list[Proc] = []
     try:
-        server = _Proc("prefect-server", [sys.executable, "-m", "prefect", "server", "start", "--host",
-                                          "127.0.0.1", "--port", str(port)], server_env, logs)
+        # no auto-scheduled runs: only the runs this test starts may touch the store
+        server = start_server(port, home, logs, PREFECT_UI_ENABLED="false",
+                              PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED="false")
         procs.append(server)
-        _wait("Prefect server /api/health", lambda: httpx.get(f"{api}/health", timeout=2).status_code == 200,
-              procs, 180)
         log.info("Prefect server up at %s after %.1fs", api, time.monotonic() - t0)
-        serve = _Proc("serve", [sys.executable, "-m", "deployments.serve"], serve_env, logs)
+        serve = Proc("serve", [sys.executable, "-m", "deployments.serve"], serve_env, logs)
         procs.append(serve)
 
         def all_deployed() -> dict[str, Any]:
@@ -177,9 +99,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
             with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
                 return {n: client.read_deployment_by_name(n) for n in DEPLOYMENTS}
 
-        deployments = _wait("served deployments", all_deployed, procs, 180)
+        deployments = wait_for("served deployments", all_deployed, procs, 180)
         log.info("deployments served after %.1fs", time.monotonic() - t0)
-        first = _run(api, "pipeline/on-demand", procs, parameters={"config": {
+        first = run_deployment_and_wait(api, "pipeline/on-demand", procs, parameters={"config": {
             "source": str(source), "store": str(store), "date": DAY1.isoformat(), "truth": "parent_dir",
             "extract": {"extractor": "pixels", "shard_size": 100},
             "reduce": {"n_components": 20}, "cluster": {"k": 8, "n_redo": 2, "seed": 1}}})
@@ -199,25 +121,6 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]
     assert not leftovers, f"processes left behind: {leftovers}"
 
 
-def _run(api: str, name: str, procs: list[_Proc], **kwargs: Any) -> Any:
-    """``run_deployment`` as the UI does it; wait for a final state; the flow run must be Completed."""
-    from prefect.deployments import run_deployment
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    t0 = time.monotonic()
-    with temporary_settings({PREFECT_API_URL: api}):
-        flow_run = run_deployment(name, timeout=RUN_TIMEOUT, poll_interval=1, **kwargs)
-    for p in procs:
-        p.check_alive()
-    state = flow_run.state
-    log.info("%s -> flow run %s %s in %.1fs", name, flow_run.id, state.name if state else None,
-             time.monotonic() - t0)
-    if state is None or not state.is_completed():
-        tails = "\n".join(f"--- {p.name}\n{_tail(p.log, 8000)}" for p in procs)
-        raise AssertionError(f"{name}: flow run {flow_run.id} ended {state!r}\n{tails}")
-    return flow_run
-
-
 def _parquet_mtimes(store: Path) -> dict[Path, int]:
     return {p: p.stat().st_mtime_ns for p in store.rglob("*.parquet")}
 
@@ -233,31 +136,65 @@ def test_deployments_declare_schedules_and_ui_forms(served: dict[str, Any]) -> N
     assert getattr(weekly, "cron", None) == "0 4 * * 0" and weekly.timezone == TZ
     refine = deps["refine/weekly"].schedules[0].schedule
     assert getattr(refine, "cron", None) == "0 3 * * 6" and refine.timezone == TZ
+    assert deps["refine/weekly"].parameters["method"] == "simclr"  # the recommended recipe, as the demo's
     assert not deps["backfill/on-demand"].schedules and not deps["pipeline/on-demand"].schedules
     for d in deps.values():  # one run at a time; a second UI click waits in line
         assert d.global_concurrency_limit is not None and d.global_concurrency_limit.limit == 1, d.name
         assert d.concurrency_options is not None and d.concurrency_options.collision_strategy == "ENQUEUE"
 
-    schema = deps["backfill/on-demand"].parameter_openapi_schema
-    assert schema["required"] == ["params"]
-    defs = schema["definitions"]
-    params = defs[schema["properties"]["params"]["$ref"].rsplit("/", 1)[1]]
-    props = params["properties"]
+    # the UI's run forms start from the served store and source
+    backfill = deps["backfill/on-demand"]
+    assert backfill.parameters == {"store": str(served["store"]), "sources": [str(served["source"])]}
+    assert deps["pipeline/on-demand"].parameters == {"config": {"source": str(served["source"]),
+                                                                "store": str(served["store"])}}
+    schema = backfill.parameter_openapi_schema
+    assert schema["required"] == ["store", "start", "end"]
+    props = schema["properties"]
     assert props["start"]["format"] == "date" and props["end"]["format"] == "date"
-    assert props["start"]["title"] == "From ingestion date"
-    assert set(params["required"]) == {"store", "start", "end"}
+    assert props["start"]["description"] == "First manifest date to process."
     extractor = props["extractor"]
     ref = next(o["$ref"] for o in extractor.get("anyOf", [extractor]) if "$ref" in o)
-    enum = defs[ref.rsplit("/", 1)[1]]["enum"]
+    enum = schema["definitions"][ref.rsplit("/", 1)[1]]["enum"]
     assert "pixels" in enum and len(enum) == len(set(enum)) > 1
     assert props["redo"]["items"]["enum"] == ["ingest", "extract", "label"]
+
+
+def test_served_set_is_the_prefect_yaml_set(served: dict[str, Any]) -> None:
+    """deployments/prefect.yaml is the rendering of deployments/spec.py, and resolved with the same environment
+    it declares what the server holds for the served set: names, schedules, parameters, limits, triggers."""
+    from deployments.spec import YAML_PATH, environment, render_yaml, resolve
+
+    assert YAML_PATH.read_text() == render_yaml(), "deployments/prefect.yaml is stale: python -m deployments.spec"
+    env = environment({"IMGCLUST_SOURCE": str(served["source"]), "IMGCLUST_STORE": str(served["store"]),
+                       "IMGCLUST_TIMEZONE": TZ, "IMGCLUST_NIGHTLY_CRON": NIGHTLY_CRON})
+    declared = resolve(yaml.safe_load(YAML_PATH.read_text())["deployments"], env)
+    entry_flow = {"flows/auto_label.py:auto_label": "auto-label", "flows/recluster.py:recluster": "recluster",
+                  "flows/refine.py:refine": "refine", "flows/backfill.py:backfill": "backfill",
+                  "flows/pipeline.py:pipeline": "pipeline"}
+    assert sorted(f"{entry_flow[d['entrypoint']]}/{d['name']}" for d in declared) == sorted(DEPLOYMENTS)
+    automations = api_post(served["api"], "automations/filter")
+    for d in declared:
+        got = served["deployments"][f"{entry_flow[d['entrypoint']]}/{d['name']}"]
+        assert got.parameters == d["parameters"], d["name"]
+        assert sorted(got.tags) == sorted(d["tags"])
+        assert [(s.schedule.cron, s.schedule.timezone) for s in got.schedules] == \
+            [(s["cron"], s["timezone"]) for s in d.get("schedules", [])]
+        assert got.global_concurrency_limit.limit == d["concurrency_limit"]["limit"]
+        for t in d.get("triggers", []):
+            auto = next(a for a in automations if a["name"] == t["name"])
+            trig = auto["trigger"]
+            assert trig["expect"] == t["expect"] and trig["threshold"] == t["threshold"]
+            assert trig["match"] == t["match"] and trig["posture"] == t["posture"]
+            assert trig["within"] == dt.timedelta(hours=6).total_seconds()  # IMGCLUST_NOVELTY_COOLDOWN's PT6H
+            (action,) = auto["actions"]
+            assert action["deployment_id"] == str(got.id) and action["parameters"] == t["parameters"]
 
 
 def test_nightly_deployment_labels_exactly_the_day2_images(served: dict[str, Any]) -> None:
     store, model_id = Store(str(served["store"])), served["model_id"]
     before = _parquet_mtimes(served["store"])
     _copy(served["day2"], served["corpus"], served["source"])
-    _run(served["api"], "auto-label/nightly", served["procs"], parameters={"date": DAY2.isoformat()})
+    run_deployment_and_wait(served["api"], "auto-label/nightly", served["procs"], parameters={"date": DAY2.isoformat()})
 
     expected = {content_id(f.read_bytes()) for f in served["day2"]}
     assert len(expected) == N2
@@ -278,18 +215,18 @@ def test_backfill_deployment_is_idempotent(served: dict[str, Any]) -> None:
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     api, procs, store = served["api"], served["procs"], served["store"]
-    params = {"params": {"store": str(store), "start": DAY1.isoformat(), "end": DAY2.isoformat(),
-                         "redo": ["extract", "label"]}}
-    first = _run(api, "backfill/on-demand", procs, parameters=params, idempotency_key="backfill-test-1")
+    # only what the UI form asks for: store and sources come from the deployment's defaults
+    params = {"start": DAY1.isoformat(), "end": DAY2.isoformat(), "redo": ["extract", "label"]}
+    first = run_deployment_and_wait(api, "backfill/on-demand", procs, parameters=params, idempotency_key="backfill-test-1")
     snapshot = _parquet_mtimes(store)
     assert snapshot
-    second = _run(api, "backfill/on-demand", procs, parameters=params, idempotency_key="backfill-test-2")
+    second = run_deployment_and_wait(api, "backfill/on-demand", procs, parameters=params, idempotency_key="backfill-test-2")
     assert second.id != first.id
     assert _parquet_mtimes(store) == snapshot, "the second identical backfill rewrote Parquet files"
-    again = _run(api, "backfill/on-demand", procs, parameters=params, idempotency_key="backfill-test-2")
+    again = run_deployment_and_wait(api, "backfill/on-demand", procs, parameters=params, idempotency_key="backfill-test-2")
     assert again.id == second.id
     with temporary_settings({PREFECT_API_URL: api}), get_client(sync_client=True) as client:
         run = client.read_flow_run(second.id)
-        assert run.parameters["params"]["redo"] == ["extract", "label"]
+        assert run.parameters["redo"] == ["extract", "label"] and run.parameters["store"] == str(store)
         assert run.deployment_id == served["deployments"]["backfill/on-demand"].id
     assert _parquet_mtimes(store) == snapshot

@@ -277,7 +277,7 @@ def _check_lease_semantics(store: Store) -> None:
 
     first = _lease_holder(store, "nightly", "run-A")
     first.acquire()
-    with pytest.raises(LeaseHeldError, match="held by run-A.*another nightly run is in progress"):
+    with pytest.raises(LeaseHeldError, match="held by run-A.*another run holding the .nightly. lease is in progress"):
         _lease_holder(store, "nightly", "run-B").acquire()
     t0 = time.monotonic()
     with pytest.raises(LeaseHeldError):
@@ -617,7 +617,7 @@ def test_overlapping_nightly_runs_are_serialised_by_the_store_lease(corpus: tupl
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             deadline = time.monotonic() + 120
-            while not store.exists("locks/auto-label.json"):
+            while not store.exists("locks/writer.json"):
                 assert proc.poll() is None, proc.stderr.read().decode()[-3000:] if proc.stderr else ""
                 assert time.monotonic() < deadline, "the first run never took the lease"
                 time.sleep(0.1)
@@ -628,7 +628,7 @@ def test_overlapping_nightly_runs_are_serialised_by_the_store_lease(corpus: tupl
 
             refused = second(0.0)
             assert refused.is_failed()
-            with pytest.raises(LeaseHeldError, match="another auto-label run is in progress"):
+            with pytest.raises(LeaseHeldError, match="another run holding the .writer. lease is in progress"):
                 refused.result()
             assert len(list_parts(store)) == 1 or proc.poll() is None  # the refused run wrote nothing
             waited = second(180.0).result()  # waits for the first run's lease, then finds nothing new
@@ -637,7 +637,7 @@ def test_overlapping_nightly_runs_are_serialised_by_the_store_lease(corpus: tupl
             proc.kill()
             proc.wait()
     assert waited["new_images"] == 0 and waited["labeled"] == 0
-    assert not store.exists("locks/auto-label.json")  # released
+    assert not store.exists("locks/writer.json")  # released
     assert len(list_parts(store)) == 2  # day 1 + the first night's part, no duplicate part
     rep = verify_store(store, key, model_id=model.model_id)
     assert rep.ok, rep.summary()

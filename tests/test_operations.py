@@ -147,23 +147,27 @@ def test_recluster_refuses_scan_on_umap_before_any_work(ops: dict[str, Any]) -> 
 
 
 def test_backfill_twice_changes_nothing_the_second_time(ops: dict[str, Any]) -> None:
-    from flows.backfill import BackfillParams, backfill
+    from flows.backfill import backfill
 
     store_dir = Path(ops["store"])
-    params = BackfillParams(store=str(store_dir), start=DAY1, end=DAY2, redo=["extract", "label"])
+    params = {"store": str(store_dir), "start": DAY1, "end": DAY2, "redo": ["extract", "label"]}
     run = backfill.with_options(task_runner=_runner(ops["address"]))
-    run(params=params)
+    run(**params)
     snapshot = {p: p.stat().st_mtime_ns for p in store_dir.rglob("*.parquet")}
-    second = run(params=params)
+    second = run(**params)
     assert second["labeled"] == 0 and second["labels_skipped"] > 0
     assert second["extraction"]["shards_skipped"] == second["extraction"]["shards"]
     assert {p: p.stat().st_mtime_ns for p in store_dir.rglob("*.parquet")} == snapshot
 
 
-def test_backfill_parameters_are_validated_before_work() -> None:
+def test_backfill_parameters_are_validated_before_work(tmp_path: Path) -> None:
     from pydantic import ValidationError
 
-    from flows.backfill import BackfillParams
+    from flows.backfill import BackfillParams, backfill
+
+    with pytest.raises(ValidationError, match="after end"):  # the flow checks its parameters before any work
+        backfill.fn(store=str(tmp_path / "store"), start=DAY2, end=DAY1)
+    assert not (tmp_path / "store").exists()
 
     with pytest.raises(ValidationError, match="after end"):
         BackfillParams(store="s", start=DAY2, end=DAY1)
