@@ -13,8 +13,10 @@
   the model (``model.embed``) and projected to 2-D by PCA (numpy SVD, Pearson 1901), one dot per
   image coloured by cluster id, with a legend.
 * ``sizes.png``: one horizontal bar per cluster (largest first) with its id, name and count.
-* ``index.html`` (written last): model id, run, scalar metrics, the two charts and one section per
-  cluster. All text is escaped with :func:`html.escape`; images are linked by relative path.
+* ``duplicates_<n>.png``: when ``imgclust dedup`` has run for the model's features, the largest
+  near-duplicate groups (:mod:`imgclust.dedup`) as thumbnail strips, representative first.
+* ``index.html`` (written last): model id, run, scalar metrics, the two charts, one section per
+  cluster and the near-duplicate groups. All text is escaped with :func:`html.escape`; images are linked by relative path.
 
 Human cluster names live in ``cluster_names.csv`` at the store root (``cluster_id,name``, user-edited);
 see :func:`load_cluster_names` and :func:`write_cluster_names_template`.
@@ -39,6 +41,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from imgclust.dedup import read_near_duplicates
 from imgclust.exceptions import ConfigError, CorruptArtifactError, ImageDecodeError, StoreError
 from imgclust.features import iter_feature_batches
 from imgclust.images import decode_image
@@ -70,10 +73,13 @@ class ReportConfig:
     thumb_size: int = 64
     map_points: int = 5000
     seed: int = 0
+    duplicate_groups: int = 12  # largest near-duplicate groups shown (when `imgclust dedup` has run)
+    thumbs_per_group: int = 8
 
     def __post_init__(self) -> None:
         for name, lo, hi in (("thumbs_per_cluster", 1, 10_000), ("thumb_size", 8, 1024),
-                             ("map_points", 1, 10_000_000), ("seed", 0, 2**63 - 1)):
+                             ("map_points", 1, 10_000_000), ("seed", 0, 2**63 - 1), ("duplicate_groups", 0, 10_000),
+                             ("thumbs_per_group", 2, 1000)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
                 raise ConfigError(f"ReportConfig.{name} must be an int in [{lo}, {hi}], got {value!r}")
@@ -323,7 +329,7 @@ def _scalar_metrics(metrics: dict[str, Any] | None) -> list[tuple[str, str]]:
 
 def _html(model_id: str, run: str, metrics: list[tuple[str, str]], sizes: dict[int, int],
           names: dict[int, str], failed: dict[int, int], shown: dict[int, int], files: dict[int, str],
-          map_caption: str) -> str:
+          map_caption: str, duplicates: list[str]) -> str:
     e = html.escape
     title = f"imgclust report: model {model_id}, run {run}"
     summary = (f"{sum(sizes.values())} labeled images in {len(sizes)} clusters; generated "
@@ -349,8 +355,49 @@ def _html(model_id: str, run: str, metrics: list[tuple[str, str]], sizes: dict[i
             note += f"; {failed[cid]} unavailable (source missing or undecodable), shown as grey tiles"
         out += [f'<section id="cluster-{cid}">', f"<h3>{e(head)}</h3>", f'<p class="note">{e(note)}</p>',
                 f'<img src="{e(files[cid])}" alt="{e(head)}">', "</section>"]
+    out += duplicates
     out.append("</body></html>")
     return "\n".join(out) + "\n"
+
+
+def _near_duplicate_section(store: Store, extractor_key: str, config: ReportConfig, write: Any,
+                            storage_options: dict[str, Any] | None) -> list[str]:
+    """HTML of the largest near-duplicate groups (``imgclust.dedup``) as thumbnail strips, representative
+    first then by decreasing similarity; nothing when ``imgclust dedup`` has not run for these features."""
+    found = read_near_duplicates(store, extractor_key)
+    if found is None or config.duplicate_groups == 0:
+        return []
+    table, meta = found
+    e = html.escape
+    summary = (f"{meta['groups']} groups holding {meta['images_in_groups']} of {meta['rows']} images (cosine "
+               f"similarity >= {meta['threshold']} among {meta['k']} nearest neighbours, computed "
+               f"{meta['computed_at']}); the {min(config.duplicate_groups, meta['groups'])} largest shown")
+    out = ["<h2>Near-duplicate groups</h2>", f'<p class="note">{e(summary)}</p>']
+    rows = sorted(zip(table.column("group_id").to_pylist(), table.column("image_id").to_pylist(),
+                      table.column("similarity").to_pylist(), table.column("group_size").to_pylist(), strict=True),
+                  key=lambda r: (-r[3], r[0], r[0] != r[1], -r[2], r[1]))
+    groups: dict[str, list[tuple[str, float]]] = {}
+    for gid, iid, sim, _ in rows:
+        if gid in groups or len(groups) < config.duplicate_groups:
+            groups.setdefault(gid, []).append((iid, sim))
+    wanted = pa.array(sorted({i for m in groups.values() for i, _ in m[:config.thumbs_per_group]}), pa.string())
+    manifest = read_manifest(store, columns=["image_id", "uri"])
+    manifest = manifest.filter(pc.is_in(manifest.column("image_id"), value_set=wanted))
+    uris = dict(zip(manifest.column("image_id").to_pylist(), manifest.column("uri").to_pylist(), strict=True))
+    with ThreadPoolExecutor(max_workers=_READ_THREADS) as pool:
+        for n, (gid, members) in enumerate(groups.items()):
+            shown = members[:config.thumbs_per_group]
+            tiles = list(pool.map(lambda m: _thumbnail(uris.get(m[0]), config.thumb_size, storage_options), shown))
+            strip = Image.new("RGB", (GAP + len(tiles) * (config.thumb_size + GAP), config.thumb_size + 2 * GAP),
+                              _TILE_BG)
+            for j, tile in enumerate(tiles):
+                strip.paste(tile or Image.new("RGB", (config.thumb_size,) * 2, MISSING_RGB),
+                            (GAP + j * (config.thumb_size + GAP), GAP))
+            write(f"duplicates_{n}.png", _png(strip))
+            note = (f"{len(members)} images, representative {gid[:12]}; similarity to it "
+                    f"{min(s for _, s in members):.3f}-{max(s for _, s in members):.3f}")
+            out += [f'<p class="note">{e(note)}</p>', f'<img src="duplicates_{n}.png" alt="{e(note)}">']
+    return out
 
 
 # ---- the report ------------------------------------------------------------------------------
@@ -419,8 +466,10 @@ def build_report(store: Store, model_id: str, *, run: str, metrics: dict[str, An
                f"PCA; the axes explain {ratio[0]:.1%} and {ratio[1]:.1%} of the sample's variance")
     if len(map_ids) < len(sample):
         caption += f"; {len(sample) - len(map_ids)} sampled images have no stored features"
+    duplicates = _near_duplicate_section(store, load_model_cached(store, model_id).extractor_key, config, write,
+                                         storage_options)
     page = _html(model_id, run, _scalar_metrics(metrics), sizes, names, failed,
-                 {c: len(p) for c, p in picks.items()}, files, caption)
+                 {c: len(p) for c, p in picks.items()}, files, caption, duplicates)
     write("index.html", page.encode("utf-8"))
     log.info("report for model %s written to %s (%d clusters)", model_id, store.uri(base), len(clusters))
     return {"index": f"{base}/index.html", "files": written, "clusters": len(clusters),

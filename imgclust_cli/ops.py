@@ -1,4 +1,4 @@
-"""Operations subcommands: label, recluster, backfill, report, verify, serve, deploy."""
+"""Operations subcommands: label, recluster, backfill, report, verify, dedup, serve, deploy."""
 from __future__ import annotations
 
 import argparse
@@ -88,6 +88,19 @@ def add_ops_parsers(sub: Any, add_exec: Any) -> None:
     p.add_argument("--store", required=True)
     p.add_argument("--model", default=None, help="also check this model's labels (default CURRENT)")
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("dedup", help="near-duplicate groups among the stored images (copies, crops, re-encodes)",
+                       description="Finds every image's nearest neighbours in the CURRENT model's feature space "
+                                   "(cosine, exact faiss search) and groups pairs at or above --threshold "
+                                   "(connected components); writes near_duplicates/<extractor>/groups.parquet.")
+    p.add_argument("--store", required=True)
+    p.add_argument("--threshold", type=float, default=0.98, help="cosine similarity, in (0, 1] (default %(default)s)")
+    p.add_argument("--k", type=int, default=10, help="neighbours examined per image (default %(default)s)")
+    p.add_argument("--rule", choices=["representative", "components"], default="representative",
+                   help="representative: each group is one image and its neighbours (no chains); components: "
+                        "connected components (single linkage) (default %(default)s)")
+    p.add_argument("--extractor-key", default=None, help="feature space to search (default: the CURRENT model's)")
+    p.set_defaults(func=cmd_dedup)
 
     p = sub.add_parser("serve", help="serve the deployments (nightly, recluster, refine, backfill, pipeline)",
                        description="Serves the deployments of deployments/spec.py under a supervisor. Needs "
@@ -247,6 +260,15 @@ def cmd_verify(a: argparse.Namespace) -> int:
     report = verify_store(store, model.extractor_key, model_id=model_id)
     print(report.summary())
     return 0 if report.ok else 1
+
+
+def cmd_dedup(a: argparse.Namespace) -> int:
+    from imgclust.dedup import DedupConfig
+
+    DedupConfig(threshold=a.threshold, k=a.k, rule=a.rule)  # bad values: exit 2 before any work
+    _print(_run_flow("flows.dedup:dedup", None, store=a.store, threshold=a.threshold, k=a.k, rule=a.rule,
+                     extractor_key=a.extractor_key))
+    return 0
 
 
 def cmd_serve(a: argparse.Namespace) -> int:

@@ -1,0 +1,29 @@
+"""Flow: near-duplicate groups over every stored image, in the CURRENT model's feature space by default."""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+
+from imgclust.dedup import DedupConfig
+from tasks.cluster import current_model_task
+from tasks.dedup import dedup_task
+from tasks.extract import extractor_key_task
+
+
+@flow(name="dedup")
+def dedup(store: str, threshold: float = DedupConfig.threshold, k: int = DedupConfig.k,
+          rule: Literal["representative", "components"] = DedupConfig.rule,
+          extractor_key: str | None = None) -> dict[str, Any]:
+    """Group near-duplicate images (cosine similarity >= ``threshold`` among each image's ``k`` nearest
+    neighbours, grouped by ``rule``: imgclust.dedup) and write ``near_duplicates/<extractor_key>/``; the
+    CURRENT model's features unless ``extractor_key`` names others."""
+    DedupConfig(threshold=threshold, k=k, rule=rule)  # bad settings fail before any work
+    key = extractor_key or extractor_key_task(current_model_task(store)[1])
+    summary = dedup_task(store, key, threshold, k, rule)
+    create_markdown_artifact(key="near-duplicates", description="Near-duplicate groups", markdown=(
+        f"# Near-duplicates in `{key}`\n\n| what | value |\n|---|---|\n"
+        + "".join(f"| {name} | {summary[name]} |\n" for name in ("rows", "groups", "images_in_groups", "threshold",
+                                                                   "k", "rule", "seconds"))))
+    return summary

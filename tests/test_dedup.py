@@ -1,0 +1,147 @@
+"""Near-duplicate groups (imgclust.dedup): the rule on vectors with known copies, then the flow, the store table
+and the report on real image files with re-encoded and brightened copies."""
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import requires_fashion, write_fashion_corpus
+from PIL import Image, ImageEnhance
+
+from imgclust.config import ClusterConfig, ExtractConfig, IngestConfig, ReduceConfig
+from imgclust.dedup import DedupConfig, dedup_store, find_near_duplicates, read_near_duplicates
+from imgclust.exceptions import ConfigError, StoreError
+from imgclust.extract import extract_shard
+from imgclust.labels import label_shard
+from imgclust.manifest import ingest, plan_shards, read_manifest
+from imgclust.model import fit_from_store, promote
+from imgclust.report import build_report
+from imgclust.store import Store
+
+DAY = dt.date(2026, 12, 1)
+
+
+def _with_copies(rng: np.random.Generator, n: int, copies: dict[int, int], noise: float) -> np.ndarray:
+    """``n`` random 64-d rows, then for each ``i: c`` in ``copies`` ``c`` noisy copies of row ``i``."""
+    base = rng.standard_normal((n, 64)).astype(np.float32)
+    extra = [base[i] + noise * rng.standard_normal((c, 64)).astype(np.float32) for i, c in copies.items()]
+    return np.concatenate([base, *extra])
+
+
+def test_groups_are_the_copies_with_their_representative() -> None:
+    rng = np.random.default_rng(0)
+    X = _with_copies(rng, 40, {3: 1, 7: 2, 11: 4}, noise=0.05)  # rows 40.. are the copies, in that order
+    ids = [f"img{i:03d}" for i in range(len(X))]
+    t = find_near_duplicates(ids, X, DedupConfig(threshold=0.95, k=5))
+    groups: dict[str, set[str]] = {}
+    for gid, iid in zip(t.column("group_id").to_pylist(), t.column("image_id").to_pylist(), strict=True):
+        groups.setdefault(gid, set()).add(iid)
+    assert sorted(map(sorted, groups.values())) == sorted([
+        ["img003", "img040"], ["img007", "img041", "img042"], ["img011", "img043", "img044", "img045", "img046"]])
+    # the representative has the most edges (ties: the smallest id): here the originals
+    assert set(groups) == {"img003", "img007", "img011"}
+    sims = np.asarray(t.column("similarity"))
+    assert np.all(sims >= 0.95) and np.all(sims <= 1.0 + 1e-6)
+    assert sorted(set(t.column("group_size").to_pylist())) == [2, 3, 5]
+    assert t.column("representative_id").to_pylist() == t.column("group_id").to_pylist()
+
+
+def test_distinct_rows_give_no_groups_and_bad_settings_are_refused() -> None:
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((50, 64)).astype(np.float32)
+    assert find_near_duplicates([str(i) for i in range(50)], X, DedupConfig(threshold=0.9)).num_rows == 0
+    assert find_near_duplicates(["a"], X[:1]).num_rows == 0
+    with pytest.raises(ConfigError, match="repeated image ids"):
+        find_near_duplicates(["a", "a"], X[:2])
+    for bad in ({"threshold": 0.0}, {"threshold": 1.5}, {"k": 0}, {"rule": "nearest"}):
+        with pytest.raises(ConfigError, match="near-duplicate"):
+            DedupConfig(**bad)
+
+
+def test_a_chain_joins_under_components_and_not_under_representatives() -> None:
+    """a ~ b ~ c ~ d, each step 0.25 rad (cosine 0.969), a and c 0.5 rad apart: single linkage groups all four;
+    the representative rule groups b (most edges, smallest id) with its neighbours a and c, and leaves d, whose
+    only neighbour is taken, alone. Similarities are to the representative."""
+    X = np.stack([np.array([np.cos(t), np.sin(t), 0.0], np.float32) for t in (0.0, 0.25, 0.5, 0.75)]
+                 + [np.array([0.0, 0.0, 1.0], np.float32)])
+    names = ["a", "b", "c", "d", "far"]
+    comps = find_near_duplicates(names, X, DedupConfig(threshold=0.96, k=4, rule="components"))
+    assert sorted(comps.column("image_id").to_pylist()) == ["a", "b", "c", "d"]
+    assert set(comps.column("group_id").to_pylist()) == {"b"}
+    sim = dict(zip(comps.column("image_id").to_pylist(), comps.column("similarity").to_pylist(), strict=True))
+    assert sim["d"] == pytest.approx(np.cos(0.5), abs=1e-6)  # the chain shows as a lower similarity
+    reps = find_near_duplicates(names, X, DedupConfig(threshold=0.96, k=4))
+    assert sorted(reps.column("image_id").to_pylist()) == ["a", "b", "c"]
+    assert set(reps.column("group_id").to_pylist()) == {"b"}
+    assert min(reps.column("similarity").to_pylist()) >= 0.96  # every member within the threshold of b
+
+
+@pytest.fixture(scope="module")
+def store_with_copies(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """120 Fashion-MNIST PNGs plus, for 20 of them, a JPEG re-encode (quality 90) and a 10% brighter PNG:
+    distinct bytes (ingest keeps them all), the same picture. A pixels model is fitted and promoted."""
+    root = tmp_path_factory.mktemp("dedup")
+    src = root / "src"
+    write_fashion_corpus(src, 120, seed=21)
+    originals = sorted(src.rglob("*.png"))[::6][:20]
+    truth: dict[str, str] = {}
+    for f in originals:
+        img = Image.open(f)
+        jpg, bright = f.with_name(f.stem + "-q90.jpg"), f.with_name(f.stem + "-bright.png")
+        img.save(jpg, quality=90)
+        ImageEnhance.Brightness(img).enhance(1.1).save(bright)
+        truth[str(jpg)] = truth[str(bright)] = str(f)
+    store = Store(root / "store")
+    ingest(store, str(src), config=IngestConfig(), date=DAY, run_id="r1")
+    extract = ExtractConfig(extractor="pixels", shard_size=64)
+    key = ""
+    for spec in plan_shards(store, shard_size=extract.shard_size):
+        key = extract_shard(store, spec, extract)["extractor_key"]
+    model = fit_from_store(store, key, reduce=ReduceConfig(n_components=20), cluster=ClusterConfig(k=6, seed=0),
+                           extract=extract)
+    promote(store, model.model_id)
+    from imgclust.features import done_shards
+
+    for sid in done_shards(store, key):
+        label_shard(store, model.model_id, key, sid)
+    return {"store": store, "key": key, "truth": truth, "model_id": model.model_id}
+
+
+@requires_fashion
+def test_dedup_flow_finds_the_copies_and_the_report_shows_them(store_with_copies: dict[str, Any],
+                                                                prefect_api: str) -> None:
+    from flows.dedup import dedup
+
+    store, key, truth = store_with_copies["store"], store_with_copies["key"], store_with_copies["truth"]
+    summary = dedup(store=store.url)  # the default threshold
+    assert summary["extractor_key"] == key and summary["rows"] == 160
+    table, meta = read_near_duplicates(store, key)  # type: ignore[misc]
+    assert meta["groups"] == summary["groups"] and table.num_rows == summary["images_in_groups"]
+
+    manifest = read_manifest(store, columns=["image_id", "uri"])
+    path_of = dict(zip(manifest.column("image_id").to_pylist(), manifest.column("uri").to_pylist(), strict=True))
+    group_of = {path_of[i]: g for i, g in zip(table.column("image_id").to_pylist(),
+                                              table.column("group_id").to_pylist(), strict=True)}
+    # pairwise precision / recall of "same group" against the copies made above
+    true_pairs = {frozenset((c, o)) for c, o in truth.items()} | {
+        frozenset((a, b)) for a, oa in truth.items() for b, ob in truth.items() if a < b and oa == ob}
+    members: dict[str, list[str]] = {}
+    for p, g in group_of.items():
+        members.setdefault(g, []).append(p)
+    found = {frozenset((a, b)) for m in members.values() for a in m for b in m if a < b}
+    precision = len(found & true_pairs) / max(len(found), 1)
+    recall = len(found & true_pairs) / len(true_pairs)
+    assert recall >= 0.9 and precision >= 0.9, (precision, recall)
+
+    out = build_report(store, store_with_copies["model_id"], run="dedup-report")
+    page = store.read_bytes(out["index"]).decode()
+    assert "Near-duplicate groups" in page and "duplicates_0.png" in page
+    assert any(f.endswith("duplicates_0.png") for f in out["files"])
+
+
+def test_dedup_without_features_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="no finished feature shards"):
+        dedup_store(Store(tmp_path / "s"), "pixels-28-L")
