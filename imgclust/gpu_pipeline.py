@@ -10,8 +10,8 @@ so on a GPU worker with few cores, CPU decode is the bottleneck and the design m
    upright by their EXIF orientation (:func:`apply_exif_orientation`; nvJPEG does not apply it); other formats,
    CMYK or oversized JPEGs, and any JPEG nvJPEG rejects go through the CPU decoder of
    :mod:`imgclust.images`, so the bomb check and the quarantine kinds are the same on both paths;
-3. each image is resized on the device (bilinear, antialiased, same geometry as
-   :func:`imgclust.backbones.preprocessing.preprocess_image`), centre-cropped and normalised;
+3. each image is resized on the device (the backbone's bilinear or bicubic filter, antialiased, same
+   geometry as :func:`imgclust.backbones.preprocessing.preprocess_image`), centre-cropped and normalised;
 4. the backbone runs under bf16 autocast with ``channels_last`` (:meth:`Backbone.embed`).
 
 Everything works on the CPU too (torchvision decodes JPEG lists on the CPU), which is how the tests
@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from imgclust.backbones.base import Backbone
-from imgclust.backbones.preprocessing import Preprocessing
+from imgclust.backbones.preprocessing import Preprocessing, crop_offsets, resized_shape
 from imgclust.exceptions import ConfigError, ImageDecodeError
 from imgclust.images import DEFAULT_MAX_PIXELS
 
@@ -155,20 +155,20 @@ def decode_batch(datas: list[bytes], mode: str, device: torch.device | str,
     return out
 
 
-def _resize_group(x: torch.Tensor, size: int, how: str) -> torch.Tensor:
-    """uint8 ``(n, C, H, W)`` (one shape) -> float32 ``(n, C, S, S)`` in [0, 255], PIL-like bilinear with
-    antialias: ``squash`` resizes to ``S x S``; otherwise the short side goes to ``S`` and the centre is cropped."""
+def _resize_group(x: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
+    """uint8 ``(n, C, H, W)`` (one shape) -> float32 ``(n, C, S, S)`` in [0, 255], PIL-like antialiased
+    ``prep.interpolation``: resized to :func:`resized_shape` (``squash`` or short side), centre cropped
+    (:func:`crop_offsets`): the same geometry as the PIL path.
+    Bicubic overshoot is clamped to [0, 255], as PIL's uint8 output is."""
     h, w = x.shape[-2:]
+    size = prep.input_size
     x = x.float()
-    if how == "squash":
-        if (h, w) != (size, size):
-            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        return x
-    scale = size / min(h, w)
-    new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
+    new_h, new_w = resized_shape(int(h), int(w), prep)
     if (new_h, new_w) != (h, w):
-        x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)
-    top, left = (new_h - size) // 2, (new_w - size) // 2
+        x = F.interpolate(x, size=(new_h, new_w), mode=prep.interpolation, antialias=True, align_corners=False)
+        if prep.interpolation == "bicubic":
+            x = x.clamp_(0.0, 255.0)
+    top, left = crop_offsets(new_h, new_w, prep)
     return x[:, :, top:top + size, left:left + size]
 
 
@@ -193,7 +193,7 @@ def preprocess_on_device(images: list[torch.Tensor], prep: Preprocessing) -> tor
     luma = torch.tensor([0.299, 0.587, 0.114], device=device).view(1, 3, 1, 1)
     out = torch.empty((len(images), prep.channels, prep.input_size, prep.input_size), device=device)
     for (c, _, _), idx in groups.items():
-        x = _resize_group(torch.stack([images[i] for i in idx]), prep.input_size, prep.resize)
+        x = _resize_group(torch.stack([images[i] for i in idx]), prep)
         if prep.channels == 3 and c == 1:
             x = x.expand(-1, 3, -1, -1)
         elif prep.channels == 1 and c == 3:

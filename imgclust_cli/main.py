@@ -241,10 +241,25 @@ def _demo_refine(a: argparse.Namespace, store: str, k: int, runner: RunnerConfig
 
 
 def cmd_backbones(a: argparse.Namespace) -> int:
-    from imgclust.backbones import describe_backbones
+    import importlib.util
 
-    for name, desc in describe_backbones().items():
-        print(f"{name:<14} {desc}")
+    from imgclust.backbones import backbone_infos
+
+    extra_modules = {"foundation": ("timm", "open_clip")}  # what `pip install 'imgclust[<extra>]'` brings
+    rows = [("NAME", "DIM", "INPUT", "DEFAULT", "WEIGHTS FROM")]
+    notes = []
+    for info in backbone_infos():
+        source = info.weights_source or "-"
+        if info.extra:
+            missing = [m for m in extra_modules.get(info.extra, ()) if importlib.util.find_spec(m) is None]
+            source += f"  [needs imgclust[{info.extra}]{': not installed' if missing else ''}]"
+        rows.append((info.name, str(info.dim or "-"), str(info.input_size or "-"), info.default_weights, source))
+        notes.append(info.description)
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for i, row in enumerate(rows):
+        print("  ".join(c.ljust(w) for c, w in zip(row[:4], widths, strict=True)) + "  " + row[4])
+        if i:
+            print(f"    {notes[i - 1]}")
     return 0
 
 
@@ -274,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "budget on 2 cores; 20 scored 0.009 ACC more on the train subset)")
     _add_pipeline_args(p, source=False)
     p.set_defaults(func=cmd_demo, umap=10, method="gmm", store=None)
-    p = sub.add_parser("backbones", help="list feature extractors")
+    p = sub.add_parser("backbones", help="list feature extractors: embedding size, input size, weights source")
     p.set_defaults(func=cmd_backbones)
     add_ops_parsers(sub, add_execution_args)
     return parser

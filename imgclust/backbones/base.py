@@ -10,7 +10,6 @@ import hashlib
 import json
 import re
 from abc import ABC, abstractmethod
-from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -32,13 +31,16 @@ def safe_key(text: str) -> str:
 def weights_tag(weights_id: str) -> str:
     """Short, filesystem-safe form of a weights id for the store key.
 
-    ``"imagenet:sha256:<hex>"`` -> ``"imagenet"``, ``"random-seed0"`` -> ``"random0"``,
-    ``"file:sha256:<hex>"`` -> ``"file-<first 12 hex>"``, ``"none"`` -> ``""``.
+    ``"imagenet:sha256:<hex>"`` -> ``"imagenet"``, ``"pretrained:<source>:sha256:<hex>"`` ->
+    ``"pretrained"``, ``"random-seed0"`` -> ``"random0"``, ``"file:sha256:<hex>"`` ->
+    ``"file-<first 12 hex>"``, ``"none"`` -> ``""``.
     """
     if weights_id == "none":
         return ""
     if weights_id.startswith("imagenet:"):
         return "imagenet"
+    if weights_id.startswith("pretrained:"):
+        return "pretrained"
     if weights_id.startswith("random-seed"):
         return "random" + weights_id[len("random-seed"):]
     if weights_id.startswith("file:sha256:"):
@@ -53,8 +55,9 @@ class Backbone(ABC):
         name: registry name, e.g. ``"resnet50"``.
         dim: embedding dimension ``D``.
         preprocessing: input contract (size ``S``, colour mode, normalisation, resize policy).
-        weights_id: ``"random-seed<k>"``, ``"imagenet:sha256:<hex>"``, ``"file:sha256:<hex>"``,
-            or ``"none"`` for classic features.
+        weights_id: identity of the weights actually loaded: ``"random-seed<k>"``,
+            ``"imagenet:sha256:<hex>"`` (torchvision), ``"pretrained:<hub repo or tag>:sha256:<hex>"``
+            (timm / open_clip), ``"file:sha256:<hex>"``, or ``"none"`` for classic features.
         device: where :meth:`embed` computes.
     """
 
@@ -92,13 +95,14 @@ class Backbone(ABC):
     def fingerprint(self) -> str:
         """First 16 hex chars of the sha256 of everything that determines the output.
 
-        Covers name, weights id, preprocessing, dim and :meth:`_fingerprint_extra`; not the torch
-        version (recorded in :meth:`metadata` instead, so an upgrade does not orphan the store).
+        Covers name, weights id (so the sha256 of the checkpoint file, or the seed: other weights
+        re-extract instead of mixing spaces), preprocessing, dim and :meth:`_fingerprint_extra`; not
+        the torch version (recorded in :meth:`metadata` instead, so an upgrade does not orphan the store).
         """
         payload = {
             "name": self.name,
             "weights_id": self.weights_id,
-            "preprocessing": asdict(self.preprocessing),
+            "preprocessing": self.preprocessing.fingerprint_fields(),
             "dim": self.dim,
             "extra": self._fingerprint_extra(),
         }
@@ -166,16 +170,24 @@ class Backbone(ABC):
             "resize": prep.resize,
             "mean": json.dumps(list(prep.mean)),
             "std": json.dumps(list(prep.std)),
+            "interpolation": prep.interpolation,
+            "crop_pct": str(prep.crop_pct),
             "torch_version": torch.__version__,
             "torchvision_version": tv_version,
+            **self._metadata_extra(),
         }
+
+    def _metadata_extra(self) -> dict[str, str]:
+        """Backbone-specific metadata (e.g. the timm / open_clip version); strings only."""
+        return {}
 
 
 class ModuleBackbone(Backbone):
-    """A backbone whose features are ``module(batch)``: torchvision nets, tinycnn, own encoders.
+    """A backbone whose features are ``module(batch)``: torchvision, timm, open_clip nets, tinycnn, own encoders.
 
     The module is put in eval mode with gradients off and moved to ``device`` (``channels_last``
-    on CUDA). ``fingerprint_extra`` records choices that change the output (e.g. which layer).
+    on CUDA). ``fingerprint_extra`` records choices that change the output (e.g. which layer);
+    ``metadata_extra`` adds string key/values to :meth:`metadata` (e.g. the library version).
     """
 
     def __init__(
@@ -188,6 +200,7 @@ class ModuleBackbone(Backbone):
         weights_id: str,
         device: torch.device,
         fingerprint_extra: dict[str, Any] | None = None,
+        metadata_extra: dict[str, str] | None = None,
     ) -> None:
         super().__init__(
             name=name, dim=dim, preprocessing=preprocessing, weights_id=weights_id, device=device
@@ -197,9 +210,13 @@ class ModuleBackbone(Backbone):
             module = module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self.module = module
         self._extra = dict(fingerprint_extra or {})
+        self._meta_extra = dict(metadata_extra or {})
 
     def _fingerprint_extra(self) -> dict[str, Any]:
         return self._extra
+
+    def _metadata_extra(self) -> dict[str, str]:
+        return self._meta_extra
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
         return self.module(batch)

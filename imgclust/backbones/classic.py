@@ -153,14 +153,16 @@ def build_classic_backbone(*, name: str, weights: WeightsSpec, device: torch.dev
 
 
 def _register() -> None:
-    entries = {
-        "pixels": "raw pixels: 28x28 gray, flattened to 784-d in [0, 1]",
-        "pixels-rgb32": "raw pixels: 32x32 RGB, flattened to 3072-d in [0, 1]",
-        "hog": "HOG (Dalal & Triggs, CVPR 2005): 64x64 gray, 9 bins, 8px cells, 2x2 L2-Hys blocks -> 1764-d",
-        "colorhist": "joint RGB colour histogram 8x8x8 -> 512-d, L1-normalised (64x64 working size)",
+    entries = {  # name: (description, dim, input size)
+        "pixels": ("raw pixels: 28x28 gray, flattened to 784-d in [0, 1]", 784, 28),
+        "pixels-rgb32": ("raw pixels: 32x32 RGB, flattened to 3072-d in [0, 1]", 3072, 32),
+        "hog": ("HOG (Dalal & Triggs, CVPR 2005): 64x64 gray, 9 bins, 8px cells, 2x2 L2-Hys blocks -> 1764-d",
+                1764, 64),
+        "colorhist": ("joint RGB colour histogram 8x8x8 -> 512-d, L1-normalised (64x64 working size)", 512, 64),
     }
-    for name, description in entries.items():
-        register_backbone(name, build_classic_backbone, description=description, default_weights="none")
+    for name, (description, dim, size) in entries.items():
+        register_backbone(name, build_classic_backbone, description=description, default_weights="none",
+                          dim=dim, input_size=size, weights_source="none (no weights)")
 
 
 _register()

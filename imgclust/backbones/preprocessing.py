@@ -6,8 +6,9 @@ transforms by hand: the extract stage calls ``backbone.preprocess(image)`` per i
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -20,7 +21,13 @@ IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 ColorMode = Literal["RGB", "L"]
 ResizeMode = Literal["squash", "short_side_center_crop"]
+Interpolation = Literal["bilinear", "bicubic"]
+Rounding = Literal["nearest", "torchvision"]
 _CHANNELS: dict[str, int] = {"RGB": 3, "L": 1}
+_PIL_FILTERS: dict[str, Image.Resampling] = {
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+}
 
 
 @dataclass(frozen=True)
@@ -32,9 +39,17 @@ class Preprocessing:
             for classic features and raw pixels, the working size).
         mode: colour mode the decoder should produce, ``"RGB"`` (C=3) or ``"L"`` (C=1).
         mean, std: per-channel normalisation in [0, 1] units; ``len == C``.
-        resize: ``"squash"`` resizes both sides to ``S`` (aspect ratio not kept);
-            ``"short_side_center_crop"`` resizes the short side to ``S`` keeping the aspect
-            ratio, then crops the central ``S x S`` square.
+        resize: ``"squash"`` resizes both sides to ``R`` (aspect ratio not kept);
+            ``"short_side_center_crop"`` resizes the short side to ``R`` keeping the aspect
+            ratio; both then crop the central ``S x S`` square (a no-op when ``R == S``).
+        interpolation: resampling filter, ``"bilinear"`` or ``"bicubic"`` (PIL's, antialiased).
+        crop_pct: ``S / R``, timm's convention: ``R = floor(S / crop_pct)``; 1.0 resizes straight
+            to ``S`` (e.g. 0.875: resize to 256, crop 224).
+        rounding: pixel geometry of a short-side resize and the crop. ``"nearest"`` (imgclust's
+            original convention): long side rounded, crop offset rounded down. ``"torchvision"``:
+            long side truncated, offset rounded half to even, exactly torchvision's ``Resize(R)`` +
+            ``CenterCrop(S)``, which timm's and open_clip's evaluation transforms use. They differ
+            by at most one pixel.
     """
 
     input_size: int
@@ -42,6 +57,9 @@ class Preprocessing:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     resize: ResizeMode = "squash"
+    interpolation: Interpolation = "bilinear"
+    crop_pct: float = 1.0
+    rounding: Rounding = "nearest"
 
     def __post_init__(self) -> None:
         if self.mode not in _CHANNELS:
@@ -60,15 +78,39 @@ class Preprocessing:
             )
         if any(s <= 0 for s in self.std):
             raise ConfigError(f"Preprocessing.std must be positive, got {self.std!r}.")
+        if self.interpolation not in _PIL_FILTERS:
+            raise ConfigError(
+                f"Preprocessing.interpolation must be 'bilinear' or 'bicubic', got {self.interpolation!r}."
+            )
+        if not 0.0 < self.crop_pct <= 1.0:
+            raise ConfigError(f"Preprocessing.crop_pct must be in (0, 1], got {self.crop_pct!r}.")
+        if self.rounding not in ("nearest", "torchvision"):
+            raise ConfigError(f"Preprocessing.rounding must be 'nearest' or 'torchvision', got {self.rounding!r}.")
 
     @property
     def channels(self) -> int:
         """Number of channels ``C`` of the preprocessed tensor (3 for RGB, 1 for L)."""
         return _CHANNELS[self.mode]
 
+    @property
+    def resize_size(self) -> int:
+        """``R = floor(S / crop_pct)``: the side (or short side) images are resized to before the crop."""
+        return self.input_size if self.crop_pct == 1.0 else math.floor(self.input_size / self.crop_pct)
+
     def describe(self) -> str:
-        """Short human-readable form, e.g. ``"224 RGB short_side_center_crop"``."""
-        return f"{self.input_size} {self.mode} {self.resize}"
+        """Short human-readable form, e.g. ``"224 RGB short_side_center_crop"`` (+ filter, crop_pct if set)."""
+        extra = "" if self.interpolation == "bilinear" else f" {self.interpolation}"
+        extra += "" if self.crop_pct == 1.0 else f" crop_pct={self.crop_pct:g}"
+        return f"{self.input_size} {self.mode} {self.resize}{extra}"
+
+    def fingerprint_fields(self) -> dict[str, Any]:
+        """The fields as a dict for fingerprints; ``interpolation``, ``crop_pct`` and ``rounding`` only when
+        not the default (they were added later: leaving defaults out keeps existing stores' fingerprints)."""
+        fields = asdict(self)
+        for name, default in (("interpolation", "bilinear"), ("crop_pct", 1.0), ("rounding", "nearest")):
+            if fields[name] == default:
+                del fields[name]
+        return fields
 
 
 def _to_pil(image: np.ndarray, mode: ColorMode) -> Image.Image:
@@ -96,20 +138,37 @@ def _to_pil(image: np.ndarray, mode: ColorMode) -> Image.Image:
     return pil if source == mode else pil.convert(mode)
 
 
-def _resize(pil: Image.Image, size: int, how: ResizeMode) -> Image.Image:
-    """Resize with PIL bilinear (antialiased when shrinking) to ``size x size``."""
+def resized_shape(height: int, width: int, prep: Preprocessing) -> tuple[int, int]:
+    """``(new_h, new_w)`` an ``(height, width)`` image is resized to before the central ``S x S`` crop."""
+    side = prep.resize_size
+    if prep.resize == "squash":
+        return side, side
+    short, long = min(width, height), max(width, height)
+    if prep.rounding == "torchvision":
+        new_long = int(side * long / short)
+    else:
+        new_long = max(side, round(long * (side / short)))  # the original expression, bit for bit
+    return (new_long, side) if width <= height else (side, new_long)  # (new_h, new_w)
+
+
+def crop_offsets(new_h: int, new_w: int, prep: Preprocessing) -> tuple[int, int]:
+    """``(top, left)`` of the central ``S x S`` crop of a ``(new_h, new_w)`` resized image."""
+    size = prep.input_size
+    if prep.rounding == "torchvision":
+        return int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+    return (new_h - size) // 2, (new_w - size) // 2
+
+
+def _resize(pil: Image.Image, prep: Preprocessing) -> Image.Image:
+    """Resize with PIL's ``prep.interpolation`` filter (antialiased), then crop the central ``S x S``."""
     width, height = pil.size
-    if how == "squash":
-        if (width, height) == (size, size):
-            return pil
-        return pil.resize((size, size), Image.Resampling.BILINEAR)
-    scale = size / min(width, height)
-    new_w = max(size, round(width * scale))
-    new_h = max(size, round(height * scale))
+    size = prep.input_size
+    new_h, new_w = resized_shape(height, width, prep)
     if (new_w, new_h) != (width, height):
-        pil = pil.resize((new_w, new_h), Image.Resampling.BILINEAR)
-    left = (new_w - size) // 2
-    top = (new_h - size) // 2
+        pil = pil.resize((new_w, new_h), _PIL_FILTERS[prep.interpolation])
+    if (new_w, new_h) == (size, size):
+        return pil
+    top, left = crop_offsets(new_h, new_w, prep)
     return pil.crop((left, top, left + size, top + size))
 
 
@@ -129,7 +188,7 @@ def preprocess_image(image: np.ndarray, prep: Preprocessing) -> torch.Tensor:
         ImageDecodeError: ``unsupported_mode`` for a non-uint8 array or an unsupported shape,
             ``too_small`` for an empty image.
     """
-    pil = _resize(_to_pil(image, prep.mode), prep.input_size, prep.resize)
+    pil = _resize(_to_pil(image, prep.mode), prep)
     array = np.asarray(pil, dtype=np.float32)
     if array.ndim == 2:
         array = array[:, :, None]

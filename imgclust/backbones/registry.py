@@ -4,6 +4,10 @@ A factory is called as ``factory(name=..., weights=WeightsSpec, device=torch.dev
 and returns a :class:`~imgclust.backbones.base.Backbone`. Built backbones are cached per process
 keyed by ``(name, weights source, device, seed)``: a Dask worker builds its model once, not once
 per task. The project's own trained encoders register here like the built-in ones.
+
+Each entry also carries what ``imgclust backbones`` lists without building anything: embedding
+size, input size, where its default weights come from and the optional extra it needs
+(:class:`BackboneInfo`).
 """
 from __future__ import annotations
 
@@ -26,10 +30,33 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
 
 @dataclass(frozen=True)
-class _Entry:
-    factory: BackboneFactory
+class BackboneInfo:
+    """What a registry entry promises, known without building it.
+
+    Attributes:
+        name: registry name.
+        description: one line (embedding, input, paper).
+        default_weights: weights used when none are given (``"pretrained"``, ``"imagenet"``, ...).
+        dim: embedding size ``D`` (None when it depends on the weights).
+        input_size: side ``S`` of the preprocessed input (None when it depends on the weights).
+        weights_source: where the published weights come from (hub repo, open_clip tag, torch hub
+            file), or a short note (``"none"``, ``"random init only"``).
+        extra: pip extra the entry needs (``"foundation"``), or None.
+    """
+
+    name: str
     description: str
     default_weights: str
+    dim: int | None = None
+    input_size: int | None = None
+    weights_source: str = ""
+    extra: str | None = None
+
+
+@dataclass(frozen=True)
+class _Entry:
+    factory: BackboneFactory
+    info: BackboneInfo
 
 
 _REGISTRY: dict[str, _Entry] = {}
@@ -38,7 +65,15 @@ _LOCK = threading.RLock()
 
 
 def register_backbone(
-    name: str, factory: BackboneFactory, *, description: str, default_weights: str
+    name: str,
+    factory: BackboneFactory,
+    *,
+    description: str,
+    default_weights: str,
+    dim: int | None = None,
+    input_size: int | None = None,
+    weights_source: str = "",
+    extra: str | None = None,
 ) -> None:
     """Add a backbone to the registry.
 
@@ -46,8 +81,9 @@ def register_backbone(
         name: lower-case ``[a-z0-9._-]`` (it becomes part of store paths).
         factory: ``factory(name=str, weights=WeightsSpec, device=torch.device, seed=int) -> Backbone``.
         description: one line for ``imgclust backbones`` listings (dim, input, paper).
-        default_weights: used when ``create_backbone(weights=None)``: ``"imagenet"``, ``"random"``,
-            ``"none"`` or a path.
+        default_weights: used when ``create_backbone(weights=None)``: ``"imagenet"``, ``"pretrained"``,
+            ``"random"``, ``"none"`` or a path.
+        dim, input_size, weights_source, extra: listed by ``imgclust backbones`` (:class:`BackboneInfo`).
 
     Raises:
         ConfigError: the name is taken or not filesystem-safe.
@@ -59,7 +95,9 @@ def register_backbone(
     with _LOCK:
         if name in _REGISTRY:
             raise ConfigError(f"backbone {name!r} is already registered; pick another name.")
-        _REGISTRY[name] = _Entry(factory=factory, description=description, default_weights=default_weights)
+        info = BackboneInfo(name=name, description=description, default_weights=default_weights, dim=dim,
+                            input_size=input_size, weights_source=weights_source, extra=extra)
+        _REGISTRY[name] = _Entry(factory=factory, info=info)
 
 
 def list_backbones() -> list[str]:
@@ -70,9 +108,14 @@ def list_backbones() -> list[str]:
 def describe_backbones() -> dict[str, str]:
     """``{name: "description (default weights: ...)"}`` for every registered backbone, sorted by name."""
     return {
-        name: f"{entry.description} (default weights: {entry.default_weights})"
+        name: f"{entry.info.description} (default weights: {entry.info.default_weights})"
         for name, entry in sorted(_REGISTRY.items())
     }
+
+
+def backbone_infos() -> list[BackboneInfo]:
+    """:class:`BackboneInfo` of every registered backbone, sorted by name (nothing is built or imported)."""
+    return [entry.info for _, entry in sorted(_REGISTRY.items())]
 
 
 def _device(device: str | torch.device) -> torch.device:
@@ -95,8 +138,9 @@ def create_backbone(
 
     Args:
         name: a name from :func:`list_backbones`.
-        weights: ``"imagenet"`` (local torch hub cache only), ``"random"`` (seeded init), a path to
-            a ``.pth``/``.pt`` state_dict, ``"none"`` (classic features), or None for the entry's
+        weights: ``"imagenet"`` / ``"pretrained"`` (the entry's published weights, from the local
+            torch hub or Hugging Face hub cache only), ``"random"`` (seeded init), a path to a
+            ``.pth``/``.pt`` checkpoint, ``"none"`` (classic features), or None for the entry's
             default.
         device: torch device string.
         seed: seed of the random init (used when ``weights == "random"``).
@@ -119,7 +163,7 @@ def create_backbone(
         raise UnknownNameError(f"unknown backbone {name!r}; available: {', '.join(list_backbones())}.")
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ConfigError(f"seed must be an int, got {seed!r}.")
-    spec: WeightsSpec = parse_weights(entry.default_weights if weights is None else weights)
+    spec: WeightsSpec = parse_weights(entry.info.default_weights if weights is None else weights)
     dev = _device(device)
     cache_key = (name, spec.cache_token(), str(dev), seed)
     with _LOCK:

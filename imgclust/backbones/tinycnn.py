@@ -58,4 +58,7 @@ register_backbone(
     build_tinycnn,
     description="tiny 3-conv CNN for tests: 32x32 RGB -> 64-d, random init",
     default_weights="random",
+    dim=TINYCNN_DIM,
+    input_size=32,
+    weights_source="random init only (no published weights)",
 )

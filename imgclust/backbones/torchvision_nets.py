@@ -1,4 +1,4 @@
-"""torchvision ResNet-18/34/50/101/152 and VGG-16/19 as feature extractors (METHODS.md §1).
+"""torchvision ResNet-18/34/50/101/152 and VGG-16/19 as feature extractors.
 
 Features are the vector that enters the fully connected head, not class scores (Kuznetsov et
 al.: ImageNet classes are not the user's clusters):
@@ -6,8 +6,8 @@ al.: ImageNet classes are not the user's clusters):
 * ResNet (He et al., CVPR 2016): the global-average-pooled output of the last stage, i.e.
   ``model.fc`` replaced by identity -> 512-d (18/34) or 2048-d (50/101/152).
 * VGG (Simonyan & Zisserman, ICLR 2015): torchvision's VGG head flattens a 7x7x512 map into a
-  25088-d vector and then runs two 4096-d FC layers. METHODS.md lists VGG features as 512-d, so
-  we take the output of ``model.features`` (last conv block after its max-pool) and
+  25088-d vector and then runs two 4096-d FC layers. The project's method uses 512-d VGG
+  features, so we take the output of ``model.features`` (last conv block after its max-pool) and
   global-average-pool it to 512-d. The FC layers are dropped.
 
 Weights: the architecture is built with ``torchvision.models.<name>(weights=None)``; the
@@ -42,6 +42,17 @@ _NETS: dict[str, tuple[str, int, str]] = {
     "vgg19": ("VGG19_Weights", 512, "VGG-19 (Simonyan & Zisserman, ICLR 2015)"),
 }
 _INPUT_SIZE = 224
+#: File names of the IMAGENET1K_V1 checkpoints in the torch hub cache (for the listing, without
+#: importing torchvision; tests check them against the weights enums' URLs).
+CHECKPOINT_FILES: dict[str, str] = {
+    "resnet18": "resnet18-f37072fd.pth",
+    "resnet34": "resnet34-b627a593.pth",
+    "resnet50": "resnet50-0676ba61.pth",
+    "resnet101": "resnet101-63fe2227.pth",
+    "resnet152": "resnet152-394f9c45.pth",
+    "vgg16": "vgg16-397923af.pth",
+    "vgg19": "vgg19-dcbb9e9d.pth",
+}
 
 
 def _imagenet_preprocessing(weights_enum: Any) -> Preprocessing:
@@ -105,6 +116,9 @@ def _register() -> None:
             build_torchvision_backbone,
             description=f"{paper}: {dim}-d {pool}; 224 RGB, ImageNet normalisation",
             default_weights="imagenet",
+            dim=dim,
+            input_size=_INPUT_SIZE,
+            weights_source=f"torch hub: $TORCH_HOME/hub/checkpoints/{CHECKPOINT_FILES[name]} (torchvision IMAGENET1K_V1)",
         )
 
 

@@ -1,7 +1,9 @@
-"""Where backbone weights come from: the local torch hub cache, a state_dict file, or a seeded init.
+"""Where backbone weights come from: a local cache, a state_dict file, or a seeded init.
 
-Nothing here downloads. ``"imagenet"`` means the torchvision checkpoint file already sitting in
-``$TORCH_HOME/hub/checkpoints/``; when it is missing the error names the exact file expected and
+Nothing here downloads. ``"imagenet"`` / ``"pretrained"`` mean the entry's published pretrained
+weights already sitting in a local cache: for torchvision the ImageNet checkpoint in
+``$TORCH_HOME/hub/checkpoints/``, for timm / open_clip entries their Hugging Face hub file
+(:mod:`imgclust.backbones.hf_cache`); when it is missing the error names the exact file expected and
 how to provide it. Any other string is a path to an existing state_dict, ``"random"`` or
 ``"none"``; anything else (e.g. a hub id) is refused rather than guessed at.
 """
@@ -20,12 +22,13 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from imgclust.backbones.hf_cache import hf_hub_cache_dir
 from imgclust.exceptions import ConfigError, WeightsNotFoundError
 
 logger = logging.getLogger(__name__)
 
-WeightsKind = Literal["imagenet", "random", "file", "none"]
-_KEYWORDS: tuple[WeightsKind, ...] = ("imagenet", "random", "none")
+WeightsKind = Literal["imagenet", "pretrained", "random", "file", "none"]
+_KEYWORDS: tuple[WeightsKind, ...] = ("imagenet", "pretrained", "random", "none")
 _STATE_DICT_SUFFIXES = (".pth", ".pt")
 _FILE_LIKE_SUFFIXES = (*_STATE_DICT_SUFFIXES, ".bin", ".ckpt", ".safetensors", ".pkl", ".tar")
 
@@ -35,21 +38,27 @@ class WeightsSpec:
     """A parsed ``--weights`` value.
 
     Attributes:
-        kind: ``"imagenet"`` (torch hub cache), ``"random"`` (seeded init), ``"file"`` (state_dict
-            at ``path``) or ``"none"`` (classic features without weights).
+        kind: ``"imagenet"`` or ``"pretrained"`` (synonyms: the entry's published weights from a
+            local cache), ``"random"`` (seeded init), ``"file"`` (state_dict at ``path``) or
+            ``"none"`` (classic features without weights).
         path: absolute path of the state_dict file when ``kind == "file"``.
     """
 
     kind: WeightsKind
     path: Path | None = None
 
+    @property
+    def is_pretrained(self) -> bool:
+        """``"imagenet"`` or ``"pretrained"``: the entry's published weights."""
+        return self.kind in ("imagenet", "pretrained")
+
     def cache_token(self) -> tuple[object, ...]:
         """Hashable identity for the per-process model cache; changes when the source changes."""
         if self.kind == "file" and self.path is not None:
             stat = self.path.stat()
             return ("file", str(self.path), stat.st_mtime_ns, stat.st_size)
-        if self.kind == "imagenet":
-            return ("imagenet", hub_checkpoint_dir())
+        if self.is_pretrained:
+            return ("pretrained", hub_checkpoint_dir(), hf_hub_cache_dir())
         return (self.kind,)
 
     def __str__(self) -> str:
@@ -57,7 +66,7 @@ class WeightsSpec:
 
 
 def parse_weights(weights: str) -> WeightsSpec:
-    """``"imagenet"`` | ``"random"`` | ``"none"`` | path to an existing ``.pth``/``.pt`` file.
+    """``"imagenet"`` | ``"pretrained"`` | ``"random"`` | ``"none"`` | path to an existing ``.pth``/``.pt`` file.
 
     Raises:
         WeightsNotFoundError: a path that ends like a weights file does not exist.
@@ -65,7 +74,9 @@ def parse_weights(weights: str) -> WeightsSpec:
             (a hub id such as ``"facebook/resnet"`` is refused, not guessed at).
     """
     if not isinstance(weights, str) or not weights.strip():
-        raise ConfigError(f"weights must be 'imagenet', 'random', 'none' or a file path, got {weights!r}.")
+        raise ConfigError(
+            f"weights must be 'imagenet', 'pretrained', 'random', 'none' or a file path, got {weights!r}."
+        )
     word = weights.strip()
     if word.lower() in _KEYWORDS:
         return WeightsSpec(kind=word.lower())  # type: ignore[arg-type]
@@ -82,7 +93,7 @@ def parse_weights(weights: str) -> WeightsSpec:
     if path.suffix.lower() in _FILE_LIKE_SUFFIXES:
         raise WeightsNotFoundError(f"weights file {path} does not exist (cwd: {Path.cwd()}).")
     raise ConfigError(
-        f"weights={weights!r} is not 'imagenet', 'random', 'none' or an existing file. It looks like a "
+        f"weights={weights!r} is not 'imagenet', 'pretrained', 'random', 'none' or an existing file. It looks like a "
         f"hub id or a mistyped path; imgclust does not download models and will not guess. Download the "
         f"state_dict on a machine with internet, then pass --weights /path/to/file.pth."
     )
@@ -212,7 +223,8 @@ def build_with_weights(
 
     Args:
         constructor: builds the architecture, e.g. ``lambda: torchvision.models.resnet50(weights=None)``.
-        spec: parsed weights value; ``"none"`` is refused for a neural net.
+        spec: parsed weights value; ``"none"`` is refused for a neural net; ``"pretrained"`` is
+            ``"imagenet"`` here.
         name: registry name, for messages.
         url: torchvision download URL of the ImageNet checkpoint (only to derive the cache file
             name and the message), or None when the entry has no pretrained weights.
@@ -227,7 +239,7 @@ def build_with_weights(
             return constructor(), f"random-seed{seed}"
     if spec.kind == "none":
         raise ConfigError(f"{name!r} is a neural net and needs weights: use 'imagenet', 'random' or a path.")
-    if spec.kind == "imagenet":
+    if spec.is_pretrained:
         if url is None:
             raise ConfigError(
                 f"{name!r} has no pretrained ImageNet weights; use --weights random or --weights PATH."
@@ -238,7 +250,7 @@ def build_with_weights(
     else:
         raise ConfigError(f"weights spec {spec!r} of kind 'file' has no path; build it with parse_weights().")
     sha = file_sha256(path)
-    if spec.kind == "imagenet":
+    if spec.is_pretrained:
         check_torchvision_hash(path, sha)
     state_dict = {
         k: v.float() if v.is_floating_point() else v for k, v in read_state_dict(path).items()
@@ -247,4 +259,4 @@ def build_with_weights(
         model = constructor()
     load_into(model, state_dict, source=str(path), name=name)
     logger.info("%s: loaded %s weights from %s (sha256 %s)", name, spec.kind, path, sha[:12])
-    return model, f"{'imagenet' if spec.kind == 'imagenet' else 'file'}:sha256:{sha}"
+    return model, f"{'imagenet' if spec.is_pretrained else 'file'}:sha256:{sha}"
