@@ -6,6 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 FASHION := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
+PHOTO_PACKAGES := gnome-backgrounds mate-backgrounds sway-backgrounds desktop-base
 
 .PHONY: demo test test-slow test-gpu test-all lint bench dataset clean
 
@@ -15,11 +16,21 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
-# Fashion-MNIST from Debian (offline data for the demo and the data-dependent tests).
+# Fashion-MNIST from Debian (offline data for the demo and the data-dependent tests), and Debian's
+# wallpapers: real multi-megapixel JPEG/PNG/WebP photos for imgclust.photos (photo tests, benchmarks).
 dataset:
 	@if [ ! -f $(FASHION) ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
 	  else echo "dataset-fashion-mnist is not installed and this is not root: the demo uses scikit-learn digits"; fi; \
+	fi
+	@missing=""; for p in $(PHOTO_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	  else echo "wallpaper packages missing:$$missing (not root, or no apt-get): the photo tests skip;" \
+	    "install them with: apt-get install -y$$missing"; fi; \
 	fi
 
 demo: $(STAMP) dataset

@@ -100,13 +100,13 @@ def decodes_on_device(backbone: Backbone, config: ExtractConfig) -> bool:
 def shard_fingerprint(backbone: Backbone, spec: ShardSpec, config: ExtractConfig) -> str:
     """Everything that determines a shard's content; a marker with another fingerprint is stale.
 
-    The device decode path resizes with torch's antialiased bilinear kernel instead of PIL's (values
-    differ by ~0.01 in normalised units), so it is part of the fingerprint (only when used, so
-    existing CPU-decoded stores keep their fingerprints)."""
+    The decode path is part of it: the device path resizes with torch's antialiased bilinear kernel
+    instead of PIL's (values differ by ~0.01 in normalised units), and the CPU path decodes large JPEGs
+    at reduced scale (``decode_image(target_side=...)``), so stores never mix either with the other or
+    with shards extracted before reduced decoding (whose markers had no ``decode`` entry)."""
     payload: dict[str, Any] = {"backbone": backbone.fingerprint(), "shard": spec.as_dict(),
-                               "max_pixels": config.max_pixels}
-    if decodes_on_device(backbone, config):
-        payload["decode"] = "device"
+                               "max_pixels": config.max_pixels,
+                               "decode": "device" if decodes_on_device(backbone, config) else "cpu-reduced"}
     blob = json.dumps(payload, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
@@ -116,7 +116,8 @@ def _load(backbone: Backbone, image_id: str, uri: str, max_pixels: int,
     # rows with an ``unreadable-`` id failed to read at ingest; this second read either works or
     # raises OSError, which quarantines the row with its reason.
     data = read_uri(uri, storage_options)
-    arr = decode_image(data, mode=backbone.preprocessing.mode, max_pixels=max_pixels)
+    arr = decode_image(data, mode=backbone.preprocessing.mode, max_pixels=max_pixels,
+                       target_side=backbone.preprocessing.resize_size)
     return backbone.preprocess(arr)
 
 

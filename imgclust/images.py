@@ -12,7 +12,10 @@ Output conventions (one place, so every backbone sees the same pixels):
 * transparency (RGBA, LA, P/L/RGB with a transparent colour) is composited onto **white**;
 * 16/32-bit integer grey is scaled by its bit depth (``65535 -> 255``), never clipped;
 * float (``F``) grey is clipped to ``[0, 255]`` (NaN -> 0), not min-max stretched: the same
-  value maps to the same grey in every image, as in PIL's own ``F -> L`` conversion.
+  value maps to the same grey in every image, as in PIL's own ``F -> L`` conversion;
+* with ``target_side`` (the caller's working size), a JPEG at least twice that size is decoded at
+  1/2, 1/4 or 1/8 scale by libjpeg's DCT scaling (``Image.draft``), never below ``target_side``:
+  a fraction of the memory and time of a full decode when the caller shrinks the image anyway.
 
 Only the formats named in :data:`DECODE_FORMATS` are accepted. Others that PIL could open (EPS,
 which runs Ghostscript; PSD; ICO; ...) are ``not_an_image`` on purpose: this decodes untrusted input.
@@ -67,6 +70,7 @@ def decode_image(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     max_bytes: int = DEFAULT_MAX_BYTES,
     min_side: int = 1,
+    target_side: int | None = None,
 ) -> np.ndarray:
     """Decode image bytes to a uint8 array of shape ``(H, W, 3)`` (RGB) or ``(H, W)`` (L).
 
@@ -74,16 +78,21 @@ def decode_image(
     max_pixels`` or ``len(data) > max_bytes`` is ``too_large``; a side shorter than ``min_side`` is
     ``too_small``. See the module docstring for mode, alpha and animation handling.
 
+    ``target_side``: the smallest side the caller needs (e.g. a backbone's input size before its own
+    resize). A JPEG whose sides are both at least ``2 * target_side`` is then decoded at a reduced
+    scale (1/2, 1/4 or 1/8, the smallest keeping both sides ``>= target_side``), so ``H``/``W`` are
+    smaller than the header's; other formats, and ``None`` (default), decode at full size.
+
     Raises:
         ImageDecodeError: the image cannot be used; ``.kind`` says why (quarantine ``error_kind``).
         ConfigError: an argument is invalid (a caller bug, not a bad image).
     """
     if mode not in ("RGB", "L"):
         raise ConfigError(f"decode_image(mode={mode!r}) is not supported; use mode='RGB' or mode='L'.")
-    if min(max_pixels, max_bytes, min_side) < 1:
+    if min(max_pixels, max_bytes, min_side, 1 if target_side is None else target_side) < 1:
         raise ConfigError(
             f"decode_image limits must be >= 1, got max_pixels={max_pixels}, max_bytes={max_bytes}, "
-            f"min_side={min_side}."
+            f"min_side={min_side}, target_side={target_side}."
         )
     if len(data) > max_bytes:
         raise ImageDecodeError(
@@ -103,6 +112,8 @@ def decode_image(
     try:
         # An ImageFile opens on its first frame, so load() decodes frame 0 of an animation. We do
         # not seek to count frames: that would decode every frame of an untrusted file.
+        if target_side is not None:
+            _reduce_scale(image, target_side)
         image.load()
         ImageOps.exif_transpose(image, in_place=True)
         canonical = _to_rgb_or_l(image)
@@ -115,6 +126,16 @@ def decode_image(
         raise _bomb_error(exc) from exc
     except Exception as exc:  # the boundary: every decoder failure becomes a quarantine record
         raise _decode_failure(exc, data, "decode the pixels") from exc
+
+
+def _reduce_scale(image: ImageFile.ImageFile, target_side: int) -> None:
+    """Let libjpeg decode ``image`` (header parsed, pixels not yet) at 1/2, 1/4 or 1/8 scale.
+
+    ``Image.draft`` picks the largest scale ``s`` with ``side // s >= target_side`` on both sides and
+    keeps the colour mode (``mode=None``: any RGB -> L conversion stays PIL's, as without draft).
+    """
+    if image.format in ("JPEG", "MPO") and min(image.size) >= 2 * target_side:
+        image.draft(None, (target_side, target_side))
 
 
 def _open_header(data: bytes) -> ImageFile.ImageFile:
