@@ -25,6 +25,13 @@ RECOMMENDED_REFINE_METHOD = "simclr"
 (one place, so the two cannot drift)."""
 
 
+AUTO_EXTRACTOR = "auto"
+"""``imgclust run``'s default ``--extractor``: the best pretrained backbone whose weights are available (cached, or
+downloadable unless offline), chosen by the CLI before any work starts and said in its output; raw pixels when none
+is. The chosen name is what reaches :class:`ExtractConfig`, whose own default stays ``pixels``: a scheduled flow must
+not change feature space with what a machine happens to have cached."""
+
+
 class IngestConfig(_Base):
     """How a source is scanned into the manifest."""
 

@@ -29,6 +29,10 @@ class WeightsNotFoundError(ImgclustError, FileNotFoundError):
     """Pretrained weights were requested but the expected file is not available offline."""
 
 
+class WeightsDownloadError(ImgclustError, OSError):
+    """A weights download failed or did not verify (checksum, size); nothing was left in the cache."""
+
+
 class UnknownNameError(ImgclustError, KeyError):
     """A registry lookup (backbone, method, backend) used a name that is not registered."""
 

@@ -19,7 +19,8 @@
   cluster and the near-duplicate groups. All text is escaped with :func:`html.escape`; images are linked by relative path.
 
 Human cluster names live in ``cluster_names.csv`` at the store root (``cluster_id,name``, user-edited);
-see :func:`load_cluster_names` and :func:`write_cluster_names_template`.
+see :func:`load_cluster_names` and :func:`write_cluster_names_template`. Names a CLIP model proposed
+(``cluster_names_suggested.csv``, :mod:`imgclust.naming`) for the reported model are tabled beside them.
 """
 from __future__ import annotations
 
@@ -329,7 +330,7 @@ def _scalar_metrics(metrics: dict[str, Any] | None) -> list[tuple[str, str]]:
 
 def _html(model_id: str, run: str, metrics: list[tuple[str, str]], sizes: dict[int, int],
           names: dict[int, str], failed: dict[int, int], shown: dict[int, int], files: dict[int, str],
-          map_caption: str, duplicates: list[str]) -> str:
+          map_caption: str, duplicates: list[str], suggested: Iterable[str] = ()) -> str:
     e = html.escape
     title = f"imgclust report: model {model_id}, run {run}"
     summary = (f"{sum(sizes.values())} labeled images in {len(sizes)} clusters; generated "
@@ -345,7 +346,7 @@ def _html(model_id: str, run: str, metrics: list[tuple[str, str]], sizes: dict[i
         out.append('<p class="note">No metrics were given.</p>')
     out += ["<h2>Cluster sizes</h2>", '<img src="sizes.png" alt="cluster sizes">',
             "<h2>Map</h2>", f'<p class="note">{e(map_caption)}</p>', '<img src="map.png" alt="2-D map">',
-            "<h2>Clusters</h2>"]
+            *suggested, "<h2>Clusters</h2>"]
     for cid in sorted(sizes, key=lambda c: (c < 0, c)):
         head = "Cluster -1 (novel)" if cid < 0 else f"Cluster {cid}"
         if cid in names:
@@ -468,8 +469,10 @@ def build_report(store: Store, model_id: str, *, run: str, metrics: dict[str, An
         caption += f"; {len(sample) - len(map_ids)} sampled images have no stored features"
     duplicates = _near_duplicate_section(store, load_model_cached(store, model_id).extractor_key, config, write,
                                          storage_options)
+    from imgclust.naming import suggestions_html  # naming reads cluster_names.csv through this module
+
     page = _html(model_id, run, _scalar_metrics(metrics), sizes, names, failed,
-                 {c: len(p) for c, p in picks.items()}, files, caption, duplicates)
+                 {c: len(p) for c, p in picks.items()}, files, caption, duplicates, suggestions_html(store, model_id))
     write("index.html", page.encode("utf-8"))
     log.info("report for model %s written to %s (%d clusters)", model_id, store.uri(base), len(clusters))
     return {"index": f"{base}/index.html", "files": written, "clusters": len(clusters),

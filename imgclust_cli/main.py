@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from imgclust.config import (
+    AUTO_EXTRACTOR,
     RECOMMENDED_REFINE_METHOD,
     ClusterConfig,
     ExtractConfig,
@@ -26,7 +27,9 @@ from imgclust.config import (
     validated,
 )
 from imgclust.exceptions import ConfigError, ImgclustError
+from imgclust_cli.naming import add_naming_parser
 from imgclust_cli.ops import add_ops_parsers
+from imgclust_cli.weights import add_weights_parser, choose_extractor, offline_env
 
 log = logging.getLogger("imgclust.cli")
 
@@ -64,9 +67,11 @@ def _add_pipeline_args(p: argparse.ArgumentParser, *, source: bool = True) -> No
         p.add_argument("source", help="folder or fsspec URL (s3://bucket/prefix) holding images")
     p.add_argument("--store", required=source, help="store root: folder or s3://bucket/prefix")
     g = p.add_argument_group("features")
-    g.add_argument("--extractor", default=ExtractConfig().extractor,
-                   help="backbone (see `imgclust backbones`), default %(default)s")
-    g.add_argument("--weights", default=None, help="imagenet | random | PATH to a state_dict (default: backbone's)")
+    g.add_argument("--extractor", default=AUTO_EXTRACTOR,
+                   help="backbone (see `imgclust backbones`), default %(default)s (auto: the best pretrained model "
+                        "whose weights are cached or downloadable, raw pixels when none is; said in the output)")
+    g.add_argument("--weights", default=None, help="imagenet | pretrained | random | PATH to a state_dict (default: "
+                   "backbone's; pretrained weights download into the torch hub / Hugging Face cache unless --offline)")
     g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     g.add_argument("--batch-size", type=int, default=ExtractConfig().batch_size)
     g.add_argument("--shard-size", type=int, default=ExtractConfig().shard_size, help="images per shard/task")
@@ -98,11 +103,12 @@ def add_execution_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--workers", type=int, default=RunnerConfig().workers, help="local Dask worker processes")
     g.add_argument("--address", default=None, help="existing Dask scheduler (tcp://host:8786)")
     g.add_argument("--gpu-cluster", action="store_true", help="one Dask worker per GPU (dask-cuda)")
+    g.add_argument("--offline", action="store_true",
+                   help="never download weights: use the local torch hub / Hugging Face caches only (as "
+                        "IMGCLUST_OFFLINE=1 or HF_HUB_OFFLINE=1 do; local workers inherit it)")
 
 
 def _pipeline_config(a: argparse.Namespace) -> tuple[PipelineConfig, RunnerConfig]:
-    extract = validated(ExtractConfig, extractor=a.extractor, weights=a.weights, device=a.device,
-                        batch_size=a.batch_size, shard_size=a.shard_size, seed=a.seed)
     reduce = (validated(ReduceConfig, method="none", n_components=None, umap_components=a.umap) if a.pca == 0
               else validated(ReduceConfig, method=a.reducer, n_components=a.pca, umap_components=a.umap))
     cluster = validated(ClusterConfig, method=a.method, k=a.k, min_cluster_size=a.min_cluster_size, seed=a.seed,
@@ -110,13 +116,17 @@ def _pipeline_config(a: argparse.Namespace) -> tuple[PipelineConfig, RunnerConfi
                         consensus_runs=ClusterConfig().consensus_runs if a.consensus is None else a.consensus)
     kind = "address" if a.address else ("cuda" if a.gpu_cluster else "local")
     runner = validated(RunnerConfig, kind=kind, workers=a.workers, address=a.address)
-    cfg = validated(PipelineConfig, source=a.source, store=a.store, ingest=IngestConfig(), extract=extract,
-                    reduce=reduce, cluster=cluster, truth=a.truth, date=a.date)
-    _check_backbone(extract)
-    if "://" not in cfg.source:
+    if a.source and "://" not in a.source:
         from imgclust.sources import open_source
 
-        open_source(cfg.source)  # a missing folder is a ConfigError now, not inside the flow
+        open_source(a.source)  # a missing folder is a ConfigError now, not inside the flow
+    a.extractor_choice = choose_extractor(a) if a.extractor == AUTO_EXTRACTOR else None  # before any work
+    extractor = a.extractor_choice.extractor if a.extractor_choice else a.extractor
+    extract = validated(ExtractConfig, extractor=extractor, weights=a.weights, device=a.device,
+                        batch_size=a.batch_size, shard_size=a.shard_size, seed=a.seed)
+    cfg = validated(PipelineConfig, source=a.source, store=a.store, ingest=IngestConfig(), extract=extract,
+                    reduce=reduce, cluster=cluster, truth=a.truth, date=a.date)
+    _check_backbone(extract)  # unknown name or missing weights fail here; chosen weights download here
     return cfg, runner
 
 
@@ -176,10 +186,11 @@ def _capped(store: str, model_id: str) -> str:
 def cmd_run(a: argparse.Namespace) -> int:
     cfg, runner = _pipeline_config(a)
     result = _run_pipeline(cfg, runner)
+    choice = getattr(a, "extractor_choice", None)
     if a.json:
-        print(json.dumps(result, indent=1, default=str))
+        print(json.dumps({**result, "extractor_choice": choice.reason if choice else None}, indent=1, default=str))
     else:
-        _print_summary(result)
+        _print_summary(result, {"extractor choice": choice.reason} if choice else None)
     return 0
 
 
@@ -288,10 +299,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="encoder training epochs of the refine stage (default %(default)s: what fits the demo's "
                         "budget on 2 cores; 20 scored 0.009 ACC more on the train subset)")
     _add_pipeline_args(p, source=False)
-    p.set_defaults(func=cmd_demo, umap=10, method="gmm", store=None)
+    p.set_defaults(func=cmd_demo, umap=10, method="gmm", store=None, extractor=ExtractConfig().extractor)
     p = sub.add_parser("backbones", help="list feature extractors: embedding size, input size, weights source")
     p.set_defaults(func=cmd_backbones)
     add_ops_parsers(sub, add_execution_args)
+    add_weights_parser(sub)
+    add_naming_parser(sub)
     return parser
 
 
@@ -300,10 +313,11 @@ def main(argv: list[str] | None = None) -> int:
     a = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("httpx", "distributed", "numba"):
+    for noisy in ("httpx", "httpx2", "distributed", "numba"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        return int(a.func(a))
+        with offline_env(bool(getattr(a, "offline", False))):
+            return int(a.func(a))
     except ImgclustError as err:
         print(f"imgclust: error: {err}", file=sys.stderr)
         return 2

@@ -14,6 +14,10 @@ os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
 # numba-parallel code (UMAP's transform, pynndescent) reduces in thread-dependent order; one thread makes
 # "same seed, same result" checks exact. Set before numba is imported (also inherited by Dask workers).
 os.environ.setdefault("NUMBA_NUM_THREADS", "1")
+# Hermetic: no test downloads weights from the internet, whatever the machine can reach (`imgclust run`'s
+# default extractor would otherwise pick a downloadable model there). The download tests unset it and serve
+# their checkpoints on loopback (tests/test_weights_download.py).
+os.environ["IMGCLUST_OFFLINE"] = "1"
 
 from imgclust.datasets import FASHION_CLASSES, fashion_mnist_available, load_fashion_mnist  # noqa: E402
 

@@ -32,8 +32,10 @@ SAFE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 @pytest.fixture(autouse=True)
 def _fresh_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    """Every test starts with an empty model cache and an empty, private TORCH_HOME."""
+    """Every test starts with an empty model cache and an empty, private TORCH_HOME, offline (downloads are
+    tested against a loopback server in test_weights_download.py)."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.setenv("IMGCLUST_OFFLINE", "1")
     clear_backbone_cache()
     yield
     clear_backbone_cache()
@@ -185,6 +187,8 @@ def test_missing_imagenet_weights_names_the_expected_file(tmp_path):
     message = str(info.value)
     assert str(expected) in message
     assert "https://download.pytorch.org/models/resnet50-0676ba61.pth" in message
+    assert "Nothing is downloaded (offline: IMGCLUST_OFFLINE is set)" in message
+    assert "imgclust weights pull resnet50" in message
     assert "--weights random" in message and "--weights PATH" in message
     with pytest.raises(WeightsNotFoundError, match="vgg16-397923af.pth"):
         create_backbone("vgg16")  # default weights are "imagenet"

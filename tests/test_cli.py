@@ -72,16 +72,19 @@ def test_missing_source_folder_is_a_one_line_error(tmp_path: Path, capsys: pytes
 def test_imagenet_weights_absent_names_the_expected_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("IMGCLUST_OFFLINE", "0")  # restored after the test
     (tmp_path / "src").mkdir()
     rc = main(["run", str(tmp_path / "src"), "--store", str(tmp_path / "s"), "--extractor", "resnet18",
-               "--weights", "imagenet"])
+               "--weights", "imagenet", "--offline"])
     assert rc == 2
-    assert "resnet18-" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "resnet18-" in err and "expected the file" in err and "offline" in err
 
 
 def test_parser_defaults_match_config_defaults() -> None:
     a = build_parser().parse_args(["run", "src", "--store", "s"])
-    assert (a.extractor, a.method, a.k, a.pca) == ("pixels", "kmeans", 10, 50)
+    assert (a.extractor, a.method, a.k, a.pca) == ("auto", "kmeans", 10, 50)  # auto: the best available weights
+    assert build_parser().parse_args(["demo"]).extractor == "pixels"  # the demo clusters pixels on purpose
     assert a.scan_whiten is False and ClusterConfig().scan_whiten is False
 
 

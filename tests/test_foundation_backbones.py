@@ -71,6 +71,7 @@ def _offline_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """Private, empty torch hub and Hugging Face caches, offline, and an empty model cache per test."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf_cache"))
+    monkeypatch.delenv("IMGCLUST_OFFLINE", raising=False)  # conftest's switch; this file tests HF_HUB_OFFLINE's
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     clear_backbone_cache()
     yield

@@ -1,9 +1,10 @@
-"""Find a foundation model's published weights in the local Hugging Face hub cache, never download.
+"""Find a foundation model's published weights in the local Hugging Face hub cache (reads only).
 
 timm and open_clip fetch their pretrained weights from the Hugging Face hub into its cache
-(``$HF_HUB_CACHE``, default ``$HF_HOME/hub`` = ``~/.cache/huggingface/hub``). imgclust only reads
-that cache, which is what ``HF_HUB_OFFLINE=1`` asks of a library; when the file is absent the error
-names the exact path expected and how to put it there. Downloading is someone else's job.
+(``$HF_HUB_CACHE``, default ``$HF_HOME/hub`` = ``~/.cache/huggingface/hub``). This module only reads
+that cache: :func:`cached_hf_file` says whether a file is there, :func:`find_hf_cached_file` returns
+it or raises the error that names the exact path expected and how to put it there (what an offline
+machine gets). Downloading into the same cache is :mod:`imgclust.backbones.download`'s job.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from imgclust.exceptions import WeightsNotFoundError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["find_hf_cached_file", "hf_hub_cache_dir", "hf_repo_folder"]
+__all__ = ["cached_hf_file", "find_hf_cached_file", "hf_hub_cache_dir", "hf_repo_folder"]
 
 
 def hf_hub_cache_dir() -> Path:
@@ -56,7 +57,18 @@ def _expected(repo_id: str, filename: str, cache: Path) -> Path:
     return repo / "snapshots" / revision / filename
 
 
-def find_hf_cached_file(repo_id: str, filenames: tuple[str, ...], *, name: str, source: str) -> Path:
+def cached_hf_file(repo_id: str, filenames: tuple[str, ...]) -> Path | None:
+    """The first of ``filenames`` cached for ``repo_id`` (main revision), or None; never touches the network."""
+    cache = hf_hub_cache_dir()
+    for filename in filenames:
+        path = _cached(repo_id, filename, cache)
+        if path is not None:
+            return path
+    return None
+
+
+def find_hf_cached_file(repo_id: str, filenames: tuple[str, ...], *, name: str, source: str,
+                        offline: str | None = None) -> Path:
     """Return the first of ``filenames`` cached for ``repo_id`` (main revision), or explain how to provide it.
 
     Args:
@@ -64,6 +76,7 @@ def find_hf_cached_file(repo_id: str, filenames: tuple[str, ...], *, name: str, 
         filenames: accepted files in order of preference, e.g. ``("model.safetensors", "pytorch_model.bin")``.
         name: registry name, for the message.
         source: what the weights are, for the message (e.g. ``"timm vit_small_patch14_dinov2.lvd142m"``).
+        offline: why nothing is downloaded (``"HF_HUB_OFFLINE is set"``), for the message.
 
     Raises:
         WeightsNotFoundError: naming the exact expected path, the hub repo and the alternatives.
@@ -76,11 +89,11 @@ def find_hf_cached_file(repo_id: str, filenames: tuple[str, ...], *, name: str, 
             return path
     expected = _expected(repo_id, filenames[0], cache)
     others = f" (or {', '.join(filenames[1:])} next to it)" if len(filenames) > 1 else ""
-    offline = " HF_HUB_OFFLINE is set;" if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") else ""
+    why = f" (offline: {offline})" if offline else ""
     raise WeightsNotFoundError(
         f"Pretrained weights for {name!r} ({source}) not found: expected the file {expected}{others} in the "
-        f"Hugging Face hub cache {cache}.{offline} Nothing is downloaded here. Either run `hf download "
-        f"{repo_id} {filenames[0]}` on a machine with internet and copy its {hf_repo_folder(repo_id)} folder "
-        f"into {cache} (or point $HF_HUB_CACHE / $HF_HOME at a cache holding it), or pass --weights PATH to a "
-        f"checkpoint file (.pth/.pt), or --weights random for a seeded random init."
+        f"Hugging Face hub cache {cache}. Nothing is downloaded{why}. Either run `imgclust weights pull {name}` "
+        f"(or `hf download {repo_id} {filenames[0]}`) on a machine with internet and copy its "
+        f"{hf_repo_folder(repo_id)} folder into {cache} (or point $HF_HUB_CACHE / $HF_HOME at a cache holding it), "
+        f"or pass --weights PATH to a checkpoint file (.pth/.pt), or --weights random for a seeded random init."
     )

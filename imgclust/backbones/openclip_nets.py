@@ -6,8 +6,8 @@ its projection, L2-normalised, i.e. ``model.encode_image(x, normalize=True)``. O
 
 Preprocessing is open_clip's evaluation transform for the pretrained tag: for the OpenAI weights a
 bicubic resize of the short side to 224, a centre crop and OpenAI's mean/std. Weights:
-``"pretrained"`` reads the tag's Hugging Face hub file from the local cache (never downloads) and
-builds the architecture the tag was trained with (QuickGELU for OpenAI's); ``"random"`` is a seeded
+``"pretrained"`` reads the tag's Hugging Face hub file from the local cache (downloaded and verified
+first when absent, unless offline) and builds the architecture the tag was trained with (QuickGELU for OpenAI's); ``"random"`` is a seeded
 init of that architecture; a ``.pth``/``.pt`` path goes through open_clip's own loader (a full CLIP
 checkpoint of this architecture). open_clip is imported inside the factory (optional extra).
 """
@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from imgclust.backbones.base import Backbone, ModuleBackbone
+from imgclust.backbones.download import fetch_hf_file, verify_hf_cached_file
 from imgclust.backbones.foundation import (
     FOUNDATION_EXTRA,
     EmbeddingHead,
@@ -30,7 +31,6 @@ from imgclust.backbones.foundation import (
     package_version,
     preprocessing_from,
 )
-from imgclust.backbones.hf_cache import find_hf_cached_file
 from imgclust.backbones.registry import register_backbone
 from imgclust.backbones.weights import WeightsSpec, file_sha256, seeded_init
 from imgclust.exceptions import ConfigError
@@ -105,7 +105,8 @@ def build_openclip_backbone(*, name: str, weights: WeightsSpec, device: torch.de
     Raises:
         ConfigError: open_clip is not installed, ``weights="none"``, pretrained weights requested
             for an entry without any, or a checkpoint open_clip cannot load into this architecture.
-        WeightsNotFoundError: the tag's weights are not in the local hub cache.
+        WeightsNotFoundError: offline and the tag's weights are not in the local hub cache.
+        WeightsDownloadError: their download failed or did not verify.
     """
     entry = _ENTRIES[name]
     if weights.kind == "none":
@@ -120,6 +121,8 @@ def build_openclip_backbone(*, name: str, weights: WeightsSpec, device: torch.de
     else:
         path = _checkpoint(name, entry, weights)
         sha = file_sha256(path)
+        if weights.is_pretrained:
+            verify_hf_cached_file(path, sha256=sha)  # a corrupt or truncated cache copy is refused
         with seeded_init(seed):
             clip = load_with_library(lambda: _create(open_clip, entry, str(path), quick_gelu), path, name=name,
                                      library="open_clip")
@@ -151,11 +154,11 @@ def build_openclip_backbone(*, name: str, weights: WeightsSpec, device: torch.de
 
 
 def _checkpoint(name: str, entry: OpenClipEntry, weights: WeightsSpec) -> Path:
-    """The checkpoint file ``weights`` names: the cached hub file (pretrained) or the given path."""
+    """The checkpoint file ``weights`` names: the hub file (pretrained; cached, else downloaded unless offline) or the path."""
     if weights.is_pretrained:
         if entry.hub_repo is None:
             raise ConfigError(f"{name!r} has no published pretrained weights; use --weights random or --weights PATH.")
-        return find_hf_cached_file(entry.hub_repo, entry.hub_files, name=name,
+        return fetch_hf_file(entry.hub_repo, entry.hub_files, name=name,
                                    source=f"open_clip {entry.arch} pretrained={entry.tag!r}")
     if weights.path is None:
         raise ConfigError(f"weights spec {weights!r} of kind 'file' has no path; build it with parse_weights().")

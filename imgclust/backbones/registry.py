@@ -139,8 +139,8 @@ def create_backbone(
     Args:
         name: a name from :func:`list_backbones`.
         weights: ``"imagenet"`` / ``"pretrained"`` (the entry's published weights, from the local
-            torch hub or Hugging Face hub cache only), ``"random"`` (seeded init), a path to a
-            ``.pth``/``.pt`` checkpoint, ``"none"`` (classic features), or None for the entry's
+            torch hub or Hugging Face hub cache, downloaded there first unless offline), ``"random"``
+            (seeded init), a path to a ``.pth``/``.pt`` checkpoint, ``"none"`` (classic features), or None for the entry's
             default.
         device: torch device string.
         seed: seed of the random init (used when ``weights == "random"``).

@@ -14,8 +14,8 @@ the embedding the model is meant to give, not class scores:
 
 Preprocessing comes from ``timm.data.resolve_model_data_config`` on the built model (input size,
 mean/std, interpolation, crop_pct, crop mode), after the overrides an entry states. Weights:
-``"pretrained"`` reads the entry's Hugging Face hub file from the local cache (never downloads);
-``"random"`` is a seeded init; a ``.pth``/``.pt`` path goes through timm's own loader (so e.g. the
+``"pretrained"`` reads the entry's Hugging Face hub file from the local cache (downloaded and verified
+first when absent, unless offline); ``"random"`` is a seeded init; a ``.pth``/``.pt`` path goes through timm's own loader (so e.g. the
 official DINOv2 checkpoints are converted). Checkpoints load strictly into the published
 architecture, classifier included (timm itself loads non-strictly when the class count changes, which
 would leave a wrong file's layers silently random), and the classifier is dropped afterwards. timm
@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from imgclust.backbones.base import Backbone, ModuleBackbone
+from imgclust.backbones.download import fetch_hf_file, verify_hf_cached_file
 from imgclust.backbones.foundation import (
     FOUNDATION_EXTRA,
     EmbeddingHead,
@@ -39,7 +40,6 @@ from imgclust.backbones.foundation import (
     package_version,
     preprocessing_from,
 )
-from imgclust.backbones.hf_cache import find_hf_cached_file
 from imgclust.backbones.registry import register_backbone
 from imgclust.backbones.weights import WeightsSpec, file_sha256, seeded_init
 from imgclust.exceptions import ConfigError
@@ -125,7 +125,8 @@ def build_timm_backbone(*, name: str, weights: WeightsSpec, device: torch.device
     Raises:
         ConfigError: timm is not installed, ``weights="none"``, pretrained weights requested for an
             entry without any, or a checkpoint file timm cannot load into this architecture.
-        WeightsNotFoundError: the published weights are not in the local hub cache.
+        WeightsNotFoundError: offline and the published weights are not in the local hub cache.
+        WeightsDownloadError: their download failed or did not verify.
     """
     entry = _ENTRIES[name]
     if weights.kind == "none":
@@ -139,6 +140,8 @@ def build_timm_backbone(*, name: str, weights: WeightsSpec, device: torch.device
     else:
         path = _checkpoint(name, entry, weights)
         sha = file_sha256(path)
+        if weights.is_pretrained:
+            verify_hf_cached_file(path, sha256=sha)  # a corrupt or truncated cache copy is refused
         file_overlay = {**overlay, "file": str(path), "source": "file"}
         with seeded_init(seed):  # pretrained=True runs the (then overwritten) init first
             net = load_with_library(lambda: _create(timm, entry, overlay=file_overlay, pretrained=True),
@@ -164,11 +167,11 @@ def build_timm_backbone(*, name: str, weights: WeightsSpec, device: torch.device
 
 
 def _checkpoint(name: str, entry: TimmEntry, weights: WeightsSpec) -> Path:
-    """The checkpoint file ``weights`` names: the cached hub file (pretrained) or the given path."""
+    """The checkpoint file ``weights`` names: the hub file (pretrained; cached, else downloaded unless offline) or the path."""
     if weights.is_pretrained:
         if entry.hub_repo is None:
             raise ConfigError(f"{name!r} has no published pretrained weights; use --weights random or --weights PATH.")
-        return find_hf_cached_file(entry.hub_repo, TIMM_HUB_FILES, name=name, source=f"timm {entry.model}")
+        return fetch_hf_file(entry.hub_repo, TIMM_HUB_FILES, name=name, source=f"timm {entry.model}")
     if weights.path is None:
         raise ConfigError(f"weights spec {weights!r} of kind 'file' has no path; build it with parse_weights().")
     return weights.path

@@ -11,8 +11,9 @@ al.: ImageNet classes are not the user's clusters):
   global-average-pool it to 512-d. The FC layers are dropped.
 
 Weights: the architecture is built with ``torchvision.models.<name>(weights=None)``; the
-``IMAGENET1K_V1`` weights enum is used only for the checkpoint file name / URL and the
-normalisation. V1 is the original release the paper's table refers to; a V2 file (e.g.
+``IMAGENET1K_V1`` weights enum gives the checkpoint URL (cached in ``$TORCH_HOME/hub/checkpoints/``,
+downloaded and hash-checked by :mod:`imgclust.backbones.download` when absent and not offline) and
+the normalisation. V1 is the original release the paper's table refers to; a V2 file (e.g.
 ``resnet50-11ad3fa6.pth``) can be used with ``--weights PATH``.
 
 Preprocessing: short side resized to 224 (bilinear, antialiased) then the central 224x224 crop,
@@ -55,6 +56,13 @@ CHECKPOINT_FILES: dict[str, str] = {
 }
 
 
+def imagenet_url(name: str) -> str:
+    """Download URL of ``name``'s ``IMAGENET1K_V1`` checkpoint, from torchvision's weights enum."""
+    import torchvision
+
+    return str(getattr(torchvision.models, _NETS[name][0]).IMAGENET1K_V1.url)
+
+
 def _imagenet_preprocessing(weights_enum: Any) -> Preprocessing:
     """Normalisation from the weights enum's transforms (constructing them downloads nothing)."""
     transforms = weights_enum.transforms()
@@ -84,7 +92,7 @@ def build_torchvision_backbone(*, name: str, weights: WeightsSpec, device: torch
     import torchvision  # local: keeps `import imgclust.backbones` light
 
     enum_name, dim, _ = _NETS[name]
-    weights_enum = getattr(torchvision.models, enum_name).IMAGENET1K_V1
+    weights_enum = getattr(torchvision.models, enum_name).IMAGENET1K_V1  # its url: the download when not cached
     constructor = getattr(torchvision.models, name)
     model, weights_id = build_with_weights(
         lambda: constructor(weights=None), weights, name=name, url=weights_enum.url, seed=seed

@@ -1,11 +1,12 @@
-"""Where backbone weights come from: a local cache, a state_dict file, or a seeded init.
+"""Where backbone weights come from: a library cache (downloaded when allowed), a state_dict file, or a seeded init.
 
-Nothing here downloads. ``"imagenet"`` / ``"pretrained"`` mean the entry's published pretrained
-weights already sitting in a local cache: for torchvision the ImageNet checkpoint in
-``$TORCH_HOME/hub/checkpoints/``, for timm / open_clip entries their Hugging Face hub file
-(:mod:`imgclust.backbones.hf_cache`); when it is missing the error names the exact file expected and
-how to provide it. Any other string is a path to an existing state_dict, ``"random"`` or
-``"none"``; anything else (e.g. a hub id) is refused rather than guessed at.
+``"imagenet"`` / ``"pretrained"`` mean the entry's published pretrained weights in the library's own
+cache: for torchvision the ImageNet checkpoint in ``$TORCH_HOME/hub/checkpoints/``, for timm /
+open_clip entries their Hugging Face hub file (:mod:`imgclust.backbones.hf_cache`). A cached file is
+used as it is; a missing one is downloaded and verified (:mod:`imgclust.backbones.download`) unless
+offline (``IMGCLUST_OFFLINE=1``, ``HF_HUB_OFFLINE=1``, ``--offline``), where the error names the exact
+file expected and how to provide it. Any other string is a path to an existing state_dict,
+``"random"`` or ``"none"``; anything else (e.g. a hub id) is refused rather than guessed at.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from imgclust.backbones.download import download_torch_checkpoint, offline_reason
 from imgclust.backbones.hf_cache import hf_hub_cache_dir
 from imgclust.exceptions import ConfigError, WeightsNotFoundError
 
@@ -94,8 +96,8 @@ def parse_weights(weights: str) -> WeightsSpec:
         raise WeightsNotFoundError(f"weights file {path} does not exist (cwd: {Path.cwd()}).")
     raise ConfigError(
         f"weights={weights!r} is not 'imagenet', 'pretrained', 'random', 'none' or an existing file. It looks like a "
-        f"hub id or a mistyped path; imgclust does not download models and will not guess. Download the "
-        f"state_dict on a machine with internet, then pass --weights /path/to/file.pth."
+        f"hub id or a mistyped path; imgclust downloads only the published weights of its registry entries "
+        f"and will not guess. Download the state_dict yourself, then pass --weights /path/to/file.pth."
     )
 
 
@@ -109,8 +111,11 @@ def expected_checkpoint_path(url: str) -> Path:
     return Path(hub_checkpoint_dir()) / os.path.basename(urlparse(url).path)
 
 
-def find_cached_checkpoint(name: str, url: str) -> Path:
-    """Return the cached torchvision checkpoint for ``url`` or explain how to provide it.
+def find_cached_checkpoint(name: str, url: str, *, offline: str | None = None) -> Path:
+    """Return the cached torchvision checkpoint for ``url`` or explain how to provide it (never downloads).
+
+    Args:
+        offline: why nothing is downloaded (``"IMGCLUST_OFFLINE is set"``), for the message.
 
     Raises:
         WeightsNotFoundError: naming the exact expected path, the download URL and alternatives.
@@ -118,12 +123,30 @@ def find_cached_checkpoint(name: str, url: str) -> Path:
     path = expected_checkpoint_path(url)
     if path.is_file():
         return path
+    why = f" (offline: {offline})" if offline else ""
     raise WeightsNotFoundError(
         f"Pretrained ImageNet weights for {name!r} not found: expected the file {path}. Nothing is "
-        f"downloaded here. Either download {url} on a machine with internet and copy it to {path} "
-        f"(or point $TORCH_HOME at a directory holding hub/checkpoints/{path.name}), or pass "
-        f"--weights PATH to a state_dict file, or --weights random for a seeded random init."
+        f"downloaded{why}. Either run `imgclust weights pull {name}` (or download {url}) on a machine with "
+        f"internet and copy it to {path} (or point $TORCH_HOME at a directory holding "
+        f"hub/checkpoints/{path.name}), or pass --weights PATH to a state_dict file, or --weights random for a "
+        f"seeded random init."
     )
+
+
+def torchvision_checkpoint(name: str, url: str) -> Path:
+    """The cached checkpoint for ``url``; when absent, downloaded and hash-checked first, unless offline.
+
+    Raises:
+        WeightsNotFoundError: offline and not cached (the message names the expected file).
+        WeightsDownloadError: the download failed or did not verify (nothing is left in the cache).
+    """
+    path = expected_checkpoint_path(url)
+    if path.is_file():
+        return path
+    reason = offline_reason()
+    if reason is not None:
+        return find_cached_checkpoint(name, url, offline=reason)  # raises
+    return download_torch_checkpoint(url, path, name=name)
 
 
 def file_sha256(path: Path, chunk_size: int = 1 << 20) -> str:
@@ -226,8 +249,8 @@ def build_with_weights(
         spec: parsed weights value; ``"none"`` is refused for a neural net; ``"pretrained"`` is
             ``"imagenet"`` here.
         name: registry name, for messages.
-        url: torchvision download URL of the ImageNet checkpoint (only to derive the cache file
-            name and the message), or None when the entry has no pretrained weights.
+        url: torchvision download URL of the ImageNet checkpoint (the cache file name, the download
+            when it is not cached and not offline), or None when the entry has no pretrained weights.
         seed: seed of the random init (recorded in the weights id).
 
     Returns:
@@ -244,7 +267,7 @@ def build_with_weights(
             raise ConfigError(
                 f"{name!r} has no pretrained ImageNet weights; use --weights random or --weights PATH."
             )
-        path = find_cached_checkpoint(name, url)
+        path = torchvision_checkpoint(name, url)
     elif spec.path is not None:
         path = spec.path
     else:
