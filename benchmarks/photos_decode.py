@@ -1,4 +1,4 @@
-"""Benchmark: decoding large real photos for a 224-px model, and resnet50 through the extraction path.
+"""Benchmark: decoding large real photos for a 224-px model, and resnet50 and a ViT through the extraction path.
 
 The photos are a photo-variant corpus (:mod:`imgclust.photos`) built at full size from Debian's wallpapers:
 baseline JPEG variants (re-encode q90, 85% crop, mirror, colour shift) of every family's largest file; only
@@ -9,10 +9,11 @@ those of at least ``--min-mp`` megapixels are used. In one run, side by side:
   ``extract.py`` decodes ahead of the model). *full*: ``decode_image(data)``; *reduced*:
   ``decode_image(data, target_side=R)`` (libjpeg DCT scaling, what extraction now does). Peak memory is
   the growth of the process's peak RSS (VmHWM) over its value after imports and reading the bytes.
-* **resnet50** (random weights; speed does not depend on weight values), on ``--model-images`` of them:
-  *bare*: ``backbone.embed`` on tensors decoded and preprocessed beforehand (the model alone); *extract*:
-  ``imgclust.extract.extract_shard`` (read + decode + preprocess + embed + Parquet write), with the reduced
-  decode (the default) and with the full decode (``decode_image`` without ``target_side``, as before).
+* **models** (``--models``, default resnet50 and DINOv2 ViT-S/14; random weights: speed does not depend on
+  weight values), on ``--model-images`` of them: *bare*: ``backbone.embed`` on tensors decoded and preprocessed
+  beforehand (the model alone); *extract*: ``imgclust.extract.extract_shard`` (read + decode + preprocess +
+  embed + Parquet write) with the reduced decode (the default), and for the first model also with the full
+  decode (``decode_image`` without ``target_side``, as before). The ratio column is extract / bare.
 
 A warm-up (a few images / one batch / one small shard) precedes every timed part and is excluded.
 
@@ -48,7 +49,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="corpus seed and random-weight seed (default: 0)")
     p.add_argument("--min-mp", type=float, default=2.0, help="only JPEGs of at least this many megapixels")
     p.add_argument("--threads", type=int, default=4, help="decode threads of the threaded rows (extract's default)")
-    p.add_argument("--model-images", type=int, default=64, help="photos for the resnet50 rows (default: 64)")
+    p.add_argument("--model-images", type=int, default=64, help="photos for the model rows (default: 64)")
+    p.add_argument("--models", default="resnet50,dinov2-vits14",
+                   help="comma-separated backbones for the model rows (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--work-dir", help="where the corpus and stores go (default: a temporary folder, removed)")
     p.add_argument("--quick", action="store_true", help="smoke run: 4 sources, 16 model images")
@@ -99,7 +102,7 @@ def bench_decode(files: list[Path], prep: Any, work: Path, full: bool, threads: 
     return {**json.loads(out.stdout.strip().splitlines()[-1]), "busy": busy}
 
 
-# ---- resnet50 rows -------------------------------------------------------------------------------
+# ---- model rows ---------------------------------------------------------------------------------
 def bench_bare(backbone: Any, files: list[Path], batch_size: int, quiet: Callable[[], float]) -> dict[str, Any]:
     import torch
 
@@ -182,12 +185,14 @@ def megapixels(files: list[Path]) -> str:
 
 
 def table(rows: list[tuple[str, str, dict[str, Any]]], files_mp: str, model_mp: str) -> str:
-    head = ["what", "threads", "images (MP)", "img/s", "peak RSS growth (MiB)", "others' CPU % before"]
+    head = ["what", "threads", "images (MP)", "img/s", "extract / bare", "peak RSS growth (MiB)",
+            "others' CPU % before"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for what, threads, r in rows:
-        mp = model_mp if what.startswith("resnet50") else files_mp
+        mp = model_mp if "bare" in r else files_mp
         peak = f"{r['peak_mib']:.0f}" if "peak_mib" in r else "-"
-        cells = [what, threads, f"{r['images']} ({mp})", f"{r['img_s']:.1f}", peak, f"{r['busy']:.0f}"]
+        ratio = f"{r['img_s'] / r['bare']:.2f}" if r.get("bare") else "-"
+        cells = [what, threads, f"{r['images']} ({mp})", f"{r['img_s']:.1f}", ratio, peak, f"{r['busy']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -208,11 +213,12 @@ def main(argv: list[str] | None = None) -> None:
         work = Path(args.work_dir or tmp)
         quiet = functools.partial(wait_for_quiet, args.max_busy, args.max_wait)
         files = large_jpegs(args, work)
-        cfg = ExtractConfig(extractor="resnet50", weights="random", device="cpu", batch_size=args.batch_size,
-                            shard_size=args.batch_size * 2, seed=args.seed, decode_on="cpu")
-        backbone = backbone_for(cfg)
-        prep = backbone.preprocessing
-        log.info("%d JPEGs; resnet50 input %s; torch threads %d", len(files), prep.describe(), torch.get_num_threads())
+        models = [m.strip() for m in args.models.split(",") if m.strip()]
+        cfgs = {m: ExtractConfig(extractor=m, weights="random", device="cpu", batch_size=args.batch_size,
+                                 shard_size=args.batch_size * 2, seed=args.seed, decode_on="cpu") for m in models}
+        prep = backbone_for(cfgs[models[0]]).preprocessing
+        log.info("%d JPEGs; %s input %s; torch threads %d", len(files), models[0], prep.describe(),
+                 torch.get_num_threads())
         rows: list[tuple[str, str, dict[str, Any]]] = []
         for threads in (1, args.threads):
             for full in (True, False):
@@ -227,15 +233,17 @@ def main(argv: list[str] | None = None) -> None:
             for i, f in enumerate(subset):
                 shutil.copyfile(f, work / folder / f"{i:04d}-{f.parent.name}-{f.name}")
         torch_threads = f"torch {torch.get_num_threads()}"
-        rows.append(("resnet50 bare forward (pre-decoded tensors)", torch_threads,
-                     bench_bare(backbone, chosen, args.batch_size, quiet)))
-        log.info("bare: %s", rows[-1][2])
-        for full in (False, True):
-            label = "full decode (before)" if full else "reduced decode (now)"
-            result = bench_extract(cfg, work, "full" if full else "reduced", work / "model-corpus",
-                                   work / "model-warmup", full, quiet)
-            rows.append((f"resnet50 extract_shard, {label}", f"{torch_threads} + decode {cfg.decode_threads}", result))
-            log.info("extract %s: %s", label, result)
+        for m, cfg in cfgs.items():
+            bare = bench_bare(backbone_for(cfg), chosen, args.batch_size, quiet)
+            rows.append((f"{m} bare forward (pre-decoded tensors)", torch_threads, {**bare, "bare": 0.0}))
+            log.info("%s bare: %s", m, bare)
+            for full in (False, True) if m == models[0] else (False,):
+                label = "full decode (before)" if full else "reduced decode (now)"
+                result = bench_extract(cfg, work, f"{m}-{'full' if full else 'reduced'}", work / "model-corpus",
+                                       work / "model-warmup", full, quiet)
+                rows.append((f"{m} extract_shard, {label}", f"{torch_threads} + decode {cfg.decode_threads}",
+                             {**result, "bare": bare["img_s"]}))
+                log.info("%s extract %s: %s", m, label, result)
         print(table(rows, megapixels(files), megapixels(chosen)))
 
 

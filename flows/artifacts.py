@@ -25,16 +25,23 @@ def publish_model_artifacts(model_id: str, metrics: dict[str, Any], decision: di
     create_markdown_artifact(key="model-summary", markdown=md, description="Model build summary")
 
 
-def publish_label_summary(summary: dict[str, Any], names: dict[int, str] | None = None) -> None:
-    """Markdown summary of one auto-label run (new images, novel count and rate, model) and, when
-    images were labeled, a table of the night's images per cluster with the clusters' human names."""
+def publish_label_summary(summary: dict[str, Any], names: dict[int, str] | None = None,
+                          suggestions: list[dict[str, Any]] | None = None) -> None:
+    """Markdown summary of one auto-label run (new images, novel count and rate, near-duplicates of stored
+    images, model) and, when images were labeled, a table of the night's images per cluster with the clusters'
+    human names and, when ``imgclust name-clusters`` made some for this model, the suggested names (confidence)."""
     names = names or {}
+    suggested = {int(r["cluster_id"]): f"{r['name']} ({float(r['confidence']):.2f})" for r in suggestions or []}
     if summary.get("sizes"):
         create_table_artifact(key="auto-label-clusters", description="Images labeled tonight per cluster",
-                              table=[{"cluster_id": c, "name": "novel" if c == -1 else names.get(c, ""), "images": n}
+                              table=[{"cluster_id": c, "name": "novel" if c == -1 else names.get(c, ""),
+                                      **({"suggested name": suggested.get(c, "")} if suggested else {}), "images": n}
                                      for c, n in sorted(summary["sizes"].items())])
     md = "# Auto-label run\n\n| what | value |\n|---|---|\n" + _rows(summary) + "\n"
     if summary.get("novelty_alert"):
         md += f"\n**Novelty rate {summary['novelty_rate']:.3f} exceeds the threshold {summary['novelty_threshold']}**: " \
               "consider a recluster (event `imgclust.novelty.high` was emitted).\n"
+    if summary.get("near_duplicates"):
+        md += f"\n**{summary['near_duplicates']} new image(s) nearly duplicate stored ones** (cosine similarity >= " \
+              f"{summary.get('near_duplicate_threshold')}): see `near_duplicate_of` in their label rows.\n"
     create_markdown_artifact(key="auto-label-summary", markdown=md, description="Nightly auto-label summary")

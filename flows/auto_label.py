@@ -1,7 +1,9 @@
 """Flow: nightly auto-labeling of newly ingested images with the CURRENT model.
 
 Cost grows with the number of new images only: the manifest is the watermark, so only the new
-partition is extracted and labeled; the model is loaded once per worker.
+partition is extracted and labeled; the model is loaded once per worker. The near-duplicate check of the new
+images against the stored ones reads the stored features once (``imgclust.dedup``: O(new x stored) flops,
+memory bounded by the new rows plus one stored batch).
 """
 from __future__ import annotations
 
@@ -17,16 +19,25 @@ from flows.extract_features import run_extraction
 from flows.runtime import default_task_runner
 from flows.store_lease import DEFAULT_LOCK_TTL_SECONDS, DEFAULT_LOCK_WAIT_SECONDS, store_writer
 from imgclust.config import IngestConfig
+from imgclust.dedup import DedupConfig
 from tasks.cluster import current_model_task
+from tasks.dedup import flag_near_duplicates_task
 from tasks.ingest import ingest_source
+from tasks.naming import suggestions_table_task
 from tasks.report import cluster_names_task
 
 
 @flow(name="auto-label", task_runner=default_task_runner())
 def auto_label(source: str, store: str, date: dt.date | None = None, novelty_threshold: float = 0.2,
                ingest: IngestConfig = IngestConfig(), lock_wait_seconds: float = DEFAULT_LOCK_WAIT_SECONDS,
-               lock_ttl_seconds: float = DEFAULT_LOCK_TTL_SECONDS) -> dict[str, Any]:
+               lock_ttl_seconds: float = DEFAULT_LOCK_TTL_SECONDS,
+               near_duplicate_threshold: float | None = DedupConfig.threshold) -> dict[str, Any]:
     """Ingest what arrived since the last run, extract it, label it with the CURRENT model.
+
+    Before labelling, new images whose most similar stored image (labelled by the CURRENT model before this
+    night, in its feature space) has cosine similarity ``>= near_duplicate_threshold`` are flagged in their label
+    rows (``near_duplicate_of``, ``near_duplicate_similarity``) and counted in the summary (``near_duplicates``);
+    None skips the check.
 
     Emits the Prefect event ``imgclust.novelty.high`` for the store when the share of novel images exceeds
     ``novelty_threshold`` (the novelty trigger of ``recluster/weekly`` starts a recluster on it).
@@ -37,30 +48,37 @@ def auto_label(source: str, store: str, date: dt.date | None = None, novelty_thr
     the holder, before touching the store. (Two overlapping ingests of the same new files would add
     them twice; a recluster promoted mid-run would never label this night's images.)
     """
+    if near_duplicate_threshold is not None:
+        DedupConfig(threshold=near_duplicate_threshold)  # a bad threshold fails before any work
     with store_writer(store, wait=lock_wait_seconds, ttl=lock_ttl_seconds):
-        return _auto_label(source, store, date, novelty_threshold, ingest)
+        return _auto_label(source, store, date, novelty_threshold, ingest, near_duplicate_threshold)
 
 
-def _auto_label(source: str, store: str, date: dt.date | None, novelty_threshold: float, ingest: IngestConfig
-                ) -> dict[str, Any]:
+def _auto_label(source: str, store: str, date: dt.date | None, novelty_threshold: float, ingest: IngestConfig,
+                near_duplicate_threshold: float | None) -> dict[str, Any]:
     """The body of :func:`auto_label`, run while holding the store lease."""
     logger = get_run_logger()
     model_id, extract = current_model_task(store)
     ingested = ingest_source(source, store, ingest, date)
     summary: dict[str, Any] = {"model_id": model_id, "new_images": ingested["new"], "listed": ingested["listed"],
                                "labeled": 0, "novel": 0, "quarantined": 0, "novelty_rate": 0.0,
-                               "novelty_threshold": novelty_threshold, "novelty_alert": False}
+                               "novelty_threshold": novelty_threshold, "novelty_alert": False,
+                               "near_duplicates": 0, "near_duplicate_threshold": near_duplicate_threshold}
     if ingested["part"] is None:
         logger.info("nothing new under %s since the last run", source)
         publish_label_summary(summary)
         return summary
     extraction = run_extraction(store, extract, parts=[ingested["part"]])
+    if near_duplicate_threshold is not None and extraction["shard_ids"]:
+        flag_near_duplicates_task(store, model_id, extraction["extractor_key"], extraction["shard_ids"],
+                                  near_duplicate_threshold)
     labeled = label_all(store, model_id, extraction["extractor_key"], extraction["shard_ids"])
     n = sum(r["n"] for r in labeled)
     novel = sum(r["novel"] for r in labeled)
     rate = novel / n if n else 0.0
     summary.update(labeled=n, novel=novel, quarantined=extraction["quarantined"], novelty_rate=round(rate, 4),
-                   novelty_alert=rate > novelty_threshold, part=ingested["part"])
+                   novelty_alert=rate > novelty_threshold, part=ingested["part"],
+                   near_duplicates=sum(r.get("near_duplicates", 0) for r in labeled))
     if summary["novelty_alert"]:
         logger.warning("novelty rate %.3f exceeds %.3f: emitting %s", rate, novelty_threshold, NOVELTY_EVENT)
         emit_novelty(store, model_id, {"novelty_rate": rate, "novel": novel, "labeled": n, "part": ingested["part"]})
@@ -69,5 +87,5 @@ def _auto_label(source: str, store: str, date: dt.date | None, novelty_threshold
         for c, count in r.get("sizes", {}).items():
             sizes[int(c)] = sizes.get(int(c), 0) + count
     summary["sizes"] = sizes
-    publish_label_summary(summary, cluster_names_task(store))
+    publish_label_summary(summary, cluster_names_task(store), suggestions_table_task(store, model_id))
     return summary

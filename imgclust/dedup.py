@@ -22,13 +22,26 @@ Store layout: ``near_duplicates/<extractor_key>/groups.parquet`` (one row per im
 ``group_size`` int32) and ``near_duplicates/<extractor_key>/meta.json`` (threshold, k, rows searched, groups,
 the time it was computed), both written whole (a rerun replaces them).
 
-Memory: the search holds every feature row (``n x D`` float32, e.g. 1M x 512 = 2 GB) and ``n x k`` neighbours.
+Memory: the search holds every feature row (``n x D`` float32, e.g. 1M x 512 = 2 GB) and ``n x k`` neighbours;
+time is ``O(n^2 D)`` (exact search).
+
+Nightly flags (:func:`flag_new_near_duplicates`, run by the auto-label flow between extraction and labelling):
+each new image's most similar STORED image, where stored means labelled by the current model before this night
+(its label files, minus tonight's shards), in the same feature space. A new image whose best cosine similarity is
+``>= threshold`` is flagged: ``near_duplicates/<extractor_key>/arrivals/shard-<id>.parquet`` (schema
+:data:`ARRIVALS_SCHEMA`, one row per flagged image of that new shard, written for every new shard, empty when none)
+is read by :func:`imgclust.labels.label_shard`, which fills the label rows' ``near_duplicate_of`` (the stored
+image id) and ``near_duplicate_similarity`` (null for unflagged rows). Cost: the stored shards are streamed one
+batch at a time through an exact faiss search of the night's rows: ``O(new x stored x D)`` flops and one read of
+the stored features per night, memory ``new x D`` float32 plus one stored batch (not the whole store). New images
+are not compared with each other here (``imgclust dedup`` groups everything).
 """
 from __future__ import annotations
 
 import datetime as dt
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -43,12 +56,14 @@ from imgclust.store import Store
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DEDUP_SCHEMA", "DedupConfig", "dedup_store", "find_near_duplicates", "groups_path",
-           "read_near_duplicates"]
+__all__ = ["ARRIVALS_SCHEMA", "DEDUP_SCHEMA", "DedupConfig", "arrivals_path", "dedup_store", "find_near_duplicates",
+           "flag_new_near_duplicates", "groups_path", "nearest_stored", "read_arrivals", "read_near_duplicates"]
 
 DEDUP_SCHEMA = pa.schema([("image_id", pa.string()), ("group_id", pa.string()),
                           ("representative_id", pa.string()), ("similarity", pa.float32()),
                           ("group_size", pa.int32())])
+ARRIVALS_SCHEMA = pa.schema([("image_id", pa.string()), ("near_duplicate_of", pa.string()),
+                             ("near_duplicate_similarity", pa.float32())])
 
 
 @dataclass(frozen=True)
@@ -183,3 +198,99 @@ def read_near_duplicates(store: Store, extractor_key: str) -> tuple[pa.Table, di
     if not store.exists(_meta_path(extractor_key)):
         return None
     return store.read_parquet(groups_path(extractor_key)), store.read_json(_meta_path(extractor_key))
+
+
+# ---- nightly flags: new images against the stored ones ----------------------------------------------
+def arrivals_path(extractor_key: str, shard_id: str) -> str:
+    """Flags of one new feature shard's images (module docstring)."""
+    return f"near_duplicates/{extractor_key}/arrivals/shard-{shard_id}.parquet"
+
+
+def read_arrivals(store: Store, extractor_key: str, shard_id: str) -> pa.Table | None:
+    """The flags written for a new shard (:data:`ARRIVALS_SCHEMA`), or None when it was never checked."""
+    rel = arrivals_path(extractor_key, shard_id)
+    return store.read_parquet(rel) if store.exists(rel) else None
+
+
+def nearest_stored(X_new: np.ndarray, stored: Iterable[tuple[list[str], np.ndarray]]
+                   ) -> tuple[np.ndarray, np.ndarray, int]:
+    """Each new row's most similar stored row, streaming ``stored`` batches ``(ids, (m, D))`` through an
+    exact inner-product search (rows L2-normalised first, so it is the cosine similarity).
+
+    Returns ``(similarity (n,) float32, stored id (n,) object, stored rows seen)``; similarity is -inf and the
+    id None where nothing was stored. Ties keep the earliest batch. Memory: ``X_new`` plus one batch."""
+    import faiss
+
+    n, d = X_new.shape
+    queries = np.ascontiguousarray(l2_normalize(np.asarray(X_new, np.float32)))
+    best = np.full(n, -np.inf, np.float32)
+    best_id = np.full(n, None, dtype=object)
+    seen = 0
+    if n == 0:
+        return best, best_id, seen
+    for ids, X in stored:
+        if not len(ids):
+            continue
+        if X.shape[1] != d:
+            raise StoreError(f"stored feature rows are {X.shape[1]}-d but the new rows are {d}-d; "
+                             "both must come from one extractor key")
+        index = faiss.IndexFlatIP(d)
+        index.add(np.ascontiguousarray(l2_normalize(np.asarray(X, np.float32))))
+        sims, idx = index.search(queries, 1)
+        better = sims[:, 0] > best
+        best[better] = sims[better, 0]
+        best_id[better] = np.asarray(ids, dtype=object)[idx[better, 0]]
+        seen += len(ids)
+    return best, best_id, seen
+
+
+def _labelled_shards(store: Store, model_id: str) -> set[str]:
+    """Shard ids that have a label file of ``model_id`` (any date)."""
+    return {rel.rsplit("/shard-", 1)[1][: -len(".parquet")] for rel in
+            store.glob(f"labels/{model_id}/date=*/shard-*.parquet")}
+
+
+def flag_new_near_duplicates(store: Store, model_id: str, extractor_key: str, new_shard_ids: list[str],
+                             config: DedupConfig = DedupConfig(), *,  # noqa: B008
+                             batch_rows: int = 65536) -> dict[str, Any]:
+    """Flag the images of ``new_shard_ids`` whose most similar stored image (labelled by ``model_id`` in a shard
+    not among the new ones) has cosine similarity ``>= config.threshold`` in ``extractor_key``'s space, and write
+    each new shard's :func:`arrivals_path` table (module docstring: rule, cost). Rerunning rewrites the same
+    tables. Returns counts: new rows, stored rows and shards searched, flagged images, seconds.
+
+    Only ``config.threshold`` is used (each new image's single nearest stored image decides); ``batch_rows``
+    bounds the stored rows held at once."""
+    t0 = time.perf_counter()
+    new = list(dict.fromkeys(new_shard_ids))
+    missing = sorted(set(new) - set(done_shards(store, extractor_key)))
+    if missing:
+        raise StoreError(f"new shards {missing[:5]} have no finished features under "
+                         f"{store.uri(f'features/{extractor_key}')}; extract them before flagging near-duplicates")
+    labelled = _labelled_shards(store, model_id)
+    stored_shards = [s for s in done_shards(store, extractor_key) if s in labelled and s not in set(new)]
+    ids: list[str] = []
+    owner: list[int] = []  # index into `new` of each row's shard
+    blocks: list[np.ndarray] = []
+    for i, sid in enumerate(new):
+        for batch_ids, X in iter_feature_batches(store, extractor_key, [sid], batch_size=batch_rows):
+            ids += batch_ids
+            owner += [i] * len(batch_ids)
+            blocks.append(X)
+    X_new = np.concatenate(blocks) if blocks else np.zeros((0, 1), np.float32)
+    best, best_id, seen = nearest_stored(
+        X_new, iter_feature_batches(store, extractor_key, stored_shards, batch_size=batch_rows))
+    flagged = best >= config.threshold
+    owner_arr = np.asarray(owner, np.int64)
+    ids_arr = np.asarray(ids, dtype=object)
+    for i, sid in enumerate(new):
+        rows = np.flatnonzero((owner_arr == i) & flagged)
+        store.write_parquet(arrivals_path(extractor_key, sid), pa.table(
+            {"image_id": ids_arr[rows].tolist(), "near_duplicate_of": best_id[rows].tolist(),
+             "near_duplicate_similarity": best[rows].astype(np.float32)}, schema=ARRIVALS_SCHEMA))
+    summary = {"new_rows": len(ids), "stored_rows": seen, "stored_shards": len(stored_shards),
+               "near_duplicates": int(flagged.sum()), "threshold": config.threshold,
+               "seconds": round(time.perf_counter() - t0, 2)}
+    log.info("near-duplicates of stored images: %d of %d new images (cosine >= %.3f against %d stored rows of %s) "
+             "in %.1f s", summary["near_duplicates"], len(ids), config.threshold, seen, extractor_key,
+             summary["seconds"])
+    return summary

@@ -1,8 +1,14 @@
 """Label feature shards with a fitted model and evaluate the labels.
 
-``labels/<model_id>/date=YYYY-MM-DD/shard-<id>.parquet`` (schema :data:`LABELS_SCHEMA`): one row per
+``labels/<model_id>/date=YYYY-MM-DD/shard-<id>.parquet`` (schema :data:`LABELS_FILE_SCHEMA`): one row per
 image of the shard. Writing is idempotent: the file's name is determined by (model, date, shard), so a
 retry overwrites the same object with the same content.
+
+Columns: :data:`LABELS_SCHEMA` (every label file has them) and :data:`LABEL_FLAG_FIELDS`, nullable columns added
+later: ``near_duplicate_of`` (the stored image this one nearly duplicates) and ``near_duplicate_similarity``
+(their cosine similarity), filled from the nightly near-duplicate check
+(:func:`imgclust.dedup.flag_new_near_duplicates`) when it ran for the shard, null otherwise. Files written
+before these columns existed stay readable: :func:`read_labels` and :func:`conform_labels` add them as nulls.
 """
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from imgclust.dedup import read_arrivals
 from imgclust.exceptions import ConfigError
 from imgclust.features import done_shards, embeddings_of, feature_path, iter_feature_batches
 from imgclust.manifest import read_manifest
@@ -37,6 +44,20 @@ LABELS_SCHEMA = pa.schema(
         ("labeled_at", pa.timestamp("us", tz="UTC")),
     ]
 )
+LABEL_FLAG_FIELDS: list[pa.Field] = [
+    pa.field("near_duplicate_of", pa.string(), nullable=True),
+    pa.field("near_duplicate_similarity", pa.float32(), nullable=True),
+]
+LABELS_FILE_SCHEMA = pa.schema([*LABELS_SCHEMA, *LABEL_FLAG_FIELDS])
+
+
+def conform_labels(table: pa.Table) -> pa.Table:
+    """A label table with the columns of :data:`LABELS_FILE_SCHEMA` in its order: the flag columns a file
+    written before them lacks are added as nulls."""
+    for f in LABEL_FLAG_FIELDS:
+        if f.name not in table.column_names:
+            table = table.append_column(f, pa.nulls(table.num_rows, f.type))
+    return table.select(LABELS_FILE_SCHEMA.names).cast(LABELS_FILE_SCHEMA)
 
 
 def labels_path(model_id: str, date: dt.date, shard_id: str) -> str:
@@ -71,20 +92,32 @@ def label_shard(store: Store, model_id: str, extractor_key: str, shard_id: str, 
 
     Labels go under the shard's ingestion date (``date`` defaults to :func:`shard_date`), so each
     (model, image) has exactly one label row. With ``force=False`` an existing labels file is kept
-    (idempotent backfills); a retry with ``force=True`` rewrites the same path.
+    (idempotent backfills); a retry with ``force=True`` rewrites the same path. The near-duplicate columns
+    come from the shard's nightly flags (:func:`imgclust.dedup.read_arrivals`) when they exist;
+    ``near_duplicates`` in the result counts the flagged rows.
     """
     date = date or shard_date(shard_id)
     rel = labels_path(model_id, date, shard_id)
     if not force and store.exists(rel):
-        n = store.read_parquet(rel, columns=["is_novel"])
+        n = conform_labels(store.read_parquet(rel))
         return {"shard_id": shard_id, "path": rel, "n": n.num_rows,
-                "novel": int(pc.sum(n.column("is_novel")).as_py() or 0), "skipped": True}
+                "novel": int(pc.sum(n.column("is_novel")).as_py() or 0),
+                "near_duplicates": n.num_rows - n.column("near_duplicate_of").null_count, "skipped": True}
     t0 = time.perf_counter()
     model = load_model_cached(store, model_id)
     table = store.read_parquet(feature_path(extractor_key, shard_id))
     a = model.assign(embeddings_of(table)) if table.num_rows else None
     n = table.num_rows
     now = dt.datetime.now(dt.timezone.utc)
+    flags = read_arrivals(store, extractor_key, shard_id)
+    of: dict[str, str] = {}
+    sim: dict[str, float] = {}
+    if flags is not None:
+        of = dict(zip(flags.column("image_id").to_pylist(), flags.column("near_duplicate_of").to_pylist(),
+                      strict=True))
+        sim = dict(zip(flags.column("image_id").to_pylist(),
+                       flags.column("near_duplicate_similarity").to_pylist(), strict=True))
+    image_ids = table.column("image_id").to_pylist()
     out = pa.table(
         {
             "image_id": table.column("image_id"),
@@ -94,16 +127,19 @@ def label_shard(store: Store, model_id: str, extractor_key: str, shard_id: str, 
             "is_novel": pa.array(a.is_novel if a else np.zeros(0, bool), pa.bool_()),
             "model_id": pa.array([model_id] * n, pa.string()),
             "labeled_at": pa.array([now] * n, pa.timestamp("us", tz="UTC")),
+            "near_duplicate_of": pa.array([of.get(i) for i in image_ids], pa.string()),
+            "near_duplicate_similarity": pa.array([sim.get(i) for i in image_ids], pa.float32()),
         },
-        schema=LABELS_SCHEMA,
+        schema=LABELS_FILE_SCHEMA,
     )
     store.write_parquet(rel, out)
     sizes = pc.value_counts(out.column("cluster_id")).to_pylist()
     n_novel = int(out.column("is_novel").to_numpy().sum())
-    log.info("labelled shard %s with %s: %d rows, %d novel, in %.1f s", shard_id, model_id, n, n_novel,
-             time.perf_counter() - t0)
-    return {"shard_id": shard_id, "path": rel, "n": n, "novel": n_novel, "skipped": False,
-            "sizes": {int(v["values"]): int(v["counts"]) for v in sizes}}
+    n_dup = n - out.column("near_duplicate_of").null_count
+    log.info("labelled shard %s with %s: %d rows, %d novel, %d near-duplicates of stored images, in %.1f s",
+             shard_id, model_id, n, n_novel, n_dup, time.perf_counter() - t0)
+    return {"shard_id": shard_id, "path": rel, "n": n, "novel": n_novel, "near_duplicates": n_dup,
+            "skipped": False, "sizes": {int(v["values"]): int(v["counts"]) for v in sizes}}
 
 
 def with_names(labels: pa.Table, names: dict[int, str]) -> pa.Table:
@@ -113,11 +149,12 @@ def with_names(labels: pa.Table, names: dict[int, str]) -> pa.Table:
 
 
 def read_labels(store: Store, model_id: str) -> pa.Table:
-    """All label rows of a model version (every date)."""
+    """All label rows of a model version (every date), with the columns of :data:`LABELS_FILE_SCHEMA`
+    (files written before the near-duplicate columns get them as nulls)."""
     parts = store.glob(f"labels/{model_id}/date=*/shard-*.parquet")
     if not parts:
-        return LABELS_SCHEMA.empty_table()
-    return pa.concat_tables([store.read_parquet(p) for p in parts])
+        return LABELS_FILE_SCHEMA.empty_table()
+    return pa.concat_tables([conform_labels(store.read_parquet(p)) for p in parts])
 
 
 def evaluate(store: Store, model_id: str, extractor_key: str, *, truth: str = "none",

@@ -321,6 +321,10 @@ def main(argv: list[str] | None = None) -> int:
     except ImgclustError as err:
         print(f"imgclust: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` or a pager that quit: not an error of ours
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's exit flush of stdout would raise again
+        return 0
 
 
 if __name__ == "__main__":

@@ -26,6 +26,10 @@ def add_ops_parsers(sub: Any, add_exec: Any) -> None:
     p.add_argument("--store", required=True)
     p.add_argument("--date", type=_date, default=None, help="ingestion date partition (default today, UTC)")
     p.add_argument("--novelty-threshold", type=float, default=0.2, help="alert above this novel share")
+    p.add_argument("--near-duplicate-threshold", type=float, default=None,
+                   help="flag new images whose most similar stored image has at least this cosine similarity "
+                        "(default: imgclust dedup's --threshold default)")
+    p.add_argument("--no-near-duplicates", action="store_true", help="skip the near-duplicate check")
     add_exec(p)
     p.set_defaults(func=cmd_label)
 
@@ -157,8 +161,14 @@ def _print(result: Any) -> None:
 def cmd_label(a: argparse.Namespace) -> int:
     if not 0 < a.novelty_threshold <= 1:
         raise ConfigError("--novelty-threshold must be in (0, 1]")
+    from imgclust.dedup import DedupConfig
+
+    if a.no_near_duplicates and a.near_duplicate_threshold is not None:
+        raise ConfigError("--no-near-duplicates and --near-duplicate-threshold exclude each other")
+    threshold = DedupConfig.threshold if a.near_duplicate_threshold is None else a.near_duplicate_threshold
+    near = None if a.no_near_duplicates else DedupConfig(threshold=threshold).threshold  # validated before any work
     _print(_run_flow("flows.auto_label:auto_label", _runner(a), source=a.source, store=a.store, date=a.date,
-                     novelty_threshold=a.novelty_threshold))
+                     novelty_threshold=a.novelty_threshold, near_duplicate_threshold=near))
     return 0
 
 

@@ -1,11 +1,12 @@
-"""Near-duplicate task: groups of almost-identical images in one extractor's feature space."""
+"""Near-duplicate tasks: groups of almost-identical images in one extractor's feature space, and the nightly
+flags of new images that nearly duplicate stored ones."""
 from __future__ import annotations
 
 from typing import Any
 
 from prefect import get_run_logger, task
 
-from imgclust.dedup import DedupConfig, dedup_store
+from imgclust.dedup import DedupConfig, dedup_store, flag_new_near_duplicates
 from tasks._common import open_store, retry_transient
 
 
@@ -18,4 +19,17 @@ def dedup_task(store: str, extractor_key: str, threshold: float, k: int, rule: s
                           DedupConfig(threshold=threshold, k=k, rule=rule))  # type: ignore[arg-type]
     get_run_logger().info("%d near-duplicate groups holding %d of %d images", summary["groups"],
                           summary["images_in_groups"], summary["rows"])
+    return summary
+
+
+@task(name="flag-near-duplicates", task_run_name="flag-near-duplicates-{extractor_key}", retries=1,
+      retry_delay_seconds=10, retry_condition_fn=retry_transient)
+def flag_near_duplicates_task(store: str, model_id: str, extractor_key: str, new_shard_ids: list[str],
+                              threshold: float) -> dict[str, Any]:
+    """Write the nightly near-duplicate flags of the new shards (idempotent: same inputs, same tables);
+    run before labelling them, which reads the flags."""
+    summary = flag_new_near_duplicates(open_store(store), model_id, extractor_key, new_shard_ids,
+                                       DedupConfig(threshold=threshold))
+    get_run_logger().info("%d of %d new images nearly duplicate stored ones (cosine >= %s)",
+                          summary["near_duplicates"], summary["new_rows"], threshold)
     return summary

@@ -116,3 +116,16 @@ def test_recluster_scan_whiten_needs_method_scan(tmp_path: Path, capsys: pytest.
     err = capsys.readouterr().err
     assert "--scan-whiten needs --method scan" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "store").exists()  # refused before any work
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--near-duplicate-threshold", "1.5"], "near-duplicate threshold must be in (0, 1]"),
+    (["--near-duplicate-threshold", "0.9", "--no-near-duplicates"], "exclude each other"),
+])
+def test_label_near_duplicate_options_fail_before_work(tmp_path: Path, args: list[str], needle: str,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "src").mkdir()
+    rc = main(["label", str(tmp_path / "src"), "--store", str(tmp_path / "store"), *args])
+    err = capsys.readouterr().err
+    assert rc == 2 and needle in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "store").exists()

@@ -1,5 +1,6 @@
 """Near-duplicate groups (imgclust.dedup): the rule on vectors with known copies, then the flow, the store table
-and the report on real image files with re-encoded and brightened copies."""
+and the report on real image files with re-encoded and brightened copies; the nightly flags of new images that
+nearly duplicate stored ones, end to end through the auto-label flow on real photos."""
 from __future__ import annotations
 
 import datetime as dt
@@ -9,10 +10,17 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import requires_fashion, write_fashion_corpus
+from helpers_photos import requires_photos
 from PIL import Image, ImageEnhance
 
 from imgclust.config import ClusterConfig, ExtractConfig, IngestConfig, ReduceConfig
-from imgclust.dedup import DedupConfig, dedup_store, find_near_duplicates, read_near_duplicates
+from imgclust.dedup import (
+    DedupConfig,
+    dedup_store,
+    find_near_duplicates,
+    nearest_stored,
+    read_near_duplicates,
+)
 from imgclust.exceptions import ConfigError, StoreError
 from imgclust.extract import extract_shard
 from imgclust.labels import label_shard
@@ -22,6 +30,7 @@ from imgclust.report import build_report
 from imgclust.store import Store
 
 DAY = dt.date(2026, 12, 1)
+THRESHOLD_DEFAULT = DedupConfig().threshold
 
 
 def _with_copies(rng: np.random.Generator, n: int, copies: dict[int, int], noise: float) -> np.ndarray:
@@ -145,3 +154,100 @@ def test_dedup_flow_finds_the_copies_and_the_report_shows_them(store_with_copies
 def test_dedup_without_features_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="no finished feature shards"):
         dedup_store(Store(tmp_path / "s"), "pixels-28-L")
+
+
+# ---- nightly flags: new images that nearly duplicate stored ones ---------------------------------------
+def test_nearest_stored_streams_batches_like_one_brute_force_search() -> None:
+    rng = np.random.default_rng(4)
+    stored = rng.standard_normal((300, 32)).astype(np.float32)
+    new = np.concatenate([stored[[5, 120, 299]] * 3.0 + 0.01 * rng.standard_normal((3, 32)).astype(np.float32),
+                          rng.standard_normal((4, 32)).astype(np.float32)])
+    ids = [f"s{i:03d}" for i in range(300)]
+    batches = [(ids[lo:lo + 70], stored[lo:lo + 70]) for lo in range(0, 300, 70)]  # uneven last batch
+    sims, best, seen = nearest_stored(new, iter(batches))
+    unit = stored / np.linalg.norm(stored, axis=1, keepdims=True)
+    brute = (new / np.linalg.norm(new, axis=1, keepdims=True)) @ unit.T
+    np.testing.assert_allclose(sims, brute.max(1), atol=1e-5)
+    assert list(best) == [ids[j] for j in brute.argmax(1)] and seen == 300
+    assert list(best[:3]) == ["s005", "s120", "s299"] and np.all(sims[:3] > 0.99) and np.all(sims[3:] < 0.9)
+    empty_sims, empty_best, _ = nearest_stored(new, iter([]))
+    assert np.all(np.isneginf(empty_sims)) and all(b is None for b in empty_best)
+    with pytest.raises(StoreError, match="one extractor key"):
+        nearest_stored(new, iter([(ids[:2], stored[:2, :16])]))
+
+
+DAY1, DAY2 = dt.date(2026, 11, 1), dt.date(2026, 11, 2)
+COPY_KINDS = ("jpeg35", "half", "crop85")
+
+
+@requires_photos
+@pytest.mark.integration
+def test_nightly_run_flags_copies_of_stored_photos_and_counts_them(tmp_path: Path, dask_address: str) -> None:
+    """Day 1: the originals of 9 real photos are stored, labelled with a `layout` model (one label file is
+    rewritten in the schema of before the flag columns). Night 2: a JPEG q35 re-encode, a half-size copy and an
+    85 % crop of 3 stored photos arrive with the originals of 3 photos never stored. The auto-label flow (real
+    Prefect API, real Dask LocalCluster) flags exactly the 9 copies with their stored original, counts them in
+    the summary, and the store still verifies."""
+    import pyarrow as pa
+    from prefect_dask import DaskTaskRunner
+
+    from flows.auto_label import auto_label
+    from imgclust.dedup import read_arrivals
+    from imgclust.features import done_shards
+    from imgclust.labels import LABELS_SCHEMA, read_labels
+    from imgclust.photos import build_photo_variant_corpus
+    from imgclust.verify import verify_store
+
+    corpus = build_photo_variant_corpus(tmp_path / "corpus", seed=5, n_sources=12, max_side=640,
+                                        kinds=("original", *COPY_KINDS))
+    groups = sorted(corpus.groups())
+    stored_groups, copied, fresh = groups[:9], groups[:3], groups[9:]
+    source = tmp_path / "source"
+
+    def place(group: str, kind: str) -> Path:
+        record = next(r for r in corpus.groups()[group] if r.kind == kind)
+        dest = source / group / record.path.name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(record.path.read_bytes())
+        return dest
+
+    originals = {g: place(g, "original") for g in stored_groups}
+    store = Store(tmp_path / "store")
+    ingest(store, str(source), config=IngestConfig(), date=DAY1, run_id="d1")
+    extract = ExtractConfig(extractor="layout", shard_size=5)
+    key = ""
+    for spec in plan_shards(store, shard_size=extract.shard_size):
+        key = extract_shard(store, spec, extract)["extractor_key"]
+    model = fit_from_store(store, key, reduce=ReduceConfig(n_components=4), cluster=ClusterConfig(k=3, seed=0),
+                           extract=extract)
+    promote(store, model.model_id)
+    day1_shards = done_shards(store, key)
+    for sid in day1_shards:
+        label_shard(store, model.model_id, key, sid)
+    old_file = store.glob(f"labels/{model.model_id}/date=*/shard-*.parquet")[0]
+    store.write_parquet(old_file, store.read_parquet(old_file).select(LABELS_SCHEMA.names).cast(LABELS_SCHEMA))
+
+    copies = {place(g, kind): originals[g] for g in copied for kind in COPY_KINDS}
+    new_originals = [place(g, "original") for g in fresh]
+    summary = auto_label.with_options(task_runner=DaskTaskRunner(address=dask_address))(
+        source=str(source), store=store.url, date=DAY2)
+
+    assert summary["new_images"] == summary["labeled"] == len(copies) + len(new_originals) == 12
+    assert summary["near_duplicates"] == len(copies) == 9
+    manifest = read_manifest(store, columns=["image_id", "uri"])
+    id_of = {Path(u): i for i, u in zip(manifest.column("image_id").to_pylist(), manifest.column("uri").to_pylist(),
+                                        strict=True)}
+    labels = read_labels(store, model.model_id)
+    assert labels.num_rows == 21 and labels.schema.field("near_duplicate_similarity").type == pa.float32()
+    flagged = {i: (of, sim) for i, of, sim in zip(labels.column("image_id").to_pylist(),
+                                                  labels.column("near_duplicate_of").to_pylist(),
+                                                  labels.column("near_duplicate_similarity").to_pylist(), strict=True)
+               if of is not None}
+    assert {i: of for i, (of, _) in flagged.items()} == {id_of[c]: id_of[o] for c, o in copies.items()}
+    assert all(THRESHOLD_DEFAULT <= sim <= 1.0 + 1e-6 for _, sim in flagged.values())
+    day2 = store.glob(f"labels/{model.model_id}/date={DAY2.isoformat()}/*.parquet")
+    assert sum(store.read_parquet(p).num_rows for p in day2) == 12
+    new_shards = [s for s in done_shards(store, key) if s not in day1_shards]
+    assert sum(read_arrivals(store, key, s).num_rows for s in new_shards) == 9  # type: ignore[union-attr]
+    assert all(read_arrivals(store, key, s) is None for s in day1_shards)
+    assert verify_store(store, key, model_id=model.model_id).ok

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -343,11 +344,26 @@ def test_tasks_write_the_suggestions_and_return_the_table(built: dict[str, Any],
 
     store, model_id = built["clip"]
 
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    from flows.artifacts import publish_label_summary
+
     @flow(name="naming-test")
     def naming(url: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         out = suggest_names_task(url, model_id, {"device": "cpu", "templates": ["a photo of a {label}."]})
-        return out, suggestions_table_task(url, model_id)
+        table = suggestions_table_task(url, model_id)
+        sizes = {int(r["cluster_id"]): 1 for r in table}
+        publish_label_summary({"model_id": model_id, "sizes": sizes}, {}, table)  # as the nightly run does
+        return out, table
 
-    out, table = naming(str(store.root))
+    state = naming(str(store.root), return_state=True)
+    out, table = state.result()
     assert out["path"] == SUGGESTIONS_FILE and out["backbone"] == NAME and out["source"].startswith("features/")
     assert table == out["rows"] and {r["cluster_id"]: r["name"] for r in table} == _truth(store, model_id)
+    with get_client(sync_client=True) as client:  # the nightly table shows the suggestions beside the names
+        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[state.state_details.flow_run_id])))
+    nightly = next(a for a in artifacts if a.key == "auto-label-clusters")
+    rows = nightly.data if isinstance(nightly.data, list) else json.loads(str(nightly.data))
+    assert {int(r["cluster_id"]): r["suggested name"].split(" (")[0] for r in rows} == _truth(store, model_id)

@@ -11,7 +11,7 @@ Built-ins (importing this package registers them): torchvision ``resnet18/34/50/
 ``vgg16``, ``vgg19``; timm ``dinov2-vits14``, ``dinov2-vitb14``, ``siglip-vitb16``,
 ``convnext-tiny``, ``efficientnet-b0``; open_clip ``clip-vitb32``, ``clip-vitl14`` (these need
 ``pip install 'imgclust[foundation]'``); classic ``pixels``, ``pixels-rgb32``, ``hog``,
-``colorhist``; test ``tinycnn``, ``timm-test-vit``, ``openclip-test-vit``. The project's own
+``colorhist``, ``layout``; test ``tinycnn``, ``timm-test-vit``, ``openclip-test-vit``. The project's own
 encoders register with :func:`register_backbone`; :func:`backbone_infos` lists each entry's
 embedding size, input size and weights source without building anything.
 """

@@ -1,6 +1,7 @@
-"""Non-neural features: raw pixels, HOG and a colour histogram (weights id ``"none"``).
+"""Non-neural features: raw pixels, HOG, a colour histogram and a near-duplicate layout descriptor
+(weights id ``"none"``).
 
-All three are batched torch code on the backbone's device (CPU by default), with no AMP. Their
+All are batched torch code on the backbone's device (CPU by default), with no AMP. Their
 preprocessing uses mean 0 / std 1, so a preprocessed batch holds intensities in [0, 1].
 """
 from __future__ import annotations
@@ -133,13 +134,84 @@ class ColorHistBackbone(ClassicBackbone):
         return hist / hist.sum(1, keepdim=True).clamp(min=1)
 
 
+class LayoutBackbone(ClassicBackbone):
+    """Near-duplicate descriptor: colour and edge layout on a coarse, centre-weighted grid (``"layout"``).
+
+    Made to be moved little by what copies of one picture undergo (rescales, re-encodes, brightness and
+    contrast changes, crops to ~85 % of the area, small rotations) while telling distinct pictures apart.
+    It follows the MPEG-7 Color Layout and Edge Histogram descriptors (Kasutani & Yamada, ICIP 2001;
+    Manjunath et al., IEEE TCSVT 2001), compared by cosine like tiny images (Torralba et al., PAMI 2008):
+
+    1. The image squash-resized to 64x64 RGB in [0, 1] -> luma and two chroma channels (ITU-R 601 Y,
+       Cb, Cr without offset) -> a 9x9 box blur (replicate padding) -> 6x6 grid of cell means.
+    2. 4 edge energies of the unblurred luma (``|gx|``, ``|gy|`` and both diagonals of centred
+       differences) -> 6x6 grid of cell means, divided by their total (contrast invariance).
+    3. Each channel's grid minus its mean over the grid (brightness offset), times a centre weight
+       ``exp(-r^2 / (2 * 0.6^2))`` (r in [-1, 1] per axis, so the border, which crops and rotations change
+       most, counts less); then luma, chroma and edges each L2-normalised (gain, saturation and contrast
+       changes cancel) and weighted 1, 0.5, 0.5, and the whole L2-normalised: ``v``, 252-d.
+    4. Calibration: ``out = [sqrt(a) * v, sqrt(1 - a)]`` with ``a = 1/8`` (unit norm), so that
+       ``cos(out1, out2) = 1 - a * (1 - cos(v1, v2))``: the near-duplicate threshold 0.98
+       (:class:`imgclust.dedup.DedupConfig`) is a descriptor cosine of 0.84. The constant component
+       changes no Euclidean distance, so clustering and PCA on these rows see only ``v``.
+
+    ``D = 3 * 36 + 4 * 36 + 1 = 253``. Mirror images are not matched (the layout is not symmetric).
+    """
+
+    size, grid, blur, sigma, chroma_weight, edge_weight, alpha = 64, 6, 9, 0.6, 0.5, 0.5, 0.125
+
+    def __init__(self, *, name: str, device: torch.device) -> None:
+        super().__init__(
+            name=name, dim=7 * self.grid * self.grid + 1, preprocessing=_plain(self.size, "RGB"),
+            weights_id="none", device=device,
+        )
+
+    def _fingerprint_extra(self) -> dict[str, Any]:
+        return {"grid": self.grid, "blur": self.blur, "sigma": self.sigma, "chroma": self.chroma_weight,
+                "edges": self.edge_weight, "alpha": self.alpha}
+
+    def _centre_weight(self, device: torch.device) -> torch.Tensor:
+        """``(G, G)`` separable Gaussian window over cell centres at [-1, 1]."""
+        t = torch.linspace(-1.0, 1.0, self.grid, device=device)
+        w = torch.exp(-0.5 * (t / self.sigma) ** 2)
+        return w[:, None] * w[None, :]
+
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, C, S, S)`` -> ``(N, C * G * G)``: grid means, minus their mean, centre-weighted."""
+        cells = F.adaptive_avg_pool2d(x, self.grid)
+        cells = cells - cells.mean((2, 3), keepdim=True)
+        return (cells * self._centre_weight(x.device)).flatten(1)
+
+    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
+        rgb = self._intensities(batch)  # (N, 3, 64, 64) in [0, 1]
+        r, g, b = rgb[:, 0], rgb[:, 1], rgb[:, 2]
+        luma = 0.299 * r + 0.587 * g + 0.114 * b
+        ycc = torch.stack([luma, 0.564 * (b - luma), 0.713 * (r - luma)], 1)
+        half = self.blur // 2
+        smooth = F.avg_pool2d(F.pad(ycc, (half, half, half, half), mode="replicate"), self.blur, stride=1)
+        colour = self._layout(smooth)  # (N, 3 * G * G), luma cells first
+        y = luma[:, None]
+        gx = (y[..., :, 2:] - y[..., :, :-2])[..., 1:-1, :]
+        gy = (y[..., 2:, :] - y[..., :-2, :])[..., :, 1:-1]
+        edges = torch.cat([gx.abs(), gy.abs(), (gx + gy).abs(), (gx - gy).abs()], 1)  # (N, 4, S-2, S-2)
+        cell_edges = F.adaptive_avg_pool2d(edges, self.grid)
+        cell_edges = cell_edges / cell_edges.flatten(1).sum(1).clamp(min=1e-6)[:, None, None, None]
+        edge = self._layout(cell_edges)
+        cells = self.grid * self.grid
+        parts = [F.normalize(colour[:, :cells], dim=1), self.chroma_weight * F.normalize(colour[:, cells:], dim=1),
+                 self.edge_weight * F.normalize(edge, dim=1)]
+        v = F.normalize(torch.cat(parts, 1), dim=1)
+        one = torch.full((v.shape[0], 1), math.sqrt(1.0 - self.alpha), device=v.device, dtype=v.dtype)
+        return torch.cat([math.sqrt(self.alpha) * v, one], 1)
+
+
 def _no_weights(name: str, weights: WeightsSpec) -> None:
     if weights.kind != "none":
         raise ConfigError(f"{name!r} is a classic feature without weights; pass weights=None or 'none', not {weights}.")
 
 
 def build_classic_backbone(*, name: str, weights: WeightsSpec, device: torch.device, seed: int) -> Backbone:
-    """Registry factory for ``pixels``, ``pixels-rgb32``, ``hog`` and ``colorhist`` (seed unused)."""
+    """Registry factory for ``pixels``, ``pixels-rgb32``, ``hog``, ``colorhist`` and ``layout`` (seed unused)."""
     _no_weights(name, weights)
     if name == "pixels":
         return PixelsBackbone(name=name, size=28, mode="L", device=device)
@@ -149,6 +221,8 @@ def build_classic_backbone(*, name: str, weights: WeightsSpec, device: torch.dev
         return HOGBackbone(name=name, device=device)
     if name == "colorhist":
         return ColorHistBackbone(name=name, device=device)
+    if name == "layout":
+        return LayoutBackbone(name=name, device=device)
     raise ConfigError(f"build_classic_backbone does not know {name!r}.")
 
 
@@ -159,6 +233,9 @@ def _register() -> None:
         "hog": ("HOG (Dalal & Triggs, CVPR 2005): 64x64 gray, 9 bins, 8px cells, 2x2 L2-Hys blocks -> 1764-d",
                 1764, 64),
         "colorhist": ("joint RGB colour histogram 8x8x8 -> 512-d, L1-normalised (64x64 working size)", 512, 64),
+        "layout": ("near-duplicate descriptor (MPEG-7 colour + edge layout): 64x64 RGB, centre-weighted 6x6 grid of "
+                   "YCbCr means and 4 edge energies, mean-centred, L2 per part, calibrated for cosine 0.98 -> 253-d",
+                   253, 64),
     }
     for name, (description, dim, size) in entries.items():
         register_backbone(name, build_classic_backbone, description=description, default_weights="none",

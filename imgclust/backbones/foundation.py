@@ -100,13 +100,24 @@ def preprocessing_from(
     )
 
 
-def load_with_library(load: Callable[[], nn.Module], path: Path, *, name: str, library: str) -> nn.Module:
+def load_with_library(load: Callable[[], nn.Module], path: Path, *, name: str, library: str,
+                      sha256: str) -> nn.Module:
     """Run ``library``'s own checkpoint loader for ``path``; its failures become a ConfigError naming the file.
 
+    ``sha256`` is the hash the caller identified (and, for published weights, verified) the file by; the file
+    is hashed again right before loading, so the weights id always names the bytes that were loaded (a file
+    replaced in between is refused, not unpickled).
+
     Raises:
-        ConfigError: the file is not a checkpoint of this architecture (missing / unexpected keys,
-            shape mismatches, not a torch or safetensors file).
+        ConfigError: the file changed since it was hashed, or is not a checkpoint of this architecture
+            (missing / unexpected keys, shape mismatches, not a torch or safetensors file).
     """
+    from imgclust.backbones.weights import file_sha256
+
+    now = file_sha256(path)
+    if now != sha256:
+        raise ConfigError(f"{path} changed while {name!r} was being built (sha256 {sha256[:12]}... when identified, "
+                          f"{now[:12]}... now); is another process writing it? Run again once it is complete.")
     try:
         return load()
     except (RuntimeError, KeyError, ValueError, OSError, EOFError, pickle.UnpicklingError) as exc:

@@ -125,7 +125,7 @@ def build_openclip_backbone(*, name: str, weights: WeightsSpec, device: torch.de
             verify_hf_cached_file(path, sha256=sha)  # a corrupt or truncated cache copy is refused
         with seeded_init(seed):
             clip = load_with_library(lambda: _create(open_clip, entry, str(path), quick_gelu), path, name=name,
-                                     library="open_clip")
+                                     library="open_clip", sha256=sha)
         weights_id = (f"pretrained:open_clip:{_arch_tag(entry)}:sha256:{sha}" if weights.is_pretrained
                       else f"file:sha256:{sha}")
         logger.info("%s: loaded %s weights from %s (sha256 %s)", name, weights, path, sha[:12])

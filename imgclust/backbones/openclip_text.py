@@ -149,7 +149,7 @@ def build_text_tower(name: str, *, weights: str | None = None, seed: int = 0, de
         sha = file_sha256(path)
         with seeded_init(seed):
             clip = load_with_library(lambda: _create(open_clip, entry, str(path), quick_gelu), path, name=name,
-                                     library="open_clip")
+                                     library="open_clip", sha256=sha)
         arch_tag = f"{entry.arch}/{entry.tag}" if entry.tag else entry.arch
         weights_id = (f"pretrained:open_clip:{arch_tag}:sha256:{sha}" if spec.is_pretrained
                       else f"file:sha256:{sha}")

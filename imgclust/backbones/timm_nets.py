@@ -145,7 +145,7 @@ def build_timm_backbone(*, name: str, weights: WeightsSpec, device: torch.device
         file_overlay = {**overlay, "file": str(path), "source": "file"}
         with seeded_init(seed):  # pretrained=True runs the (then overwritten) init first
             net = load_with_library(lambda: _create(timm, entry, overlay=file_overlay, pretrained=True),
-                                    path, name=name, library="timm")
+                                    path, name=name, library="timm", sha256=sha)
         weights_id = (f"pretrained:hf-hub:{entry.hub_repo}:sha256:{sha}" if weights.is_pretrained
                       else f"file:sha256:{sha}")
         logger.info("%s: loaded %s weights from %s (sha256 %s)", name, weights, path, sha[:12])
