@@ -99,16 +99,17 @@ def _create(open_clip: Any, entry: OpenClipEntry, pretrained: str | None, quick_
     return model
 
 
-def build_openclip_backbone(*, name: str, weights: WeightsSpec, device: torch.device, seed: int) -> Backbone:
-    """Registry factory for every :data:`OPENCLIP_ENTRIES` entry (and those of :func:`register_openclip_backbone`).
+def build_clip(name: str, entry: OpenClipEntry, weights: WeightsSpec, seed: int
+               ) -> tuple[Any, nn.Module, str, dict[str, Any], bool]:
+    """The whole CLIP model of ``entry`` (both towers) with ``weights``: seeded init or a checkpoint through
+    open_clip's loader (a cached hub copy verified first). Shared by the image backbone and the text tower.
+
+    Returns:
+        ``(open_clip module, model, weights_id, the tag's pretrained config, quick_gelu)``.
 
     Raises:
-        ConfigError: open_clip is not installed, ``weights="none"``, pretrained weights requested
-            for an entry without any, or a checkpoint open_clip cannot load into this architecture.
-        WeightsNotFoundError: offline and the tag's weights are not in the local hub cache.
-        WeightsDownloadError: their download failed or did not verify.
+        ConfigError, WeightsNotFoundError, WeightsDownloadError: as :func:`build_openclip_backbone`.
     """
-    entry = _ENTRIES[name]
     if weights.kind == "none":
         raise ConfigError(f"{name!r} is a neural net and needs weights: use 'pretrained', 'random' or a path.")
     open_clip = import_optional("open_clip", "open_clip_torch", name=name)
@@ -129,6 +130,20 @@ def build_openclip_backbone(*, name: str, weights: WeightsSpec, device: torch.de
         weights_id = (f"pretrained:open_clip:{_arch_tag(entry)}:sha256:{sha}" if weights.is_pretrained
                       else f"file:sha256:{sha}")
         logger.info("%s: loaded %s weights from %s (sha256 %s)", name, weights, path, sha[:12])
+    return open_clip, clip, weights_id, tag_cfg, quick_gelu
+
+
+def build_openclip_backbone(*, name: str, weights: WeightsSpec, device: torch.device, seed: int) -> Backbone:
+    """Registry factory for every :data:`OPENCLIP_ENTRIES` entry (and those of :func:`register_openclip_backbone`).
+
+    Raises:
+        ConfigError: open_clip is not installed, ``weights="none"``, pretrained weights requested
+            for an entry without any, or a checkpoint open_clip cannot load into this architecture.
+        WeightsNotFoundError: offline and the tag's weights are not in the local hub cache.
+        WeightsDownloadError: their download failed or did not verify.
+    """
+    entry = _ENTRIES[name]
+    open_clip, clip, weights_id, tag_cfg, quick_gelu = build_clip(name, entry, weights, seed)
     visual: nn.Module = clip.visual  # type: ignore[assignment]
     del clip  # the text tower is not needed
     base_cfg = getattr(visual, "preprocess_cfg", None)  # set by open_clip.create_model

@@ -26,9 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from imgclust.backbones.foundation import import_optional, load_with_library
-from imgclust.backbones.openclip_nets import _ENTRIES, OPENCLIP_ENTRIES, _checkpoint, _create
-from imgclust.backbones.weights import file_sha256, parse_weights, seeded_init
+from imgclust.backbones.openclip_nets import _ENTRIES, OPENCLIP_ENTRIES, build_clip
+from imgclust.backbones.weights import parse_weights
 from imgclust.exceptions import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -135,24 +134,7 @@ def build_text_tower(name: str, *, weights: str | None = None, seed: int = 0, de
                           f"use one of {sorted(_ENTRIES)}.")
     entry = _ENTRIES.get(name) or OPENCLIP_ENTRIES[name]
     spec = parse_weights(entry.default_weights if weights is None else weights)
-    if spec.kind == "none":
-        raise ConfigError(f"{name!r} is a neural net and needs weights: use 'pretrained', 'random' or a path.")
-    open_clip = import_optional("open_clip", "open_clip_torch", name=name)
-    tag_cfg: dict[str, Any] = dict(open_clip.get_pretrained_cfg(entry.arch, entry.tag)) if entry.tag else {}
-    quick_gelu = bool(tag_cfg.get("quick_gelu", False))
-    if spec.kind == "random":
-        with seeded_init(seed):
-            clip = _create(open_clip, entry, None, quick_gelu)
-        weights_id = f"random-seed{seed}"
-    else:
-        path = _checkpoint(name, entry, spec)
-        sha = file_sha256(path)
-        with seeded_init(seed):
-            clip = load_with_library(lambda: _create(open_clip, entry, str(path), quick_gelu), path, name=name,
-                                     library="open_clip", sha256=sha)
-        arch_tag = f"{entry.arch}/{entry.tag}" if entry.tag else entry.arch
-        weights_id = (f"pretrained:open_clip:{arch_tag}:sha256:{sha}" if spec.is_pretrained
-                      else f"file:sha256:{sha}")
+    open_clip, clip, weights_id, _, _ = build_clip(name, entry, spec, seed)
     if hasattr(clip, "visual"):
         clip.visual = nn.Identity()  # only the text tower is used
     if not hasattr(clip, "encode_text") or not hasattr(clip, "logit_scale"):
