@@ -27,8 +27,18 @@ Reported per score: AUROC (held-out-class test images positive, known-class test
 known-class test images ("known flagged", the realised false-novel rate; the target is ``--rate``). A second
 table varies the number of reference rows for the kNN scores.
 
+``--recipe simclr`` measures the deep recipe the demo promotes instead (:func:`run_simclr`): the ``simclr``
+encoder trained for ``--epochs`` (default 10, the demo's) on a seeded 10,000-image sample of the 8 known classes'
+train images (the demo's corpus size), its refit as the refine flow does it, and the scores in its representation
+before UMAP.
+
+The last table is the event question: per run, the night's flagged share (chosen score, conformal threshold) for
+a night of known classes only and for one with held-out images, whole and sub-sampled to ``--night-size``
+images, against binomial and Beta-Binomial margins above the target rate (:func:`event_table`).
+
     PYTHONPATH=. .venv/bin/python benchmarks/novelty_heldout.py            # 3 pairs x 2 seeds
     PYTHONPATH=. .venv/bin/python benchmarks/novelty_heldout.py --quick    # 1 pair, 1 seed, 12k fitted rows
+    PYTHONPATH=. .venv/bin/python benchmarks/novelty_heldout.py --recipe simclr --pairs 5-7,0-6 --seeds 0
 """
 from __future__ import annotations
 
@@ -58,10 +68,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rate", type=float, default=0.05, help="target false-novel rate (default %(default)s)")
     p.add_argument("--umap-sample", type=int, default=20_000, help="rows UMAP and the GMM are fitted on")
     p.add_argument("--quick", action="store_true", help="smoke run: one pair, one seed, 12,000 fitted rows")
+    p.add_argument("--recipe", choices=("pixels", "simclr"), default="pixels",
+                   help="pixels (default): IPCA 50 -> UMAP 10 -> GMM; simclr: the demo's deep recipe (see above)")
+    p.add_argument("--epochs", type=int, default=10, help="simclr training epochs (default %(default)s, the demo's)")
+    p.add_argument("--night-size", type=int, default=3_000, help="images per sub-sampled night of the event "
+                   "table (default %(default)s)")
+    p.add_argument("--nights", type=int, default=200, help="sub-sampled nights per kind and run (default %(default)s)")
     args = p.parse_args(argv)
     if args.quick:
         args.pairs, args.seeds, args.fit_rows, args.ref_sizes = "5-7", "0", 12_000, "2500,5000"
         args.refs, args.calib = 5_000, 3_000
+        if args.recipe == "simclr":
+            args.fit_rows, args.epochs, args.nights = 3_000, 1, 20
+    if args.recipe == "simclr":  # the demo's budget: the encoder trains on a 10,000-image corpus
+        args.fit_rows = args.fit_rows or 10_000
+        if args.refs + args.calib > args.fit_rows:  # NoveltyScorer.fit's rule: calibration keeps its share
+            args.calib = round(args.fit_rows * args.calib / (args.refs + args.calib))
+            args.refs = args.fit_rows - args.calib
+        args.ref_sizes = str(args.refs)
     return args
 
 
@@ -180,7 +204,131 @@ def run_one(x_all: np.ndarray, y_all: np.ndarray, x_test: np.ndarray, y_test: np
     out_sized = {name: measure(c, t) for name, (c, t) in sized.items()}
     log.info("pair %s seed %d: fitted %d rows in %.0f s, scored in %.0f s", held, seed, len(x_fit), fit_s,
              time.perf_counter() - t0 - fit_s)
-    return out, out_sized, fit_s
+    return out, out_sized, fit_s, {"knn-20+residual": scores["knn-20+residual"]}
+
+
+def run_simclr(x_all: np.ndarray, y_all: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, held: tuple[int, int],
+               seed: int, args: argparse.Namespace
+               ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]], float, dict[str, tuple]]:
+    """The deep recipe the demo promotes: ``create_deep("simclr", k=8, epochs=args.epochs)`` trained (CPU) on a
+    seeded ``args.fit_rows``-image sample of the 8 known classes' train images (uint8 28 x 28), then the refine
+    flow's refit (:func:`imgclust.deep.methods.refit_recipe`: no PCA, UMAP to 8 dims, GMM consensus) fitted with
+    ``fit_model`` on the encoder's representations of those images, whose ``assign`` gives today's ``is_novel``.
+    Scores live in the representation before UMAP (the L2-normalised pooled features; the recipe has no PCA):
+    ``knn-k`` on it, and as candidates ``pca32-knn-20`` / ``pca32-residual`` / ``pca32-knn-20+residual`` after a
+    PCA to 32 dims fitted on the reference rows. References and calibration rows are disjoint fitted rows (the
+    encoder trained on both); ``*-cal-unseen`` calibrates the same score on train images of the known classes
+    the encoder did *not* train on (the refine flow trains on a sample of the store, so such rows exist)."""
+    import torch
+    from sklearn.decomposition import PCA
+    from sklearn.metrics import roc_auc_score
+
+    from imgclust.deep.methods import create_deep, refit_recipe
+    from imgclust.estimator import as_batch_source
+    from imgclust.model import fit_model
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    rng = np.random.default_rng(seed)
+    known_idx = np.flatnonzero(~np.isin(y_all, held))
+    pick = rng.permutation(known_idx)
+    fit_idx, unseen_idx = np.sort(pick[: args.fit_rows]), pick[args.fit_rows: args.fit_rows + args.calib]
+    t0 = time.perf_counter()
+    est = create_deep("simclr", k=8, epochs=args.epochs, seed=seed, device="cpu").fit(x_all[fit_idx])
+    train_s = time.perf_counter() - t0
+    e_fit, e_test, e_unseen = (est.transform(x) for x in (x_all[fit_idx], x_test, x_all[unseen_idx]))
+    reduce, cluster = refit_recipe("simclr", 8, seed)
+    model = fit_model(as_batch_source(e_fit, 8192), extractor_key="deep:benchmark", reduce=reduce, cluster=cluster)
+    fit_s = time.perf_counter() - t0
+    perm = rng.permutation(len(fit_idx))
+    cal_idx, ref_idx = perm[: args.calib], perm[args.calib: args.calib + args.refs]
+    ref, e_cal = e_fit[ref_idx], e_fit[cal_idx]
+    is_new = np.isin(y_test, held)
+    scores: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    kmax = max(KS)
+    dc, dt, du = (knn_distances(ref, q, kmax) for q in (e_cal, e_test, e_unseen))
+    for k in KS:
+        scores[f"knn-{k}"] = (dc[:, k - 1], dt[:, k - 1])
+    scores["mean-knn-10"] = (dc[:, :10].mean(1), dt[:, :10].mean(1))
+    scores["knn-20-cal-unseen"] = (du[:, 19], dt[:, 19])
+    pca = PCA(n_components=min(32, ref.shape[1]), random_state=seed).fit(ref)
+
+    def proj(e: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        z = pca.transform(e).astype(np.float32)
+        return z, np.linalg.norm(e - pca.inverse_transform(z), axis=1)
+
+    (z_ref, _), (z_cal, r_cal), (z_test, r_test), (z_un, r_un) = (proj(e) for e in (ref, e_cal, e_test, e_unseen))
+    pc, pt, pu = (knn_distances(z_ref, q, 20)[:, -1] for q in (z_cal, z_test, z_un))
+    scores["pca32-knn-20"] = (pc, pt)
+    scores["pca32-residual"] = (r_cal, r_test)
+    scores["pca32-knn-20+residual"] = (np.hypot(pc, r_cal), np.hypot(pt, r_test))
+    scores["pca32-knn-20+residual-cal-unseen"] = (np.hypot(pu, r_un), np.hypot(pt, r_test))
+    both = density_scores(ref, np.concatenate([e_cal, e_test]), 8, seed)
+    for name, sc in both.items():
+        scores[name] = (sc[: len(e_cal)], sc[len(e_cal):])
+    a_cal, a_test = model.assign(e_cal), model.assign(e_test)
+
+    def ratio(a: Any) -> np.ndarray:
+        r = np.full(a.raw.shape[0], np.inf)
+        ok = a.raw >= 0
+        r[ok] = a.distance[ok] / model.thresholds[a.raw[ok]]
+        return r
+
+    scores["today-conformal"] = (ratio(a_cal), ratio(a_test))
+
+    def measure(cal: np.ndarray, test: np.ndarray, flagged: np.ndarray | None = None) -> dict[str, float]:
+        thr = conformal_threshold(cal, args.rate)
+        flag = test > thr if flagged is None else flagged
+        return {"auroc": float(roc_auc_score(is_new, test)), "new": float(flag[is_new].mean()),
+                "known": float(flag[~is_new].mean())}
+
+    out = {"today": measure(ratio(a_cal), ratio(a_test), a_test.is_novel)}
+    out.update({name: measure(c, t) for name, (c, t) in scores.items()})
+    log.info("pair %s seed %d: simclr trained on %d images in %.0f s (%d epochs), refit %.0f s, scored in %.0f s",
+             held, seed, len(fit_idx), train_s, args.epochs, fit_s - train_s, time.perf_counter() - t0 - fit_s)
+    return out, {}, fit_s, {"knn-20": scores["knn-20"], "knn-20-cal-unseen": scores["knn-20-cal-unseen"]}
+
+
+def event_margins(n: int, rate: float, n_cal: int, p: float = 0.999) -> tuple[float, float]:
+    """Flagged shares a night of ``n`` images exceeds with chance ``1 - p`` when nothing is new: the ``p`` quantile
+    of Binomial(n, rate) / n, and of the Beta-Binomial count under a conformal threshold from ``n_cal`` rows."""
+    from scipy.stats import betabinom, binom
+
+    rank = int(np.ceil((n_cal + 1) * (1 - rate)))
+    return float(binom.ppf(p, n, rate)) / n, float(betabinom.ppf(p, n, n_cal + 1 - rank, rank)) / n
+
+
+def event_table(events: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]], args: argparse.Namespace,
+                seed: int = 0) -> str:
+    """Night-level flagged shares: a known-only night vs a night with a held-out class, against event margins.
+
+    Margins at the night's size N (one-sided, 0.1 % chance of a false event): ``binomial`` the 0.999 quantile of
+    Binomial(N, rate) / N (a known threshold); ``beta-binomial`` the 0.999 quantile of the flagged count when the
+    threshold is the conformal one from n calibration rows (false-novel probability ~ Beta(n + 1 - r, r),
+    r = ceil((n + 1)(1 - rate)); Vovk 2012, "Conditional validity of inductive conformal predictors"). Sub-sampled
+    nights draw ``--night-size`` test images without replacement: all known, or 20 % from the held-out classes."""
+    rng = np.random.default_rng(seed)
+    lines = ["| score | night | images | flagged share mean (range over runs/nights) | binomial margin | "
+             "beta-binomial margin | nights above binomial / beta-binomial margin |", "|---|---|---|---|---|---|---|"]
+    for name, runs in events.items():
+        n_cal = runs[0][0].size
+        kinds: dict[tuple[str, int], list[float]] = defaultdict(list)
+        for cal, test, is_new in runs:
+            flag = test > conformal_threshold(cal, args.rate)
+            kinds[("known only (all known test images)", int((~is_new).sum()))].append(float(flag[~is_new].mean()))
+            kinds[("known + held-out (whole test split)", is_new.size)].append(float(flag.mean()))
+            known, new = np.flatnonzero(~is_new), np.flatnonzero(is_new)
+            m = args.night_size
+            n_new = m // 5
+            for _ in range(args.nights):
+                kinds[("known only, sub-sampled", m)].append(float(flag[rng.choice(known, m, replace=False)].mean()))
+                night = np.concatenate([rng.choice(known, m - n_new, replace=False), rng.choice(new, n_new, replace=False)])
+                kinds[("20 % held-out, sub-sampled", m)].append(float(flag[night].mean()))
+        for (kind, n), shares in kinds.items():
+            b, bb = event_margins(n, args.rate, n_cal)
+            sh = np.array(shares)
+            lines.append(f"| {name} | {kind} | {n:,} | {sh.mean():.1%} ({sh.min():.1%}-{sh.max():.1%}) | {b:.1%} | "
+                         f"{bb:.1%} | {int((sh > b).sum())} / {int((sh > bb).sum())} of {sh.size} |")
+    return "\n".join(lines)
 
 
 def table(results: dict[str, list[dict[str, float]]], pairs: list[str], per_pair: dict[str, dict[str, list]]) -> str:
@@ -206,38 +354,48 @@ def main(argv: list[str] | None = None) -> None:
 
     x_train, y_train = load_fashion_mnist("train")
     x_test, y_test = load_fashion_mnist("test")
-    x_train = x_train.reshape(len(x_train), -1).astype(np.float32) / 255.0
-    x_test = x_test.reshape(len(x_test), -1).astype(np.float32) / 255.0
+    if args.recipe == "pixels":
+        x_train = x_train.reshape(len(x_train), -1).astype(np.float32) / 255.0
+        x_test = x_test.reshape(len(x_test), -1).astype(np.float32) / 255.0
+    run = run_one if args.recipe == "pixels" else run_simclr
     pairs = [p.strip() for p in args.pairs.split(",") if p.strip()]
     seeds = [int(s) for s in args.seeds.split(",")]
     results: dict[str, list[dict[str, float]]] = defaultdict(list)
     sized: dict[str, list[dict[str, float]]] = defaultdict(list)
     per_pair: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    events: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = defaultdict(list)
     t0 = time.perf_counter()
     fit_times = []
     for pair in pairs:
         held = tuple(int(c) for c in pair.split("-"))
         for seed in seeds:
-            out, out_sized, fit_s = run_one(x_train, y_train, x_test, y_test, held, seed, args)  # type: ignore[arg-type]
+            out, out_sized, fit_s, ev = run(x_train, y_train, x_test, y_test, held, seed, args)  # type: ignore[arg-type]
             fit_times.append(fit_s)
             for name, m in out.items():
                 results[name].append(m)
                 per_pair[name][pair].append(m)
             for name, m in out_sized.items():
                 sized[name].append(m)
-    print(f"\nFashion-MNIST, pixel recipe (IPCA 50 -> UMAP 10 -> GMM k=8) fitted on the train images of 8 classes "
+            for name, (cal, test) in ev.items():
+                events[name].append((cal, test, np.isin(y_test, held)))
+    recipe = ("pixel recipe (IPCA 50 -> UMAP 10 -> GMM k=8)" if args.recipe == "pixels" else
+              f"simclr recipe ({args.epochs} epochs on CPU, then UMAP 8 -> GMM consensus k=8)")
+    print(f"\nFashion-MNIST, {recipe} fitted on the train images of 8 classes "
           f"({args.fit_rows or 'all'} rows), night = test split; held-out pairs {', '.join(pairs)}; seeds "
           f"{', '.join(map(str, seeds))}; {args.refs} references, {args.calib} calibration rows, target false-novel "
           f"rate {args.rate:.0%}; {os.cpu_count()} CPUs; {time.perf_counter() - t0:.0f} s in all "
           f"(fits {np.mean(fit_times):.0f} s each)\n")
     print(table(results, pairs, per_pair))
-    print("\nReference rows (kNN scores; same calibration rows):\n")
-    print("| score @ references | AUROC mean (min) | new flagged mean (min) | known flagged mean (max) |")
-    print("|---|---|---|---|")
-    for name, rows in sized.items():
-        au, new, kn = ([r[key] for r in rows] for key in ("auroc", "new", "known"))
-        print(f"| {name} | {np.mean(au):.3f} ({min(au):.3f}) | {np.mean(new):.1%} ({min(new):.1%}) | "
-              f"{np.mean(kn):.1%} ({max(kn):.1%}) |")
+    if sized:
+        print("\nReference rows (kNN scores; same calibration rows):\n")
+        print("| score @ references | AUROC mean (min) | new flagged mean (min) | known flagged mean (max) |")
+        print("|---|---|---|---|")
+        for name, rows in sized.items():
+            au, new, kn = ([r[key] for r in rows] for key in ("auroc", "new", "known"))
+            print(f"| {name} | {np.mean(au):.3f} ({min(au):.3f}) | {np.mean(new):.1%} ({min(new):.1%}) | "
+                  f"{np.mean(kn):.1%} ({max(kn):.1%}) |")
+    print(f"\nThe event question (target rate {args.rate:.0%}; margins one-sided at 0.1 %):\n")
+    print(event_table(events, args))
 
 
 if __name__ == "__main__":
