@@ -119,7 +119,8 @@ def density_scores(ref: np.ndarray, rows: np.ndarray, k: int, seed: int) -> dict
 
 
 def run_one(x_all: np.ndarray, y_all: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, held: tuple[int, int],
-            seed: int, args: argparse.Namespace) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]], float]:
+            seed: int, args: argparse.Namespace
+            ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]], float, dict[str, tuple]]:
     from sklearn.metrics import roc_auc_score
 
     from imgclust.config import ClusterConfig, ReduceConfig
