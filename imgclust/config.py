@@ -7,6 +7,7 @@ parameters, so their field titles/descriptions render as the form in the Prefect
 from __future__ import annotations
 
 import datetime as dt
+import math
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -120,8 +121,17 @@ class ClusterConfig(_Base):
         "the final mixture; 1 = plain EM."
     )
     novelty_quantile: float = Field(
-        0.99, gt=0.5, le=1.0, description="Per-cluster distance quantile beyond which an image is novel."
+        0.99, gt=0.5, le=1.0, description="Models without a novelty score (fitted before it, or on too few rows): "
+        "the per-cluster distance quantile beyond which an image is novel."
     )
+    novelty_rate: float = Field(
+        0.05, gt=0.0, lt=0.5, description="Target false-novel rate: the share of images of known kinds the "
+        "calibrated novelty threshold flags (split-conformal on fitted rows held out of the references).")
+    novelty_k: int = Field(20, ge=1, le=1000, description="The novelty score's k-th nearest reference (knn kind).")
+    novelty_references: int = Field(
+        10_000, ge=100, le=1_000_000, description="Fitted rows kept with the model as the novelty references.")
+    novelty_calibration: int = Field(
+        5_000, ge=100, le=1_000_000, description="Fitted rows, apart from the references, that set the threshold.")
     seed: int = Field(0, ge=0, description="Random seed.")
 
     @model_validator(mode="after")
@@ -130,6 +140,10 @@ class ClusterConfig(_Base):
             raise ValueError(f"consensus_runs={self.consensus_runs} needs method='gmm' (got {self.method!r})")
         if self.scan_whiten and self.method != "scan":
             raise ValueError(f"scan_whiten=True needs method='scan' (got {self.method!r})")
+        needed = math.ceil((1.0 - self.novelty_rate) / self.novelty_rate - 1e-9)  # split-conformal: (n+1)(1-a) <= n
+        if self.novelty_calibration < needed:
+            raise ValueError(f"novelty_calibration={self.novelty_calibration} cannot calibrate novelty_rate="
+                             f"{self.novelty_rate}: it needs at least {needed} rows; raise one of them")
         return self
 
 

@@ -7,8 +7,10 @@ retry overwrites the same object with the same content.
 Columns: :data:`LABELS_SCHEMA` (every label file has them) and :data:`LABEL_FLAG_FIELDS`, nullable columns added
 later: ``near_duplicate_of`` (the stored image this one nearly duplicates) and ``near_duplicate_similarity``
 (their cosine similarity), filled from the nightly near-duplicate check
-(:func:`imgclust.dedup.flag_new_near_duplicates`) when it ran for the shard, null otherwise. Files written
-before these columns existed stay readable: :func:`read_labels` and :func:`conform_labels` add them as nulls.
+(:func:`imgclust.dedup.flag_new_near_duplicates`) when it ran for the shard, null otherwise; ``novelty_score``
+(the model's calibrated novelty score, :mod:`imgclust.novelty`; ``is_novel`` is this score above the model's
+threshold), null for models without one. Files written before these columns existed stay readable:
+:func:`read_labels` and :func:`conform_labels` add them as nulls.
 """
 from __future__ import annotations
 
@@ -47,6 +49,7 @@ LABELS_SCHEMA = pa.schema(
 LABEL_FLAG_FIELDS: list[pa.Field] = [
     pa.field("near_duplicate_of", pa.string(), nullable=True),
     pa.field("near_duplicate_similarity", pa.float32(), nullable=True),
+    pa.field("novelty_score", pa.float32(), nullable=True),
 ]
 LABELS_FILE_SCHEMA = pa.schema([*LABELS_SCHEMA, *LABEL_FLAG_FIELDS])
 
@@ -87,14 +90,15 @@ def shard_date(shard_id: str) -> dt.date:
 
 
 def label_shard(store: Store, model_id: str, extractor_key: str, shard_id: str, *, date: dt.date | None = None,
-                force: bool = True) -> dict[str, Any]:
+                force: bool = True, novelty_rate: float | None = None) -> dict[str, Any]:
     """Assign every feature row of one shard and write its labels file; return counts.
 
     Labels go under the shard's ingestion date (``date`` defaults to :func:`shard_date`), so each
     (model, image) has exactly one label row. With ``force=False`` an existing labels file is kept
     (idempotent backfills); a retry with ``force=True`` rewrites the same path. The near-duplicate columns
     come from the shard's nightly flags (:func:`imgclust.dedup.read_arrivals`) when they exist;
-    ``near_duplicates`` in the result counts the flagged rows.
+    ``near_duplicates`` in the result counts the flagged rows. ``novelty_rate`` sets the target false-novel rate
+    of ``is_novel`` (default the model's own, :meth:`ClusterModel.assign`).
     """
     date = date or shard_date(shard_id)
     rel = labels_path(model_id, date, shard_id)
@@ -106,7 +110,7 @@ def label_shard(store: Store, model_id: str, extractor_key: str, shard_id: str, 
     t0 = time.perf_counter()
     model = load_model_cached(store, model_id)
     table = store.read_parquet(feature_path(extractor_key, shard_id))
-    a = model.assign(embeddings_of(table)) if table.num_rows else None
+    a = model.assign(embeddings_of(table), novelty_rate=novelty_rate) if table.num_rows else None
     n = table.num_rows
     now = dt.datetime.now(dt.timezone.utc)
     flags = read_arrivals(store, extractor_key, shard_id)
@@ -129,6 +133,8 @@ def label_shard(store: Store, model_id: str, extractor_key: str, shard_id: str, 
             "labeled_at": pa.array([now] * n, pa.timestamp("us", tz="UTC")),
             "near_duplicate_of": pa.array([of.get(i) for i in image_ids], pa.string()),
             "near_duplicate_similarity": pa.array([sim.get(i) for i in image_ids], pa.float32()),
+            "novelty_score": pa.array(a.novelty_score if a else np.zeros(0, np.float32), pa.float32(),
+                                      from_pandas=True),
         },
         schema=LABELS_FILE_SCHEMA,
     )

@@ -1,14 +1,17 @@
-"""A fitted model version: reducer (+ optional UMAP) + clusterer + novelty thresholds + stable ids.
+"""A fitted model version: reducer (+ optional UMAP) + clusterer + novelty score + stable ids.
 
-Stored under ``models/<model_id>/`` as ``reducer/``, ``umap/``, ``clusterer/`` estimator folders,
+Stored under ``models/<model_id>/`` as ``reducer/``, ``umap/``, ``clusterer/``, ``novelty/`` estimator folders,
 ``model_arrays.npz`` (thresholds, stable ids, per-cluster centroids in the clustering space) and
-``model.json`` written last (its presence means the version is complete). ``models/CURRENT`` names
-the promoted version and is replaced atomically.
+``model.json`` written last (its presence means the version is complete; its ``novelty`` entry records the
+score, rate and threshold). ``models/CURRENT`` names the promoted version and is replaced atomically.
 
 Assignment of one feature row ``x`` (D,): ``z = umap(pca(x))``; the clusterer gives the raw cluster
 ``c`` (HDBSCAN: approximate_predict, -1 = noise); the distance ``d`` is ``||z - mu_c||`` to that
-cluster's centroid; ``is_novel`` when ``c == -1`` or ``d > threshold_c`` (the ``novelty_quantile``
-of the fit sample's distances in cluster c); ``cluster_id = stable_ids[c]`` or -1 when novel.
+cluster's centroid. Novelty is scored before UMAP (:mod:`imgclust.novelty`): ``is_novel`` when the
+:class:`~imgclust.novelty.NoveltyScorer` score exceeds its split-conformal threshold at the target false-novel
+rate. ``cluster_id = stable_ids[c]``, or -1 when novel or noise. Models without a novelty part (fitted before it,
+or on too few rows) keep the per-cluster rule: novel when ``c == -1`` or ``d > threshold_c``, the
+``novelty_quantile`` of the fit sample's distances in cluster c.
 Confidence: HDBSCAN's membership strength, a Gaussian mixture's posterior of ``c``, otherwise
 ``1 - d_1 / d_2`` (nearest vs second-nearest centroid).
 """
@@ -38,6 +41,7 @@ from imgclust.config import ClusterConfig, ExtractConfig, ReduceConfig, check_re
 from imgclust.estimator import BatchSource, Estimator, load_estimator, sample_rows
 from imgclust.exceptions import ConfigError, CorruptArtifactError, StoreError
 from imgclust.gmm import GaussianMixtureClusterer
+from imgclust.novelty import NoveltyScorer, kind_for, min_calibration_rows, novelty_rows
 from imgclust.pca import ExactPCA, LinearProjection, ScatterStats, merge_all
 from imgclust.progress import tracked
 from imgclust.reduce import StreamingPCA, UMAPReducer
@@ -47,7 +51,7 @@ from imgclust.store import Store
 log = logging.getLogger(__name__)
 
 CURRENT = "models/CURRENT"
-_PARTS = ("reducer", "umap", "clusterer")
+_PARTS = ("reducer", "umap", "clusterer", "novelty")
 
 
 def new_model_id(now: dt.datetime | None = None) -> str:
@@ -58,13 +62,15 @@ def new_model_id(now: dt.datetime | None = None) -> str:
 @dataclass
 class Assignment:
     """Labels of n rows: ``cluster_id`` int32 (stable, -1 novel/noise), ``raw`` int64 (clusterer's own
-    index, -1 noise), ``distance`` float32, ``confidence`` float32 in [0, 1], ``is_novel`` bool."""
+    index, -1 noise), ``distance`` float32, ``confidence`` float32 in [0, 1], ``is_novel`` bool,
+    ``novelty_score`` float32 (NaN when the model has no novelty score)."""
 
     cluster_id: np.ndarray
     raw: np.ndarray
     distance: np.ndarray
     confidence: np.ndarray
     is_novel: np.ndarray
+    novelty_score: np.ndarray
 
 
 @dataclass
@@ -80,6 +86,7 @@ class ClusterModel:
     thresholds: np.ndarray  # (k,) float32
     stable_ids: np.ndarray  # (k,) int32
     meta: dict[str, Any] = field(default_factory=dict)
+    novelty: NoveltyScorer | None = None
 
     @property
     def n_clusters(self) -> int:
@@ -118,11 +125,38 @@ class ClusterModel:
         cluster_id = np.full(n, -1, np.int32)
         keep = ~is_novel
         cluster_id[keep] = self.stable_ids[raw[keep]]
-        return Assignment(cluster_id, raw, distance, np.clip(confidence, 0, 1), is_novel)
+        return Assignment(cluster_id, raw, distance, np.clip(confidence, 0, 1), is_novel,
+                          np.full(n, np.nan, np.float32))
 
-    def assign(self, X: np.ndarray) -> Assignment:
-        """Features (n, D) -> :class:`Assignment`."""
-        return self.assign_embedded(self.embed(X))
+    def novelty_input(self, X: np.ndarray) -> np.ndarray:
+        """Features (n, D) -> the rows the novelty scorer scores (n, d): :func:`~imgclust.novelty.novelty_rows`
+        for the ``knn`` score with the residual, the features themselves otherwise."""
+        if self.novelty is None:
+            raise StoreError(f"model {self.model_id} has no novelty score (fitted before it or on too few rows)")
+        if self.novelty.kind == "knn" and self.novelty.residual:
+            assert self.reducer is not None  # kind_for chose the residual only with a reducer
+            return novelty_rows(self.reducer, X)
+        return np.ascontiguousarray(X, np.float32)
+
+    def novelty_threshold(self, rate: float | None = None) -> float:
+        """The calibrated threshold at the fitted rate, or at ``rate`` from the stored calibration scores."""
+        if self.novelty is None:
+            raise StoreError(f"model {self.model_id} has no novelty score (fitted before it or on too few rows)")
+        return self.novelty.threshold_ if rate is None else self.novelty.threshold_for(rate)
+
+    def assign(self, X: np.ndarray, *, novelty_rate: float | None = None) -> Assignment:
+        """Features (n, D) -> :class:`Assignment`; ``novelty_rate`` overrides the fitted target false-novel rate
+        (models with a novelty score only)."""
+        a = self.assign_embedded(self.embed(X))
+        if self.novelty is None:
+            if novelty_rate is not None:
+                raise ConfigError(f"model {self.model_id} has no calibrated novelty score, so a novelty rate cannot "
+                                  "be set; refit it (imgclust recluster) to get one")
+            return a
+        a.novelty_score = self.novelty.score(self.novelty_input(X))
+        a.is_novel = a.novelty_score > self.novelty_threshold(novelty_rate)
+        a.cluster_id[a.is_novel] = -1
+        return a
 
     # ---- persistence ---------------------------------------------------------------------
     def save(self, store: Store) -> str:
@@ -131,7 +165,7 @@ class ClusterModel:
         if store.exists(f"{base}/model.json"):
             raise StoreError(f"model {self.model_id} already exists in {store.url}; model versions are immutable")
         parts: dict[str, str | None] = {}
-        for name, est in zip(_PARTS, (self.reducer, self.umap, self.clusterer), strict=True):
+        for name, est in zip(_PARTS, (self.reducer, self.umap, self.clusterer, self.novelty), strict=True):
             if est is not None:
                 est.save(store.path(f"{base}/{name}"), fs=store.fs)
             parts[name] = type(est).__name__ if est is not None else None
@@ -159,7 +193,7 @@ class ClusterModel:
         return cls(model_id=info["model_id"], extractor_key=info["extractor_key"],
                    reducer=ests["reducer"], umap=ests["umap"], clusterer=ests["clusterer"],  # type: ignore[arg-type]
                    centroids=arrays["centroids"], thresholds=arrays["thresholds"],
-                   stable_ids=arrays["stable_ids"], meta=meta)
+                   stable_ids=arrays["stable_ids"], meta=meta, novelty=ests["novelty"])  # type: ignore[arg-type]
 
 
 WarmStart = Callable[[Callable[[np.ndarray], np.ndarray]], "np.ndarray | None"]
@@ -251,8 +285,47 @@ def fit_model(source: BatchSource, *, extractor_key: str, reduce: ReduceConfig, 
                          meta={"reduce": reduce.model_dump(), "cluster": cluster.model_dump(),
                                "capped": sizes.record(),
                                "created_at": dt.datetime.now(dt.timezone.utc).isoformat()})
-    model.thresholds = novelty_thresholds(model, sample, cluster.novelty_quantile)
+    model.novelty = fit_novelty(source, reducer, cluster, n_rows)
+    if model.novelty is None:
+        model.thresholds = novelty_thresholds(model, sample, cluster.novelty_quantile)
+        model.meta["novelty"] = {"score": "cluster-distance", "quantile": cluster.novelty_quantile,
+                                 "reason": f"{n_rows} rows are too few to calibrate rate {cluster.novelty_rate}"}
+    else:
+        model.meta["novelty"] = model.novelty.describe()
     return model
+
+
+def fit_novelty(source: BatchSource, reducer: LinearProjection | None, cluster: ClusterConfig,
+                n_rows: int) -> NoveltyScorer | None:
+    """The calibrated novelty score of a model (:mod:`imgclust.novelty`), fitted on one more pass over the
+    features ``(n, D)``: its kind from the reducer (:func:`~imgclust.novelty.kind_for`), references and
+    calibration rows sampled with ``cluster.seed``. None (logged) when ``n_rows`` cannot calibrate
+    ``cluster.novelty_rate``; ``k`` is capped to the references there are."""
+    kind, residual = kind_for(reducer)
+    want = cluster.novelty_references + cluster.novelty_calibration
+    m = min(n_rows, want)
+    n_cal = cluster.novelty_calibration if m >= want else int(round(m * cluster.novelty_calibration / want))
+    n_ref = m - n_cal
+    if n_cal < min_calibration_rows(cluster.novelty_rate) or n_ref < 2:
+        log.warning("novelty: %d rows give %d calibration rows, too few for a false-novel rate of %s (needs %d); "
+                    "the model keeps the per-cluster distance rule (quantile %s)", n_rows, n_cal,
+                    cluster.novelty_rate, min_calibration_rows(cluster.novelty_rate), cluster.novelty_quantile)
+        return None
+    k = min(cluster.novelty_k, n_ref)
+    if k < cluster.novelty_k:
+        log.warning("novelty: k capped from %d to %d (only %d references)", cluster.novelty_k, k, n_ref)
+
+    def rows() -> Iterator[np.ndarray]:
+        for block in source():
+            yield novelty_rows(reducer, block) if residual and reducer is not None else block
+
+    scorer = NoveltyScorer(kind=kind, k=k, n_reference=cluster.novelty_references,
+                           n_calibration=cluster.novelty_calibration, rate=cluster.novelty_rate, residual=residual,
+                           seed=cluster.seed).fit(tracked(rows, "fit: novelty sample pass", n_rows, log))
+    log.info("novelty: %s score, threshold %.4g at a false-novel rate of %s (%d references, %d calibration rows)",
+             kind, scorer.threshold_, cluster.novelty_rate, scorer.reference_.shape[0]  # type: ignore[union-attr]
+             , scorer.n_calibration_)
+    return scorer
 
 
 def _source_shape(source: BatchSource, n_rows: int | None) -> tuple[int, int]:
