@@ -27,8 +27,8 @@ def publish_model_artifacts(model_id: str, metrics: dict[str, Any], decision: di
 
 def publish_label_summary(summary: dict[str, Any], names: dict[int, str] | None = None,
                           suggestions: list[dict[str, Any]] | None = None) -> None:
-    """Markdown summary of one auto-label run (new images, novel count and rate, near-duplicates of stored
-    images, model) and, when images were labeled, a table of the night's images per cluster with the clusters'
+    """Markdown summary of one auto-label run (new images, novel count and share, the novelty event and its
+    candidate new clusters, near-duplicates of stored images, model) and, when images were labeled, a table of the night's images per cluster with the clusters'
     human names and, when ``imgclust name-clusters`` made some for this model, the suggested names (confidence)."""
     names = names or {}
     suggested = {int(r["cluster_id"]): f"{r['name']} ({float(r['confidence']):.2f})" for r in suggestions or []}
@@ -39,8 +39,13 @@ def publish_label_summary(summary: dict[str, Any], names: dict[int, str] | None 
                                      for c, n in sorted(summary["sizes"].items())])
     md = "# Auto-label run\n\n| what | value |\n|---|---|\n" + _rows(summary) + "\n"
     if summary.get("novelty_alert"):
-        md += f"\n**Novelty rate {summary['novelty_rate']:.3f} exceeds the threshold {summary['novelty_threshold']}**: " \
-              "consider a recluster (event `imgclust.novelty.high` was emitted).\n"
+        md += (f"\n**{summary['novel']} of {summary['labeled']} new images are novel** (at most {summary['limit']} "
+               f"expected of known kinds at a false-novel rate of {summary.get('expected_rate')}) and "
+               f"{len(summary.get('candidates', []))} candidate new cluster(s): a recluster is due "
+               "(event `imgclust.novelty.high` was emitted).\n")
+    for c in summary.get("candidates", []):
+        md += (f"\n- candidate new cluster {c['candidate']}: {c['size']} images, tightness {c['tightness']} "
+               f"(montage `{c['montage']}` in the store)")
     if summary.get("near_duplicates"):
         md += f"\n**{summary['near_duplicates']} new image(s) nearly duplicate stored ones** (cosine similarity >= " \
               f"{summary.get('near_duplicate_threshold')}): see `near_duplicate_of` in their label rows.\n"

@@ -20,15 +20,17 @@ from flows.runtime import default_task_runner
 from flows.store_lease import DEFAULT_LOCK_TTL_SECONDS, DEFAULT_LOCK_WAIT_SECONDS, store_writer
 from imgclust.config import IngestConfig
 from imgclust.dedup import DedupConfig
+from imgclust.exceptions import ConfigError
 from tasks.cluster import current_model_task
 from tasks.dedup import flag_near_duplicates_task
 from tasks.ingest import ingest_source
 from tasks.naming import suggestions_table_task
+from tasks.novelty import assess_novelty_task
 from tasks.report import cluster_names_task
 
 
 @flow(name="auto-label", task_runner=default_task_runner())
-def auto_label(source: str, store: str, date: dt.date | None = None, novelty_threshold: float = 0.2,
+def auto_label(source: str, store: str, date: dt.date | None = None, novelty_rate: float | None = None,
                ingest: IngestConfig = IngestConfig(), lock_wait_seconds: float = DEFAULT_LOCK_WAIT_SECONDS,
                lock_ttl_seconds: float = DEFAULT_LOCK_TTL_SECONDS,
                near_duplicate_threshold: float | None = DedupConfig.threshold) -> dict[str, Any]:
@@ -39,8 +41,12 @@ def auto_label(source: str, store: str, date: dt.date | None = None, novelty_thr
     rows (``near_duplicate_of``, ``near_duplicate_similarity``) and counted in the summary (``near_duplicates``);
     None skips the check.
 
-    Emits the Prefect event ``imgclust.novelty.high`` for the store when the share of novel images exceeds
-    ``novelty_threshold`` (the novelty trigger of ``recluster/weekly`` starts a recluster on it).
+    Novelty (:mod:`imgclust.novelty_night`): an image is novel when the model's calibrated novelty score exceeds
+    its threshold at the target false-novel rate (``novelty_rate``, default the model's own, 0.05 unless fitted
+    otherwise). Emits the Prefect event ``imgclust.novelty.high`` for the store (the novelty trigger of
+    ``recluster/weekly`` starts a recluster on it) when the night has more novel images than known kinds give
+    (the 0.999 quantile of their count) or its novel images form a candidate new cluster (montage and
+    ``candidates.json`` under ``novelty/<model_id>/date=<date>/``).
 
     One writer at a time per store: the run holds the store's writer lease (``flows/store_lease.py``;
     renewed every ``lock_ttl_seconds / 3``), shared with recluster, refine, backfill and the pipeline.
@@ -50,19 +56,21 @@ def auto_label(source: str, store: str, date: dt.date | None = None, novelty_thr
     """
     if near_duplicate_threshold is not None:
         DedupConfig(threshold=near_duplicate_threshold)  # a bad threshold fails before any work
+    if novelty_rate is not None and not 0 < novelty_rate < 0.5:
+        raise ConfigError(f"novelty_rate must be in (0, 0.5), e.g. 0.05; got {novelty_rate}")
     with store_writer(store, wait=lock_wait_seconds, ttl=lock_ttl_seconds):
-        return _auto_label(source, store, date, novelty_threshold, ingest, near_duplicate_threshold)
+        return _auto_label(source, store, date, novelty_rate, ingest, near_duplicate_threshold)
 
 
-def _auto_label(source: str, store: str, date: dt.date | None, novelty_threshold: float, ingest: IngestConfig,
+def _auto_label(source: str, store: str, date: dt.date | None, novelty_rate: float | None, ingest: IngestConfig,
                 near_duplicate_threshold: float | None) -> dict[str, Any]:
     """The body of :func:`auto_label`, run while holding the store lease."""
     logger = get_run_logger()
     model_id, extract = current_model_task(store)
     ingested = ingest_source(source, store, ingest, date)
     summary: dict[str, Any] = {"model_id": model_id, "new_images": ingested["new"], "listed": ingested["listed"],
-                               "labeled": 0, "novel": 0, "quarantined": 0, "novelty_rate": 0.0,
-                               "novelty_threshold": novelty_threshold, "novelty_alert": False,
+                               "labeled": 0, "novel": 0, "quarantined": 0, "novel_share": 0.0,
+                               "novelty_alert": False, "candidates": [],
                                "near_duplicates": 0, "near_duplicate_threshold": near_duplicate_threshold}
     if ingested["part"] is None:
         logger.info("nothing new under %s since the last run", source)
@@ -72,16 +80,19 @@ def _auto_label(source: str, store: str, date: dt.date | None, novelty_threshold
     if near_duplicate_threshold is not None and extraction["shard_ids"]:
         flag_near_duplicates_task(store, model_id, extraction["extractor_key"], extraction["shard_ids"],
                                   near_duplicate_threshold)
-    labeled = label_all(store, model_id, extraction["extractor_key"], extraction["shard_ids"])
-    n = sum(r["n"] for r in labeled)
-    novel = sum(r["novel"] for r in labeled)
-    rate = novel / n if n else 0.0
-    summary.update(labeled=n, novel=novel, quarantined=extraction["quarantined"], novelty_rate=round(rate, 4),
-                   novelty_alert=rate > novelty_threshold, part=ingested["part"],
+    labeled = label_all(store, model_id, extraction["extractor_key"], extraction["shard_ids"],
+                        novelty_rate=novelty_rate)
+    summary.update(quarantined=extraction["quarantined"], part=ingested["part"],
                    near_duplicates=sum(r.get("near_duplicates", 0) for r in labeled))
+    if extraction["shard_ids"]:
+        summary.update(assess_novelty_task(store, model_id, extraction["extractor_key"], extraction["shard_ids"],
+                                           novelty_rate))
     if summary["novelty_alert"]:
-        logger.warning("novelty rate %.3f exceeds %.3f: emitting %s", rate, novelty_threshold, NOVELTY_EVENT)
-        emit_novelty(store, model_id, {"novelty_rate": rate, "novel": novel, "labeled": n, "part": ingested["part"]})
+        logger.warning("%d of %d new images are novel (at most %d expected of known kinds) and %d candidate new "
+                       "cluster(s): emitting %s", summary["novel"], summary["labeled"], summary["limit"],
+                       len(summary["candidates"]), NOVELTY_EVENT)
+        emit_novelty(store, model_id, {k: summary[k] for k in ("novel", "labeled", "novel_share", "expected_rate",
+                                                               "limit", "rule", "candidates", "part")})
     sizes: dict[int, int] = {}
     for r in labeled:
         for c, count in r.get("sizes", {}).items():

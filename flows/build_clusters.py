@@ -18,10 +18,11 @@ PCA_GROUPS = 32
 """At most this many PCA statistics tasks (each D x D float64 on the store) per fit."""
 
 
-def label_all(store: str, model_id: str, extractor_key: str, shard_ids: list[str], *, force: bool = True
-              ) -> list[dict[str, Any]]:
+def label_all(store: str, model_id: str, extractor_key: str, shard_ids: list[str], *, force: bool = True,
+              novelty_rate: float | None = None) -> list[dict[str, Any]]:
     """Compose: label the given feature shards on the Dask workers."""
-    futures = label_shard_task.map(store, unmapped(model_id), unmapped(extractor_key), shard_ids, unmapped(force))
+    futures = label_shard_task.map(store, unmapped(model_id), unmapped(extractor_key), shard_ids, unmapped(force),
+                                   unmapped(novelty_rate))
     return gather(futures, "label")
 
 

@@ -11,6 +11,7 @@ from flows.runtime import default_task_runner
 from flows.store_lease import DEFAULT_LOCK_WAIT_SECONDS, store_writer
 from imgclust.config import ClusterConfig, ExtractConfig, ReduceConfig, check_recipe
 from imgclust.model import cluster_config_of, reduce_config_of
+from imgclust.novelty_night import cluster_config_for_novelty
 from imgclust.promotion import GateConfig
 from tasks._common import open_store
 from tasks.cluster import current_model_task, evaluate_task, gate_and_promote_task, refit_task
@@ -28,7 +29,8 @@ def recluster(store: str, reduce: ReduceConfig | None = None, cluster: ClusterCo
     Stable ids are inherited by Jaccard/Hungarian matching on shared images; every image is relabeled
     under the new version; the new version is promoted only if ``gate_metric`` does not regress by
     more than ``gate_tolerance``. ``reason`` says what started the run (the novelty trigger passes
-    ``novelty``) and is recorded with the gate decision. Holds the store's writer lease throughout
+    ``novelty``: then the previous recipe's ``k`` grows by the candidate new clusters of its newest night,
+    :func:`imgclust.novelty_night.cluster_config_for_novelty`) and is recorded with the gate decision. Holds the store's writer lease throughout
     (``flows/store_lease.py``), so no nightly run labels with the previous model meanwhile.
     """
     gate = GateConfig(metric=gate_metric, tolerance=gate_tolerance)  # a bad gate fails before any work
@@ -37,7 +39,10 @@ def recluster(store: str, reduce: ReduceConfig | None = None, cluster: ClusterCo
         previous, extract = current_model_task(store)
         s = open_store(store)
         reduce = reduce or reduce_config_of(s, previous)
-        cluster = cluster or cluster_config_of(s, previous)
+        if cluster is None:
+            cluster = cluster_config_of(s, previous)
+            if reason == "novelty":  # room for the candidate new clusters the nightly run reported
+                cluster = cluster_config_for_novelty(s, previous, cluster)
         check_recipe(reduce, cluster)  # e.g. scan on a UMAP recipe: refused before any shard is read
         key = extractor_key_task(extract)
         return run_refit(store, key, extract, reduce, cluster, previous, truth=truth, gate=gate,

@@ -15,8 +15,10 @@
 * ``sizes.png``: one horizontal bar per cluster (largest first) with its id, name and count.
 * ``duplicates_<n>.png``: when ``imgclust dedup`` has run for the model's features, the largest
   near-duplicate groups (:mod:`imgclust.dedup`) as thumbnail strips, representative first.
+* ``candidate_<date>_<i>.png``: the montages of the candidate new clusters the nightly runs found for the model
+  (:mod:`imgclust.novelty_night`), copied from ``novelty/<model_id>/``.
 * ``index.html`` (written last): model id, run, scalar metrics, the two charts, one section per
-  cluster and the near-duplicate groups. All text is escaped with :func:`html.escape`; images are linked by relative path.
+  cluster, the near-duplicate groups and the candidate new clusters. All text is escaped with :func:`html.escape`; images are linked by relative path.
 
 Human cluster names live in ``cluster_names.csv`` at the store root (``cluster_id,name``, user-edited);
 see :func:`load_cluster_names` and :func:`write_cluster_names_template`. Names a CLIP model proposed
@@ -401,6 +403,27 @@ def _near_duplicate_section(store: Store, extractor_key: str, config: ReportConf
     return out
 
 
+def _candidates_section(store: Store, model_id: str, write: Any) -> list[str]:
+    """HTML of the candidate new clusters the nightly runs found for ``model_id``
+    (``novelty/<model_id>/date=*/candidates.json``, :mod:`imgclust.novelty_night`), newest night first, with their
+    montages copied into the report; nothing when no night found any."""
+    e = html.escape
+    out: list[str] = []
+    for rel in sorted(store.glob(f"novelty/{model_id}/date=*/candidates.json"), reverse=True):
+        record = store.read_json(rel)
+        for c in record.get("candidates", []):
+            name = f"candidate_{record['date']}_{c['candidate']}.png"
+            write(name, store.read_bytes(c["montage"]))
+            note = (f"night {record['date']}: candidate {c['candidate']}, {c['size']} of the night's "
+                    f"{record['novel']} novel images, tightness {c['tightness']}")
+            out += [f'<p class="note">{e(note)}</p>', f'<img src="{e(name)}" alt="{e(note)}">']
+    if out:
+        out = ["<h2>Candidate new clusters</h2>",
+               '<p class="note">Groups of novel images (a kind the model was not fitted on) found by the nightly '
+               "runs; the novelty event starts a recluster that gives them clusters of their own.</p>", *out]
+    return out
+
+
 # ---- the report ------------------------------------------------------------------------------
 def build_report(store: Store, model_id: str, *, run: str, metrics: dict[str, Any] | None = None,
                  names: dict[int, str] | None = None, config: ReportConfig = ReportConfig(),  # noqa: B008
@@ -468,7 +491,7 @@ def build_report(store: Store, model_id: str, *, run: str, metrics: dict[str, An
     if len(map_ids) < len(sample):
         caption += f"; {len(sample) - len(map_ids)} sampled images have no stored features"
     duplicates = _near_duplicate_section(store, load_model_cached(store, model_id).extractor_key, config, write,
-                                         storage_options)
+                                         storage_options) + _candidates_section(store, model_id, write)
     from imgclust.naming import suggestions_html  # naming reads cluster_names.csv through this module
 
     page = _html(model_id, run, _scalar_metrics(metrics), sizes, names, failed,

@@ -91,6 +91,9 @@ def _add_pipeline_args(p: argparse.ArgumentParser, *, source: bool = True) -> No
                         "demo's gmm: 8)")
     g.add_argument("--scan-whiten", action="store_true",
                    help="scan: find neighbours after PCA whitening (helps learned representations, not pixels)")
+    g.add_argument("--novelty-rate", type=float, default=ClusterConfig().novelty_rate,
+                   help="target false-novel rate the model's novelty threshold is calibrated to (default "
+                        "%(default)s); nightly runs can override it with `imgclust label --novelty-rate`")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--date", default=None, help="ingestion date partition YYYY-MM-DD (default today, UTC)")
     g.add_argument("--truth", default="none", choices=["none", "parent_dir"],
@@ -113,7 +116,7 @@ def _pipeline_config(a: argparse.Namespace) -> tuple[PipelineConfig, RunnerConfi
               else validated(ReduceConfig, method=a.reducer, n_components=a.pca, umap_components=a.umap))
     cluster = validated(ClusterConfig, method=a.method, k=a.k, min_cluster_size=a.min_cluster_size, seed=a.seed,
                         backend=a.kmeans_backend, device=a.device, scan_whiten=a.scan_whiten,
-                        consensus_runs=ClusterConfig().consensus_runs if a.consensus is None else a.consensus)
+                        novelty_rate=a.novelty_rate, consensus_runs=ClusterConfig().consensus_runs if a.consensus is None else a.consensus)
     kind = "address" if a.address else ("cuda" if a.gpu_cluster else "local")
     runner = validated(RunnerConfig, kind=kind, workers=a.workers, address=a.address)
     if a.source and "://" not in a.source:

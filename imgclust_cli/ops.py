@@ -25,7 +25,9 @@ def add_ops_parsers(sub: Any, add_exec: Any) -> None:
     p.add_argument("source")
     p.add_argument("--store", required=True)
     p.add_argument("--date", type=_date, default=None, help="ingestion date partition (default today, UTC)")
-    p.add_argument("--novelty-threshold", type=float, default=0.2, help="alert above this novel share")
+    p.add_argument("--novelty-rate", type=float, default=None,
+                   help="target false-novel rate of the calibrated novelty threshold (default: the model's, 0.05 "
+                        "unless fitted otherwise); lower flags fewer images of known kinds")
     p.add_argument("--near-duplicate-threshold", type=float, default=None,
                    help="flag new images whose most similar stored image has at least this cosine similarity "
                         "(default: imgclust dedup's --threshold default)")
@@ -159,8 +161,8 @@ def _print(result: Any) -> None:
 
 
 def cmd_label(a: argparse.Namespace) -> int:
-    if not 0 < a.novelty_threshold <= 1:
-        raise ConfigError("--novelty-threshold must be in (0, 1]")
+    if a.novelty_rate is not None and not 0 < a.novelty_rate < 0.5:
+        raise ConfigError(f"--novelty-rate must be in (0, 0.5), e.g. 0.05; got {a.novelty_rate}")
     from imgclust.dedup import DedupConfig
 
     if a.no_near_duplicates and a.near_duplicate_threshold is not None:
@@ -168,7 +170,7 @@ def cmd_label(a: argparse.Namespace) -> int:
     threshold = DedupConfig.threshold if a.near_duplicate_threshold is None else a.near_duplicate_threshold
     near = None if a.no_near_duplicates else DedupConfig(threshold=threshold).threshold  # validated before any work
     _print(_run_flow("flows.auto_label:auto_label", _runner(a), source=a.source, store=a.store, date=a.date,
-                     novelty_threshold=a.novelty_threshold, near_duplicate_threshold=near))
+                     novelty_rate=a.novelty_rate, near_duplicate_threshold=near))
     return 0
 
 

@@ -35,10 +35,11 @@ def fit_model_task(store: str, extractor_key: str, reduce: ReduceConfig, cluster
 
 @task(name="label-shard", task_run_name="label-{shard_id}", retries=2, retry_delay_seconds=[5, 30],
       retry_condition_fn=retry_transient)
-def label_shard_task(store: str, model_id: str, extractor_key: str, shard_id: str, force: bool = True
-                     ) -> dict[str, Any]:
-    """Write the labels of one feature shard (idempotent: same path, same rows)."""
-    return label_shard(open_store(store), model_id, extractor_key, shard_id, force=force)
+def label_shard_task(store: str, model_id: str, extractor_key: str, shard_id: str, force: bool = True,
+                     novelty_rate: float | None = None) -> dict[str, Any]:
+    """Write the labels of one feature shard (idempotent: same path, same rows); ``novelty_rate`` overrides the
+    model's target false-novel rate."""
+    return label_shard(open_store(store), model_id, extractor_key, shard_id, force=force, novelty_rate=novelty_rate)
 
 
 @task(name="evaluate", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=retry_transient)

@@ -42,14 +42,17 @@ def test_refine_trains_extracts_refits_and_gates(tmp_path: Path, dask_address: s
     assert info["extractor_key"].startswith("deep-") and info["parent_model"] == first["build"]["model_id"]
     assert info["extract"]["extractor"] == f"deep:{key}"
     if options:  # trained with SCAN's head, refitted with it: no UMAP
-        assert info["parts"] == {"reducer": None, "umap": None, "clusterer": "ScanClusterer"}
+        assert info["parts"] == {"reducer": None, "umap": None, "clusterer": "ScanClusterer",
+                                 "novelty": "NoveltyScorer"}
         assert info["cluster"]["method"] == "scan" and info["cluster"]["scan_whiten"] is True  # as it was trained
     elif method != "convae":  # the candidate clusters the deep features as N2D does: UMAP to k dims, then a GMM
-        assert info["parts"] == {"reducer": None, "umap": "UMAPReducer", "clusterer": "GaussianMixtureClusterer"}
+        assert info["parts"] == {"reducer": None, "umap": "UMAPReducer", "clusterer": "GaussianMixtureClusterer",
+                                 "novelty": "NoveltyScorer"}
         assert info["reduce"]["umap_components"] == 10 and info["reduce"]["umap_neighbors"] == 20
         assert info["cluster"]["consensus_runs"] == 8
     else:
         assert info["parts"]["clusterer"] == "FaissKMeans" and info["parts"]["umap"] is None
+    assert info["novelty"]["score"] == "pca-residual"  # deep features have no reducer: the residual off their PCA
     assert read_labels(store, result["model_id"]).num_rows == 400
     assert verify_store(store, info["extractor_key"], model_id=result["model_id"]).ok
     assert isinstance(result["promoted"], bool) and result["gate"]["reason"]
