@@ -22,6 +22,7 @@ from imgclust.labels import read_labels
 from imgclust.manifest import read_manifest
 from imgclust.model import ClusterModel
 from imgclust.novelty import NoveltyScorer
+from imgclust.report import build_report
 from imgclust.sources import parent_name
 from imgclust.store import Store
 
@@ -115,6 +116,9 @@ def test_a_night_with_a_new_kind_fires_and_reports_a_candidate(nights: dict[str,
         assert members_new >= 0.8, f"candidate {c['candidate']} is mostly the new kind ({members_new:.2f})"
         png = store.read_bytes(c["montage"])
         assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    report = build_report(store, model_id, run="novelty-check")
+    page = store.read_bytes(report["index"]).decode()
+    assert "Candidate new clusters" in page and f"candidate_{DAY3.isoformat()}_0.png" in page
 
 
 def test_the_recluster_it_triggers_gives_the_new_kind_new_ids(nights: dict[str, Any], dask_address: str) -> None:
