@@ -41,7 +41,7 @@ from imgclust.config import ClusterConfig, ExtractConfig, ReduceConfig, check_re
 from imgclust.estimator import BatchSource, Estimator, load_estimator, sample_rows
 from imgclust.exceptions import ConfigError, CorruptArtifactError, StoreError
 from imgclust.gmm import GaussianMixtureClusterer
-from imgclust.novelty import NoveltyScorer, kind_for, min_calibration_rows, novelty_rows
+from imgclust.novelty import NoveltyScorer, kind_for, min_calibration_rows, novelty_rows, split_sizes
 from imgclust.pca import ExactPCA, LinearProjection, ScatterStats, merge_all
 from imgclust.progress import tracked
 from imgclust.reduce import StreamingPCA, UMAPReducer
@@ -302,10 +302,7 @@ def fit_novelty(source: BatchSource, reducer: LinearProjection | None, cluster: 
     calibration rows sampled with ``cluster.seed``. None (logged) when ``n_rows`` cannot calibrate
     ``cluster.novelty_rate``; ``k`` is capped to the references there are."""
     kind, residual = kind_for(reducer)
-    want = cluster.novelty_references + cluster.novelty_calibration
-    m = min(n_rows, want)
-    n_cal = cluster.novelty_calibration if m >= want else int(round(m * cluster.novelty_calibration / want))
-    n_ref = m - n_cal
+    n_ref, n_cal = split_sizes(n_rows, cluster.novelty_references, cluster.novelty_calibration)
     if n_cal < min_calibration_rows(cluster.novelty_rate) or n_ref < 2:
         log.warning("novelty: %d rows give %d calibration rows, too few for a false-novel rate of %s (needs %d); "
                     "the model keeps the per-cluster distance rule (quantile %s)", n_rows, n_cal,

@@ -67,6 +67,15 @@ def calibrate(scores: np.ndarray, rate: float) -> float:
     return float(np.partition(s, rank - 1)[rank - 1])
 
 
+def split_sizes(n_rows: int, n_reference: int, n_calibration: int) -> tuple[int, int]:
+    """``(references, calibration rows)`` drawn from ``n_rows`` fitted rows: as asked when there are enough, else
+    the calibration set keeps its share ``n_calibration / (n_reference + n_calibration)`` of the rows."""
+    want = n_reference + n_calibration
+    m = min(n_rows, want)
+    n_cal = n_calibration if m >= want else int(round(m * n_calibration / want))
+    return min(n_reference, m - n_cal), n_cal
+
+
 def event_limit(n_night: int, n_calibration: int, rate: float, quantile: float = 0.999) -> int:
     """Most novel images a night of ``n_night`` known-kind images flags at a conformal threshold, at ``quantile``.
 
@@ -223,8 +232,7 @@ class NoveltyScorer(Estimator):
         sample = sample_rows(X, want, self.seed)
         rows = sample.rows
         m = rows.shape[0]
-        n_cal = self.n_calibration if m >= want else int(round(m * self.n_calibration / want))
-        n_ref = min(self.n_reference, m - n_cal)
+        n_ref, n_cal = split_sizes(m, self.n_reference, self.n_calibration)
         if m < want:
             log.warning("only %d fitted rows: %d references and %d calibration rows instead of %d and %d",
                         m, n_ref, n_cal, self.n_reference, self.n_calibration)
