@@ -13,7 +13,8 @@ def _rows(metrics: dict[str, Any]) -> str:
 
 def publish_model_artifacts(model_id: str, metrics: dict[str, Any], decision: dict[str, Any],
                             names: dict[int, str] | None = None, report: str | None = None) -> None:
-    """Cluster-size table and a markdown summary (metrics, promotion decision, report link)."""
+    """Cluster-size table, a markdown summary (metrics, promotion decision, report link) and, when ``k=auto``
+    chose the number of clusters, the sweep as a table (criteria per k, the chosen k marked)."""
     names = names or {}
     sizes = metrics.get("cluster_sizes", {})
     create_table_artifact(key="cluster-sizes", description=f"Cluster sizes of model {model_id}",
@@ -23,6 +24,13 @@ def publish_model_artifacts(model_id: str, metrics: dict[str, Any], decision: di
           + (f"report: `{report}`\n\n" if report else "")
           + f"| metric | value |\n|---|---|\n{_rows(metrics)}\n")
     create_markdown_artifact(key="model-summary", markdown=md, description="Model build summary")
+    sweep = metrics.get("k_sweep")
+    if sweep:
+        create_table_artifact(
+            key="k-sweep", description=f"k=auto chose k={sweep['chosen']} for model {model_id} by {sweep['criterion']}: "
+            f"{sweep['reason']} Rule: {sweep['rule']}",
+            table=[{"k": k, "chosen": k == sweep["chosen"], **{name: values[i] for name, values in sweep["scores"].items()}}
+                   for i, k in enumerate(sweep["ks"])])
 
 
 def publish_label_summary(summary: dict[str, Any], names: dict[int, str] | None = None,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from typing import Any
+from typing import Any, Literal
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
@@ -13,16 +13,16 @@ from flows.extract_features import run_extraction
 from flows.recluster import run_refit
 from flows.runtime import default_task_runner
 from flows.store_lease import DEFAULT_LOCK_WAIT_SECONDS, store_writer
-from imgclust.config import RECOMMENDED_REFINE_METHOD, ExtractConfig
+from imgclust.config import AUTO_K, RECOMMENDED_REFINE_METHOD, ExtractConfig
 from imgclust.deep.methods import DeepMethod, check_deep_options, refit_recipe
 from imgclust.promotion import GateConfig
-from tasks.cluster import current_model_task
+from tasks.cluster import cluster_count_task, current_model_task
 from tasks.refine import prepare_training_set_task, train_deep_task
 
 
 @flow(name="refine", task_runner=default_task_runner())
 def refine(store: str, method: DeepMethod = RECOMMENDED_REFINE_METHOD,  # type: ignore[assignment]
-           k: int = 10, epochs: int = 20, max_iter: int = 2000,
+           k: int | Literal["auto"] = AUTO_K, epochs: int = 20, max_iter: int = 2000,
            sample: int | None = 20000, image_size: int = 28, mode: str = "L", device: str = "auto", seed: int = 0,
            truth: str = "none", gate_metric: str | None = None, gate_tolerance: float = 0.02,
            options: dict[str, Any] | None = None,
@@ -32,6 +32,10 @@ def refine(store: str, method: DeepMethod = RECOMMENDED_REFINE_METHOD,  # type: 
     ``n2d-ensemble`` / ``simclr``; SCAN's head with ``options={"clusterer": "scan"}``) with lineage against
     CURRENT, relabel, evaluate, gate. ``options`` override the method's parameters (e.g. ``{"encoder":
     "resnet18"}`` for ``simclr``); they are checked before any work.
+
+    ``k="auto"`` (default): the method trains with CURRENT's number of clusters (DEC, IDEC, NNC, DeepCluster and
+    SCAN's head need one to train; the encoders of the others do not use it) and the refit chooses k again on the
+    new features (:mod:`imgclust.choose_k`); the lineage records the splits and merges.
 
     The gate compares against CURRENT on ``gate_metric`` (default: NMI with ground truth, else
     silhouette; internal metrics of different feature spaces are only roughly comparable). Training runs
@@ -43,11 +47,12 @@ def refine(store: str, method: DeepMethod = RECOMMENDED_REFINE_METHOD,  # type: 
                       tolerance=gate_tolerance)  # validated before any work
     if mode not in ("L", "RGB"):
         raise ValueError(f"mode must be L or RGB, got {mode!r}")
-    check_deep_options(method, k, options)
-    current_model_task(store)  # no model yet: a clear error before training
+    current, _ = current_model_task(store)  # no model yet: a clear error before training
+    train_k = cluster_count_task(store, current) if k == AUTO_K else int(k)
+    check_deep_options(method, train_k, options)
     run = f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{method}-{uuid.uuid4().hex[:6]}"
     train_rel = prepare_training_set_task(store, run, sample, image_size, mode, seed)
-    trained = train_deep_task(store, run, train_rel, method, k, epochs, max_iter, device, seed, truth, options)
+    trained = train_deep_task(store, run, train_rel, method, train_k, epochs, max_iter, device, seed, truth, options)
     extract = ExtractConfig(extractor=f"deep:{trained['deep_uri']}", batch_size=256,
                             device=device)  # type: ignore[arg-type]
     reduce, cluster = refit_recipe(method, k, seed, options)

@@ -13,7 +13,7 @@ largest value the data supports:
 - HDBSCAN's ``min_cluster_size <= max(2, m // 2)`` (a larger minimum leaves room for one cluster at most);
 - SCAN's neighbours ``<= m - 1``.
 
-The number of clusters ``k`` is what the user asked and is never changed: fewer rows than clusters cannot work
+The number of clusters ``k`` (when given rather than chosen, ``k="auto"``) is what the user asked and is never changed: fewer rows than clusters cannot work
 and is refused (:func:`check_enough_rows`), by the pipeline before any extraction (manifest rows) and by the fit
 (rows with features, the quarantine named). :func:`imgclust.model.fit_model` applies the caps where it fits, logs
 them in one warning and records them in ``model.json`` (``capped``); the configuration recorded beside them is
@@ -25,7 +25,8 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from imgclust.config import ClusterConfig, ReduceConfig
+from imgclust.config import ClusterConfig, ReduceConfig, fixed_k
+from imgclust.density import MIN_ROWS as DENSITY_MIN_ROWS
 from imgclust.exceptions import ConfigError
 
 __all__ = ["FitSizes", "HDBSCAN_UMAP_COMPONENTS", "PCA_MAX_COMPONENTS", "cap_embedding_fit", "cap_to_data",
@@ -46,8 +47,13 @@ def _scan_neighbors_default() -> int:
 
 
 def min_rows(cluster: ClusterConfig) -> int:
-    """Fewest rows ``cluster`` can be fitted on: ``k`` (one per cluster), or 2 for HDBSCAN, which has no k."""
-    return 2 if cluster.method == "hdbscan" else cluster.k
+    """Fewest rows ``cluster`` can be fitted on: ``k`` (one per cluster), ``k_min`` when k is chosen
+    (``k="auto"``); for HDBSCAN, which has no k, 2 with a given ``min_cluster_size``, else what the density rule
+    needs (:data:`imgclust.density.MIN_ROWS`)."""
+    if cluster.method == "hdbscan":
+        return 2 if cluster.min_cluster_size is not None else DENSITY_MIN_ROWS
+    k = fixed_k(cluster)
+    return cluster.k_min if k is None else k
 
 
 def check_enough_rows(n_rows: int, cluster: ClusterConfig, *, what: str) -> None:
@@ -58,6 +64,8 @@ def check_enough_rows(n_rows: int, cluster: ClusterConfig, *, what: str) -> None
         return
     if cluster.method == "hdbscan":
         raise ConfigError(f"{what}, but HDBSCAN needs at least {need}: add images")
+    if fixed_k(cluster) is None:
+        raise ConfigError(f"{what}, but choosing k needs at least k_min={need} images: add images or lower k_min")
     raise ConfigError(f"{what}, but k={cluster.k} clusters need at least {cluster.k} images: ask for fewer "
                       f"clusters (--k / ClusterConfig.k, at most {max(n_rows, 0)}) or add images")
 
@@ -67,7 +75,8 @@ class FitSizes:
     """The sizes a fit uses, given its rows (:func:`cap_to_data`).
 
     ``pca_components`` (None: variance target, or no PCA), ``pca_max_components``, ``umap_components`` (None: no
-    UMAP; HDBSCAN's default included), ``umap_neighbors``, ``min_cluster_size`` (HDBSCAN), ``scan_neighbors``;
+    UMAP; HDBSCAN's default included), ``umap_neighbors``, ``min_cluster_size`` (HDBSCAN; None: chosen for the embedding,
+    :mod:`imgclust.density`), ``scan_neighbors``;
     ``capped`` maps each lowered setting to ``(asked, used)``.
     """
 
@@ -77,7 +86,7 @@ class FitSizes:
     pca_max_components: int
     umap_components: int | None
     umap_neighbors: int
-    min_cluster_size: int
+    min_cluster_size: int | None
     scan_neighbors: int
     capped: dict[str, tuple[int | None, int | None]] = field(default_factory=dict)
 
@@ -127,7 +136,7 @@ def cap_to_data(reduce: ReduceConfig, cluster: ClusterConfig, *, n_rows: int, n_
             umap_dims = cap("reduce.umap_components", asked_dims, m - 2)
             neighbors = cap("reduce.umap_neighbors", neighbors, m - 1)
     min_size = cluster.min_cluster_size
-    if cluster.method == "hdbscan":
+    if cluster.method == "hdbscan" and min_size is not None:  # None: imgclust.density sizes it to the rows
         min_size = cap("cluster.min_cluster_size", min_size, max(2, m // 2))
     scan_neighbors = _scan_neighbors_default()
     if cluster.method == "scan":

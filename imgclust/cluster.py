@@ -279,7 +279,8 @@ class HDBSCANClusterer(Estimator):
 
     ``fit`` draws at most ``fit_sample`` rows (seeded by ``random_state``; ``None`` uses all rows,
     which for a :data:`BatchSource` means holding them all in memory) and fits
-    ``hdbscan.HDBSCAN(prediction_data=True)``. Other rows get labels with
+    ``hdbscan.HDBSCAN(prediction_data=True)``; ``cluster_selection_epsilon`` (Malzer & Baum 2020) merges
+    clusters split below that distance (0: off). :mod:`imgclust.density` chooses the parameters for an embedding. Other rows get labels with
     ``hdbscan.approximate_predict``; ``-1`` is noise.
 
     Attributes
@@ -296,11 +297,12 @@ class HDBSCANClusterer(Estimator):
     _object_attr = "hdbscan_"
 
     def __init__(self, *, min_cluster_size: int = 50, min_samples: int | None = None,
-                 cluster_selection_method: Literal["eom", "leaf"] = "eom", fit_sample: int | None = 50000,
-                 random_state: int = 0) -> None:
+                 cluster_selection_method: Literal["eom", "leaf"] = "eom", cluster_selection_epsilon: float = 0.0,
+                 fit_sample: int | None = 50000, random_state: int = 0) -> None:
         self.min_cluster_size = min_cluster_size
         self.min_samples = min_samples
         self.cluster_selection_method = cluster_selection_method
+        self.cluster_selection_epsilon = cluster_selection_epsilon
         self.fit_sample = fit_sample
         self.random_state = random_state
 
@@ -313,6 +315,9 @@ class HDBSCANClusterer(Estimator):
         if self.cluster_selection_method not in ("eom", "leaf"):
             raise ConfigError("cluster_selection_method must be 'eom' (excess of mass) or 'leaf', "
                               f"got {self.cluster_selection_method!r}")
+        if not (isinstance(self.cluster_selection_epsilon, (int, float)) and self.cluster_selection_epsilon >= 0):
+            raise ConfigError("cluster_selection_epsilon must be a distance >= 0 (0: off), "
+                              f"got {self.cluster_selection_epsilon!r}")
         sample = sample_rows(X, self.fit_sample, self.random_state)
         m = sample.rows.shape[0]
         if m < self.min_cluster_size:
@@ -322,6 +327,7 @@ class HDBSCANClusterer(Estimator):
 
         model = hdbscan.HDBSCAN(min_cluster_size=self.min_cluster_size, min_samples=self.min_samples,
                                 cluster_selection_method=self.cluster_selection_method,
+                                cluster_selection_epsilon=float(self.cluster_selection_epsilon),
                                 prediction_data=True)
         with timed("HDBSCAN fit", logger, f"{m} rows, min_cluster_size={self.min_cluster_size}"):
             model.fit(sample.rows)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -31,6 +31,14 @@ AUTO_EXTRACTOR = "auto"
 downloadable unless offline), chosen by the CLI before any work starts and said in its output; raw pixels when none
 is. The chosen name is what reaches :class:`ExtractConfig`, whose own default stays ``pixels``: a scheduled flow must
 not change feature space with what a machine happens to have cached."""
+
+
+AUTO_K: Literal["auto"] = "auto"
+"""``ClusterConfig.k``'s default: sweep ``k_min..k_max`` on a sample of the clustering space and choose by the rule
+of :mod:`imgclust.choose_k` (the sweep is recorded in ``model.json`` and drawn in the report)."""
+
+ClusterCount = Annotated[int, Field(ge=2, le=1_000_000)] | Literal["auto"]
+"""A number of clusters, or ``"auto"`` (:data:`AUTO_K`)."""
 
 
 class IngestConfig(_Base):
@@ -101,7 +109,14 @@ class ClusterConfig(_Base):
 
     method: Literal["kmeans", "hdbscan", "agglomerative", "gmm", "scan"] = Field(
         "kmeans", description="Clustering algorithm.")
-    k: int = Field(10, ge=2, le=1_000_000, description="Number of clusters (kmeans, agglomerative, gmm, scan).")
+    k: ClusterCount = Field(
+        AUTO_K, description="Number of clusters (kmeans, agglomerative, gmm, scan), or auto: fits over k_min..k_max "
+        "on a seeded sample and chooses by a documented rule (imgclust.choose_k; the sweep is in model.json and the "
+        "report). HDBSCAN finds its own number.")
+    k_min: int = Field(2, ge=2, le=1_000_000, description="k=auto: the smallest k the sweep tries.")
+    k_max: int | None = Field(
+        None, ge=2, le=1_000_000, description="k=auto: the largest k the sweep tries; default grows with the rows "
+        "(imgclust.choose_k.default_k_max).")
     n_iter: int = Field(25, ge=1, le=1000, description="k-means iterations.")
     n_redo: int = Field(3, ge=1, le=100, description="k-means restarts; the best inertia wins.")
     backend: Literal["faiss", "torch"] = Field(
@@ -109,7 +124,10 @@ class ClusterConfig(_Base):
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the torch backend runs.")
     spherical: bool = Field(False, description="Cosine k-means (L2-normalised centroids).")
-    min_cluster_size: int = Field(50, ge=2, description="HDBSCAN min_cluster_size.")
+    min_cluster_size: int | None = Field(
+        None, ge=2, description="HDBSCAN min_cluster_size; unset: all of HDBSCAN's parameters chosen for the "
+        "embedding it runs on (imgclust.density: 1% of the rows, min_samples 5, leaf selection merged below a "
+        "distance scaled to the embedding's density). Given: that size with HDBSCAN's own other defaults.")
     fit_sample: int = Field(50_000, ge=100,
                             description="Rows UMAP/HDBSCAN/GMM/SCAN are fitted on; the rest are predicted.")
     scan_whiten: bool = Field(
@@ -135,7 +153,9 @@ class ClusterConfig(_Base):
     seed: int = Field(0, ge=0, description="Random seed.")
 
     @model_validator(mode="after")
-    def _consensus_needs_gmm(self) -> ClusterConfig:
+    def _consistent(self) -> ClusterConfig:
+        if self.k_max is not None and self.k_max < self.k_min:
+            raise ValueError(f"k_max={self.k_max} is below k_min={self.k_min}")
         if self.consensus_runs > 1 and self.method != "gmm":
             raise ValueError(f"consensus_runs={self.consensus_runs} needs method='gmm' (got {self.method!r})")
         if self.scan_whiten and self.method != "scan":
@@ -187,6 +207,14 @@ class PipelineConfig(_Base):
         if not v.strip():
             raise ValueError("must not be empty")
         return v
+
+
+def fixed_k(cluster: ClusterConfig) -> int | None:
+    """The number of clusters ``cluster`` asks for, or None when it is chosen by the fit (``k="auto"``) or the
+    method finds its own (HDBSCAN)."""
+    if cluster.method == "hdbscan" or cluster.k == AUTO_K:
+        return None
+    return int(cluster.k)
 
 
 def check_recipe(reduce: ReduceConfig, cluster: ClusterConfig) -> None:

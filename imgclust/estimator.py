@@ -67,7 +67,7 @@ MANIFEST_NAME = "estimator.json"
 ARRAYS_NAME = "arrays.npz"
 OBJECT_NAME = "object.pkl"
 _VERSION_PACKAGES = ("imgclust", "numpy", "scikit-learn", "faiss-cpu", "umap-learn", "hdbscan")
-_BUILTIN_MODULES = ("imgclust.reduce", "imgclust.pca", "imgclust.cluster")
+_BUILTIN_MODULES = ("imgclust.reduce", "imgclust.pca", "imgclust.cluster", "imgclust.hierarchy")
 _LAZY_MODULES = {"TorchKMeans": "imgclust.kmeans_torch", "ScanClusterer": "imgclust.scan"}  # imported on first load: torch
 
 E = TypeVar("E", bound="Estimator")

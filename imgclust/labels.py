@@ -166,11 +166,16 @@ def read_labels(store: Store, model_id: str) -> pa.Table:
 def evaluate(store: Store, model_id: str, extractor_key: str, *, truth: str = "none",
              sample_size: int = 10000, seed: int = 0) -> dict[str, Any]:
     """Metrics of a model's labels: sizes, silhouette/Davies-Bouldin on a sample of the clustering space,
-    and ACC/NMI/ARI against the parent-folder class when ``truth == "parent_dir"``."""
+    and ACC/NMI/ARI against the parent-folder class when ``truth == "parent_dir"``; with them how the model got
+    its clusters: ``n_clusters``, ``k_sweep`` (when ``k="auto"`` chose k) and HDBSCAN's fitted ``noise_share``."""
     model = load_model_cached(store, model_id)
     labels = read_labels(store, model_id)
     out: dict[str, Any] = {"n_labeled": labels.num_rows,
-                           "n_novel": int(pc.sum(labels.column("is_novel")).as_py() or 0)}
+                           "n_novel": int(pc.sum(labels.column("is_novel")).as_py() or 0),
+                           "n_clusters": model.n_clusters}
+    for key in ("noise_share", "k_sweep"):
+        if key in model.meta:
+            out[key] = model.meta[key]
     # internal metrics on a seeded sample of the embedded features
     rng = np.random.default_rng(seed)
     ids_all: list[str] = []
@@ -198,3 +203,21 @@ def evaluate(store: Store, model_id: str, extractor_key: str, *, truth: str = "n
         y_true = [parent_name(u) for u in joined.column("uri").to_pylist()]
         out.update(supervised_metrics(y_true, joined.column("cluster_id").to_numpy()))
     return out
+
+
+def labels_at_level(store: Store, model_id: str, level: int | None = None) -> pa.Table:
+    """A model's label rows with the image URIs: ``image_id``, ``uri``, ``cluster_id`` (the stable id, or at
+    ``level`` the id of its group when the model's cluster tree is cut into ``level`` groups,
+    :meth:`ClusterModel.at_level`; no refit), ``fine_cluster_id`` (the stable id), ``confidence``, ``is_novel``."""
+    labels = read_labels(store, model_id)
+    if labels.num_rows == 0:
+        raise ConfigError(f"model {model_id} has no labels in {store.uri('labels')}; label images first")
+    fine = labels.column("cluster_id").to_numpy().astype(np.int32)
+    coarse = fine if level is None else load_model_cached(store, model_id).at_level(fine, level)
+    manifest = read_manifest(store, columns=["image_id", "uri"])
+    uri_of = dict(zip(manifest.column("image_id").to_pylist(), manifest.column("uri").to_pylist(), strict=True))
+    ids = labels.column("image_id").to_pylist()
+    return pa.table({"image_id": pa.array(ids, pa.string()),
+                     "uri": pa.array([uri_of.get(i) for i in ids], pa.string()),
+                     "cluster_id": pa.array(coarse, pa.int32()), "fine_cluster_id": pa.array(fine, pa.int32()),
+                     "confidence": labels.column("confidence"), "is_novel": labels.column("is_novel")})

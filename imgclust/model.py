@@ -1,16 +1,16 @@
 """A fitted model version: reducer (+ optional UMAP) + clusterer + novelty score + stable ids.
 
-Stored under ``models/<model_id>/`` as ``reducer/``, ``umap/``, ``clusterer/``, ``novelty/`` estimator folders,
-``model_arrays.npz`` (thresholds, stable ids, per-cluster centroids in the clustering space) and
+Stored under ``models/<model_id>/`` as ``reducer/``, ``umap/``, ``clusterer/``, ``novelty/``, ``tree/`` (the merge
+tree of the clusters, :mod:`imgclust.hierarchy`) estimator folders, ``model_arrays.npz`` (thresholds, stable ids, per-cluster centroids in the clustering space) and
 ``model.json`` written last (its presence means the version is complete; its ``novelty`` entry records the
-score, rate and threshold). ``models/CURRENT`` names the promoted version and is replaced atomically.
+score, rate and threshold; ``k_sweep`` how ``k="auto"`` chose k). ``models/CURRENT`` names the promoted version and is replaced atomically.
 
 Assignment of one feature row ``x`` (D,): ``z = umap(pca(x))``; the clusterer gives the raw cluster
-``c`` (HDBSCAN: approximate_predict, -1 = noise); the distance ``d`` is ``||z - mu_c||`` to that
-cluster's centroid. Novelty is scored before UMAP (:mod:`imgclust.novelty`): ``is_novel`` when the
+``c`` (HDBSCAN: approximate_predict, -1 = noise, and a noise row is given its nearest centroid's cluster with a low
+confidence, :data:`NOISE_CONFIDENCE`); the distance ``d`` is ``||z - mu_c||`` to that cluster's centroid. Novelty is scored before UMAP (:mod:`imgclust.novelty`): ``is_novel`` when the
 :class:`~imgclust.novelty.NoveltyScorer` score exceeds its split-conformal threshold at the target false-novel
-rate. ``cluster_id = stable_ids[c]``, or -1 when novel or noise. Models without a novelty part (fitted before it,
-or on too few rows) keep the per-cluster rule: novel when ``c == -1`` or ``d > threshold_c``, the
+rate. ``cluster_id = stable_ids[c]``, or -1 when novel. Models without a novelty part (fitted before it,
+or on too few rows) keep the per-cluster rule: novel when noise or ``d > threshold_c``, the
 ``novelty_quantile`` of the fit sample's distances in cluster c.
 Confidence: HDBSCAN's membership strength, a Gaussian mixture's posterior of ``c``, otherwise
 ``1 - d_1 / d_2`` (nearest vs second-nearest centroid).
@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from imgclust.capping import FitSizes, cap_to_data, check_enough_rows
+from imgclust.choose_k import resolve_k
 from imgclust.cluster import (
     AgglomerativeClusterer,
     FaissKMeans,
@@ -37,10 +38,12 @@ from imgclust.cluster import (
     cluster_means,
     squared_distances,
 )
-from imgclust.config import ClusterConfig, ExtractConfig, ReduceConfig, check_recipe
+from imgclust.config import ClusterConfig, ExtractConfig, ReduceConfig, check_recipe, fixed_k
+from imgclust.density import hdbscan_for
 from imgclust.estimator import BatchSource, Estimator, load_estimator, sample_rows
 from imgclust.exceptions import ConfigError, CorruptArtifactError, StoreError
 from imgclust.gmm import GaussianMixtureClusterer
+from imgclust.hierarchy import ClusterTree
 from imgclust.novelty import NoveltyScorer, kind_for, min_calibration_rows, novelty_rows, split_sizes
 from imgclust.pca import ExactPCA, LinearProjection, ScatterStats, merge_all
 from imgclust.progress import tracked
@@ -51,7 +54,10 @@ from imgclust.store import Store
 log = logging.getLogger(__name__)
 
 CURRENT = "models/CURRENT"
-_PARTS = ("reducer", "umap", "clusterer", "novelty")
+NOISE_CONFIDENCE = 0.5
+"""HDBSCAN's noise rows get their nearest cluster with this share of the centroid margin ``1 - d_1 / d_2`` as
+confidence: never more than half, so filtering on confidence drops them before confident members."""
+_PARTS = ("reducer", "umap", "clusterer", "novelty", "tree")
 
 
 def new_model_id(now: dt.datetime | None = None) -> str:
@@ -87,6 +93,7 @@ class ClusterModel:
     stable_ids: np.ndarray  # (k,) int32
     meta: dict[str, Any] = field(default_factory=dict)
     novelty: NoveltyScorer | None = None
+    tree: ClusterTree | None = None
 
     @property
     def n_clusters(self) -> int:
@@ -114,17 +121,27 @@ class ClusterModel:
             confidence = np.ones(n, np.float32)
         raw = np.asarray(raw, np.int64)
         d2 = squared_distances(Z, self.centroids) if k else np.zeros((n, 0), np.float32)
-        valid = raw >= 0
+        noise = raw < 0
+        given = raw.copy()  # the cluster each row is given: HDBSCAN's noise gets its nearest centroid
+        if k:
+            given[noise] = d2[noise].argmin(axis=1)
+        valid = given >= 0
         distance = np.full(n, np.nan, np.float32)
-        distance[valid] = np.sqrt(d2[np.flatnonzero(valid), raw[valid]])
-        if not own_confidence and k > 1:
+        distance[valid] = np.sqrt(d2[np.flatnonzero(valid), given[valid]])
+        margin = np.ones(n, np.float32)
+        if k > 1:
             part = np.sqrt(np.partition(d2, 1, axis=1)[:, :2])  # nearest and second nearest
-            confidence = (1.0 - part[:, 0] / np.maximum(part[:, 1], 1e-12)).astype(np.float32)
+            margin = (1.0 - part[:, 0] / np.maximum(part[:, 1], 1e-12)).astype(np.float32)
+        if not own_confidence:
+            confidence = margin
+        confidence = np.where(noise, NOISE_CONFIDENCE * margin, confidence).astype(np.float32)
         is_novel = ~valid
-        is_novel[valid] |= distance[valid] > self.thresholds[raw[valid]]
+        if self.novelty is None:  # the per-cluster rule of older models: noise is novel
+            is_novel |= noise
+        is_novel[valid] |= distance[valid] > self.thresholds[given[valid]]
         cluster_id = np.full(n, -1, np.int32)
         keep = ~is_novel
-        cluster_id[keep] = self.stable_ids[raw[keep]]
+        cluster_id[keep] = self.stable_ids[given[keep]]
         return Assignment(cluster_id, raw, distance, np.clip(confidence, 0, 1), is_novel,
                           np.full(n, np.nan, np.float32))
 
@@ -158,6 +175,26 @@ class ClusterModel:
         a.cluster_id[a.is_novel] = -1
         return a
 
+    def level_ids(self, n_groups: int) -> np.ndarray:
+        """The stable id of each fitted cluster's group ``(k,)`` int32 when the cluster tree is cut into
+        ``n_groups`` groups: a group takes the smallest stable id among its clusters."""
+        if self.tree is None:
+            raise StoreError(f"model {self.model_id} has no cluster tree (fitted before it); refit it "
+                             "(imgclust recluster) to browse coarser levels")
+        if isinstance(n_groups, bool) or not isinstance(n_groups, (int, np.integer)) \
+                or not 1 <= n_groups <= self.n_clusters:
+            raise ConfigError(f"level {n_groups!r} is outside 1..{self.n_clusters}: model {self.model_id} has "
+                              f"{self.n_clusters} clusters, so its tree can be cut into 1 to {self.n_clusters} groups")
+        groups = self.tree.cut(int(n_groups))
+        smallest = {int(g): int(self.stable_ids[groups == g].min()) for g in np.unique(groups)}
+        return np.array([smallest[int(g)] for g in groups], np.int32)
+
+    def at_level(self, cluster_ids: np.ndarray, n_groups: int) -> np.ndarray:
+        """Stable cluster ids ``(n,)`` -> the ids of their groups at ``n_groups`` (:meth:`level_ids`); -1 (novel,
+        noise) and ids this model does not know stay -1."""
+        table = dict(zip(self.stable_ids.tolist(), self.level_ids(n_groups).tolist(), strict=True))
+        return np.fromiter((table.get(int(c), -1) for c in cluster_ids), np.int32, len(cluster_ids))
+
     # ---- persistence ---------------------------------------------------------------------
     def save(self, store: Store) -> str:
         """Write ``models/<model_id>/`` (model.json last); returns that folder's store path."""
@@ -165,7 +202,7 @@ class ClusterModel:
         if store.exists(f"{base}/model.json"):
             raise StoreError(f"model {self.model_id} already exists in {store.url}; model versions are immutable")
         parts: dict[str, str | None] = {}
-        for name, est in zip(_PARTS, (self.reducer, self.umap, self.clusterer, self.novelty), strict=True):
+        for name, est in zip(_PARTS, (self.reducer, self.umap, self.clusterer, self.novelty, self.tree), strict=True):
             if est is not None:
                 est.save(store.path(f"{base}/{name}"), fs=store.fs)
             parts[name] = type(est).__name__ if est is not None else None
@@ -193,7 +230,8 @@ class ClusterModel:
         return cls(model_id=info["model_id"], extractor_key=info["extractor_key"],
                    reducer=ests["reducer"], umap=ests["umap"], clusterer=ests["clusterer"],  # type: ignore[arg-type]
                    centroids=arrays["centroids"], thresholds=arrays["thresholds"],
-                   stable_ids=arrays["stable_ids"], meta=meta, novelty=ests["novelty"])  # type: ignore[arg-type]
+                   stable_ids=arrays["stable_ids"], meta=meta, novelty=ests["novelty"],  # type: ignore[arg-type]
+                   tree=ests["tree"])  # type: ignore[arg-type]
 
 
 WarmStart = Callable[[Callable[[np.ndarray], np.ndarray]], "np.ndarray | None"]
@@ -214,7 +252,9 @@ def fit_model(source: BatchSource, *, extractor_key: str, reduce: ReduceConfig, 
     otherwise a pass counts them. The sizes that depend on them (PCA components, UMAP neighbours and dimensions,
     HDBSCAN's minimum cluster size, SCAN's neighbours) are capped to what the rows support
     (:func:`imgclust.capping.cap_to_data`): one warning, and ``capped`` in the model's metadata; fewer rows than
-    ``cluster.k`` raise :class:`ConfigError`. Each pass over the stream and each long step logs its progress
+    ``cluster.k`` raise :class:`ConfigError`. ``k="auto"`` is resolved on the clustering sample
+    (:func:`resolve_k`); the sweep is kept in ``meta["k_sweep"]`` and the configuration asked (``"auto"``) in
+    ``meta["cluster"]``, so a refit chooses again. Each pass over the stream and each long step logs its progress
     (:mod:`imgclust.progress`).
     """
     check_recipe(reduce, cluster)
@@ -249,6 +289,9 @@ def fit_model(source: BatchSource, *, extractor_key: str, reduce: ReduceConfig, 
 
     sample = sample_rows(tracked(final, "fit: clustering sample pass" + (" (UMAP transform)" if umap else ""),
                                  n_rows, log), cluster.fit_sample, cluster.seed).rows
+    asked = cluster
+    cluster, sweep = resolve_k(sample, cluster)
+    k = fixed_k(cluster) or 0  # 0: HDBSCAN finds its own number
     clusterer: FaissKMeans | HDBSCANClusterer | AgglomerativeClusterer | GaussianMixtureClusterer | ScanClusterer
     if cluster.method == "kmeans":
         # without UMAP the stream is cheap and k-means samples it itself; with UMAP every pass pays a
@@ -258,33 +301,44 @@ def fit_model(source: BatchSource, *, extractor_key: str, reduce: ReduceConfig, 
             return umap.transform(Z) if umap is not None else Z
 
         init = warm_start(embed) if warm_start is not None else None
+        if init is not None and init.shape[0] != k:
+            log.info("no warm start: k=auto chose %d clusters, the previous model had %d", k, init.shape[0])
+            init = None
         clusterer = _kmeans(cluster).fit(tracked(final, "fit: k-means sample pass", n_rows, log)
                                          if umap is None else sample, init_centroids=init)
         centroids = clusterer.cluster_centers_
     elif cluster.method == "hdbscan":
-        clusterer = HDBSCANClusterer(min_cluster_size=sizes.min_cluster_size, fit_sample=None,
-                                     random_state=cluster.seed).fit(sample)
+        clusterer = hdbscan_for(sample, sizes.min_cluster_size, cluster.seed).fit(sample)
         centroids = cluster_means(sample, clusterer.labels_, clusterer.n_clusters_)
     elif cluster.method == "agglomerative":
-        clusterer = AgglomerativeClusterer(n_clusters=cluster.k).fit(sample)
+        clusterer = AgglomerativeClusterer(n_clusters=k).fit(sample)
         centroids = clusterer.cluster_centers_
     elif cluster.method == "gmm":
-        clusterer = GaussianMixtureClusterer(n_clusters=cluster.k, fit_sample=None, random_state=cluster.seed,
+        clusterer = GaussianMixtureClusterer(n_clusters=k, fit_sample=None, random_state=cluster.seed,
                                              consensus_runs=cluster.consensus_runs).fit(sample)
         centroids = clusterer.cluster_centers_
     elif cluster.method == "scan":
-        clusterer = ScanClusterer(n_clusters=cluster.k, n_neighbors=sizes.scan_neighbors, whiten=cluster.scan_whiten,
+        clusterer = ScanClusterer(n_clusters=k, n_neighbors=sizes.scan_neighbors, whiten=cluster.scan_whiten,
                                   fit_sample=None, random_state=cluster.seed).fit(sample)
-        centroids = cluster_means(sample, clusterer.labels_, cluster.k)
+        centroids = cluster_means(sample, clusterer.labels_, k)
     else:  # pragma: no cover - pydantic restricts the literal
         raise ConfigError(f"unknown cluster method {cluster.method!r}")
     model = ClusterModel(model_id=model_id or new_model_id(), extractor_key=extractor_key, reducer=reducer,
                          umap=umap, clusterer=clusterer, centroids=np.ascontiguousarray(centroids, np.float32),
                          thresholds=np.full(centroids.shape[0], np.inf, np.float32),
                          stable_ids=np.arange(centroids.shape[0], dtype=np.int32),
-                         meta={"reduce": reduce.model_dump(), "cluster": cluster.model_dump(),
+                         meta={"reduce": reduce.model_dump(), "cluster": asked.model_dump(),
                                "capped": sizes.record(),
                                "created_at": dt.datetime.now(dt.timezone.utc).isoformat()})
+    if sweep is not None:
+        model.meta["k_sweep"] = sweep.to_json()
+    model.tree = fit_tree(model, sample)
+    if isinstance(clusterer, HDBSCANClusterer):
+        model.meta["hdbscan"] = {name: getattr(clusterer, name) for name in (
+            "min_cluster_size", "min_samples", "cluster_selection_method", "cluster_selection_epsilon")}
+        model.meta["noise_share"] = round(float(np.mean(clusterer.labels_ < 0)), 4)
+        log.info("HDBSCAN: %d clusters, %.1f%% of the %d fitted rows are noise (given their nearest cluster with a "
+                 "low confidence)", clusterer.n_clusters_, 100 * model.meta["noise_share"], len(clusterer.labels_))
     model.novelty = fit_novelty(source, reducer, cluster, n_rows)
     if model.novelty is None:
         model.thresholds = novelty_thresholds(model, sample, cluster.novelty_quantile)
@@ -293,6 +347,17 @@ def fit_model(source: BatchSource, *, extractor_key: str, reduce: ReduceConfig, 
     else:
         model.meta["novelty"] = model.novelty.describe()
     return model
+
+
+def fit_tree(model: ClusterModel, sample: np.ndarray) -> ClusterTree | None:
+    """The merge tree of ``model``'s clusters (:class:`~imgclust.hierarchy.ClusterTree`), their means weighted by
+    how many rows of the clustering sample ``(m, d)`` each holds (noise rows left out); None for a model of
+    no cluster (HDBSCAN that found none)."""
+    if model.n_clusters == 0:
+        return None
+    raw = model.assign_embedded(sample).raw
+    sizes = np.bincount(raw[raw >= 0], minlength=model.n_clusters)
+    return ClusterTree().fit(model.centroids, sizes)
 
 
 def fit_novelty(source: BatchSource, reducer: LinearProjection | None, cluster: ClusterConfig,
@@ -344,7 +409,10 @@ def _source_shape(source: BatchSource, n_rows: int | None) -> tuple[int, int]:
 
 def _kmeans(cluster: ClusterConfig) -> FaissKMeans:
     """The k-means estimator of ``cluster.backend`` (the torch one imports torch only when chosen)."""
-    params: dict[str, Any] = {"n_clusters": cluster.k, "n_iter": cluster.n_iter, "n_redo": cluster.n_redo,
+    k = fixed_k(cluster)
+    if k is None:
+        raise ConfigError(f"k-means needs a number of clusters; got k={cluster.k!r} (resolve k=auto first)")
+    params: dict[str, Any] = {"n_clusters": k, "n_iter": cluster.n_iter, "n_redo": cluster.n_redo,
                               "spherical": cluster.spherical, "seed": cluster.seed}
     if cluster.backend == "torch":
         from imgclust.kmeans_torch import TorchKMeans

@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from imgclust.candidates import candidate_montage, find_candidates
-from imgclust.config import ClusterConfig
+from imgclust.config import ClusterConfig, fixed_k
 from imgclust.exceptions import StoreError
 from imgclust.features import feature_path, iter_feature_batches
 from imgclust.labels import labels_path, load_model_cached, shard_date
@@ -141,6 +141,9 @@ def cluster_config_for_novelty(store: Store, previous_model_id: str, cluster: Cl
     if record is None or cluster.method == "hdbscan":
         return cluster
     n = len(record["candidates"])
-    log.info("novelty recluster: k %d -> %d for the %d candidate new cluster(s) of %s's night %s", cluster.k,
-             cluster.k + n, n, previous_model_id, record["date"])
-    return cluster.model_copy(update={"k": cluster.k + n})
+    k = fixed_k(cluster)
+    if k is None:  # k=auto: grow the previous model's chosen k, so the sweep's choice does not hide the new kinds
+        k = int(store.read_json(f"models/{previous_model_id}/model.json")["n_clusters"])
+    log.info("novelty recluster: k %d -> %d for the %d candidate new cluster(s) of %s's night %s", k,
+             k + n, n, previous_model_id, record["date"])
+    return cluster.model_copy(update={"k": k + n})

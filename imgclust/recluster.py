@@ -12,7 +12,7 @@ from collections.abc import Callable
 import numpy as np
 import pyarrow as pa
 
-from imgclust.config import ClusterConfig, ExtractConfig, ReduceConfig
+from imgclust.config import ClusterConfig, ExtractConfig, ReduceConfig, fixed_k
 from imgclust.features import done_shards, iter_feature_batches
 from imgclust.labels import read_labels
 from imgclust.lineage import Lineage, initial_lineage, match_clusters
@@ -47,7 +47,8 @@ def previous_means(store: Store, previous: ClusterModel, labels: pa.Table, extra
     """Warm start for k-means: the mean of each previous stable cluster's members in the new space.
 
     Only when the new k equals the previous model's cluster count (a different k is a different
-    recipe, fitted from scratch) and every previous cluster still has labelled members.
+    recipe, fitted from scratch; with ``k="auto"`` the fit drops the start when the sweep chose another k) and
+    every previous cluster still has labelled members.
     """
     if k != previous.n_clusters:
         log.info("no warm start: k=%d differs from the previous model's %d clusters", k, previous.n_clusters)
@@ -86,7 +87,7 @@ def refit_with_lineage(store: Store, extractor_key: str, *, reduce: ReduceConfig
     # the previous labels are read once: they seed the warm start and the lineage
     prev_labels = (read_labels(store, previous.model_id).select(["image_id", "cluster_id"])
                    if previous is not None else None)
-    warm = (previous_means(store, previous, prev_labels, extractor_key, cluster.k)
+    warm = (previous_means(store, previous, prev_labels, extractor_key, fixed_k(cluster) or previous.n_clusters)
             if previous is not None and prev_labels is not None and cluster.method == "kmeans" else None)
     model = fit_from_store(store, extractor_key, reduce=reduce, cluster=cluster, extract=extract, save=False,
                            warm_start=warm, shard_ids=shard_ids, pca_statistics=pca_statistics)

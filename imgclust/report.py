@@ -17,8 +17,10 @@
   near-duplicate groups (:mod:`imgclust.dedup`) as thumbnail strips, representative first.
 * ``candidate_<date>_<i>.png``: the montages of the candidate new clusters the nightly runs found for the model
   (:mod:`imgclust.novelty_night`), copied from ``novelty/<model_id>/``.
-* ``index.html`` (written last): model id, run, scalar metrics, the two charts, one section per
-  cluster, the near-duplicate groups and the candidate new clusters. All text is escaped with :func:`html.escape`; images are linked by relative path.
+* ``k_sweep.png``: when ``k=auto`` chose the number of clusters, the sweep's criteria against k with the chosen k
+  marked; ``tree.png``: the model's cluster tree with thumbnails at its nodes (:mod:`imgclust.report_model`).
+* ``index.html`` (written last): model id, run, scalar metrics, the two charts, one section per cluster, then
+  how k was chosen, the cluster tree, the near-duplicate groups and the candidate new clusters. All text is escaped with :func:`html.escape`; images are linked by relative path.
 
 Human cluster names live in ``cluster_names.csv`` at the store root (``cluster_id,name``, user-edited);
 see :func:`load_cluster_names` and :func:`write_cluster_names_template`. Names a CLIP model proposed
@@ -50,6 +52,7 @@ from imgclust.features import iter_feature_batches
 from imgclust.images import decode_image
 from imgclust.labels import load_model_cached, read_labels
 from imgclust.manifest import read_manifest
+from imgclust.report_model import k_choice_section, tree_section
 from imgclust.sources import read_uri
 from imgclust.store import Store
 
@@ -467,10 +470,12 @@ def build_report(store: Store, model_id: str, *, run: str, metrics: dict[str, An
     sizes = {c: len(members[c]) for c in clusters}
     files = {c: "cluster_novel.png" if c < 0 else f"cluster_{c}.png" for c in clusters}
     failed: dict[int, int] = {}
+    tiles_of: dict[int, list[Image.Image | None]] = {}
     with ThreadPoolExecutor(max_workers=_READ_THREADS) as pool:
         for c in clusters:
             tiles = list(pool.map(lambda i: _thumbnail(uris.get(ids[i]), config.thumb_size, storage_options),
                                   picks[c]))
+            tiles_of[c] = tiles
             failed[c] = sum(t is None for t in tiles)
             write(files[c], _png(montage(tiles, config.thumb_size)))
     n_failed = sum(failed.values())
@@ -490,8 +495,12 @@ def build_report(store: Store, model_id: str, *, run: str, metrics: dict[str, An
                f"PCA; the axes explain {ratio[0]:.1%} and {ratio[1]:.1%} of the sample's variance")
     if len(map_ids) < len(sample):
         caption += f"; {len(sample) - len(map_ids)} sampled images have no stored features"
-    duplicates = _near_duplicate_section(store, load_model_cached(store, model_id).extractor_key, config, write,
-                                         storage_options) + _candidates_section(store, model_id, write)
+    model = load_model_cached(store, model_id)
+    structure = (k_choice_section(store.read_json(f"models/{model_id}/model.json"), write, _png)
+                 + tree_section(model.tree, {raw: tiles_of.get(int(sid), []) for raw, sid in enumerate(model.stable_ids)},
+                                {raw: _label(int(sid), names) for raw, sid in enumerate(model.stable_ids)}, write, _png))
+    duplicates = structure + _near_duplicate_section(store, model.extractor_key, config, write,
+                                                     storage_options) + _candidates_section(store, model_id, write)
     from imgclust.naming import suggestions_html  # naming reads cluster_names.csv through this module
 
     page = _html(model_id, run, _scalar_metrics(metrics), sizes, names, failed,

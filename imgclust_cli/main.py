@@ -28,7 +28,7 @@ from imgclust.config import (
 )
 from imgclust.exceptions import ConfigError, ImgclustError
 from imgclust_cli.naming import add_naming_parser
-from imgclust_cli.ops import add_ops_parsers
+from imgclust_cli.ops import add_ops_parsers, cluster_count
 from imgclust_cli.weights import add_weights_parser, choose_extractor, offline_env
 
 log = logging.getLogger("imgclust.cli")
@@ -77,7 +77,11 @@ def _add_pipeline_args(p: argparse.ArgumentParser, *, source: bool = True) -> No
     g.add_argument("--shard-size", type=int, default=ExtractConfig().shard_size, help="images per shard/task")
     g = p.add_argument_group("clustering")
     g.add_argument("--method", default="kmeans", choices=["kmeans", "hdbscan", "agglomerative", "gmm", "scan"])
-    g.add_argument("--k", type=int, default=ClusterConfig().k, help="number of clusters (kmeans/agglomerative/gmm/scan)")
+    g.add_argument("--k", type=cluster_count, default=ClusterConfig().k,
+                   help="number of clusters (kmeans/agglomerative/gmm/scan), or auto (default): a sweep over "
+                        "--k-min..--k-max on a sample chooses it; the summary says which k and why")
+    g.add_argument("--k-min", type=int, default=ClusterConfig().k_min, help="--k auto: smallest k tried")
+    g.add_argument("--k-max", type=int, default=None, help="--k auto: largest k tried (default grows with the corpus)")
     g.add_argument("--pca", type=int, default=ReduceConfig().n_components, help="PCA components (0 = none)")
     g.add_argument("--reducer", default=ReduceConfig().method, choices=["ipca", "pca"],
                    help="ipca: IncrementalPCA streamed in one process; pca: exact PCA from per-shard statistics "
@@ -85,7 +89,9 @@ def _add_pipeline_args(p: argparse.ArgumentParser, *, source: bool = True) -> No
     g.add_argument("--kmeans-backend", default=ClusterConfig().backend, choices=["faiss", "torch"],
                    help="faiss (CPU) or torch (GPU when present) k-means (default %(default)s)")
     g.add_argument("--umap", type=int, default=None, help="UMAP dimensions after PCA (hdbscan defaults to 10)")
-    g.add_argument("--min-cluster-size", type=int, default=ClusterConfig().min_cluster_size, help="hdbscan")
+    g.add_argument("--min-cluster-size", type=int, default=ClusterConfig().min_cluster_size,
+                   help="hdbscan: smallest cluster; default: every HDBSCAN parameter chosen for the embedding "
+                        "(imgclust.density)")
     g.add_argument("--consensus", type=int, default=None,
                    help="gmm: EM runs combined by evidence accumulation into the final mixture (default 1; the "
                         "demo's gmm: 8)")
@@ -114,7 +120,8 @@ def add_execution_args(p: argparse.ArgumentParser) -> None:
 def _pipeline_config(a: argparse.Namespace) -> tuple[PipelineConfig, RunnerConfig]:
     reduce = (validated(ReduceConfig, method="none", n_components=None, umap_components=a.umap) if a.pca == 0
               else validated(ReduceConfig, method=a.reducer, n_components=a.pca, umap_components=a.umap))
-    cluster = validated(ClusterConfig, method=a.method, k=a.k, min_cluster_size=a.min_cluster_size, seed=a.seed,
+    cluster = validated(ClusterConfig, method=a.method, k=a.k, k_min=a.k_min, k_max=a.k_max,
+                        min_cluster_size=a.min_cluster_size, seed=a.seed,
                         backend=a.kmeans_backend, device=a.device, scan_whiten=a.scan_whiten,
                         novelty_rate=a.novelty_rate, consensus_runs=ClusterConfig().consensus_runs if a.consensus is None else a.consensus)
     kind = "address" if a.address else ("cuda" if a.gpu_cluster else "local")
@@ -164,6 +171,9 @@ def _print_summary(result: dict[str, Any], extra: dict[str, Any] | None = None) 
         f"  model                   {b['model_id']} ({len(m.get('cluster_sizes', {}))} clusters incl. -1=novel, "
         f"{m.get('n_novel', 0)} novel)",
     ]
+    choice = _k_choice(result["store"], b["model_id"])
+    if choice:
+        lines.append(f"  k chosen                {choice}")
     capped = _capped(result["store"], b["model_id"])
     if capped:
         lines.append(f"  capped (small corpus)   {capped}")
@@ -175,6 +185,16 @@ def _print_summary(result: dict[str, Any], extra: dict[str, Any] | None = None) 
     lines.append(f"  store                   {result['store']}  (labels/{b['model_id']}/, models/CURRENT)")
     lines.append(f"  wall time               {result['seconds']} s")
     print("\n".join(lines))
+
+
+def _k_choice(store: str, model_id: str) -> str:
+    """How ``--k auto`` chose k (``model.json``'s ``k_sweep``), as ``k of lo..hi: reason``; empty when k was given."""
+    from imgclust.store import Store
+
+    sweep = Store(store).read_json(f"models/{model_id}/model.json").get("k_sweep")
+    if not sweep:
+        return ""
+    return f"{sweep['chosen']} of {min(sweep['ks'])}..{max(sweep['ks'])} by {sweep['criterion']}: {sweep['reason']}"
 
 
 def _capped(store: str, model_id: str) -> str:
@@ -229,7 +249,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
 _REFINE_ENCODERS = {"n2d": "ConvAE", "n2d-scae": "SCAE", "n2d-ensemble": "pixels + 5 SCAE", "simclr": "SimCLR CNN"}
 
 
-def _demo_refine(a: argparse.Namespace, store: str, k: int, runner: RunnerConfig) -> None:
+def _demo_refine(a: argparse.Namespace, store: str, k: int | str, runner: RunnerConfig) -> None:
     """The demo's optional second stage (``--refine n2d`` / ``n2d-scae`` / ``n2d-ensemble`` / ``simclr``): the refine flow trains
     an encoder (ConvAE, SCAE(s) or a SimCLR CNN) and the N2D stages (UMAP -> GMM consensus) on the corpus, clusters every image with it, and the promotion gate (tolerance 0) keeps it
     only if its NMI is not lower than the pixel model's."""
@@ -245,7 +265,8 @@ def _demo_refine(a: argparse.Namespace, store: str, k: int, runner: RunnerConfig
     m = res["metrics"]
     lines = ["", "imgclust refine summary",
              f"  recipe                  {encoder} ({a.refine_epochs} epochs, {res['training']['n_train']} images, "
-             f"{res['training']['train_seconds']} s) -> UMAP({k}) -> GMM k={k}  [{a.refine}]",
+             f"{res['training']['train_seconds']} s) -> UMAP -> GMM k={m.get('n_clusters')}"
+             f"{' (auto)' if k == 'auto' else ''}  [{a.refine}]",
              f"  model                   {res['model_id']}"]
     lines += [f"  {key:<23} {m[key]:.4f}" for key in ("acc", "nmi", "ari") if isinstance(m.get(key), float)]
     lines += [f"  promoted                {res['promoted']} ({res['gate']['reason']})",

@@ -6,7 +6,7 @@ import datetime as dt
 import json
 from typing import Any
 
-from imgclust.config import ClusterConfig, ReduceConfig, RunnerConfig, validated
+from imgclust.config import AUTO_K, ClusterConfig, ReduceConfig, RunnerConfig, validated
 from imgclust.exceptions import ConfigError
 
 
@@ -15,6 +15,17 @@ def _date(text: str) -> dt.date:
         return dt.date.fromisoformat(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from err
+
+
+def cluster_count(text: str) -> int | str:
+    """``--k``'s value: ``auto`` (choose k by a sweep, :mod:`imgclust.choose_k`) or a number of clusters; anything
+    else is passed on as given and refused by :class:`~imgclust.config.ClusterConfig` with the valid values."""
+    if text.strip().lower() == AUTO_K:
+        return AUTO_K
+    try:
+        return int(text)
+    except ValueError:
+        return text
 
 
 def add_ops_parsers(sub: Any, add_exec: Any) -> None:
@@ -39,7 +50,9 @@ def add_ops_parsers(sub: Any, add_exec: Any) -> None:
     p.add_argument("--store", required=True)
     p.add_argument("--method", choices=["kmeans", "hdbscan", "agglomerative", "gmm", "scan"], default=None,
                    help="default: the CURRENT model's recipe")
-    p.add_argument("--k", type=int, default=None, help="without --method: the CURRENT recipe with this k")
+    p.add_argument("--k", type=cluster_count, default=None,
+                   help="a number of clusters or auto (a sweep chooses; stable ids follow through the lineage's "
+                        "splits and merges); without --method: the CURRENT recipe with this k")
     p.add_argument("--scan-whiten", action="store_true", help="with --method scan: neighbours after PCA whitening "
                    "(a CURRENT scan model's own setting is kept when no --method is given)")
     p.add_argument("--pca", type=int, default=None)
@@ -73,7 +86,9 @@ def add_ops_parsers(sub: Any, add_exec: Any) -> None:
                                                            "simclr", "dec", "idec", "nnc", "deepcluster"])
     p.add_argument("--epochs", type=int, default=20, help="encoder (pre)training epochs (autoencoders, simclr)")
     p.add_argument("--max-iter", type=int, default=2000, help="fine-tuning steps (dec, idec, nnc)")
-    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--k", type=cluster_count, default=AUTO_K,
+                   help="clusters, or auto (default): train with the CURRENT model's k and choose k again on the "
+                        "new features")
     p.add_argument("--sample", type=int, default=20000, help="training images sampled from the store")
     p.add_argument("--image-size", type=int, default=28)
     p.add_argument("--mode", choices=["L", "RGB"], default="L")
@@ -89,6 +104,18 @@ def add_ops_parsers(sub: Any, add_exec: Any) -> None:
     p.add_argument("--store", required=True)
     p.add_argument("--model", default=None)
     p.set_defaults(func=cmd_report, workers=1, address=None, gpu_cluster=False)
+
+    p = sub.add_parser("labels", help="export a model's labels (image, uri, cluster), optionally at a coarser level "
+                       "of its cluster tree", description="Reads the label rows of a model (default CURRENT). With "
+                       "--level N the cluster tree saved with the model is cut into N groups and each image gets its "
+                       "group's id (the smallest stable id in the group): coarser or finer labels without refitting. "
+                       "Writes --out (.csv or .parquet) or prints the cluster sizes.")
+    p.add_argument("--store", required=True)
+    p.add_argument("--model", default=None, help="model id (default CURRENT)")
+    p.add_argument("--level", type=int, default=None, help="number of groups to cut the cluster tree into "
+                   "(1..the model's cluster count; default: the model's own clusters)")
+    p.add_argument("--out", default=None, help="write the rows to this .csv or .parquet file")
+    p.set_defaults(func=cmd_labels)
 
     p = sub.add_parser("verify", help="check that every image is in features or quarantine exactly once")
     p.add_argument("--store", required=True)
@@ -237,13 +264,15 @@ def parse_options(items: list[str]) -> dict[str, Any]:
 
 
 def cmd_refine(a: argparse.Namespace) -> int:
-    for name in ("epochs", "max_iter", "k", "sample", "image_size"):
-        if getattr(a, name) < (2 if name == "k" else 1):
-            raise ConfigError(f"--{name.replace('_', '-')} must be positive (k >= 2)")
+    for name in ("epochs", "max_iter", "sample", "image_size"):
+        if getattr(a, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be positive")
     from imgclust.deep.methods import check_deep_options
 
     options = parse_options(a.option)
-    check_deep_options(a.method, a.k, options)
+    # with --k auto the method trains with CURRENT's k: the options are checked here with the smallest k, and again
+    # by the flow with CURRENT's
+    check_deep_options(a.method, ClusterConfig().k_min if a.k == AUTO_K else a.k, options)
     result = _run_flow("flows.refine:refine", _runner(a), store=a.store, method=a.method, k=a.k, epochs=a.epochs,
                        max_iter=a.max_iter, sample=a.sample, image_size=a.image_size, mode=a.mode, device=a.device,
                        truth=a.truth, options=options or None)
@@ -256,6 +285,33 @@ def cmd_refine(a: argparse.Namespace) -> int:
 
 def cmd_report(a: argparse.Namespace) -> int:
     _print(_run_flow("flows.report:report", None, store=a.store, model_id=a.model))
+    return 0
+
+
+def cmd_labels(a: argparse.Namespace) -> int:
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    from imgclust.labels import labels_at_level
+    from imgclust.model import current_model_id
+    from imgclust.store import Store
+
+    if a.out is not None and not a.out.endswith((".csv", ".parquet")):
+        raise ConfigError(f"--out must end in .csv or .parquet, got {a.out!r}")
+    store = Store(a.store)
+    model_id = a.model or current_model_id(store)
+    if model_id is None:
+        raise ConfigError(f"no --model given and {store.uri('models/CURRENT')} does not exist")
+    table = labels_at_level(store, model_id, a.level)
+    if a.out is not None:
+        (pq.write_table if a.out.endswith(".parquet") else pcsv.write_csv)(table, a.out)
+    counts = table.group_by("cluster_id").aggregate([("image_id", "count")]).sort_by("cluster_id")
+    level = f"level {a.level}" if a.level is not None else "its own clusters"
+    print(f"model {model_id}, {level}: {table.num_rows} images in {counts.num_rows} clusters"
+          + (f"; written to {a.out}" if a.out else ""))
+    for cid, n in zip(counts.column("cluster_id").to_pylist(), counts.column("image_id_count").to_pylist(),
+                      strict=True):
+        print(f"  cluster {cid:>6}  {n}")
     return 0
 
 

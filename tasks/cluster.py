@@ -82,6 +82,12 @@ def current_model_task(store: str) -> tuple[str, ExtractConfig]:
     return model_id, extract_config_of(s, model_id)
 
 
+@task(name="cluster-count")
+def cluster_count_task(store: str, model_id: str) -> int:
+    """The number of clusters of a fitted model (``model.json``'s ``n_clusters``)."""
+    return int(open_store(store).read_json(f"models/{model_id}/model.json")["n_clusters"])
+
+
 @task(name="refit-with-lineage", retries=1, retry_delay_seconds=10, retry_condition_fn=retry_transient)
 def refit_task(store: str, extractor_key: str, reduce: ReduceConfig, cluster: ClusterConfig,
                extract: ExtractConfig | None, previous_model_id: str | None, min_overlap: float = 0.3,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from imgclust.config import ClusterConfig
+from imgclust.config import AUTO_K, ClusterConfig
 from imgclust.exceptions import ConfigError
 from imgclust_cli.main import DEMO_CONSENSUS, _demo_consensus, _pipeline_config, build_parser, main
 
@@ -28,6 +28,8 @@ def test_help_lists_subcommands_and_options() -> None:
 @pytest.mark.parametrize("args,needle", [
     (["--extractor", "nope"], "unknown backbone"),
     (["--k", "1"], "k"),
+    (["--k", "many"], "'auto'"),
+    (["--k-min", "5", "--k-max", "3"], "k_max=3 is below k_min=5"),
     (["--workers", "0"], "workers"),
     (["--extractor", "resnet18", "--weights", "facebook/resnet"], "hub"),
     (["--scan-whiten"], "needs method='scan'"),
@@ -83,7 +85,8 @@ def test_imagenet_weights_absent_names_the_expected_file(tmp_path: Path, monkeyp
 
 def test_parser_defaults_match_config_defaults() -> None:
     a = build_parser().parse_args(["run", "src", "--store", "s"])
-    assert (a.extractor, a.method, a.k, a.pca) == ("auto", "kmeans", 10, 50)  # auto: the best available weights
+    assert (a.extractor, a.method, a.k, a.pca) == ("auto", "kmeans", "auto", 50)  # auto: the best available weights
+    assert a.k == ClusterConfig().k == AUTO_K and a.k_max is None  # k chosen by a sweep unless given
     assert build_parser().parse_args(["demo"]).extractor == "pixels"  # the demo clusters pixels on purpose
     assert a.scan_whiten is False and ClusterConfig().scan_whiten is False
 

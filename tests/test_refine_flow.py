@@ -16,10 +16,10 @@ from imgclust.verify import verify_store
 pytestmark = [pytest.mark.integration, requires_fashion]
 
 
-@pytest.mark.parametrize("method,options", [("convae", None), ("n2d", None), ("n2d-ensemble", None),
-                                            ("simclr", None), ("simclr", {"clusterer": "scan"})])
+@pytest.mark.parametrize("method,options,k", [("convae", None, 10), ("n2d", None, 10), ("n2d-ensemble", None, 10),
+                                              ("simclr", None, "auto"), ("simclr", {"clusterer": "scan"}, 10)])
 def test_refine_trains_extracts_refits_and_gates(tmp_path: Path, dask_address: str, method: str,
-                                                 options: dict[str, Any] | None) -> None:
+                                                 options: dict[str, Any] | None, k: int | str) -> None:
     from prefect_dask import DaskTaskRunner
 
     from flows.pipeline import pipeline
@@ -33,7 +33,7 @@ def test_refine_trains_extracts_refits_and_gates(tmp_path: Path, dask_address: s
         extract=ExtractConfig(extractor="pixels", shard_size=200), reduce=ReduceConfig(n_components=20),
         cluster=ClusterConfig(k=10, seed=0)))
     result: dict[str, Any] = refine.with_options(task_runner=runner)(
-        store=str(store_dir), method=method, k=10, epochs=2, sample=300, truth="parent_dir", seed=0, options=options)
+        store=str(store_dir), method=method, k=k, epochs=2, sample=300, truth="parent_dir", seed=0, options=options)
     store = Store(store_dir)
     key = result["training"]["deep_uri"]
     assert result["previous"] == first["build"]["model_id"]
@@ -43,15 +43,18 @@ def test_refine_trains_extracts_refits_and_gates(tmp_path: Path, dask_address: s
     assert info["extract"]["extractor"] == f"deep:{key}"
     if options:  # trained with SCAN's head, refitted with it: no UMAP
         assert info["parts"] == {"reducer": None, "umap": None, "clusterer": "ScanClusterer",
-                                 "novelty": "NoveltyScorer"}
+                                 "novelty": "NoveltyScorer", "tree": "ClusterTree"}
         assert info["cluster"]["method"] == "scan" and info["cluster"]["scan_whiten"] is True  # as it was trained
     elif method != "convae":  # the candidate clusters the deep features as N2D does: UMAP to k dims, then a GMM
         assert info["parts"] == {"reducer": None, "umap": "UMAPReducer", "clusterer": "GaussianMixtureClusterer",
-                                 "novelty": "NoveltyScorer"}
+                                 "novelty": "NoveltyScorer", "tree": "ClusterTree"}
         assert info["reduce"]["umap_components"] == 10 and info["reduce"]["umap_neighbors"] == 20
         assert info["cluster"]["consensus_runs"] == 8
     else:
         assert info["parts"]["clusterer"] == "FaissKMeans" and info["parts"]["umap"] is None
+    if k == "auto":  # trained with CURRENT's k (10), k chosen again on the deep features; lineage over the change
+        assert info["cluster"]["k"] == "auto" and info["k_sweep"]["chosen"] == info["n_clusters"]
+        assert "lineage" in info
     assert info["novelty"]["score"] == "pca-residual"  # deep features have no reducer: the residual off their PCA
     assert read_labels(store, result["model_id"]).num_rows == 400
     assert verify_store(store, info["extractor_key"], model_id=result["model_id"]).ok

@@ -101,7 +101,8 @@ def test_report_files_open_links_resolve_and_every_cluster_is_named(built: dict[
     assert out["index"] == "reports/r1/index.html" and out["files"][-1] == out["index"]
     assert out["clusters"] == len(present) and out["thumbnails_failed"] == 0 and out["map_points"] == 45
     pngs = [f for f in out["files"] if f.endswith(".png")]
-    assert len(pngs) == len(present) + 2
+    assert len(pngs) == len(present) + 3  # one montage per cluster, the map, the sizes, the cluster tree (k given)
+    assert "reports/r1/tree.png" in pngs and "reports/r1/k_sweep.png" not in pngs
     for rel in pngs:
         Image.open(io.BytesIO(store.read_bytes(rel))).verify()
     page = _parse(store, out["index"])

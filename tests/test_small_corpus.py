@@ -126,7 +126,8 @@ def test_the_caps_are_one_warning_and_recorded_in_model_json(small_run: tuple[Pa
     assert info["reduce"]["n_components"] == 50  # the recipe as asked: a refit on a grown corpus uses it again
     model = ClusterModel.load(store, model_id)
     assert model.reducer is not None and model.reducer.n_components_ == 16
-    assert model.n_clusters == 10  # k is what was asked, never capped
+    assert model.n_clusters == 3 == info["k_sweep"]["chosen"]  # k=auto on 17 rows: round(sqrt(17 / 2))
+    assert info["k_sweep"]["criterion"] == "rule of thumb" and "too few for the sweep" in info["k_sweep"]["reason"]
 
 
 @pytest.mark.integration
@@ -150,7 +151,7 @@ def test_every_recipe_fits_and_labels_the_17_images(small_run: tuple[Path, dict[
     counts = [label_shard(store, model.model_id, key, s)["n"] for s in done_shards(store, key)]
     assert sum(counts) == 17
     if cluster.method != "hdbscan":
-        assert model.n_clusters == cluster.k
+        assert model.n_clusters == (3 if cluster.k == "auto" else cluster.k)  # auto on 17 rows: the rule of thumb
 
 
 @pytest.mark.integration
@@ -158,7 +159,7 @@ def test_recluster_refits_the_small_store_with_lineage(small_run: tuple[Path, di
     store_dir, result, _ = small_run
     store = Store(store_dir)
     model = refit_with_lineage(store, result["extraction"]["extractor_key"], reduce=ReduceConfig(),
-                               cluster=ClusterConfig(), extract=ExtractConfig(),
+                               cluster=ClusterConfig(k=10), extract=ExtractConfig(),
                                previous_model_id=result["build"]["model_id"])
     assert model.meta["capped"]["values"]["reduce.n_components"] == {"asked": 50, "used": 16}
     assert model.meta["parent_model"] == result["build"]["model_id"] and model.n_clusters == 10
@@ -168,7 +169,8 @@ def test_recluster_refits_the_small_store_with_lineage(small_run: tuple[Path, di
 def test_as_many_images_as_clusters_completes(tmp_path: Path, dask_address: str) -> None:
     """k = n: every image its own cluster; the evaluation reports NaN for what needs fewer clusters than rows."""
     write_small_corpus(tmp_path / "images", 10, broken=False)
-    result = _run(tmp_path / "images", tmp_path / "store", dask_address, truth="parent_dir")
+    result = _run(tmp_path / "images", tmp_path / "store", dask_address, truth="parent_dir",
+                  cluster=ClusterConfig(k=10))
     assert result["build"]["labeled"] == 10 and result["build"]["promoted"]
     metrics = result["build"]["metrics"]
     assert np.isnan(metrics["internal_davies_bouldin"]) and 0.0 <= metrics["nmi"] <= 1.0
@@ -178,7 +180,7 @@ def test_as_many_images_as_clusters_completes(tmp_path: Path, dask_address: str)
 def test_fewer_images_than_k_is_refused_before_extraction(tmp_path: Path, dask_address: str) -> None:
     write_small_corpus(tmp_path / "images", 4, broken=False)
     with pytest.raises(ConfigError, match=r"holds 4 images .*nothing was extracted.*k=10 clusters need at least 10"):
-        _run(tmp_path / "images", tmp_path / "store", dask_address)
+        _run(tmp_path / "images", tmp_path / "store", dask_address, cluster=ClusterConfig(k=10))
     store = tmp_path / "store"
     assert (store / "manifest").is_dir()  # ingested ...
     assert not (store / "features").exists() and not (store / "quarantine").exists()  # ... but nothing extracted
@@ -189,7 +191,7 @@ def test_too_few_valid_images_after_the_quarantine_names_both_counts(tmp_path: P
     write_small_corpus(tmp_path / "images", 5)  # 12 files >= k=10, but 7 of them are broken
     with pytest.raises(ConfigError, match=r"5 images have .* features \(7 more were quarantined, their reasons are "
                                           r"in .*quarantine.*k=10 clusters need at least 10"):
-        _run(tmp_path / "images", tmp_path / "store", dask_address)
+        _run(tmp_path / "images", tmp_path / "store", dask_address, cluster=ClusterConfig(k=10))
     assert list((tmp_path / "store" / "features").rglob("*.parquet"))  # extraction ran
     assert not (tmp_path / "store" / "models").exists()
 
@@ -204,8 +206,8 @@ def test_cap_to_data_lowers_only_what_the_rows_cannot_support() -> None:
     assert (small.pca_components, small.umap_components, small.umap_neighbors) == (10, 9, 10)
     narrow = cap_to_data(ReduceConfig(n_components=64), ClusterConfig(), n_rows=5000, n_features=32)
     assert narrow.capped == {"reduce.n_components": (64, 32)}
-    hdb = cap_to_data(ReduceConfig(method="none", n_components=None), ClusterConfig(method="hdbscan"),
-                      n_rows=2, n_features=8)
+    hdb = cap_to_data(ReduceConfig(method="none", n_components=None),
+                      ClusterConfig(method="hdbscan", min_cluster_size=50), n_rows=2, n_features=8)
     assert hdb.umap_components is None and hdb.capped["reduce.umap_components"] == (10, None)
     assert hdb.min_cluster_size == 2
     scan = cap_to_data(ReduceConfig(), ClusterConfig(method="scan", k=3), n_rows=9, n_features=784)
@@ -219,9 +221,15 @@ def test_k_is_never_capped_fewer_rows_than_k_is_refused() -> None:
     with pytest.raises(ConfigError, match="k=10 clusters need at least 10 images.*at most 9"):
         cap_to_data(ReduceConfig(), ClusterConfig(k=10), n_rows=9, n_features=784)
     check_enough_rows(10, ClusterConfig(k=10), what="ten")
-    check_enough_rows(2, ClusterConfig(method="hdbscan"), what="two")  # HDBSCAN has no k
+    check_enough_rows(2, ClusterConfig(method="hdbscan", min_cluster_size=2), what="two")  # HDBSCAN has no k
     with pytest.raises(ConfigError, match="HDBSCAN needs at least 2"):
-        check_enough_rows(1, ClusterConfig(method="hdbscan"), what="one image")
+        check_enough_rows(1, ClusterConfig(method="hdbscan", min_cluster_size=2), what="one image")
+    check_enough_rows(10, ClusterConfig(method="hdbscan"), what="ten")  # the density rule: two clusters of 5
+    with pytest.raises(ConfigError, match="HDBSCAN needs at least 10"):
+        check_enough_rows(9, ClusterConfig(method="hdbscan"), what="nine images")
+    check_enough_rows(2, ClusterConfig(), what="two")  # k=auto: k_min clusters
+    with pytest.raises(ConfigError, match="choosing k needs at least k_min=2"):
+        check_enough_rows(1, ClusterConfig(), what="one image")
 
 
 @pytest.mark.parametrize("n", [2, 3, 11])

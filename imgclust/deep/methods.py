@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import fsspec
 
-from imgclust.config import ClusterConfig, ReduceConfig
+from imgclust.config import AUTO_K, ClusterConfig, ReduceConfig
 from imgclust.deep import DeepEstimator
 from imgclust.exceptions import ConfigError, CorruptArtifactError, UnknownNameError
 
@@ -120,11 +120,16 @@ def check_deep_options(method: str, k: int, options: dict[str, Any] | None) -> N
         raise ConfigError(f"bad options for deep method {method!r}: {exc}; see its class's parameters") from exc
 
 
-def refit_recipe(method: str, k: int, seed: int,
+AUTO_K_UMAP_DIMS = 10
+"""UMAP dimensions of the N2D-style refits when k is chosen after the embedding (``k="auto"``); N2D embeds into
+as many dimensions as clusters (McConville et al. 2020), and 10 is that for the 10-class sets it was made on."""
+
+
+def refit_recipe(method: str, k: int | str, seed: int,
                  options: dict[str, Any] | None = None) -> tuple[ReduceConfig, ClusterConfig]:
     """How the pipeline clusters the features a trained ``method``'s encoder extracts (refine flow):
-    ``n2d`` / ``n2d-scae`` / ``simclr`` as they were trained (UMAP to k dims with 20 neighbours, then the GMM
-    consensus);
+    ``n2d`` / ``n2d-scae`` / ``simclr`` as they were trained (UMAP to k dims with 20 neighbours, or
+    :data:`AUTO_K_UMAP_DIMS` with ``k="auto"``, then the GMM consensus);
     ``n2d-ensemble`` the same on its encoder's output, the scaled views side by side (one joint UMAP: the
     pipeline's refit has one feature space, where the estimator maps each view on its own); every other method
     k-means on the embeddings (what its own ``labels_`` come from), cosine k-means for ASCAE/SCAE
@@ -135,7 +140,8 @@ def refit_recipe(method: str, k: int, seed: int,
         return (ReduceConfig(method="none", n_components=None),
                 ClusterConfig(method="scan", k=k, seed=seed, scan_whiten=True))
     if method in N2D_RECIPES or method in ("n2d-ensemble", "simclr"):
-        return (ReduceConfig(method="none", n_components=None, umap_components=max(2, k), umap_neighbors=20),
+        dims = AUTO_K_UMAP_DIMS if k == AUTO_K else max(2, int(k))
+        return (ReduceConfig(method="none", n_components=None, umap_components=dims, umap_neighbors=20),
                 ClusterConfig(method="gmm", k=k, seed=seed, consensus_runs=N2D_CONSENSUS_RUNS))
     from imgclust.deep.autoencoder import ARCH_DEFAULTS
 
