@@ -173,7 +173,7 @@ def _print_summary(result: dict[str, Any], extra: dict[str, Any] | None = None) 
     ]
     choice = _k_choice(result["store"], b["model_id"])
     if choice:
-        lines.append(f"  k chosen                {choice}")
+        lines.append(f"  clusters                {choice}")
     capped = _capped(result["store"], b["model_id"])
     if capped:
         lines.append(f"  capped (small corpus)   {capped}")
@@ -188,13 +188,20 @@ def _print_summary(result: dict[str, Any], extra: dict[str, Any] | None = None) 
 
 
 def _k_choice(store: str, model_id: str) -> str:
-    """How ``--k auto`` chose k (``model.json``'s ``k_sweep``), as ``k of lo..hi: reason``; empty when k was given."""
+    """How the model got its number of clusters: ``--k auto``'s choice (``model.json``'s ``k_sweep``) as
+    ``k of lo..hi by criterion: reason``, or HDBSCAN's count, parameters and noise share; empty when k was given."""
     from imgclust.store import Store
 
-    sweep = Store(store).read_json(f"models/{model_id}/model.json").get("k_sweep")
-    if not sweep:
-        return ""
-    return f"{sweep['chosen']} of {min(sweep['ks'])}..{max(sweep['ks'])} by {sweep['criterion']}: {sweep['reason']}"
+    info = Store(store).read_json(f"models/{model_id}/model.json")
+    sweep = info.get("k_sweep")
+    if sweep:
+        return f"{sweep['chosen']} of {min(sweep['ks'])}..{max(sweep['ks'])} by {sweep['criterion']}: {sweep['reason']}"
+    if "noise_share" in info:
+        params = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
+                           for k, v in info.get("hdbscan", {}).items())
+        return (f"{info['n_clusters']} found by HDBSCAN ({params}); {100 * info['noise_share']:.1f}% of the fitted "
+                "images were noise, labelled with their nearest cluster at a low confidence")
+    return ""
 
 
 def _capped(store: str, model_id: str) -> str:

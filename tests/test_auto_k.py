@@ -50,6 +50,10 @@ def test_run_without_k_chooses_k_and_records_the_sweep(auto_run: dict[str, Any])
     assert 3 <= sweep["chosen"] <= 6, sweep  # four well separated digits
     assert sweep["criterion"] in sweep["scores"] and sweep["rule"] and str(sweep["chosen"]) in sweep["reason"]
     assert all(len(v) == len(sweep["ks"]) for v in sweep["scores"].values())
+    from imgclust_cli.main import _k_choice  # the run summary's "clusters" line
+
+    said = _k_choice(str(auto_run["store"]), auto_run["model_id"])
+    assert said.startswith(f"{sweep['chosen']} of 2..") and "by silhouette" in said
     metrics = Store(auto_run["store"]).read_json(f"models/{auto_run['model_id']}/metrics.json")
     assert metrics["n_clusters"] == sweep["chosen"] and metrics["nmi"] > 0.6, metrics.get("nmi")
 
@@ -110,6 +114,8 @@ def test_hdbscan_noise_keeps_its_nearest_cluster_with_low_confidence(tmp_path: P
     assert noise.any() and model.meta["noise_share"] > 0
     assert (a.cluster_id[noise & ~a.is_novel] >= 0).all()  # noise that is not novel still gets a cluster
     assert (a.confidence[noise] <= NOISE_CONFIDENCE + 1e-6).all()
+    assert model.meta["hdbscan"]["min_cluster_size"] == 15  # given: that size with HDBSCAN's own other defaults
+    assert model.meta["hdbscan"]["cluster_selection_method"] == "eom"
     assert np.median(a.confidence[noise]) < np.median(a.confidence[~noise])
     Z = model.embed(X[noise])
     nearest = ((Z[:, None, :] - model.centroids[None]) ** 2).sum(-1).argmin(1)

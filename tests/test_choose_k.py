@@ -74,17 +74,18 @@ def test_bad_inputs_raise_config_error() -> None:
 
 
 def test_k_max_above_what_the_rows_allow_is_capped_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
-    Z = blobs(3, n_per=40, seed=4)  # 120 rows: at most 6 clusters (10 rows per cluster in each half)
+    Z = blobs(3, n_per=40, seed=4)  # 120 rows: at most 24 clusters (5 rows per cluster)
     with caplog.at_level(logging.WARNING, logger="imgclust.choose_k"):
         sweep = choose_k(Z, method="kmeans", k_max=40, seed=0)
-    assert max(sweep.ks) == 6
+    assert max(sweep.ks) == 24
     assert "capped" in sweep.reason and any("capped" in r.getMessage() for r in caplog.records)
     assert sweep.chosen == 3
 
 
 def test_default_k_max() -> None:
     assert default_k_max(8) == 2
-    assert default_k_max(1797) == 30
+    assert default_k_max(408) == 40  # 34 photos in a dozen variants each: the range must reach 34
+    assert default_k_max(1797) == 50
     assert default_k_max(1_000_000) == default_k_max(10_000) == 50
     with pytest.raises(ConfigError):
         default_k_max(0)
