@@ -95,6 +95,7 @@ def test_demo_defaults_pixel_recipe_with_gmm_then_simclr_refine(tmp_path: Path,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     a = build_parser().parse_args(["demo"])
     assert (a.method, a.umap, a.refine, a.refine_epochs) == ("gmm", 10, "simclr", 10)  # BENCHMARKS.md: demo
+    assert a.k == 10 and build_parser().parse_args(["demo", "--k", "auto"]).k == "auto"  # its 10 classes, unless asked
     assert build_parser().parse_args(["demo", "--refine", "none"]).refine == "none"
     assert a.consensus is None  # resolved by cmd_demo: DEMO_CONSENSUS runs for gmm, 1 otherwise
     assert _demo_consensus(a) == DEMO_CONSENSUS == 8

@@ -158,6 +158,15 @@ def test_deployments_declare_schedules_and_ui_forms(served: dict[str, Any]) -> N
     assert "pixels" in enum and len(enum) == len(set(enum)) > 1
     assert props["redo"]["items"]["enum"] == ["ingest", "extract", "label"]
 
+    # a number of clusters nobody has to know: the forms offer k as a number or "auto", auto by default
+    refine_k = deps["refine/weekly"].parameter_openapi_schema["properties"]["k"]
+    assert refine_k["default"] == "auto" and {"type": "integer"} in refine_k["anyOf"]
+    assert {"const": "auto", "type": "string"} in refine_k["anyOf"]
+    pipeline_schema = deps["pipeline/on-demand"].parameter_openapi_schema
+    cluster_k = pipeline_schema["definitions"]["ClusterConfig"]["properties"]["k"]
+    assert cluster_k["default"] == "auto" and {"const": "auto", "type": "string"} in cluster_k["anyOf"]
+    assert "min_cluster_size" in pipeline_schema["definitions"]["ClusterConfig"]["properties"]
+
 
 def test_served_set_is_the_prefect_yaml_set(served: dict[str, Any]) -> None:
     """deployments/prefect.yaml is the rendering of deployments/spec.py, and resolved with the same environment
