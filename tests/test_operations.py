@@ -94,6 +94,7 @@ def test_recluster_k_alone_keeps_the_current_recipe(ops: dict[str, Any], tmp_pat
     assert (current["n_redo"], current["seed"]) != (ClusterConfig().n_redo, ClusterConfig().seed)  # not defaults
     assert recluster_cluster_config(args(k=5)) == ClusterConfig(**{**current, "k": 5})
     assert recluster_cluster_config(args()) is None  # the flow keeps CURRENT's recipe
+    assert recluster_cluster_config(args(k="auto")) == ClusterConfig(**{**current, "k": "auto"})  # --k auto
     assert recluster_cluster_config(args(method="scan", k=6, scan_whiten=True)) == \
         ClusterConfig(method="scan", k=6, scan_whiten=True)
     with pytest.raises(ConfigError, match="does not exist; pass --method"):
