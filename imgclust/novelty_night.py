@@ -134,16 +134,22 @@ def latest_candidates(store: Store, model_id: str) -> dict[str, Any] | None:
 
 
 def cluster_config_for_novelty(store: Store, previous_model_id: str, cluster: ClusterConfig) -> ClusterConfig:
-    """The recipe of a recluster started by the novelty event: ``k`` grows by the candidate new clusters of
-    the previous model's newest night that had any, so the new kinds can get clusters (and new stable ids) of
-    their own; HDBSCAN, which finds its own number of clusters, is unchanged."""
+    """The recipe of a recluster started by the novelty event: room for the candidate new clusters of the previous
+    model's newest night that had any, so the new kinds can get clusters (and new stable ids) of their own. A given
+    ``k`` grows by the candidates; with ``k="auto"`` the sweep's ``k_min`` becomes the previous model's count plus
+    the candidates (k stays chosen, now from there up). HDBSCAN, which finds its own number of clusters, is
+    unchanged."""
     record = latest_candidates(store, previous_model_id)
     if record is None or cluster.method == "hdbscan":
         return cluster
     n = len(record["candidates"])
     k = fixed_k(cluster)
-    if k is None:  # k=auto: grow the previous model's chosen k, so the sweep's choice does not hide the new kinds
-        k = int(store.read_json(f"models/{previous_model_id}/model.json")["n_clusters"])
+    if k is None:
+        previous = int(store.read_json(f"models/{previous_model_id}/model.json")["n_clusters"])
+        k_max = None if cluster.k_max is None else max(cluster.k_max, previous + n)
+        log.info("novelty recluster: k=auto from k_min %d (%s's %d clusters + %d candidate new cluster(s) of night "
+                 "%s)", previous + n, previous_model_id, previous, n, record["date"])
+        return cluster.model_copy(update={"k_min": previous + n, "k_max": k_max})
     log.info("novelty recluster: k %d -> %d for the %d candidate new cluster(s) of %s's night %s", k,
              k + n, n, previous_model_id, record["date"])
     return cluster.model_copy(update={"k": k + n})

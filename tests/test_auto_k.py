@@ -141,3 +141,18 @@ def test_a_refit_with_another_k_keeps_ids_and_records_splits(auto_run: dict[str,
     assert set(lineage["matched"].values()) <= set(range(previous["n_clusters"]))  # the first model's ids: 0..k-1
     assert lineage["splits"] and len(lineage["new_ids"]) >= 1  # the extra clusters are splits with new ids
     assert min(lineage["new_ids"]) >= previous["n_clusters"]
+
+
+def test_a_novelty_recluster_keeps_k_auto_from_the_previous_count_up(tmp_path: Path) -> None:
+    from imgclust.config import ClusterConfig
+    from imgclust.novelty_night import cluster_config_for_novelty
+
+    store = Store(tmp_path)
+    store.write_json("models/m1/model.json", {"model_id": "m1", "n_clusters": 5})
+    store.write_json("novelty/m1/date=2026-12-01/candidates.json",
+                     {"model_id": "m1", "date": "2026-12-01", "novel": 80, "candidates": [{"candidate": 0}]})
+    auto = cluster_config_for_novelty(store, "m1", ClusterConfig(k_max=5))
+    assert (auto.k, auto.k_min, auto.k_max) == ("auto", 6, 6)  # chosen, from 5 clusters + 1 candidate up
+    assert cluster_config_for_novelty(store, "m1", ClusterConfig(k=7)).k == 8  # a given k grows by the candidates
+    hdb = ClusterConfig(method="hdbscan")
+    assert cluster_config_for_novelty(store, "m1", hdb) == hdb
