@@ -82,8 +82,14 @@ def k_choice_section(info: dict[str, Any], write: Callable[[str, bytes], None],
     sweep = info.get("k_sweep")
     cluster = info.get("cluster", {})
     if not sweep:
-        how = ("HDBSCAN found the clusters itself" if cluster.get("method") == "hdbscan"
-               else f"k={cluster.get('k')} was given")
+        if cluster.get("method") == "hdbscan":
+            params = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
+                               for k, v in info.get("hdbscan", {}).items())
+            how = (f"HDBSCAN found {info.get('n_clusters')} clusters itself ({params}); "
+                   f"{100 * float(info.get('noise_share', 0.0)):.1f}% of the fitted images were noise, labelled "
+                   "with their nearest cluster at a low confidence")
+        else:
+            how = f"k={cluster.get('k')} was given"
         return ["<h2>Number of clusters</h2>", f'<p class="note">{e(how)}; no sweep ran.</p>']
     if not sweep["scores"]:  # too few rows to sweep: a rule of thumb chose k
         return ["<h2>Number of clusters</h2>", f'<p class="note">{e(sweep["reason"])} {e(sweep["rule"])}</p>']

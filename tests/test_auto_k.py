@@ -156,3 +156,17 @@ def test_a_novelty_recluster_keeps_k_auto_from_the_previous_count_up(tmp_path: P
     assert cluster_config_for_novelty(store, "m1", ClusterConfig(k=7)).k == 8  # a given k grows by the candidates
     hdb = ClusterConfig(method="hdbscan")
     assert cluster_config_for_novelty(store, "m1", hdb) == hdb
+
+
+def test_the_report_says_how_hdbscan_found_its_clusters() -> None:
+    from imgclust.report_model import k_choice_section
+
+    info = {"n_clusters": 13, "noise_share": 0.0006, "cluster": {"method": "hdbscan", "k": "auto"},
+            "hdbscan": {"min_cluster_size": 18, "min_samples": 5, "cluster_selection_method": "leaf",
+                        "cluster_selection_epsilon": 0.4297}}
+    written: dict[str, bytes] = {}
+    html = "".join(k_choice_section(info, written.__setitem__, lambda img: b""))
+    assert "HDBSCAN found 13 clusters" in html and "0.1% of the fitted images were noise" in html
+    assert "cluster_selection_epsilon 0.43" in html and not written  # no sweep, no picture
+    given = "".join(k_choice_section({"cluster": {"method": "kmeans", "k": 8}}, written.__setitem__, lambda i: b""))
+    assert "k=8 was given" in given
