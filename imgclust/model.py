@@ -332,7 +332,12 @@ def fit_model(source: BatchSource, *, extractor_key: str, reduce: ReduceConfig, 
                                "created_at": dt.datetime.now(dt.timezone.utc).isoformat()})
     if sweep is not None:
         model.meta["k_sweep"] = sweep.to_json()
-    model.tree = fit_tree(model, sample)
+    # HDBSCAN, agglomerative and SCAN were fitted on `sample` and keep its labels; the others predict it
+    if isinstance(clusterer, (HDBSCANClusterer, AgglomerativeClusterer, ScanClusterer)):
+        sample_labels = clusterer.labels_
+    else:
+        sample_labels = clusterer.predict(sample)
+    model.tree = fit_tree(model.centroids, sample_labels)
     if isinstance(clusterer, HDBSCANClusterer):
         model.meta["hdbscan"] = {name: getattr(clusterer, name) for name in (
             "min_cluster_size", "min_samples", "cluster_selection_method", "cluster_selection_epsilon")}
@@ -349,15 +354,14 @@ def fit_model(source: BatchSource, *, extractor_key: str, reduce: ReduceConfig, 
     return model
 
 
-def fit_tree(model: ClusterModel, sample: np.ndarray) -> ClusterTree | None:
-    """The merge tree of ``model``'s clusters (:class:`~imgclust.hierarchy.ClusterTree`), their means weighted by
-    how many rows of the clustering sample ``(m, d)`` each holds (noise rows left out); None for a model of
-    no cluster (HDBSCAN that found none)."""
-    if model.n_clusters == 0:
+def fit_tree(centroids: np.ndarray, sample_labels: np.ndarray) -> ClusterTree | None:
+    """The merge tree (:class:`~imgclust.hierarchy.ClusterTree`) of the clusters with means ``centroids`` ``(k, d)``,
+    weighted by how many rows of the clustering sample each holds (``sample_labels`` ``(m,)``, noise -1 left out);
+    None for a model of no cluster (HDBSCAN that found none)."""
+    k = centroids.shape[0]
+    if k == 0:
         return None
-    raw = model.assign_embedded(sample).raw
-    sizes = np.bincount(raw[raw >= 0], minlength=model.n_clusters)
-    return ClusterTree().fit(model.centroids, sizes)
+    return ClusterTree().fit(centroids, np.bincount(sample_labels[sample_labels >= 0], minlength=k))
 
 
 def fit_novelty(source: BatchSource, reducer: LinearProjection | None, cluster: ClusterConfig,

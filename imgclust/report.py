@@ -496,7 +496,7 @@ def build_report(store: Store, model_id: str, *, run: str, metrics: dict[str, An
     if len(map_ids) < len(sample):
         caption += f"; {len(sample) - len(map_ids)} sampled images have no stored features"
     model = load_model_cached(store, model_id)
-    structure = (k_choice_section(store.read_json(f"models/{model_id}/model.json"), write, _png)
+    structure = (k_choice_section({**model.meta, "n_clusters": model.n_clusters}, write, _png)
                  + tree_section(model.tree, {raw: tiles_of.get(int(sid), []) for raw, sid in enumerate(model.stable_ids)},
                                 {raw: _label(int(sid), names) for raw, sid in enumerate(model.stable_ids)}, write, _png))
     duplicates = structure + _near_duplicate_section(store, model.extractor_key, config, write,

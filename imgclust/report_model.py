@@ -13,7 +13,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["draw_sweep", "k_choice_section", "tree_section"]
+__all__ = ["draw_sweep", "hdbscan_summary", "k_choice_section", "tree_section"]
 
 _PANEL_W, _PANEL_H, _PAD = 340, 170, 36
 _LINE = (31, 119, 180)
@@ -74,20 +74,25 @@ def draw_sweep(sweep: dict[str, Any]) -> Image.Image:
     return img
 
 
+def hdbscan_summary(info: dict[str, Any]) -> str:
+    """``(parameters); x% of the fitted images were noise, ...`` of an HDBSCAN model's ``model.json`` ``info``, as
+    the report and the run summary say it."""
+    params = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
+                       for k, v in info.get("hdbscan", {}).items())
+    return (f"({params}); {100 * float(info.get('noise_share', 0.0)):.1f}% of the fitted images were noise, "
+            "labelled with their nearest cluster at a low confidence")
+
+
 def k_choice_section(info: dict[str, Any], write: Callable[[str, bytes], None],
                      png: Callable[[Image.Image], bytes]) -> list[str]:
-    """HTML (and ``k_sweep.png``) explaining how the model's k was chosen, from ``model.json`` ``info``; a
-    one-line note when k was given or the method found its own."""
+    """HTML (and ``k_sweep.png``) explaining how the model's k was chosen, from its ``model.json`` entries ``info``
+    (``ClusterModel.meta`` with ``n_clusters``); a one-line note when k was given or the method found its own."""
     e = html.escape
     sweep = info.get("k_sweep")
     cluster = info.get("cluster", {})
     if not sweep:
         if cluster.get("method") == "hdbscan":
-            params = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
-                               for k, v in info.get("hdbscan", {}).items())
-            how = (f"HDBSCAN found {info.get('n_clusters')} clusters itself ({params}); "
-                   f"{100 * float(info.get('noise_share', 0.0)):.1f}% of the fitted images were noise, labelled "
-                   "with their nearest cluster at a low confidence")
+            how = f"HDBSCAN found {info.get('n_clusters')} clusters itself {hdbscan_summary(info)}"
         else:
             how = f"k={cluster.get('k')} was given"
         return ["<h2>Number of clusters</h2>", f'<p class="note">{e(how)}; no sweep ran.</p>']

@@ -200,10 +200,9 @@ def _k_choice(store: str, model_id: str) -> str:
     if sweep:
         return f"{sweep['chosen']} of {min(sweep['ks'])}..{max(sweep['ks'])} by {sweep['criterion']}: {sweep['reason']}"
     if "noise_share" in info:
-        params = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
-                           for k, v in info.get("hdbscan", {}).items())
-        return (f"{info['n_clusters']} found by HDBSCAN ({params}); {100 * info['noise_share']:.1f}% of the fitted "
-                "images were noise, labelled with their nearest cluster at a low confidence")
+        from imgclust.report_model import hdbscan_summary
+
+        return f"{info['n_clusters']} found by HDBSCAN {hdbscan_summary(info)}"
     return ""
 
 
