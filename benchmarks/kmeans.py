@@ -154,7 +154,7 @@ def shared_seeds(X: np.ndarray, k: int, seed: int, device: str) -> np.ndarray:
     """One k-means++ draw ``(k, D)`` float32 over all rows of ``X``, with TorchKMeans's seeding on ``device``."""
     import torch
 
-    from imgclust.deep.training import resolve_device
+    from imgclust.devices import resolve_device
     from imgclust.seeding import kmeans_plusplus
 
     dev = resolve_device(device)
@@ -168,7 +168,7 @@ def shared_seeds(X: np.ndarray, k: int, seed: int, device: str) -> np.ndarray:
 
 
 def _torch_device(device: str) -> str:
-    from imgclust.deep.training import resolve_device
+    from imgclust.devices import resolve_device
 
     return str(resolve_device(device))
 

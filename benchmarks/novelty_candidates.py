@@ -76,8 +76,8 @@ class Night:
 def run_pair(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
              held: tuple[int, int], seeds: list[int], args: argparse.Namespace
              ) -> dict[tuple[int, str], list[Night]]:
+    from imgclust.batches import as_batch_source
     from imgclust.candidates import find_groups
-    from imgclust.estimator import as_batch_source
     from imgclust.novelty import NoveltyScorer, novelty_rows
     from imgclust.reduce import StreamingPCA
 

@@ -123,8 +123,8 @@ def run_one(x_all: np.ndarray, y_all: np.ndarray, x_test: np.ndarray, y_test: np
             ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]], float, dict[str, tuple]]:
     from sklearn.metrics import roc_auc_score
 
+    from imgclust.batches import as_batch_source
     from imgclust.config import ClusterConfig, ReduceConfig
-    from imgclust.estimator import as_batch_source
     from imgclust.model import fit_model
 
     t0 = time.perf_counter()
@@ -224,8 +224,8 @@ def run_simclr(x_all: np.ndarray, y_all: np.ndarray, x_test: np.ndarray, y_test:
     from sklearn.decomposition import PCA
     from sklearn.metrics import roc_auc_score
 
+    from imgclust.batches import as_batch_source
     from imgclust.deep.methods import create_deep, refit_recipe
-    from imgclust.estimator import as_batch_source
     from imgclust.model import fit_model
 
     torch.set_num_threads(os.cpu_count() or 1)

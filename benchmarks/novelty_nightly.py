@@ -54,8 +54,8 @@ def fit_recipe(recipe: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np
     """``(model, test features (10000, D), fit seconds)`` of one recipe fitted on the 8 known classes."""
     import torch
 
+    from imgclust.batches import as_batch_source
     from imgclust.config import ClusterConfig, ReduceConfig
-    from imgclust.estimator import as_batch_source
     from imgclust.model import fit_model
 
     t0 = time.perf_counter()

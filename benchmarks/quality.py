@@ -185,7 +185,7 @@ class Runner:
         return est, total, own
 
     def row(self, method: str) -> Row:
-        from imgclust.deep.training import resolve_device
+        from imgclust.devices import resolve_device
 
         labels = {"n2d": "n2d (ours: ConvAE + UMAP + GMM)", "n2d-scae": "n2d-scae (ours: SCAE F + UMAP + GMM)",
                   "n2d-ensemble": "n2d-ensemble (ours: pixels + 5 SCAE, UMAP + GMM runs per view, one consensus)",

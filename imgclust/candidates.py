@@ -45,8 +45,8 @@ from typing import Any
 
 import numpy as np
 
-from imgclust.estimator import check_int
 from imgclust.exceptions import ConfigError
+from imgclust.validation import check_int
 
 log = logging.getLogger(__name__)
 

@@ -5,9 +5,10 @@
   assigning every row by streaming; optionally spherical (cosine) k-means.
 - :class:`HDBSCANClusterer`: HDBSCAN (Campello, Moulavi & Sander, PAKDD 2013; McInnes & Healy,
   ICDMW 2017, the ``hdbscan`` package) fitted on a sample, new points via approximate predict.
-  Part of the recommended ResNet-50 → UMAP → HDBSCAN pipeline (METHODS.md §1).
-- :class:`AgglomerativeClusterer`: hierarchical clustering (Ward 1963 and other linkages,
-  METHODS.md §2) for small sets; new points go to the nearest cluster mean.
+  Part of the ResNet-50 → UMAP → HDBSCAN pipeline recommended by Kuznetsov, Semenov & Matrosova,
+  "Image clustering using pretrained neural networks".
+- :class:`AgglomerativeClusterer`: hierarchical clustering (Ward 1963 and other linkages)
+  for small sets; new points go to the nearest cluster mean.
 
 :func:`create_clusterer` builds any of them by name.
 """
@@ -19,18 +20,11 @@ from typing import Any, Literal
 
 import numpy as np
 
-from imgclust.estimator import (
-    ArrayOrSource,
-    Estimator,
-    check_array,
-    check_int,
-    iter_blocks,
-    l2_normalize,
-    register_estimator,
-    sample_rows,
-)
+from imgclust.batches import ArrayOrSource, iter_blocks, sample_rows
+from imgclust.estimator import Estimator, register_estimator
 from imgclust.exceptions import ConfigError, UnknownNameError
 from imgclust.progress import Progress, timed
+from imgclust.validation import check_array, check_int, l2_normalize
 
 logger = logging.getLogger(__name__)
 
@@ -73,16 +67,15 @@ class FaissKMeans(Estimator):
 
     ``fit`` draws at most ``max_points_per_centroid * n_clusters`` rows with a seeded uniform
     sample (from an array, or from a :data:`BatchSource` in one pass; identical either way, see
-    :func:`imgclust.estimator.sample_rows`) and runs ``faiss.Kmeans`` on them ``n_redo`` times,
+    :func:`imgclust.batches.sample_rows`) and runs ``faiss.Kmeans`` on them ``n_redo`` times,
     keeping the run of lowest inertia on the sample. Prediction assigns any number of rows chunk
     by chunk.
 
     ``init="k-means++"`` (default) seeds every run with k-means++ (Arthur & Vassilvitskii, SODA
     2007; scikit-learn's greedy variant, run in torch on the CPU: :mod:`imgclust.seeding`) on the
     training sample, at a cost of ``O(m * k * D * log k)`` in ``k`` sequential steps: at large ``k``
-    it can cost more than the Lloyd iterations (1M x 256 rows, k = 1,000: seconds on a GPU, minutes on
-    CPU cores). ``init="random"`` is faiss's own init (k random rows), cheaper for very large ``k`` but
-    prone to merging well-separated clusters.
+    it can cost more than the Lloyd iterations, notably on the CPU. ``init="random"`` is faiss's own init
+    (k random rows), cheaper for very large ``k`` but prone to merging well-separated clusters.
 
     ``spherical=True`` L2-normalises inputs (training and prediction) and faiss keeps unit-norm
     centroids, so the nearest centroid is the one of highest cosine similarity (Dhillon & Modha 2001).

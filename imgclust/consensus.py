@@ -5,8 +5,8 @@ run a clusterer several times (other seeds, other views of the data), count for 
 points the fraction of runs that put them in the same cluster (the *co-association* matrix), and
 cut an average-linkage tree of ``1 - co-association`` into the final ``k`` clusters. Pairs that
 every run separates or joins decide the result; the arbitrary splits a single run makes inside a
-large blob (on Fashion-MNIST: which of shirt / T-shirt / pullover / coat a GMM component takes)
-disagree between runs and are outvoted.
+large blob (e.g. which of several similar classes a GMM component takes) disagree between runs and
+are outvoted.
 
 Cost: the co-association matrix is dense, ``n x n`` float32, so this is for the fitted sample of a
 model (10-20k rows), not for a whole corpus; :func:`consensus_labels` refuses more than
@@ -29,11 +29,10 @@ MAX_CONSENSUS_ROWS = 20000
 """Default row cap: the matrix plus scipy's condensed float64 copy need ~3 GB at 20k rows."""
 MIN_CLUSTER_FRACTION = 0.1
 """The ``min_cluster_fraction`` of pooled multi-view consensuses (``n2d-ensemble``): clusters below a tenth of
-the mean size are outliers. Chosen on a 10k Fashion-MNIST *train* subset (BENCHMARKS.md, "Choosing a
-multi-view consensus"), where it turned the 4- to 10-row clusters of pooled multi-encoder consensuses into real
-ones. Not the default of :func:`consensus_labels`: on one view (the pixel recipe's 8 EM runs) a 4-row cluster
-cost less than the extra split the outlier-aware cut makes (test split ACC 0.600 plain vs 0.559), so the GMM
-consensus keeps Fred & Jain's plain cut."""
+the mean size are outliers. Chosen by ``benchmarks/view_ensemble.py`` on a *train* subset, where it turned
+the tiny clusters of pooled multi-encoder consensuses into real ones. Not the default of
+:func:`consensus_labels`: on one view (the pixel recipe's EM runs) a tiny cluster cost less than the extra
+split the outlier-aware cut makes, so the GMM consensus keeps Fred & Jain's plain cut."""
 
 
 def _check_partitions(partitions: np.ndarray) -> np.ndarray:
@@ -76,15 +75,14 @@ def consensus_labels(partitions: np.ndarray, n_clusters: int, *, max_rows: int =
     """Evidence-accumulation consensus: average-linkage tree on ``1 - co_association`` cut into ``n_clusters``.
 
     ``min_cluster_fraction = 0`` (default): the plain cut of the tree at ``n_clusters`` (Fred & Jain). It
-    spends clusters on a few outlying rows when the partitions disagree about them (on pooled partitions of
-    several encoders it returned clusters of 1-10 rows of 10,000). With ``min_cluster_fraction > 0`` the tree
+    spends clusters on a few outlying rows when the partitions disagree about them (e.g. on pooled partitions
+    of several encoders). With ``min_cluster_fraction > 0`` the tree
     is cut at the smallest ``k' >= n_clusters`` that gives ``n_clusters`` clusters of at least
     ``min_cluster_fraction * n / n_clusters`` rows; those are the clusters, and every row of the smaller
     ones joins the cluster it co-occurs with most (highest mean co-association); :data:`MIN_CLUSTER_FRACTION`
     is the value pooled multi-view consensuses use. A plain cut whose result has a cluster below
-    :data:`MIN_CLUSTER_FRACTION` of the mean size logs a warning (a GMM consensus
-    of ``simclr`` on the 70k Fashion-MNIST set gave clusters of 17 and 2 of 20,000 rows at two seeds of four,
-    BENCHMARKS.md).
+    :data:`MIN_CLUSTER_FRACTION` of the mean size logs a warning (a GMM consensus of a contrastive
+    representation can return such near-empty clusters).
 
     Args:
         partitions: ``(n, m)`` int labels (see :func:`co_association`).

@@ -48,11 +48,11 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
-from imgclust.estimator import l2_normalize
 from imgclust.exceptions import ConfigError, StoreError
 from imgclust.features import done_shards, iter_feature_batches
 from imgclust.progress import Progress
 from imgclust.store import Store
+from imgclust.validation import l2_normalize
 
 log = logging.getLogger(__name__)
 

@@ -104,9 +104,9 @@ def hdbscan_params(n_rows: int, n_dims: int, core_scale: float) -> HDBSCANParams
     * UMAP before it: ``min_dist = 0`` (McConville et al., N2D, ICPR 2020; the UMAP docs' "Using UMAP for
       Clustering"): points packed densely, which is what a density clusterer needs.
 
-    The constants were chosen on a seeded 10,000 of the Fashion-MNIST *train* split (pixel UMAP and SimCLR
-    features): leaf selection, ``min_samples`` and the share by the best NMI with at most 10 % noise on both
-    (the share is the middle of a range, 0.5-2 %, that scored alike); the epsilon ratio as the largest value of
+    The constants were chosen by ``benchmarks/hdbscan_defaults.py`` on a seeded *train* subset (pixel UMAP
+    and SimCLR features): leaf selection, ``min_samples`` and the share by the best NMI with at most 10 %
+    noise on both (the share is the middle of a range that scored alike); the epsilon ratio as the largest value of
     its grid (steps of 0.5) whose next value still kept more than half the clusters on both, because the
     number of clusters falls abruptly past a corpus-dependent distance. ``n_dims`` is checked only.
 

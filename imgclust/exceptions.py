@@ -1,6 +1,6 @@
 """Every exception imgclust raises on purpose, in one place.
 
-Messages say what went wrong *and* what to do next (STYLE.md). Callers catch the narrowest class.
+Messages say what went wrong *and* what to do next. Callers catch the narrowest class.
 """
 from __future__ import annotations
 

@@ -27,6 +27,7 @@ import torch
 
 from imgclust.backbones import Backbone, create_backbone
 from imgclust.config import ExtractConfig
+from imgclust.devices import resolve_device_name
 from imgclust.exceptions import ConfigError, ImageDecodeError
 from imgclust.features import (
     QUARANTINE_SCHEMA,
@@ -75,18 +76,9 @@ def _test_fault(shard_id: str) -> None:
         raise ConfigError(f"{FAULT_ENV}: unknown action {fault['action']!r} (kill or sleep)")
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` -> cuda when a GPU is visible, else cpu; ``cuda`` without a GPU is a ConfigError."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device=cuda was requested but torch sees no CUDA device; use --device cpu or auto")
-    return device
-
-
 def backbone_for(config: ExtractConfig) -> Backbone:
     """The (per-process cached) backbone an ExtractConfig names."""
-    return create_backbone(config.extractor, weights=config.weights, device=resolve_device(config.device),
+    return create_backbone(config.extractor, weights=config.weights, device=resolve_device_name(config.device),
                            seed=config.seed)
 
 

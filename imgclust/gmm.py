@@ -4,9 +4,7 @@ McConville, Santos-Rodriguez, Piechocki & Craddock, "N2D: (Not Too) Deep Cluster
 the Local Manifold of an Autoencoded Embedding", ICPR 2020, cluster the UMAP coordinates with a
 full-covariance Gaussian mixture (EM, Dempster, Laird & Rubin 1977) rather than k-means: UMAP
 clusters are elongated and of unequal spread, which k-means' equal spherical Voronoi cells cut
-badly. Measured here on a 10k Fashion-MNIST *train* subset (ConvAE embedding, UMAP to 10-d, same
-coordinates for both): ACC 0.640 / 0.654 with this GMM against 0.622 / 0.600 with k-means after 20 /
-50 autoencoder epochs (BENCHMARKS.md, "Choosing the N2D clusterer").
+badly. Chosen over k-means on the same UMAP coordinates by ``benchmarks/n2d_choice.py``.
 
 EM runs in scikit-learn (``GaussianMixture``) on a seeded sample; the fitted means, weights and
 precision Cholesky factors are kept as plain arrays, so prediction is numpy (chunked, any number of
@@ -15,12 +13,10 @@ rows) and the model saves like every other estimator (``arrays.npz``, no pickle)
 ``consensus_runs = R > 1``: EM from R seeds, their partitions of the sample combined by evidence
 accumulation (Fred & Jain, TPAMI 2005; :mod:`imgclust.consensus`), and the final mixture estimated
 from the consensus partition in one M-step (weights, means, covariances of its clusters), so
-prediction stays one numpy posterior. A single EM run splits a large UMAP blob (shirt / T-shirt /
-pullover / coat on Fashion-MNIST) at a seed-dependent place; the consensus keeps what the runs agree
-on. Measured on a 10k Fashion-MNIST *train* subset (4 UMAP maps per feature view, 8 runs;
-BENCHMARKS.md, "Choosing the GMM consensus"): ACC +0.015 over the mean single run on pixel and on
-ConvAE features (NMI unchanged), -0.011 on SCAE features; a small gain, mostly by never landing on
-the worst single runs.
+prediction stays one numpy posterior. A single EM run splits a large UMAP blob (several similar
+classes) at a seed-dependent place; the consensus keeps what the runs agree on. The gain over a single
+run is small and not uniform across feature views; it comes mostly from never landing on the worst single
+runs (``benchmarks/gmm_consensus.py``).
 """
 from __future__ import annotations
 
@@ -29,10 +25,12 @@ from typing import Any, Literal
 
 import numpy as np
 
+from imgclust.batches import ArrayOrSource, sample_rows
 from imgclust.consensus import MAX_CONSENSUS_ROWS, consensus_labels
-from imgclust.estimator import ArrayOrSource, Estimator, check_int, register_estimator, sample_rows
+from imgclust.estimator import Estimator, register_estimator
 from imgclust.exceptions import ConfigError
 from imgclust.progress import Progress
+from imgclust.validation import check_int
 
 logger = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """Decode and preprocess batches on the GPU, so the model is not starved by CPU JPEG decoding.
 
-Published anchors (issue 6): libjpeg-turbo decodes ~390 ImageNet-size JPEGs/s per CPU core, while
-batched nvJPEG through ``torchvision.io.decode_jpeg(device="cuda")`` reaches ~7,800/s on an A100;
-so on a GPU worker with few cores, CPU decode is the bottleneck and the design moves it to the GPU:
+Batched nvJPEG through ``torchvision.io.decode_jpeg(device="cuda")`` decodes many times more JPEGs per
+second than libjpeg-turbo on one CPU core (issue 6), so on a GPU worker with few cores, CPU decode is the
+bottleneck and the design moves it to the GPU:
 
 1. file bytes are read by threads (I/O only) into 1-D uint8 tensors;
 2. complete JPEGs (ending with the EOI marker) whose header (read by PIL without decoding pixels)
@@ -80,8 +80,8 @@ def _gpu_orientation(data: bytes, max_pixels: int) -> int | None:
 def apply_exif_orientation(img: torch.Tensor, orientation: int) -> torch.Tensor:
     """Turn a decoded ``(C, H, W)`` tensor upright for EXIF orientation 1-8, as PIL's ``exif_transpose``.
 
-    torchvision's CUDA ``decode_jpeg`` ignores ``apply_exif_orientation`` (torch 2.11 / torchvision 0.26 on
-    an H100: a rotated photo came back 375x500 instead of 500x375), so the rotation is done here, on the device.
+    torchvision's CUDA ``decode_jpeg`` ignores ``apply_exif_orientation`` (torch 2.11 / torchvision 0.26: a
+    rotated photo comes back with height and width swapped), so the rotation is done here, on the device.
     """
     if orientation == 2:
         return img.flip(-1)
@@ -178,7 +178,7 @@ def preprocess_on_device(images: list[torch.Tensor], prep: Preprocessing) -> tor
     Same contract as :func:`imgclust.backbones.preprocessing.preprocess_image` (resize policy, mean/std
     in [0, 1] units); gray and RGB inputs are converted to ``prep.mode`` (luma ITU-R 601-2 for RGB -> L).
     Images of one shape are resized as one stacked batch (a handful of kernel launches per shape, not
-    per image: per-image launches capped end-to-end extraction at ~3k images/s on an H100).
+    per image: per-image launches would cap end-to-end extraction throughput).
     """
     if not images:
         raise ConfigError("preprocess_on_device got no images")

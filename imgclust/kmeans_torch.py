@@ -21,10 +21,12 @@ import numpy as np
 import torch
 
 from imgclust.cluster import FaissKMeans
-from imgclust.estimator import l2_normalize, register_estimator
+from imgclust.devices import resolve_device
+from imgclust.estimator import register_estimator
 from imgclust.exceptions import ConfigError
 from imgclust.progress import Progress
 from imgclust.seeding import kmeans_plusplus
+from imgclust.validation import l2_normalize
 
 logger = logging.getLogger(__name__)
 
@@ -88,8 +90,6 @@ class TorchKMeans(FaissKMeans):
         self._device()
 
     def _device(self) -> torch.device:
-        from imgclust.deep.training import resolve_device
-
         return resolve_device(self.device)
 
     def _lloyd(self, X: torch.Tensor, C: torch.Tensor) -> torch.Tensor:

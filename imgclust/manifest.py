@@ -128,7 +128,7 @@ def ingest(store: Store, source: str, *, config: IngestConfig | None = None, dat
                         storage_options=storage_options)
     known = read_manifest(store, columns=["image_id", "uri", "size_bytes", "mtime"])
     # Membership tests stay in Arrow (vectorised): converting a million manifest rows to Python
-    # objects (timestamps above all) made every nightly ingest cost ~7 s per million stored rows.
+    # objects (timestamps above all) made every nightly ingest slow in proportion to the stored rows.
     seen_before = pc.is_in(pa.array([_file_key(f.uri, f.size_bytes, f.mtime) for f in files], pa.string()),
                            value_set=_manifest_keys(known)).to_pylist()
     todo = [f for f, seen in zip(files, seen_before, strict=True) if not seen]

@@ -1,7 +1,7 @@
 """Clustering quality measures.
 
 With ground-truth classes: clustering accuracy ACC (best one-to-one cluster→class mapping by the
-Hungarian algorithm, Kuhn 1955; as used by DEC, Xie et al. 2016, and METHODS.md §3-4), normalised
+Hungarian algorithm, Kuhn 1955; as used by DEC, Xie et al. 2016, ASCAE 2021 and Qian et al. 2025), normalised
 mutual information NMI (Strehl & Ghosh 2002) and adjusted Rand index ARI (Hubert & Arabie 1985).
 Without labels: silhouette (Rousseeuw 1987), Davies-Bouldin (Davies & Bouldin 1979), cluster
 sizes and the noise fraction.
@@ -20,8 +20,8 @@ from sklearn.metrics import (
     silhouette_score,
 )
 
-from imgclust.estimator import check_array, check_int
 from imgclust.exceptions import ConfigError
+from imgclust.validation import check_array, check_int
 
 logger = logging.getLogger(__name__)
 

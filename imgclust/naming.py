@@ -327,7 +327,7 @@ def suggest_names(store: Store, model_id: str, config: NamingConfig = NamingConf
     """
     from imgclust.backbones import create_backbone
     from imgclust.backbones.openclip_text import build_text_tower, check_same_weights, is_openclip_backbone
-    from imgclust.extract import resolve_device
+    from imgclust.devices import resolve_device_name as resolve_device
 
     vocabulary = read_vocabulary(store, config.vocabulary)
     members = _members(store, model_id)

@@ -32,9 +32,11 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from imgclust.estimator import ArrayOrSource, Estimator, check_int, register_estimator, sample_rows
+from imgclust.batches import ArrayOrSource, sample_rows
+from imgclust.estimator import Estimator, register_estimator
 from imgclust.exceptions import ConfigError
 from imgclust.pca import LinearProjection
+from imgclust.validation import check_int
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +121,7 @@ def projection_residual(reducer: LinearProjection, X: np.ndarray) -> np.ndarray:
     reducer._check_fitted()
     Xc = reducer._check_dim(X)
     if reducer.l2_normalize_input:
-        from imgclust.estimator import l2_normalize
+        from imgclust.validation import l2_normalize
 
         Xc = l2_normalize(Xc)
     comp = reducer.components_

@@ -42,16 +42,10 @@ from typing import Any
 
 import numpy as np
 
-from imgclust.estimator import (
-    ArrayOrSource,
-    Estimator,
-    check_array,
-    check_int,
-    iter_blocks,
-    l2_normalize,
-    register_estimator,
-)
+from imgclust.batches import ArrayOrSource, iter_blocks
+from imgclust.estimator import Estimator, register_estimator
 from imgclust.exceptions import ConfigError, CorruptArtifactError
+from imgclust.validation import check_array, check_int, l2_normalize
 
 logger = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from types import TracebackType
 
 import numpy as np
 
-from imgclust.estimator import BatchSource
+from imgclust.batches import BatchSource
 
 __all__ = ["EVERY_SECONDS", "Progress", "timed", "tracked"]
 

@@ -3,7 +3,8 @@
 - :class:`StreamingPCA`: Incremental PCA (Ross et al., "Incremental Learning for Robust Visual
   Tracking", IJCV 2008, as implemented by scikit-learn's ``IncrementalPCA``) fitted by streaming
   ``partial_fit`` over batches, so data that does not fit in memory can be reduced; components
-  by fixed number or by explained-variance target (METHODS.md §1, Kuznetsov et al.).
+  by fixed number or by explained-variance target (Kuznetsov, Semenov & Matrosova, "Image clustering
+  using pretrained neural networks").
   The exact alternative, PCA from per-shard scatter statistics summed on workers, is
   :class:`imgclust.pca.ExactPCA`.
 - :class:`UMAPReducer`: UMAP (McInnes, Healy & Melville, arXiv:1802.03426, 2018) fitted on a
@@ -20,26 +21,19 @@ from typing import Any
 import numpy as np
 from sklearn.decomposition import IncrementalPCA
 
-from imgclust.estimator import (
-    ArrayOrSource,
-    Estimator,
-    check_array,
-    check_int,
-    iter_blocks,
-    l2_normalize,
-    register_estimator,
-    sample_rows,
-)
+from imgclust.batches import ArrayOrSource, iter_blocks, sample_rows
+from imgclust.estimator import Estimator, register_estimator
 from imgclust.exceptions import ConfigError
 from imgclust.pca import LinearProjection, select_components
 from imgclust.progress import timed
+from imgclust.validation import check_array, check_int, l2_normalize
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["StreamingPCA", "UMAPReducer"]
 
 _TIMED_TRANSFORM_ROWS = 5000
-"""UMAP transforms of at least this many rows (several seconds on a CPU core) log their start and end."""
+"""UMAP transforms of at least this many rows (slow enough to be worth reporting) log their start and end."""
 _IPCA_ARRAYS = ("components_", "singular_values_", "mean_", "var_", "explained_variance_",
                 "explained_variance_ratio_")
 
@@ -233,7 +227,7 @@ def keep_torch_threads() -> Iterator[None]:
     """Restore torch's intra-op thread count after the block.
 
     numba's OpenMP threading layer (UMAP, pynndescent) resets the process's OpenMP thread count,
-    which torch shares: measured here, ``torch.set_num_threads(1)`` reads back 2 after a UMAP fit.
+    which torch shares: after a UMAP fit, ``torch.set_num_threads(1)`` can read back another count.
     A deep model trained before and after a UMAP step would then run its convolutions with another
     thread count than a run resumed from a checkpoint, and CPU results are only bit-identical for a
     fixed thread count. Nothing is imported when torch is not loaded.
@@ -252,14 +246,13 @@ class UMAPReducer(Estimator):
     """UMAP embedding (McInnes et al. 2018) fitted on a seeded sample, input ``(n, D)``.
 
     ``fit`` draws at most ``fit_sample`` rows uniformly (seeded by ``random_state``, see
-    :func:`imgclust.estimator.sample_rows`; ``None`` uses every row) and fits ``umap.UMAP`` on
+    :func:`imgclust.batches.sample_rows`; ``None`` uses every row) and fits ``umap.UMAP`` on
     them; other rows are mapped with UMAP's out-of-sample ``transform``. UMAP's graph
     construction is super-linear in memory and time, which is why only a sample is fitted
-    (ARCHITECTURE.md, scale-out path). With an integer ``random_state`` UMAP runs single-threaded
-    and the fitted sample is fixed by the seed. Repeated fits gave the same layout on one machine,
-    but bit-identical coordinates are not guaranteed: UMAP's SGD turns a one-ulp input change into
-    another layout (nudging 1 % of the inputs by one ulp moved points by a quarter of the span), and
-    one CI run saw a second same-seed fit in the same process land elsewhere.
+    (the scale-out path). With an integer ``random_state`` UMAP runs single-threaded
+    and the fitted sample is fixed by the seed. Bit-identical coordinates are still not guaranteed:
+    UMAP's SGD can turn a one-ulp input change into another layout, and a second same-seed fit in the
+    same process can land elsewhere.
 
     Attributes
     ----------

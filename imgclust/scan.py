@@ -14,12 +14,10 @@ once and the one of lowest loss is kept (label-free selection).
 
 What differs from the paper: the representation is frozen (only the head learns; the paper fine-tunes
 the backbone under augmentation, which needs the images), the head is linear on L2-normalised rows,
-and the self-labelling step is left out (without augmentation it changed nothing on a 10k Fashion-MNIST
-*train* subset: 0.726 / 0.690 -> 0.726 / 0.690 after 50 epochs, BENCHMARKS.md). A **neighbour vote**
-is added: the label of a row is the cluster of highest summed probability over its ``n_neighbors + 1``
-nearest rows of the fitted sample (itself included when it was fitted), so prediction keeps those rows
-(float16) and their probabilities; on that subset it raised ACC / NMI by 0.003 / 0.008 on average over
-four seeds (BENCHMARKS.md, "Choosing the clusterer of the ResNet representation").
+and the self-labelling step is left out (without augmentation it changed nothing on a *train* subset).
+A **neighbour vote** is added: the label of a row is the cluster of highest summed probability over its
+``n_neighbors + 1`` nearest rows of the fitted sample (itself included when it was fitted), so prediction
+keeps those rows (float16) and their probabilities; it gave a small gain on a *train* subset.
 
 **Neighbours in the whitened space** (``whiten=True``; what the deep methods' ``clusterer="scan"`` uses, and the
 pipeline's ``scan`` with ``scan_whiten``): the neighbours mined for training and
@@ -27,11 +25,9 @@ those of the vote are found after PCA whitening of the fitted rows (centre, rota
 eigenvectors, divide each by the square root of its eigenvalue, L2-normalise; Jégou & Chum, "Negative
 evidences and co-occurrences in image retrieval: the benefit of PCA and whitening", ECCV 2012), so a few
 high-variance directions no longer decide who is near whom; the head itself still reads the unwhitened unit
-rows (a linear head on whitened rows fell to ACC 0.38 there). On that subset whitening raised the
-20-neighbour label agreement of the ResNet-18 representation from 0.768 to 0.795 and SCAN's mean ACC / NMI
-over four seeds from 0.727 / 0.691 to 0.733 / 0.710 (BENCHMARKS.md, "SCAN's neighbours in the whitened
-space"). It is not the default: on PCA-reduced pixels (50 components, same subset, two seeds) it lowered mean
-ACC / NMI from 0.559 / 0.539 to 0.525 / 0.532, whitening raising directions that hold little but noise.
+rows (a linear head on whitened rows did much worse). On a learned representation whitening raised the
+neighbours' label agreement and SCAN's accuracy (``benchmarks/simclr_encoder.py``). It is not the default: on
+PCA-reduced pixels it lowered them, whitening raising directions that hold little but noise.
 """
 from __future__ import annotations
 
@@ -40,10 +36,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from imgclust.batches import ArrayOrSource, sample_rows
 from imgclust.cluster import cluster_means
-from imgclust.estimator import ArrayOrSource, Estimator, check_int, register_estimator, sample_rows
+from imgclust.estimator import Estimator, register_estimator
 from imgclust.exceptions import ConfigError
 from imgclust.progress import Progress
+from imgclust.validation import check_int
 
 if TYPE_CHECKING:
     import torch
@@ -57,9 +55,8 @@ _COV_CHUNK = 8192
 _ROWS_PER_DIRECTION = 10
 """Whitening keeps at most ``n // _ROWS_PER_DIRECTION`` leading directions of an ``n``-row sample. A sample
 covariance cannot resolve more: with ``n <= D + 1`` rows, whitening every direction puts all rows at the same
-distance from each other. On the ResNet-18 representation (256-d) of the 10k Fashion-MNIST train subset, 10-NN
-label agreement of 300 sampled rows: 0.689 as given, 0.232 fully whitened, 0.686 capped; of 1,000: 0.729,
-0.686, 0.736; from 3,000 rows on the cap does not bind at 256-d (BENCHMARKS.md)."""
+distance from each other; the cap keeps small samples' neighbours as good as unwhitened ones, and from a few
+thousand rows on it does not bind at a few hundred dimensions."""
 """Rows per float64 block of the whitening's covariance (2048-d features: 134 MB a block)."""
 _EIG_RTOL = 1e-6
 """Whitening keeps the covariance's eigenvectors whose eigenvalue exceeds this fraction of the largest: the
@@ -167,10 +164,9 @@ class ScanClusterer(Estimator):
     fit_sample : rows fitted (seeded uniform sample, kept float16 for the vote; ``None`` = all rows)
     random_state : seed of the sample, the heads' initialisation and the batches
 
-    Choices, made on a 10k Fashion-MNIST *train* subset (ResNet-18 SimCLR representation, four seeds;
-    BENCHMARKS.md, "Choosing the clusterer of the ResNet representation"): K = 20 and λ = 5 as published
-    (at seed 0 and 200 epochs, K = 5 / 50 and λ = 2 came within 0.005, λ = 10 was lower); 200 epochs (ACC 0.711
-    at 60, 0.726 at 200, 0.730 at 400); a linear head (a 512-unit hidden layer was about 8x slower per epoch).
+    Choices, made on a *train* subset (never the test split) of a SimCLR ResNet-18 representation: K = 20
+    and λ = 5 as published (other K and smaller λ did about as well, a larger λ worse); 200 epochs (more
+    gained little); a linear head (a hidden layer was much slower per epoch).
 
     Attributes
     ----------

@@ -6,9 +6,8 @@ scikit-learn's greedy variant: each of the ``k`` steps draws ``2 + log k`` candi
 proportional to the squared distance to the nearest chosen seed, and keeps the candidate that lowers the
 total the most. The work is ``O(m k D log k)`` over ``m`` rows in ``k`` sequential steps, so the steps must
 be fast: here each is one GEMM and a few whole-tensor operations, multi-threaded on the CPU and on the GPU.
-Measured against scikit-learn's ``kmeans_plusplus`` (mostly single-threaded numpy per step) on 50,000 x 256
-rows, k = 1,000, 2 CPU threads: 9.5 s against 26.8 s. At 1M rows a FaissKMeans fit seeded by scikit-learn
-had not finished after 386 s on 16 cores, while this seeding took 2.1 s on an H100 (BENCHMARKS.md, k-means).
+It replaces scikit-learn's ``kmeans_plusplus``, which does mostly single-threaded numpy per step;
+``benchmarks/kmeans.py`` times the k-means fits that include it.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The store: one root URL (local folder or ``s3://bucket/prefix``) reached through fsspec.
 
-Layout (ARCHITECTURE.md)::
+Layout::
 
     manifest/date=YYYY-MM-DD/part-<run>.parquet
     features/<extractor_key>/shard-<id>.parquet + shard-<id>.json (done-marker, written last)

@@ -101,8 +101,8 @@ def test_the_report_shows_the_sweep_and_the_tree(auto_run: dict[str, Any]) -> No
 
 
 def test_hdbscan_noise_keeps_its_nearest_cluster_with_low_confidence(tmp_path: Path) -> None:
+    from imgclust.batches import as_batch_source
     from imgclust.config import ClusterConfig, ReduceConfig
-    from imgclust.estimator import as_batch_source
     from imgclust.model import NOISE_CONFIDENCE, fit_model
 
     images, _ = load_digits_images()

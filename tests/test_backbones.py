@@ -91,6 +91,31 @@ def test_register_duplicate_or_unsafe_name_raises():
         register_backbone("Bad/Name", lambda **kw: None, description="x", default_weights="random")
 
 
+def test_prefixed_names_go_to_their_provider_and_unknown_prefixes_say_so(monkeypatch):
+    from imgclust.backbones import registry
+
+    for attr, value in (("_PREFIXES", {}), ("_CACHE", {}), ("_ENTRY_POINTS_LOADED", False)):
+        monkeypatch.setattr(registry, attr, value)
+    built: list[tuple[str, torch.device]] = []
+
+    def provider(location: str, device: torch.device):
+        built.append((location, device))
+        return create_backbone("pixels")
+
+    registry.register_prefix("test-prefix:", provider)
+    registry.register_prefix("test-prefix:", provider)  # the same factory again: a no-op
+    with pytest.raises(ConfigError, match="already registered"):
+        registry.register_prefix("test-prefix:", lambda location, device: None)
+    with pytest.raises(ConfigError, match="must match"):
+        registry.register_prefix("no-colon", provider)
+    bb = create_backbone("test-prefix:/some/dir", device="cpu")
+    assert bb is create_backbone("test-prefix:/some/dir")  # cached per process
+    assert built == [("/some/dir", torch.device("cpu"))]
+    with pytest.raises(UnknownNameError, match="no provider handles the prefix 'nope:'"):
+        create_backbone("nope:/x")
+    assert "deep:" in registry.list_prefixes()  # found through the imgclust.backbones entry point
+
+
 # --- shapes --------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(

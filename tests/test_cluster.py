@@ -13,6 +13,7 @@ from sklearn.cluster import KMeans
 from sklearn.datasets import load_digits, make_blobs
 from sklearn.metrics import adjusted_rand_score
 
+from imgclust.batches import as_batch_source, sample_rows
 from imgclust.cluster import (
     AgglomerativeClusterer,
     FaissKMeans,
@@ -20,7 +21,7 @@ from imgclust.cluster import (
     create_clusterer,
     list_clusterers,
 )
-from imgclust.estimator import Estimator, as_batch_source, list_estimators, load_estimator, sample_rows
+from imgclust.estimator import Estimator, list_estimators, load_estimator
 from imgclust.exceptions import ConfigError, CorruptArtifactError, NotFittedError, UnknownNameError
 from imgclust.reduce import StreamingPCA, UMAPReducer
 

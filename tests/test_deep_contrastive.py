@@ -249,7 +249,7 @@ def test_create_deep_simclr_takes_its_own_umap_components() -> None:
 
 
 def test_mixed_precision_is_bf16_autocast_on_cuda_only() -> None:
-    from imgclust.deep.training import mixed_precision
+    from imgclust.devices import mixed_precision
 
     x = torch.randn(4, 4)
     with mixed_precision(torch.device("cpu")):

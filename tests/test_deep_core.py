@@ -22,10 +22,10 @@ from imgclust.deep.training import (
     SimulatedCrash,
     batches,
     config_fingerprint,
-    resolve_device,
     seed_everything,
     to_float_images,
 )
+from imgclust.devices import resolve_device
 from imgclust.exceptions import ConfigError, CorruptArtifactError, NotFittedError
 from imgclust.metrics import cluster_accuracy, nmi
 

@@ -20,8 +20,9 @@ import torch
 
 from imgclust.backbones import create_backbone
 from imgclust.config import ExtractConfig, IngestConfig
+from imgclust.devices import resolve_device_name as resolve_device
 from imgclust.exceptions import CorruptArtifactError
-from imgclust.extract import extract_shard, resolve_device, shard_fingerprint
+from imgclust.extract import extract_shard, shard_fingerprint
 from imgclust.features import (
     QUARANTINE_SCHEMA,
     count_features,

@@ -1,11 +1,18 @@
-"""Import hygiene: the library never pulls in the orchestration stack."""
+"""Import hygiene: the library never pulls in the orchestration stack, and the core sits below imgclust.deep."""
 from __future__ import annotations
 
+import ast
 import pkgutil
 import subprocess
 import sys
+from pathlib import Path
+
+import numpy as np
 
 import imgclust
+
+PACKAGE = Path(imgclust.__file__).parent
+REPO = PACKAGE.parent
 
 
 def test_importing_every_library_module_pulls_in_neither_prefect_nor_dask() -> None:
@@ -17,3 +24,66 @@ def test_importing_every_library_module_pulls_in_neither_prefect_nor_dask() -> N
             "print(','.join(bad))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "", f"imgclust imported orchestration modules: {out.stdout.strip()}"
+
+
+def _deep_imports(path: Path) -> list[str]:
+    """``line: statement`` of every import of imgclust.deep in ``path`` (module level or inside functions,
+    ``import_module("imgclust.deep...")`` calls with a literal name included)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module] + ([f"{node.module}.{a.name}" for a in node.names] if node.module == "imgclust" else [])
+        elif (isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", None)) == "import_module"
+              and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+            names = [node.args[0].value]
+        if any(n == "imgclust.deep" or n.startswith("imgclust.deep.") for n in names):
+            found.append(f"{getattr(node, 'lineno', 0)}: {ast.unparse(node)}")
+    return found
+
+
+def test_the_core_never_imports_the_deep_package() -> None:
+    """imgclust/*.py outside deep/ (backbones/ included) must not import imgclust.deep, not even lazily:
+    deep builds on the core, and reaches it through registration hooks (the ``imgclust.backbones`` entry points)."""
+    core = [p for p in sorted(PACKAGE.rglob("*.py")) if "deep" not in p.relative_to(PACKAGE).parts[:1]]
+    assert PACKAGE / "backbones" / "registry.py" in core and PACKAGE / "kmeans_torch.py" in core
+    bad = {str(p.relative_to(REPO)): hits for p in core if (hits := _deep_imports(p))}
+    assert not bad, f"the core imports imgclust.deep: {bad}"
+
+
+def test_the_layering_check_sees_function_local_imports(tmp_path: Path) -> None:
+    probe = tmp_path / "probe.py"
+    probe.write_text("import os\n\ndef f():\n    from imgclust.deep.backbone import deep_backbone\n"
+                     "    import imgclust.deep\n    from imgclust import deep\n    from imgclust.devices import resolve_device\n")
+    assert [h.split(":")[0] for h in _deep_imports(probe)] == ["4", "5", "6"]
+
+
+_FRESH = """
+import sys
+import numpy as np
+import torch
+from imgclust.backbones import create_backbone
+assert not any(m == "imgclust.deep" or m.startswith("imgclust.deep.") for m in sys.modules), "imported too early"
+backbone = create_backbone("deep:" + sys.argv[1])
+assert backbone is create_backbone("deep:" + sys.argv[1])  # cached per process
+images = np.load(sys.argv[2])
+np.save(sys.argv[3], backbone.embed(torch.stack([backbone.preprocess(im) for im in images])))
+print(backbone.key())
+"""
+
+
+def test_a_fresh_process_builds_a_deep_backbone_without_importing_imgclust_deep(tmp_path: Path) -> None:
+    """A Dask worker only has the extractor string: the ``deep:`` prefix is found through the entry point."""
+    from imgclust.deep.methods import create_deep
+
+    images = np.random.default_rng(0).integers(0, 255, size=(48, 16, 16), dtype=np.uint8)
+    est = create_deep("convae", k=2, epochs=1, seed=0, device="cpu", augment=False, batch_size=16).fit(images)
+    est.save(tmp_path / "deep")
+    np.save(tmp_path / "images.npy", images[:6])
+    out = subprocess.run([sys.executable, "-c", _FRESH, str(tmp_path / "deep"), str(tmp_path / "images.npy"),
+                          str(tmp_path / "feats.npy")], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().startswith("deep-file-")
+    np.testing.assert_allclose(np.load(tmp_path / "feats.npy"), est.transform(images[:6]), rtol=1e-4, atol=1e-4)

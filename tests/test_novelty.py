@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from conftest import requires_fashion
 
+from imgclust.batches import as_batch_source
 from imgclust.datasets import load_fashion_mnist
-from imgclust.estimator import as_batch_source, load_estimator
+from imgclust.estimator import load_estimator
 from imgclust.exceptions import ConfigError, NotFittedError
 from imgclust.novelty import NoveltyScorer, calibrate, min_calibration_rows, novelty_rows, projection_residual
 from imgclust.reduce import StreamingPCA

@@ -9,7 +9,7 @@ import pytest
 from sklearn.datasets import load_digits, make_blobs
 from sklearn.decomposition import PCA
 
-from imgclust.estimator import as_batch_source
+from imgclust.batches import as_batch_source
 from imgclust.exceptions import ConfigError
 from imgclust.reduce import StreamingPCA, UMAPReducer, rechunk
 

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from imgclust.backbones.preprocessing import Preprocessing, preprocess_image
+from imgclust.devices import mixed_precision
 from imgclust.exceptions import ConfigError
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -141,7 +142,7 @@ class Backbone(ABC):
                 x = batch.to(self.device, dtype=torch.float32, non_blocking=True).contiguous(
                     memory_format=torch.channels_last
                 )
-                with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
+                with mixed_precision(self.device):
                     out = self._forward(x)
             else:
                 out = self._forward(batch.to(self.device, dtype=torch.float32))

@@ -3,7 +3,8 @@
 A factory is called as ``factory(name=..., weights=WeightsSpec, device=torch.device, seed=int)``
 and returns a :class:`~imgclust.backbones.base.Backbone`. Built backbones are cached per process
 keyed by ``(name, weights source, device, seed)``: a Dask worker builds its model once, not once
-per task. The project's own trained encoders register here like the built-in ones.
+per task. Names with a prefix (``deep:<folder>``: the project's own trained encoders) go to the
+provider :func:`register_prefix` registered for it, found through the ``imgclust.backbones`` entry points.
 
 Each entry also carries what ``imgclust backbones`` lists without building anything: embedding
 size, input size, where its default weights come from and the optional extra it needs
@@ -16,17 +17,24 @@ import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import metadata
 
 import torch
 
 from imgclust.backbones.base import Backbone
 from imgclust.backbones.weights import WeightsSpec, parse_weights
+from imgclust.devices import backbone_device
 from imgclust.exceptions import ConfigError, UnknownNameError
 
 logger = logging.getLogger(__name__)
 
 BackboneFactory = Callable[..., Backbone]
+PrefixFactory = Callable[[str, torch.device], Backbone]
+"""``factory(location, device)``: the backbone a ``<prefix><location>`` name stands for (:func:`register_prefix`)."""
+ENTRY_POINT_GROUP = "imgclust.backbones"
+"""Entry-point group of prefix providers: each entry is a zero-argument hook that calls :func:`register_prefix`."""
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+_PREFIX = re.compile(r"^[a-z0-9][a-z0-9._-]*:$")
 
 
 @dataclass(frozen=True)
@@ -61,6 +69,8 @@ class _Entry:
 
 _REGISTRY: dict[str, _Entry] = {}
 _CACHE: dict[tuple[object, ...], Backbone] = {}
+_PREFIXES: dict[str, PrefixFactory] = {}
+_ENTRY_POINTS_LOADED = False
 _LOCK = threading.RLock()
 
 
@@ -118,26 +128,14 @@ def backbone_infos() -> list[BackboneInfo]:
     return [entry.info for _, entry in sorted(_REGISTRY.items())]
 
 
-def _device(device: str | torch.device) -> torch.device:
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ConfigError(f"device {device!r} is not a torch device (use 'cpu', 'cuda', 'cuda:1').") from exc
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device {device!r} requested but CUDA is not available; use device='cpu'.")
-        if dev.index is None:
-            dev = torch.device("cuda", torch.cuda.current_device())
-    return dev
-
-
 def create_backbone(
     name: str, *, weights: str | None = None, device: str = "cpu", seed: int = 0
 ) -> Backbone:
     """Build (or fetch from the per-process cache) a registered backbone.
 
     Args:
-        name: a name from :func:`list_backbones`.
+        name: a name from :func:`list_backbones`, or ``<prefix><location>`` for a prefix provider
+            (:func:`register_prefix`; ``deep:<folder>``), whose ``weights`` and ``seed`` are ignored.
         weights: ``"imagenet"`` / ``"pretrained"`` (the entry's published weights, from the local
             torch hub or Hugging Face hub cache, downloaded there first unless offline), ``"random"``
             (seeded init), a path to a ``.pth``/``.pt`` checkpoint, ``"none"`` (classic features), or None for the entry's
@@ -156,15 +154,16 @@ def create_backbone(
         ConfigError: invalid weights string (e.g. a hub id), a state_dict for another
             architecture, a bad device.
     """
-    if name.startswith(DEEP_PREFIX):
-        return _create_deep(name, device)
+    prefix = _prefix_of(name)
+    if prefix is not None:
+        return _create_prefixed(name, prefix, device)
     entry = _REGISTRY.get(name)
     if entry is None:
         raise UnknownNameError(f"unknown backbone {name!r}; available: {', '.join(list_backbones())}.")
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ConfigError(f"seed must be an int, got {seed!r}.")
     spec: WeightsSpec = parse_weights(entry.info.default_weights if weights is None else weights)
-    dev = _device(device)
+    dev = backbone_device(device)
     cache_key = (name, spec.cache_token(), str(dev), seed)
     with _LOCK:
         cached = _CACHE.get(cache_key)
@@ -184,20 +183,77 @@ def clear_backbone_cache() -> None:
         _CACHE.clear()
 
 
-DEEP_PREFIX = "deep:"
+# ----------------------------------------------------------------------------- prefixed names (``deep:<dir>``)
 
 
-def _create_deep(name: str, device: str) -> Backbone:
-    """``deep:<folder or URL of a saved deep estimator>``: the project's own trained encoders.
+def register_prefix(prefix: str, factory: PrefixFactory) -> None:
+    """Resolve every backbone name that starts with ``prefix`` (``"deep:"``) by ``factory(rest, device)``.
 
-    Resolved by name (not registered) so every worker process can build it from the string alone.
+    For backbones named by a location rather than registered one by one (the project's trained encoders:
+    ``deep:<folder or URL of a saved estimator>``). Packages that provide a prefix declare a zero-argument hook
+    calling this function in the ``imgclust.backbones`` entry-point group, which :func:`create_backbone` loads
+    the first time it meets an unknown prefix, so a fresh process (a Dask worker) resolves the name from the
+    string alone and this module never imports the provider. Registering the same factory again is a no-op.
+
+    Raises:
+        ConfigError: ``prefix`` is not ``[a-z0-9][a-z0-9._-]*:``, ``factory`` is not callable, or the prefix
+            is taken by another factory.
     """
-    from imgclust.deep.backbone import deep_backbone
+    if not isinstance(prefix, str) or not _PREFIX.match(prefix):
+        raise ConfigError(f"backbone prefix {prefix!r} must match {_PREFIX.pattern} (e.g. 'deep:').")
+    if not callable(factory):
+        raise ConfigError(f"factory for backbone prefix {prefix!r} is not callable: {factory!r}.")
+    with _LOCK:
+        taken = _PREFIXES.get(prefix)
+        if taken is not None and taken is not factory:
+            raise ConfigError(f"backbone prefix {prefix!r} is already registered (by {taken!r}); pick another prefix.")
+        _PREFIXES[prefix] = factory
 
-    dev = _device(device)
-    cache_key = (name, "deep", str(dev), 0)
+
+def list_prefixes() -> list[str]:
+    """Registered name prefixes, sorted (providers from entry points appear once one was needed)."""
+    return sorted(_PREFIXES)
+
+
+def _prefix_of(name: str) -> str | None:
+    """``"deep:"`` for ``"deep:/some/dir"``; None for a plain registry name (those never contain ``:``)."""
+    head, sep, _ = name.partition(":")
+    return head + sep if sep else None
+
+
+def _load_entry_points() -> None:
+    """Run every hook of the :data:`ENTRY_POINT_GROUP` entry points, once per process."""
+    global _ENTRY_POINTS_LOADED
+    with _LOCK:
+        if _ENTRY_POINTS_LOADED:
+            return
+        for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+            try:
+                hook = ep.load()
+            except (ImportError, AttributeError) as exc:
+                raise ConfigError(f"backbone provider {ep.name!r} ({ep.value}, entry point group {ENTRY_POINT_GROUP!r}) "
+                                  f"cannot be loaded ({exc}); reinstall the package that declares it") from exc
+            hook()
+        _ENTRY_POINTS_LOADED = True
+
+
+def _create_prefixed(name: str, prefix: str, device: str | torch.device) -> Backbone:
+    """Build (or fetch from the per-process cache) the backbone ``<prefix><location>`` names."""
+    factory = _PREFIXES.get(prefix)
+    if factory is None:
+        _load_entry_points()
+        factory = _PREFIXES.get(prefix)
+    if factory is None:
+        raise UnknownNameError(f"unknown backbone {name!r}: no provider handles the prefix {prefix!r} (known prefixes: "
+                               f"{', '.join(list_prefixes()) or 'none'}; providers come from the {ENTRY_POINT_GROUP!r} "
+                               "entry points: reinstall imgclust, e.g. `pip install -e .`, if 'deep:' is missing).")
+    dev = backbone_device(device)
+    cache_key = (name, prefix[:-1], str(dev), 0)
     with _LOCK:
         cached = _CACHE.get(cache_key)
         if cached is None:
-            cached = _CACHE[cache_key] = deep_backbone(name[len(DEEP_PREFIX):], dev)
+            built = factory(name[len(prefix):], dev)
+            if not isinstance(built, Backbone):
+                raise ConfigError(f"the {prefix!r} provider returned {type(built).__name__} for {name!r}, not a Backbone.")
+            cached = _CACHE[cache_key] = built
         return cached

@@ -1,17 +1,19 @@
-"""Autoencoder + k-means image clustering (METHODS.md §3, §4; the N2D recipe as an option).
+"""Autoencoder + k-means image clustering (ASCAE / SCAE, the ConvAE of neighbour consistency; N2D as an option).
 
 :class:`AutoencoderClusterer` trains a convolutional autoencoder on the images, embeds them with
 the encoder and clusters the embeddings with :class:`~imgclust.cluster.FaissKMeans`:
 
-- ``arch="ascae"`` / ``"scae"``: the asymmetric / symmetric strided conv AEs of seeds/003, trained
+- ``arch="ascae"`` / ``"scae"``: the asymmetric / symmetric strided conv AEs of the ASCAE paper
+  ("基于无监督学习视觉特征的深度聚类方法" (Deep clustering based on unsupervised learning of visual features), Journal of Nanjing University of Aeronautics & Astronautics 53(5), 2021), trained
   with the paper's J = reconstruction + λ·||F - D3||² (:func:`~imgclust.deep.losses.ascae_loss`);
   clustering features are the 50-d F layer.
-- ``arch="convae"``: the conv AE of seeds/004 stage 1 (MSE, Adam 1e-3, random rotation /
-  translation / crop augmentation, embedding size k).
+- ``arch="convae"``: the conv AE of stage 1 of Qian et al., 2025, "Research on Image Deep Clustering
+  Algorithm Based on Near Neighbor Consistency Strategy" (MSE, Adam 1e-3, random rotation / translation /
+  crop augmentation, embedding size k).
 - ``umap_components``: UMAP on the embeddings before clustering, and ``clusterer="gmm"``: a
   full-covariance Gaussian mixture instead of k-means; together the N2D recipe (McConville, Santos-
   Rodriguez, Piechocki & Craddock, "N2D: (Not Too) Deep Clustering via Clustering the Local
-  Manifold of an Autoencoded Embedding", ICPR 2020; ACC ~0.67 on Fashion-MNIST with a dense AE).
+  Manifold of an Autoencoded Embedding", ICPR 2020).
 
 Training is seeded and checkpointed with exact resume (:mod:`imgclust.deep.training`).
 """
@@ -28,8 +30,8 @@ from imgclust.deep.embedding import EmbeddingClusterer
 from imgclust.deep.losses import ascae_loss
 from imgclust.deep.networks import ARCHS, input_geometry
 from imgclust.deep.training import random_affine
-from imgclust.estimator import check_int
 from imgclust.exceptions import ConfigError
+from imgclust.validation import check_int
 
 __all__ = ["AutoencoderClusterer", "ARCH_DEFAULTS"]
 
@@ -40,13 +42,11 @@ ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 """What ``input_scale=None`` / ``augment=None`` / ``spherical=None`` mean for each arch. Scale and
 augmentation are what its paper does: ASCAE/SCAE train on raw 0..255 pixels without augmentation
-(seeds/003: the λ = 20 of J balances the two terms at that scale; with [0, 1] pixels the F term
-dominates and the F features barely beat a random encoder); ConvAE on [0, 1] pixels with
-rotation/translation/crop augmentation (seeds/004). ``spherical`` is ours: ASCAE/SCAE's F layer is a
-ReLU output with dead units and a few large ones, and plain k-means on it fell below raw-pixel
-k-means on a Fashion-MNIST *train* subset (SCAE 0.448 ACC / 0.485 NMI), while k-means on
-L2-normalised F (cosine k-means, as DeepCluster normalises its features) reached 0.517 / 0.607
-(BENCHMARKS.md, "Choosing the ASCAE / SCAE k-means"). ConvAE's linear k-d embedding keeps plain k-means."""
+(the ASCAE paper's λ = 20 of J balances the two terms at that scale; with [0, 1] pixels the F term
+dominates); ConvAE on [0, 1] pixels with rotation/translation/crop augmentation (Qian et al., 2025).
+``spherical`` is ours: ASCAE/SCAE's F layer is a ReLU output with dead units and a few large ones, which
+dominate plain Euclidean k-means; k-means on L2-normalised F (cosine k-means, as DeepCluster normalises its
+features) clusters by direction instead. ConvAE's linear k-d embedding keeps plain k-means."""
 
 
 class AutoencoderClusterer(EmbeddingClusterer):
@@ -54,25 +54,25 @@ class AutoencoderClusterer(EmbeddingClusterer):
 
     Parameters
     ----------
-    arch : ``"convae"`` (METHODS.md §4), ``"ascae"`` or ``"scae"`` (§3).
+    arch : ``"convae"`` (Qian et al., 2025), ``"ascae"`` or ``"scae"`` (the ASCAE paper).
     n_clusters : k; also the D2 width of ASCAE/SCAE.
-    embed_dim : ConvAE embedding size; ``None`` = ``n_clusters`` (as in seeds/004). ASCAE/SCAE
+    embed_dim : ConvAE embedding size; ``None`` = ``n_clusters`` (as in Qian et al., 2025). ASCAE/SCAE
         always cluster their 50-d F layer.
-    epochs, batch_size, lr : Adam training (seeds/004 trains 500 epochs; the default here is sized
+    epochs, batch_size, lr : Adam training (Qian et al. train 500 epochs; the default here is sized
         for a CPU; raise it on a GPU).
     lam : λ of the ASCAE loss (20 in the paper, for raw 0..255 pixels); ignored by ConvAE.
     input_scale : pixels are multiplied by this before training; ``None`` (default) picks
         :data:`ARCH_DEFAULTS`: ``1/255`` ([0, 1]) for ConvAE, ``1.0`` (raw 0..255, as the ASCAE
         paper does: it argues normalising grey images hides contrast) for ASCAE/SCAE, because λ's
         balance in J depends on the scale.
-    init : ASCAE/SCAE weight init, ``"paper"`` = N(0, 0.1²) (seeds/003 algorithm 1) or
+    init : ASCAE/SCAE weight init, ``"paper"`` = N(0, 0.1²) (the ASCAE paper's algorithm 1) or
         ``"torch"`` (PyTorch's Kaiming-uniform default). ConvAE always uses PyTorch's default.
     augment : random rotation (±15°), translation (±10 %) and crop (≥ 85 %) of each training
-        batch (seeds/004 stage 1); the reconstruction target is the augmented image. ``None``
+        batch (Qian et al., 2025, stage 1); the reconstruction target is the augmented image. ``None``
         (default): on for ConvAE, off for ASCAE/SCAE (:data:`ARCH_DEFAULTS`).
     umap_components : ``None`` (k-means on the embeddings) or the UMAP output size (N2D uses k).
     umap_neighbors : UMAP ``n_neighbors`` (N2D uses 20).
-    clusterer : ``"kmeans"`` (default; the papers of §3/§4) or ``"gmm"`` (full-covariance Gaussian
+    clusterer : ``"kmeans"`` (default; the ASCAE and Qian et al. papers) or ``"gmm"`` (full-covariance Gaussian
         mixture, N2D's last stage; meant for UMAP coordinates, see :mod:`imgclust.gmm`) or ``"scan"``
         (SCAN's neighbour-consistency head on the embeddings, :mod:`imgclust.scan`; needs ``umap_components=None``).
     kmeans_redo : k-means restarts (k-means++ init), the lowest inertia wins (the paper: 50).
@@ -165,7 +165,7 @@ class AutoencoderClusterer(EmbeddingClusterer):
 
     def reconstruction_loss(self, x: torch.Tensor, recon: torch.Tensor, extras: dict[str, torch.Tensor]) -> torch.Tensor:
         """The training loss of this architecture for a batch ``x`` ``(B, C, H, W)`` (scalar):
-        ASCAE/SCAE's J with ``lam`` (seeds/003 eq. 2), ConvAE's per-element MSE (seeds/004).
+        ASCAE/SCAE's J with ``lam`` (the ASCAE paper's eq. 2), ConvAE's per-element MSE (Qian et al., 2025).
         IDEC reuses it as its reconstruction term."""
         if self.arch == "convae":
             return F.mse_loss(recon, x)

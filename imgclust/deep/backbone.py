@@ -1,7 +1,10 @@
 """A trained deep clusterer's encoder as a feature extractor (``deep:<saved estimator folder>``).
 
 So the normal extract -> reduce -> cluster -> label path can use an encoder trained by
-``flows/refine.py``: ``ExtractConfig(extractor="deep:s3://bucket/store/deep/<run>")``.
+``flows/refine.py``: ``ExtractConfig(extractor="deep:s3://bucket/store/deep/<run>")``. The backbone registry
+does not import this package: :func:`register` is declared in ``pyproject.toml`` under the
+``imgclust.backbones`` entry points, and :func:`imgclust.backbones.registry.create_backbone` calls it the first
+time a process meets the ``deep:`` prefix.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from torch import nn
 
 from imgclust.backbones.base import Backbone, ModuleBackbone
 from imgclust.backbones.preprocessing import Preprocessing
+from imgclust.backbones.registry import register_prefix
 from imgclust.exceptions import ConfigError
 
 log = logging.getLogger(__name__)
@@ -49,3 +53,11 @@ def deep_backbone(location: str, device: torch.device) -> Backbone:
     return ModuleBackbone(name="deep", module=_Encode(est.network_), dim=int(est.embed_dim_), preprocessing=prep,
                           weights_id=f"file:sha256:{sha}", device=device,
                           fingerprint_extra={"estimator": type(est).__name__})
+
+
+DEEP_PREFIX = "deep:"
+
+
+def register() -> None:
+    """Entry-point hook (group ``imgclust.backbones``): resolve ``deep:<location>`` with :func:`deep_backbone`."""
+    register_prefix(DEEP_PREFIX, deep_backbone)

@@ -2,8 +2,7 @@
 
 Reconstruction objectives (ASCAE/SCAE, ConvAE) spend their capacity on what makes images *look* alike
 (silhouette, brightness); Fashion-MNIST's upper-body garments (T-shirt / pullover / coat / shirt) share
-those, and every autoencoder recipe here merges or splits them differently per seed (BENCHMARKS.md,
-"Seed spread"). :class:`ContrastiveClusterer` instead trains :class:`~imgclust.deep.networks.ContrastiveNet`
+those, and the autoencoder recipes here merge or split them differently from seed to seed. :class:`ContrastiveClusterer` instead trains :class:`~imgclust.deep.networks.ContrastiveNet`
 so that two random augmentations of one image map close together and away from the other images of the
 batch (SimCLR: Chen, Kornblith, Norouzi & Hinton, "A Simple Framework for Contrastive Learning of Visual
 Representations", ICML 2020; loss :func:`~imgclust.deep.losses.nt_xent`). The augmentations are those
@@ -30,8 +29,8 @@ from torch.nn import functional as F
 from imgclust.deep.embedding import EmbeddingClusterer
 from imgclust.deep.losses import nt_xent
 from imgclust.deep.networks import CONTRASTIVE_ENCODERS, input_geometry
-from imgclust.estimator import check_int
 from imgclust.exceptions import ConfigError
+from imgclust.validation import check_int
 
 __all__ = ["ContrastiveClusterer", "contrastive_view", "tone_curve_knots", "apply_tone_curve", "TONE_CURVES"]
 
@@ -134,33 +133,29 @@ class ContrastiveClusterer(EmbeddingClusterer):
     n_clusters : k
     width : encoder width (``"small"``: channels ``width, 2·width, 4·width``, representation ``4·width``;
         ``"resnet18"``: stages ``width .. 8·width``, representation ``8·width``)
-    encoder : ``"small"`` (default; the encoder every measured default was chosen with) or ``"resnet18"``,
+    encoder : ``"small"`` (default; the encoder the other defaults were chosen with) or ``"resnet18"``,
         ResNet-18 with SimCLR's CIFAR stem (:mod:`imgclust.deep.resnet`; ``width=64`` is the published net),
         7.8x (``width`` 32) or 31x (``width`` 64) the FLOPs per 28x28 image of the small encoder at ``width`` 32:
         meant for a GPU
     proj_dim : projection head output (the loss's space; discarded afterwards)
     epochs, batch_size, lr, weight_decay : Adam training; each step sees ``batch_size`` images twice
-        (two views), so a batch has ``2·batch_size - 2`` negatives per anchor. 20 epochs was the best of
-        10 / 20 / 40 / 60 on a 10k Fashion-MNIST *train* subset (BENCHMARKS.md, "Choosing the ``simclr``
-        training length": ACC 0.690 / NMI 0.665 at 20; chosen before the tone curve existed, not re-chosen)
+        (two views), so a batch has ``2·batch_size - 2`` negatives per anchor. The default of 20 epochs was
+        chosen on a Fashion-MNIST *train* subset, before the tone curve existed
     temperature : τ of NT-Xent (0.5, SimCLR's CIFAR-10 setting)
     min_crop_area, jitter : augmentation strength (:func:`contrastive_view`)
     tone_curve, tone_segments : the per-view random tone curve of :func:`contrastive_view` (one of
-        :data:`TONE_CURVES`; ``"none"`` = the augmentation before it was added). ``"monotone"`` was chosen on
-        a 10k Fashion-MNIST *train* subset over two seeds (BENCHMARKS.md, "Choosing the ``simclr``
-        augmentation"): against ``"none"`` it raised the kNN label agreement of the representation (0.741 ->
-        0.771 at 20 neighbours) and the NMI of the labels (0.667 -> 0.696), at 0.017 lower ACC; ``"random"``
-        raised the agreement most (0.779) but cost 0.039 ACC (it splits bags by shape and keeps the
-        pullover / coat / shirt group whole)
+        :data:`TONE_CURVES`; ``"none"`` = the augmentation before it was added). ``"monotone"`` (default) was
+        chosen on a Fashion-MNIST *train* subset: against ``"none"`` it raised the kNN label agreement of the
+        representation and the NMI of the labels, at a slightly lower accuracy; ``"random"`` raised the
+        agreement most but lost more accuracy (it splits bags by shape and keeps the pullover / coat / shirt
+        group whole)
     umap_components : UMAP output size; ``None`` = k-means / GMM on the representation itself
     umap_neighbors, clusterer, consensus_runs, kmeans_redo : the clustering stages
         (:class:`~imgclust.deep.embedding.EmbeddingClusterer`; default the N2D recipe of ``n2d``).
         ``clusterer="scan"`` with ``umap_components=None``: SCAN's neighbour-consistency head on the
-        representation itself (:mod:`imgclust.scan`); on a 10k Fashion-MNIST *train* subset with the ResNet-18
-        encoder it beat UMAP + GMM on mean ACC and NMI (BENCHMARKS.md, "Choosing the clusterer of the ResNet
-        representation", and with neighbours in the whitened space, "SCAN's neighbours in the whitened space");
-        with the small encoder it cost 0.038 NMI there (0.023 with whitened neighbours), so the default stays
-        UMAP + GMM
+        representation itself (:mod:`imgclust.scan`; Van Gansbeke et al., 2020, "SCAN: Learning to Classify
+        Images without Labels"). On a Fashion-MNIST *train* subset it beat UMAP + GMM with the ResNet-18 encoder
+        but not with the small one, so the default stays UMAP + GMM
     seed, device, checkpoint_dir, checkpoint_every : as :class:`~imgclust.deep.autoencoder.AutoencoderClusterer`
 
     Attributes

@@ -1,4 +1,4 @@
-"""DEC and IDEC: fine-tune a pretrained autoencoder's encoder together with cluster centroids (METHODS.md §5).
+"""DEC and IDEC: fine-tune a pretrained autoencoder's encoder together with cluster centroids.
 
 DEC (Xie, Girshick & Farhadi, "Unsupervised Deep Embedding for Clustering Analysis", ICML 2016):
 k-means on the pretrained embeddings gives centroids ``mu``; then encoder and ``mu`` minimise
@@ -25,8 +25,8 @@ import torch
 from torch import nn
 
 from imgclust.cluster import FaissKMeans
-from imgclust.deep import DeepEstimator
 from imgclust.deep.autoencoder import AutoencoderClusterer
+from imgclust.deep.base import DeepEstimator
 from imgclust.deep.losses import kl_clustering_loss, student_t, target_distribution
 from imgclust.deep.networks import build_network
 from imgclust.deep.training import (
@@ -35,14 +35,13 @@ from imgclust.deep.training import (
     config_fingerprint,
     data_fingerprint,
     encode_batched,
-    mixed_precision,
-    resolve_device,
     seed_everything,
     to_float_images,
 )
-from imgclust.estimator import check_int
+from imgclust.devices import mixed_precision, resolve_device
 from imgclust.exceptions import ConfigError
 from imgclust.gmm import GaussianMixtureClusterer
+from imgclust.validation import check_int
 
 logger = logging.getLogger(__name__)
 
@@ -58,13 +57,13 @@ UMAP_INIT = {"n_components": 10, "n_neighbors": 20, "min_dist": 0.0}
 def initial_centroids(emb: np.ndarray, *, init: str, n_clusters: int, kmeans_redo: int, seed: int) -> np.ndarray:
     """Initial centroids ``(k, d)`` float32 in the space of the pretrained embeddings ``emb`` ``(N, d)``.
 
-    - ``"kmeans"``: k-means on the embeddings (DEC, Xie et al. 2016 §3.2; seeds/004 stage 2).
+    - ``"kmeans"``: k-means on the embeddings (DEC, Xie et al. 2016 §3.2; stage 2 of Qian et al., 2025).
     - ``"umap"``: the N2D partition (McConville et al., "N2D: (Not Too) Deep Clustering via
       Clustering the Local Manifold of an Autoencoded Embedding", ICPR 2020): UMAP of the
       embeddings (:data:`UMAP_INIT`, seeded), a full-covariance Gaussian mixture there (N2D's
       clusterer, :mod:`imgclust.gmm`), and each centroid is the mean *embedding* of its cluster. N2D's point is that the local manifold separates the classes
       better than the raw embedding; the fine-tuning then starts from that partition instead of a
-      worse one of the same embedding. Costs one UMAP fit (about a minute for 10k points on a CPU).
+      worse one of the same embedding. Costs one UMAP fit.
     """
     if init not in CENTROID_INITS:
         raise ConfigError(f"init must be one of {list(CENTROID_INITS)}, got {init!r}")

@@ -1,4 +1,4 @@
-"""DeepCluster: alternate k-means pseudo-labels and classification training (METHODS.md §1).
+"""DeepCluster: alternate k-means pseudo-labels and classification training.
 
 Caron, Bojanowski, Joulin & Douze, "Deep Clustering for Unsupervised Learning of Visual
 Features", ECCV 2018. Every epoch:
@@ -35,7 +35,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from imgclust.cluster import FaissKMeans
-from imgclust.deep import DeepEstimator
+from imgclust.deep.base import DeepEstimator
 from imgclust.deep.networks import build_network, input_geometry
 from imgclust.deep.training import (
     Checkpointer,
@@ -43,16 +43,15 @@ from imgclust.deep.training import (
     config_fingerprint,
     data_fingerprint,
     encode_batched,
-    mixed_precision,
     random_affine,
-    resolve_device,
     seed_everything,
     to_float_images,
 )
-from imgclust.estimator import check_int
+from imgclust.devices import mixed_precision, resolve_device
 from imgclust.exceptions import ConfigError
 from imgclust.metrics import nmi
 from imgclust.reduce import StreamingPCA
+from imgclust.validation import check_int
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +130,7 @@ class _Model(nn.Module):
 
 
 class DeepCluster(DeepEstimator):
-    """DeepCluster (Caron et al., ECCV 2018) on raw images with a small conv net (METHODS.md §1).
+    """DeepCluster (Caron et al., ECCV 2018) on raw images with a small conv net.
 
     Parameters
     ----------
@@ -143,7 +142,7 @@ class DeepCluster(DeepEstimator):
     pca_dim : PCA (whitened, then L2-normalised) dimension of the features k-means sees (the paper
         reduces to 256; capped by ``embed_dim``).
     epochs : clustering / training rounds (the paper: 500 on ImageNet; the default 20 is sized for
-        a CPU, ~10k 28x28 images in a few minutes).
+        a CPU).
     batch_size, lr, momentum, weight_decay : SGD (the paper: 256, 0.05, 0.9, 1e-5).
     augment : random horizontal flip + rotation (±15°) / translation (±10 %) / crop (≥ 85 %) of
         each training batch (pixels are scaled to [0, 1] first).

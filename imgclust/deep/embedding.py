@@ -20,7 +20,7 @@ from torch import nn
 
 from imgclust.capping import FitSizes, cap_embedding_fit
 from imgclust.cluster import FaissKMeans
-from imgclust.deep import DeepEstimator
+from imgclust.deep.base import DeepEstimator
 from imgclust.deep.networks import build_network
 from imgclust.deep.training import (
     Checkpointer,
@@ -28,11 +28,10 @@ from imgclust.deep.training import (
     config_fingerprint,
     data_fingerprint,
     encode_batched,
-    mixed_precision,
-    resolve_device,
     seed_everything,
     to_float_images,
 )
+from imgclust.devices import mixed_precision, resolve_device
 from imgclust.exceptions import ConfigError
 from imgclust.gmm import GaussianMixtureClusterer
 from imgclust.reduce import UMAPReducer
@@ -96,7 +95,7 @@ class EmbeddingClusterer(DeepEstimator):
 
     def _batch_loss(self, net: nn.Module, x: torch.Tensor, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
         """The scalar training loss of the batch ``x[idx]`` (``x`` all images ``(N, C, H, W)``, CPU; ``idx``
-        ``(b,)``), augmentation included; it runs under :func:`~imgclust.deep.training.mixed_precision`."""
+        ``(b,)``), augmentation included; it runs under :func:`~imgclust.devices.mixed_precision`."""
         raise NotImplementedError
 
     def _validate_clusterer(self) -> None:

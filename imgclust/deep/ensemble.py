@@ -1,8 +1,8 @@
 """``n2d-ensemble``: N2D's last stages on several views at once, combined by evidence accumulation.
 
-One SCAE encoder (seeds/003) clusters Fashion-MNIST's upper-body garments (T-shirt / pullover / coat /
-shirt) differently from seed to seed: the ``n2d-scae`` recipe (SCAE F -> UMAP -> GMM) scored ACC
-0.556-0.657 over ten encoder seeds on a 10k *train* subset. :class:`MultiViewClusterer` trains
+One SCAE encoder (the symmetric variant of the ASCAE paper, :class:`~imgclust.deep.networks.SCAE`) clusters
+Fashion-MNIST's upper-body garments (T-shirt / pullover / coat / shirt) differently from seed to seed in the
+``n2d-scae`` recipe (SCAE F -> UMAP -> GMM). :class:`MultiViewClusterer` trains
 ``members`` SCAE encoders (seeds ``seed * members + i``) and adds the pixels as one more view (PCA);
 each view is mapped by its own UMAP (``n_clusters``-d, ``umap_neighbors`` neighbours, min_dist 0:
 McConville et al., ICPR 2020) and clustered by ``gmm_runs`` single EM runs of a full-covariance GMM.
@@ -10,11 +10,9 @@ All those partitions are pooled into one co-association matrix and cut by averag
 outlier-aware cut of :func:`~imgclust.consensus.consensus_labels` (Fred & Jain, TPAMI 2005): the split
 inside the garment blob that most (encoder, map, EM) runs agree on wins, not one encoder's.
 
-Chosen on the 10k Fashion-MNIST *train* subset (``benchmarks/view_ensemble.py``; BENCHMARKS.md,
-"Choosing a multi-view consensus"): pixels + 5 SCAE encoders reached ACC 0.656 / NMI 0.631 and
-0.663 / 0.636 with two disjoint sets of seeds, against 0.625 / 0.603 for one encoder on average. That gain did
-not carry over to the test split (BENCHMARKS.md, "n2d-ensemble on the test split": ACC 0.620 ± 0.029 over five
-seeds against 0.626 for ``n2d-scae``; NMI higher at every seed): the views agree on the same merges and splits.
+The views and their number were chosen on a Fashion-MNIST *train* subset (``benchmarks/view_ensemble.py``);
+the gain over one encoder found there did not carry over to the test split, where the views agree on the same
+merges and splits.
 
 Prediction for new images: each view through its encoder and fitted UMAP (``transform``), the
 coordinates concatenated, and the Gaussian mixture estimated from the consensus partition in that joint
@@ -30,14 +28,15 @@ import numpy as np
 import torch
 
 from imgclust.consensus import MAX_CONSENSUS_ROWS, MIN_CLUSTER_FRACTION, consensus_labels
-from imgclust.deep import DeepEstimator
 from imgclust.deep.autoencoder import AutoencoderClusterer
+from imgclust.deep.base import DeepEstimator
 from imgclust.deep.networks import ASCAE_F_DIM, MultiViewNet, build_network, input_geometry
-from imgclust.deep.training import resolve_device, to_float_images
-from imgclust.estimator import check_int
+from imgclust.deep.training import to_float_images
+from imgclust.devices import resolve_device
 from imgclust.exceptions import ConfigError
 from imgclust.gmm import GaussianMixtureClusterer
 from imgclust.reduce import StreamingPCA, UMAPReducer
+from imgclust.validation import check_int
 
 logger = logging.getLogger(__name__)
 

@@ -1,11 +1,14 @@
-"""Pure tensor losses of the deep clustering methods (METHODS.md §3, §5).
+"""Pure tensor losses of the deep clustering methods.
 
 - :func:`student_t` and :func:`target_distribution`: DEC's soft assignment and sharpened target
   (Xie, Girshick & Farhadi, "Unsupervised Deep Embedding for Clustering Analysis", ICML 2016,
-  eqs. 1 and 3), also the q of the neighbour-consistency method (seeds/004, with alpha = 3).
+  eqs. 1 and 3), also the q of the neighbour-consistency method (Qian et al., 2025,
+  "Research on Image Deep Clustering Algorithm Based on Near Neighbor Consistency Strategy", with alpha = 3).
 - :func:`kl_clustering_loss`: DEC's ``KL(P || Q)`` (eq. 2); IDEC adds it to the reconstruction
   loss (Guo et al., "Improved Deep Embedded Clustering with Local Structure Preservation", IJCAI 2017).
-- :func:`ascae_loss`: the ASCAE objective J (seeds/003, eq. 2).
+- :func:`ascae_loss`: the ASCAE objective J (eq. 2 of "基于无监督学习视觉特征的深度聚类方法", Deep clustering
+  based on unsupervised learning of visual features, Journal of Nanjing University of Aeronautics &
+  Astronautics 53(5), 2021).
 - :func:`nt_xent`: SimCLR's normalised temperature-scaled cross entropy (Chen et al., ICML 2020).
 
 No state, no side effects: every function maps tensors to tensors and is differentiable where
@@ -37,7 +40,7 @@ def student_t(z: torch.Tensor, mu: torch.Tensor, alpha: float = 1.0) -> torch.Te
     """Soft assignment ``q`` ``(N, k)`` of embeddings ``z`` ``(N, d)`` to centroids ``mu`` ``(k, d)``.
 
     DEC eq. 1 (Xie et al. 2016): ``q_ij = (1 + ||z_i - mu_j||² / α)^(-(α+1)/2)`` normalised over
-    ``j``, a Student's t kernel with ``α`` degrees of freedom (DEC uses α = 1, seeds/004 α = 3).
+    ``j``, a Student's t kernel with ``α`` degrees of freedom (DEC uses α = 1, Qian et al. 2025 α = 3).
     Rows sum to 1.
     """
     if not alpha > 0:
@@ -72,7 +75,7 @@ def kl_clustering_loss(q: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
 
 def ascae_loss(x: torch.Tensor, recon: torch.Tensor, f: torch.Tensor, d3: torch.Tensor,
                lam: float) -> torch.Tensor:
-    """ASCAE objective (seeds/003, eq. 2): ``J = 1/N Σ_i ||x_i - f(x_i)||² + λ/N Σ_i ||b_i - g_i||²``.
+    """ASCAE objective (the ASCAE paper's eq. 2): ``J = 1/N Σ_i ||x_i - f(x_i)||² + λ/N Σ_i ||b_i - g_i||²``.
 
     ``x``, ``recon`` ``(N, C, H, W)``; ``f`` (= b, the F layer) and ``d3`` (= g, the D3 layer)
     ``(N, 50)``. Squared norms are summed over each sample's elements and averaged over ``N``,

@@ -1,11 +1,12 @@
 """One entry point for the deep-clustering methods: build by name, load by saved class.
 
-Names: ``ascae``/``scae`` (METHODS §3), ``convae`` (§4 stage 1), ``n2d`` (the §4 ConvAE, then UMAP
-and a Gaussian mixture: McConville et al., ICPR 2020), ``n2d-scae`` (the same last stages on the F
-layer of §3's SCAE), ``n2d-ensemble`` (pixels + several SCAE encoders, one UMAP + GMM runs per view, one pooled
-consensus: :mod:`imgclust.deep.ensemble`), ``simclr`` (a contrastively trained conv encoder, then the same UMAP + GMM
-stages: :mod:`imgclust.deep.contrastive`), ``dec``/``idec`` (§5), ``nnc`` (§4 neighbour consistency + sample stability),
-``deepcluster`` (§1).
+Names: ``ascae``/``scae`` (the ASCAE paper's autoencoders + k-means), ``convae`` (stage 1 of Qian et al.,
+2025), ``n2d`` (that ConvAE, then UMAP and a Gaussian mixture: McConville et al., ICPR 2020), ``n2d-scae`` (the
+same last stages on the F layer of the SCAE), ``n2d-ensemble`` (pixels + several SCAE encoders, one UMAP + GMM
+runs per view, one pooled consensus: :mod:`imgclust.deep.ensemble`), ``simclr`` (a contrastively trained conv
+encoder, then the same UMAP + GMM stages: :mod:`imgclust.deep.contrastive`), ``dec``/``idec`` (Xie et al., 2016;
+Guo et al., 2017), ``nnc`` (Qian et al., 2025: neighbour consistency + sample stability), ``deepcluster``
+(Caron et al., 2018). The papers are cited in full in the modules that implement them.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from typing import Any, Literal
 import fsspec
 
 from imgclust.config import AUTO_K, ClusterConfig, ReduceConfig
-from imgclust.deep import DeepEstimator
+from imgclust.deep.base import DeepEstimator
 from imgclust.exceptions import ConfigError, CorruptArtifactError, UnknownNameError
 
 log = logging.getLogger(__name__)
@@ -33,13 +34,11 @@ N2D: dict[str, Any] = {"arch": "convae", "umap_components": None, "umap_neighbor
 """``n2d``: the ConvAE embedding (size k), UMAP to k dims (20 neighbours, min_dist 0) and a full-covariance
 GMM, McConville et al.'s recipe (``umap_components=None`` here means k). Ours: the GMM is the
 evidence-accumulation consensus of 8 EM runs (:class:`~imgclust.gmm.GaussianMixtureClusterer`), chosen on
-a 10k Fashion-MNIST *train* subset (BENCHMARKS.md, "Choosing the GMM consensus")."""
+a Fashion-MNIST *train* subset."""
 N2D_RECIPES: dict[str, dict[str, Any]] = {"n2d": N2D, "n2d-scae": {**N2D, "arch": "scae"}}
 """Methods that cluster UMAP coordinates of an encoder's features with the GMM consensus: ``n2d`` (ConvAE
-embedding) and ``n2d-scae`` (ours: SCAE's 50-d F layer, seeds/003, trained on raw pixels with its paper's
-loss). On the 10k Fashion-MNIST *train* subset the two are within noise of each other (single-run ACC
-0.598 vs 0.605 averaged over 4 UMAP maps; BENCHMARKS.md, "Choosing the GMM consensus"); the test-split
-numbers over several seeds are in BENCHMARKS.md, "Seed spread"."""
+embedding) and ``n2d-scae`` (ours: SCAE's 50-d F layer, from the ASCAE paper, trained on raw pixels with
+its paper's loss); on a Fashion-MNIST *train* subset the two were within noise of each other."""
 _CLASSES = {"AutoencoderClusterer": "imgclust.deep.autoencoder", "DEC": "imgclust.deep.dec",
             "MultiViewClusterer": "imgclust.deep.ensemble", "ContrastiveClusterer": "imgclust.deep.contrastive",
             "NeighbourConsistency": "imgclust.deep.nnc", "DeepCluster": "imgclust.deep.deepcluster"}
@@ -50,13 +49,12 @@ def create_deep(method: str, *, k: int, epochs: int = 20, max_iter: int = 2000, 
     """The estimator for ``method`` with the project's defaults; ``extra`` overrides parameters.
 
     ``epochs`` is the autoencoder (pre)training length; ``max_iter`` the fine-tuning steps of
-    DEC/IDEC/NNC. Fine-tuning methods pretrain their conv autoencoder (§4) themselves and, by
+    DEC/IDEC/NNC. Fine-tuning methods pretrain their conv autoencoder (ConvAE) themselves and, by
     default here, start from the N2D partition of its embedding (``init="umap"``: UMAP + k-means,
     McConville et al., ICPR 2020; see :func:`imgclust.deep.dec.initial_centroids`) instead of the
-    papers' k-means on the embedding: on a 10k Fashion-MNIST *train* subset (used once to choose
-    this, never the test split) the N2D start partition (nearest of its embedding means) had ACC
-    0.583 against 0.514 for k-means on the same 20-epoch ConvAE embedding, and DEC from it reached
-    0.592 after 2,000 steps. Pass ``init="kmeans"`` for the papers' initialisation.
+    papers' k-means on the embedding: on a Fashion-MNIST *train* subset (used once to choose this,
+    never the test split) the N2D start partition was more accurate than k-means on the same ConvAE
+    embedding, and DEC kept that lead. Pass ``init="kmeans"`` for the papers' initialisation.
     """
     if method not in DEEP_METHODS:
         raise UnknownNameError(f"unknown deep method {method!r}; choose one of {', '.join(DEEP_METHODS)}")

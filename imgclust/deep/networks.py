@@ -1,10 +1,11 @@
-"""Convolutional autoencoders for clustering raw images (METHODS.md §3 and §4).
+"""Convolutional autoencoders (and a contrastive encoder) for clustering raw images.
 
 - :class:`ASCAE` / :class:`SCAE`: the asymmetric / symmetric strided-conv autoencoders of the
-  ASCAE paper (seeds/003, "基于无监督学习视觉特征的深度聚类方法", 南京航空航天大学学报 53(5), 2021):
+  ASCAE paper ("基于无监督学习视觉特征的深度聚类方法", Deep clustering based on unsupervised learning of visual
+  features, 南京航空航天大学学报 / Journal of Nanjing University of Aeronautics & Astronautics 53(5), 2021):
   no pooling, conv strides 3, 2, 1, 1, clustering features F = the 1x1 output of C4.
-- :class:`ConvAE`: the conv autoencoder of the neighbour-consistency method (seeds/004, Qian et
-  al. 2025): 32/64/128/256 channels, stride 2, batch-norm, a linear embedding of size k.
+- :class:`ConvAE`: the conv autoencoder of the neighbour-consistency method (Qian et al., 2025, "Research
+  on Image Deep Clustering Algorithm Based on Near Neighbor Consistency Strategy"): 32/64/128/256 channels, stride 2, batch-norm, a linear embedding of size k.
 - :class:`ContrastiveNet`: a small VGG-style conv encoder (or ResNet-18, :mod:`imgclust.deep.resnet`) with a SimCLR projection head (Chen et al.,
   ICML 2020), trained by :mod:`imgclust.deep.contrastive`; it has no decoder.
 
@@ -61,12 +62,12 @@ def _output_padding(target: int, size_in: int, kernel: int, stride: int, padding
 
 
 class ASCAE(nn.Module):
-    """Asymmetric strided convolutional autoencoder (METHODS.md §3, seeds/003 Fig. 2).
+    """Asymmetric strided convolutional autoencoder (the ASCAE paper, Fig. 2).
 
     Encoder: C1 25 filters 3x3 stride 3 (non-overlapping patches), C2 50 3x3 stride 2, C3 50 3x3
     stride 1, C4 50 filters whose kernel is C3's remaining spatial size (so C4 is 1x1), no
     pooling; F = flattened C4 ``(N, 50)``; D1 (50 units, ASCAE only), D2 (``k`` units, ReLU, not
-    softmax: softmax collapsed to ACC 0.356 in the paper). Decoder: D3 (50 units, reconstructs F)
+    softmax: softmax collapsed the clustering in the paper). Decoder: D3 (50 units, reconstructs F)
     -> T4 (inverse of C4) -> T3 -> T2 (50 -> 25) -> T1 (25 -> C) back to ``(N, C, H, W)``. Every
     hidden layer uses ReLU (the paper); the output layer is linear, so raw 0..255 input works.
 
@@ -135,13 +136,14 @@ class ASCAE(nn.Module):
 
 
 class SCAE(ASCAE):
-    """The symmetric variant of :class:`ASCAE` (seeds/003 §2.3): identical but without D1, so F -> D2 -> D3."""
+    """The symmetric variant of :class:`ASCAE` (the ASCAE paper, §2.3): identical but without D1, so F -> D2 -> D3."""
 
     symmetric = True
 
 
 class ConvAE(nn.Module):
-    """Conv autoencoder of METHODS.md §4 (seeds/004, Qian et al. 2025, stage 1).
+    """Conv autoencoder of Qian et al., 2025, "Research on Image Deep Clustering Algorithm Based on Near Neighbor
+    Consistency Strategy", stage 1.
 
     Encoder: four 3x3 stride-2 convs (32, 64, 128, 256 channels, padding 1), each followed by
     BatchNorm and ReLU, then a linear layer to ``embed_dim`` (= k in the paper) with no activation.
@@ -256,7 +258,7 @@ class MultiViewNet(nn.Module):
     buffer (its mean training-row norm, so concatenated views weigh alike).
 
     ``encode(x)``: ``(N, C, H, W)`` -> ``(N, pixel_components + 50 * members)``, views in that order
-    (``view_dims``). There is no joint ``forward``: each member trains on its own (seeds/003 loss).
+    (``view_dims``). There is no joint ``forward``: each member trains on its own (the ASCAE paper's loss).
     """
 
     pca_mean: torch.Tensor

@@ -1,6 +1,7 @@
-"""Neighbour-consistency deep clustering with sample stability (METHODS.md §4, stage 2).
+"""Neighbour-consistency deep clustering with sample stability (stage 2 of Qian et al., 2025).
 
-Qian et al. 2025 (seeds/004, "近邻一致性策略下的图像深度聚类"): start from a pretrained conv
+Qian et al., 2025, "Research on Image Deep Clustering Algorithm Based on Near Neighbor Consistency Strategy"
+("近邻一致性策略下的图像深度聚类算法研究"): start from a pretrained conv
 autoencoder (stage 1, :class:`~imgclust.deep.autoencoder.AutoencoderClusterer`), drop the
 decoder, run k-means on the embeddings for initial centroids ``m`` and fine-tune encoder and
 centroids together with ``L_C = L_NC + L_SS``:
@@ -14,7 +15,7 @@ centroids together with ``L_C = L_NC + L_SS``:
   ``fq(q) = |q - t| / t`` if ``q < t`` else ``|q - t| / (1 - t)``, ``t`` by Otsu's method
   (:func:`otsu_threshold`), ``sq(x_i) = mean_j fq(q_ij) - λ var_j fq(q_ij)`` (λ = 0.8),
   ``L_SS = 1 - mean_i sq(x_i)`` (eq. 6 sums over ``i``; the mean keeps the scale independent of
-  the batch size, as METHODS.md §4 advises).
+  the batch size).
 
 Choices where the paper is silent or does not work as written here (decided on label-free signals):
 
@@ -32,9 +33,8 @@ Choices where the paper is silent or does not work as written here (decided on l
 - The network is fine-tuned in eval mode: BatchNorm keeps the running statistics of
   pretraining (its affine parameters still learn), so the function trained is exactly the one
   that assigns clusters. With batch statistics (train mode, as :class:`~imgclust.deep.dec.DEC`
-  does) the assignments of 10k Fashion-MNIST images drifted despite ``balance`` (one cluster
-  held 63 % of them after 200 steps); with frozen statistics the sizes stayed near those of the
-  initial k-means. No augmentation in this stage.
+  does) the assignments drifted towards one cluster despite ``balance``; with frozen statistics the
+  sizes stay near those of the initial partition. No augmentation in this stage.
 """
 from __future__ import annotations
 
@@ -45,8 +45,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from imgclust.deep import DeepEstimator
 from imgclust.deep.autoencoder import AutoencoderClusterer
+from imgclust.deep.base import DeepEstimator
 from imgclust.deep.dec import CENTROID_INITS, ClusteringModule, initial_centroids
 from imgclust.deep.losses import student_t
 from imgclust.deep.networks import build_network
@@ -56,13 +56,12 @@ from imgclust.deep.training import (
     config_fingerprint,
     data_fingerprint,
     encode_batched,
-    mixed_precision,
-    resolve_device,
     seed_everything,
     to_float_images,
 )
-from imgclust.estimator import check_int
+from imgclust.devices import mixed_precision, resolve_device
 from imgclust.exceptions import ConfigError
+from imgclust.validation import check_int
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +111,7 @@ def otsu_threshold(values: Any, bins: int = 256) -> float:
 
 
 def nc_loss(q: torch.Tensor, q_nb: torch.Tensor) -> torch.Tensor:
-    """Neighbour consistency ``L_NC = 1/B Σ_i Σ_j (log q_ij - log q_nb_ij)²`` (seeds/004 eq. 3), a scalar.
+    """Neighbour consistency ``L_NC = 1/B Σ_i Σ_j (log q_ij - log q_nb_ij)²`` (Qian et al. eq. 3), a scalar.
 
     ``q`` ``(B, k)`` soft assignments of the samples, ``q_nb`` ``(B, k)`` those of their nearest
     neighbours (row ``i`` of ``q_nb`` belongs to ``N(i)``). Probabilities are clamped at 1e-12
@@ -125,7 +124,7 @@ def nc_loss(q: torch.Tensor, q_nb: torch.Tensor) -> torch.Tensor:
 
 
 def stability_fq(q: torch.Tensor, t: float) -> torch.Tensor:
-    """DECS's certainty ``fq`` (seeds/004 eq. 4) of each entry of ``q`` (any shape) against threshold ``t``:
+    """DECS's certainty ``fq`` (Qian et al. eq. 4) of each entry of ``q`` (any shape) against threshold ``t``:
     ``|q - t| / t`` where ``q < t``, else ``|q - t| / (1 - t)``; 0 at ``t``, 1 at ``q = 0`` and ``q = 1``.
 
     ``t`` is clamped into ``[1e-6, 1 - 1e-6]`` so neither denominator vanishes.
@@ -135,7 +134,7 @@ def stability_fq(q: torch.Tensor, t: float) -> torch.Tensor:
 
 
 def sample_stability_loss(q: torch.Tensor, lam: float = 0.8, t: float | None = None) -> torch.Tensor:
-    """Sample stability loss ``L_SS = 1 - mean_i sq(x_i)`` (seeds/004 eqs. 4-6, from DECS, IJCAI 2024), a scalar.
+    """Sample stability loss ``L_SS = 1 - mean_i sq(x_i)`` (Qian et al. eqs. 4-6, from DECS, IJCAI 2024), a scalar.
 
     ``q`` ``(B, k)``; ``sq(x_i) = mean_j fq(q_ij) - lam * var_j fq(q_ij)`` with the population
     variance over the ``k`` clusters (eq. 5 divides by ``k``) and :func:`stability_fq`. ``t`` defaults
@@ -154,7 +153,7 @@ def sample_stability_loss(q: torch.Tensor, lam: float = 0.8, t: float | None = N
 def balance_loss(q: torch.Tensor) -> torch.Tensor:
     """``log k - H(mean_i q_i)`` (a scalar >= 0, 0 when the batch's mean assignment is uniform) for
     ``q`` ``(B, k)``: the entropy term of SCAN (Van Gansbeke et al., ECCV 2020) that rules out the
-    trivial solution of one cluster for everything. Not part of seeds/004; see
+    trivial solution of one cluster for everything. Not part of Qian et al.; see
     :class:`NeighbourConsistency`'s ``balance``."""
     if q.ndim != 2:
         raise ConfigError(f"q must be (B, k), got {tuple(q.shape)}")
@@ -182,7 +181,7 @@ def nearest_neighbours(emb: np.ndarray) -> np.ndarray:
 
 
 class NeighbourConsistency(DeepEstimator):
-    """Neighbour-consistency + sample-stability clustering of images (Qian et al. 2025, METHODS.md §4).
+    """Neighbour-consistency + sample-stability clustering of images (Qian et al. 2025).
 
     Parameters
     ----------
@@ -190,19 +189,17 @@ class NeighbourConsistency(DeepEstimator):
     alpha : Student-t degrees of freedom (3 in the paper).
     lam : λ of the sample stability ``sq`` (0.8 in the paper).
     max_iter, batch_size, lr : Adam steps on encoder + centroids. The paper runs 20,000 iterations
-        of batch 256 at lr 1e-3; the default 2,000 is sized for a CPU (about 10 minutes on 10k
-        28x28 images); raise it on a GPU. The default lr is 1e-4, not the paper's 1e-3: at 1e-3
-        the assignments churned (83 % of the labels of 10k Fashion-MNIST images changed between
-        steps 200 and 300) and drifted towards one dominant cluster; at 1e-4 the fraction changed
-        per 50 steps fell steadily (9 % -> 2.5 % on 3k train images) with stable cluster sizes.
+        of batch 256 at lr 1e-3; the default 2,000 is sized for a CPU; raise it on a GPU. The default
+        lr is 1e-4, not the paper's 1e-3: at 1e-3 most labels kept changing between refreshes and the
+        assignments drifted towards one dominant cluster; at 1e-4 the fraction of changed labels falls
+        steadily with stable cluster sizes.
     knn_interval : steps between recomputations of every sample's nearest neighbour on the full
         training set (the embedding moves as the encoder is fine-tuned).
     balance : weight of :func:`balance_loss` (``log k - H(mean_i q_i)`` over the batch) added to
         ``L_C``. **Not in the paper**: mapping every image to one point makes ``L_NC`` 0 (all
-        neighbours agree) and leaves ``L_SS`` no reason to object, and that is what happened: on
-        3,000 Fashion-MNIST *train* images, from the 11-epoch ConvAE, ``balance=0`` put every image
-        in one cluster within 50 steps (lr 1e-3 or 1e-4), while ``balance=1`` kept the largest
-        cluster at 19-22 % over 300 steps (judged on cluster sizes only, no labels). ``balance=0``
+        neighbours agree) and leaves ``L_SS`` no reason to object, and ``balance=0`` does collapse to
+        one cluster on Fashion-MNIST images, while ``balance=1`` keeps the sizes spread (judged on
+        cluster sizes only, no labels). ``balance=0``
         gives the paper's objective exactly. The term assumes roughly balanced clusters; lower it
         for strongly imbalanced data.
     pretrained : a fitted :class:`AutoencoderClusterer` (stage 1; not modified; fitted on the images

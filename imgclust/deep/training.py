@@ -1,4 +1,4 @@
-"""Shared training plumbing for the deep clusterers: seeding, devices, data order, exact-resume checkpoints.
+"""Shared training plumbing for the deep clusterers: seeding, data order, exact-resume checkpoints.
 
 Exact resume (CPU)
 ------------------
@@ -19,15 +19,14 @@ A test-only crash hook (``crash_at_step`` or env ``IMGCLUST_CRASH_AT_STEP``) rai
 :class:`SimulatedCrash` right after a step, which is how the tests prove the resume path.
 
 Mixed precision: on CUDA every training step's forward pass and loss run under bfloat16 autocast
-(:func:`mixed_precision`; bf16 keeps float32's exponent range, so no loss scaling is needed); on the CPU
-training stays float32, which is what makes the exact resume above bit-identical.
+(:func:`imgclust.devices.mixed_precision`); on the CPU training stays float32, which is what makes the
+exact resume above bit-identical. Devices are resolved by :func:`imgclust.devices.resolve_device`.
 
 Everything saved is a tensor, a number, a string or a container of those, so checkpoints load with
 ``torch.load(weights_only=True)`` (no pickle of arbitrary objects).
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -42,9 +41,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from fsspec.implementations.local import LocalFileSystem
 from torch import nn
 from torch.nn import functional as F
 
+from imgclust.artifacts import write_atomic
 from imgclust.exceptions import ConfigError, CorruptArtifactError
 
 logger = logging.getLogger(__name__)
@@ -52,8 +53,6 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "SimulatedCrash",
     "seed_everything",
-    "resolve_device",
-    "mixed_precision",
     "Checkpointer",
     "config_fingerprint",
     "batches",
@@ -76,7 +75,7 @@ class SimulatedCrash(RuntimeError):
     """Raised by :class:`Checkpointer` at the test-only ``crash_at_step``; never in normal runs."""
 
 
-# ----------------------------------------------------------------------------- seeding and devices
+# ----------------------------------------------------------------------------- seeding
 
 
 def seed_everything(seed: int, *, deterministic: bool = True) -> torch.Generator:
@@ -88,10 +87,9 @@ def seed_everything(seed: int, *, deterministic: bool = True) -> torch.Generator
     is deterministic; on CUDA non-deterministic kernels only warn. This is process-wide torch state.
     Bit-exact reproduction on CPU also needs the same torch thread count (reductions split by thread)
     and, across processes (a crash and its resume), MKL's reproducible mode set in the environment
-    before torch starts (``MKL_CBWR=AUTO,STRICT``): without it a resumed fit differed from the
-    uninterrupted one in 2 of 11 runs on a loaded machine (where captured, by a few ulps in one
-    ConvTranspose2d weight), with it in 0 of 8 (tests/helpers_resume.py sets it; a library cannot,
-    MKL reads it once).
+    before torch starts (``MKL_CBWR=AUTO,STRICT``): without it a resumed fit can differ from the
+    uninterrupted one by a few ulps on a loaded machine (tests/helpers_resume.py sets it; a library
+    cannot, MKL reads it once).
     """
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ConfigError(f"seed must be an int >= 0, got {seed!r}")
@@ -100,40 +98,10 @@ def seed_everything(seed: int, *, deterministic: bool = True) -> torch.Generator
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     if deterministic and not torch.are_deterministic_algorithms_enabled():
-        torch.use_deterministic_algorithms(True, warn_only=True)  # first call imports torch._inductor (~2 s)
+        torch.use_deterministic_algorithms(True, warn_only=True)  # the first call imports torch._inductor
     gen = torch.Generator(device="cpu")
     gen.manual_seed(seed)
     return gen
-
-
-def resolve_device(device: str) -> torch.device:
-    """``"auto"`` -> CUDA when available else CPU; ``"cpu"``; ``"cuda"`` / ``"cuda:N"``.
-
-    Asking for CUDA on a machine without a GPU is a :class:`ConfigError`, never a silent CPU fallback.
-    """
-    if not isinstance(device, str):
-        raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cpu":
-        return torch.device("cpu")
-    if device == "cuda" or device.startswith("cuda:"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device={device!r} but torch sees no CUDA GPU; pass device='cpu' or 'auto'")
-        return torch.device(device)
-    raise ConfigError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
-
-
-def mixed_precision(device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    """The context a training step's forward pass and loss run in: bfloat16 autocast on CUDA (AMP: convs and
-    matmuls in bf16, reductions in float32; gradients and optimizer state stay float32), nothing elsewhere.
-
-    Not on the CPU, on purpose: CPU bf16 autocast is slower than float32 on most CPUs without AMX, and the
-    bit-identical resume of the CPU tests is defined in float32.
-    """
-    if device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 # ----------------------------------------------------------------------------- RNG state
@@ -218,7 +186,7 @@ def random_affine(x: torch.Tensor, *, max_rotation: float = 15.0, max_translatio
                   min_crop: float = 0.85) -> torch.Tensor:
     """Random rotation, translation and crop-and-resize of a batch ``(N, C, H, W)`` -> same shape.
 
-    The augmentation of METHODS.md §4 (seeds/004 trains its autoencoder with random rotation,
+    The augmentation of Qian et al., 2025 (they train their autoencoder with random rotation,
     translation and crop): per image an angle in ``±max_rotation`` degrees, a shift in
     ``±max_translation`` of the image size and a crop keeping a fraction in ``[min_crop, 1]`` of
     each side, resized back (bilinear, zero fill). Parameters come from the global torch CPU RNG,
@@ -353,7 +321,7 @@ class Checkpointer:
             return
         self.directory.mkdir(parents=True, exist_ok=True)
         fp_doc = json.dumps({"fingerprint": self.fingerprint}).encode()
-        _write_atomic(self.directory / FINGERPRINT_NAME, fp_doc)
+        write_atomic(LocalFileSystem(), str(self.directory / FINGERPRINT_NAME), fp_doc)
         tmp = self.directory / (CKPT_NAME.removesuffix(".pt") + ".tmp")
         with open(tmp, "wb") as fh:
             torch.save({"step": int(step), "fingerprint": self.fingerprint, "state": state}, fh)
@@ -361,15 +329,6 @@ class Checkpointer:
             os.fsync(fh.fileno())
         os.replace(tmp, self.directory / CKPT_NAME)
         logger.debug("checkpoint at step %d -> %s", step, self.directory / CKPT_NAME)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------- the loop

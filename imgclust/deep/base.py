@@ -1,0 +1,204 @@
+"""The shared base of the image-in deep clusterers: :class:`DeepEstimator`.
+
+Images in (uint8 ``(N, H, W)`` or ``(N, H, W, C)``), embeddings / labels out, the estimator contract of
+:mod:`imgclust.estimator` (keyword-only params, ``fit`` returns ``self``, learned state ends in ``_``),
+and a torch artifact on disk.
+
+Artifact layout (one directory, local or fsspec URL)
+----------------------------------------------------
+``weights.pt``
+    ``torch.save`` of ``{"network": state_dict, "tensors": {name: tensor}}``; read back with
+    ``torch.load(weights_only=True)`` (no arbitrary unpickling).
+``kmeans/``, ``umap/``
+    sub-estimators saved with :meth:`imgclust.estimator.Estimator.save`, when the model has them.
+``estimator.json``
+    written last (the done-marker), in :mod:`imgclust.artifacts`' manifest format: ``class`` (the bare
+    class name, which :func:`imgclust.deep.methods.load_deep` maps to its module), ``params`` (JSON,
+    without live objects such as ``pretrained``), ``meta`` (the network spec, input shape and scale, ...),
+    ``files`` (sha256 of ``weights.pt`` and of each sub-estimator's manifest, checked before loading),
+    ``versions``.
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import pickle
+from datetime import datetime, timezone
+from typing import Any, ClassVar, TypeVar
+
+import fsspec
+import numpy as np
+import torch
+from fsspec.implementations.local import LocalFileSystem
+from torch import nn
+
+from imgclust.artifacts import (
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    join,
+    jsonable,
+    read_manifest,
+    read_verified,
+    resolve,
+    sha256,
+    versions,
+    write_atomic,
+)
+from imgclust.deep.networks import build_network
+from imgclust.deep.training import encode_batched, to_float_images
+from imgclust.devices import resolve_device
+from imgclust.estimator import Estimator, load_estimator
+from imgclust.exceptions import ConfigError, CorruptArtifactError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DeepEstimator", "WEIGHTS_NAME"]
+
+WEIGHTS_NAME = "weights.pt"
+D = TypeVar("D", bound="DeepEstimator")
+
+
+class DeepEstimator(Estimator):
+    """Base of the image-in deep clusterers: input checks, batched embedding, torch save/load.
+
+    Subclasses set ``network_`` (an ``nn.Module`` with ``encode``), ``network_spec_`` (the JSON
+    spec :func:`imgclust.deep.networks.build_network` rebuilds it from), ``input_shape_``
+    (``[H, W]`` or ``[H, W, C]``) and ``input_scale_`` in ``fit``; declare extra learned numpy
+    arrays in ``_tensor_attrs`` (stored in ``weights.pt``), JSON scalars in ``_meta_attrs``,
+    sub-estimators in ``_sub_estimators`` (subdirectory -> attribute) and constructor parameters
+    that are live objects in ``_unsaved_params``.
+
+    Common parameters every subclass has: ``batch_size``, ``device`` (``"auto"``, ``"cpu"``, ``"cuda"``).
+    """
+
+    _meta_attrs: ClassVar[tuple[str, ...]] = ("n_features_in_", "network_spec_", "input_shape_", "input_scale_",
+                                              "embed_dim_")
+    _tensor_attrs: ClassVar[tuple[str, ...]] = ()
+    _sub_estimators: ClassVar[dict[str, str]] = {}
+    _unsaved_params: ClassVar[tuple[str, ...]] = ()
+
+    batch_size: int
+    device: str
+    network_: nn.Module
+    network_spec_: dict[str, Any]
+    input_shape_: list[int]
+    input_scale_: float
+    embed_dim_: int
+    labels_: np.ndarray
+
+    def _validate_params(self) -> None:
+        """Raise ConfigError for bad parameters, before any work (every subclass defines it)."""
+        raise NotImplementedError
+
+    # -- inputs
+    def _check_images(self, images: Any) -> np.ndarray | torch.Tensor:
+        """Validate images ``(N, H, W)`` / ``(N, H, W, C)``; once fitted, the per-image shape must match."""
+        if not isinstance(images, (np.ndarray, torch.Tensor)):
+            images = np.asarray(images)
+        if images.ndim not in (3, 4) or images.shape[0] < 1:
+            raise ConfigError(f"images must be a non-empty array (N, H, W) or (N, H, W, C); got shape "
+                              f"{tuple(images.shape)}. Stack single images with np.stack")
+        if isinstance(images, np.ndarray) and not np.issubdtype(images.dtype, np.number):
+            raise ConfigError(f"images must be numeric (uint8 0..255 usually), got dtype {images.dtype}")
+        expected = getattr(self, "input_shape_", None)
+        if expected is not None and list(images.shape[1:]) != list(expected):
+            raise ConfigError(f"images have per-image shape {tuple(images.shape[1:])}, but {type(self).__name__} "
+                              f"was fitted on {tuple(expected)}; resize them the same way as the training images")
+        return images
+
+    def _to_tensor(self, images: Any) -> torch.Tensor:
+        """Checked images -> float32 ``(N, C, H, W)`` CPU tensor scaled by ``input_scale_``."""
+        return to_float_images(self._check_images(images), scale=self.input_scale_)
+
+    def _device(self) -> torch.device:
+        return resolve_device(self.device)
+
+    def _inference_batch(self) -> int:
+        return max(int(self.batch_size), 1024)
+
+    def fit(self: D, images: Any, y: Any = None) -> D:
+        """Learn from images ``(N, H, W[, C])``; sets ``network_``, ``labels_`` and the input attributes."""
+        raise NotImplementedError(f"{type(self).__name__} must implement fit")
+
+    # -- inference
+    def transform(self, images: Any) -> np.ndarray:
+        """Embeddings ``(N, embed_dim_)`` float32 of images ``(N, H, W[, C])``: the network's
+        ``encode`` in batches, eval mode, under ``torch.inference_mode``."""
+        self._check_fitted("network_", "input_shape_")
+        x = self._to_tensor(images)
+        device = self._device()
+        self.network_.to(device)
+        return encode_batched(self.network_, x, batch_size=self._inference_batch(), device=device)
+
+    def fit_predict(self, images: Any) -> np.ndarray:
+        """``fit(images).labels_``: cluster labels ``(N,)`` int64 of the training images."""
+        return self.fit(images).labels_
+
+    # -- persistence
+    def save(self, directory: str | os.PathLike[str], fs: fsspec.AbstractFileSystem | None = None) -> None:
+        """Write ``weights.pt``, the sub-estimators, then ``estimator.json`` (last) to ``directory``."""
+        self._check_fitted("network_", "input_shape_")
+        fs, root = resolve(directory, fs)
+        params = {k: v for k, v in self.get_params().items() if k not in self._unsaved_params}
+        try:
+            json.dumps(params)
+        except TypeError as exc:
+            raise ConfigError(f"{type(self).__name__} parameters must be JSON values to be saved ({exc})") from exc
+        if isinstance(fs, LocalFileSystem):
+            fs.makedirs(root, exist_ok=True)
+        blob = {"network": {k: v.detach().cpu() for k, v in self.network_.state_dict().items()},
+                "tensors": {n: torch.from_numpy(np.ascontiguousarray(getattr(self, n))) for n in self._tensor_attrs}}
+        buf = io.BytesIO()
+        torch.save(blob, buf)
+        files = {WEIGHTS_NAME: write_atomic(fs, join(root, WEIGHTS_NAME), buf.getvalue())}
+        for sub, attr in self._sub_estimators.items():
+            est = getattr(self, attr, None)
+            if est is not None:
+                est.save(join(root, sub), fs=fs)
+                files[f"{sub}/{MANIFEST_NAME}"] = sha256(fs.cat_file(join(join(root, sub), MANIFEST_NAME)))
+        doc = {
+            "format_version": FORMAT_VERSION, "class": type(self).__name__, "params": params,
+            "meta": {n: jsonable(getattr(self, n, None)) for n in self._meta_attrs},
+            "arrays": [], "files": files, "versions": versions(),
+            "created_at": datetime.now(timezone.utc).isoformat(),
+        }
+        write_atomic(fs, join(root, MANIFEST_NAME), json.dumps(doc, indent=2, sort_keys=True).encode())
+        logger.info("saved %s to %s", type(self).__name__, root)
+
+    @classmethod
+    def load(cls: type[D], directory: str | os.PathLike[str], fs: fsspec.AbstractFileSystem | None = None) -> D:
+        """Restore a model written by :meth:`save`; every file's sha256 is verified first and the
+        weights are read with ``torch.load(weights_only=True)``. The network lands on the CPU."""
+        fs, root = resolve(directory, fs)
+        doc = read_manifest(fs, root)
+        if doc["class"] != cls.__name__:
+            raise ConfigError(f"{root} holds a {doc['class']}, not a {cls.__name__}; use {doc['class']}.load(...)")
+        try:
+            est = cls(**cls.saved_params(doc["params"]))
+        except TypeError as exc:
+            raise CorruptArtifactError(f"{root}: saved params do not match {cls.__name__}'s signature ({exc}); "
+                                       "refit and save again") from exc
+        files = doc["files"]
+        try:
+            blob = torch.load(io.BytesIO(read_verified(fs, root, WEIGHTS_NAME, files)), map_location="cpu",
+                              weights_only=True)
+            for name in cls._meta_attrs:
+                setattr(est, name, doc["meta"].get(name))
+            net = build_network(est.network_spec_)
+            net.load_state_dict(blob["network"])
+            for name in cls._tensor_attrs:
+                setattr(est, name, blob["tensors"][name].numpy())
+        except (RuntimeError, KeyError, EOFError, pickle.UnpicklingError) as exc:
+            raise CorruptArtifactError(f"{join(root, WEIGHTS_NAME)} does not match its manifest ({exc}); "
+                                       "save the model again") from exc
+        est.network_ = net.eval()
+        for sub, attr in cls._sub_estimators.items():
+            key = f"{sub}/{MANIFEST_NAME}"
+            sub_est = None
+            if key in files:
+                read_verified(fs, root, key, files)
+                sub_est = load_estimator(join(root, sub), fs=fs)
+            setattr(est, attr, sub_est)
+        return est
