@@ -25,15 +25,14 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any, cast
 
+from imgclust.clusterers import clusterer_spec
 from imgclust.config import ClusterConfig, ReduceConfig, fixed_k
 from imgclust.density import MIN_ROWS as DENSITY_MIN_ROWS
 from imgclust.exceptions import ConfigError
 
-__all__ = ["FitSizes", "HDBSCAN_UMAP_COMPONENTS", "PCA_MAX_COMPONENTS", "cap_embedding_fit", "cap_to_data",
+__all__ = ["FitSizes", "PCA_MAX_COMPONENTS", "cap_embedding_fit", "cap_to_data",
            "check_enough_rows", "min_rows"]
 
-HDBSCAN_UMAP_COMPONENTS = 10
-"""UMAP dimensions of the ``hdbscan`` method when ``reduce.umap_components`` is unset (density needs few dims)."""
 PCA_MAX_COMPONENTS = 256
 """Components fitted before a ``variance_target`` chooses among them (the PCA estimators' ``max_components``)."""
 UMAP_MIN_ROWS = 3
@@ -50,7 +49,7 @@ def min_rows(cluster: ClusterConfig) -> int:
     """Fewest rows ``cluster`` can be fitted on: ``k`` (one per cluster), ``k_min`` when k is chosen
     (``k="auto"``); for HDBSCAN, which has no k, 2 with a given ``min_cluster_size``, else what the density rule
     needs (:data:`imgclust.density.MIN_ROWS`)."""
-    if cluster.method == "hdbscan":
+    if cluster.method == "hdbscan":  # the density rule's own minimum
         return 2 if cluster.min_cluster_size is not None else DENSITY_MIN_ROWS
     k = fixed_k(cluster)
     return cluster.k_min if k is None else k
@@ -125,7 +124,7 @@ def cap_to_data(reduce: ReduceConfig, cluster: ClusterConfig, *, n_rows: int, n_
             pca_components = cap("reduce.n_components", reduce.n_components, min(n_features, n - 1))
         elif n - 1 < min(PCA_MAX_COMPONENTS, n_features):  # a variance target chooses among these
             pca_max = cap("PCA max_components", PCA_MAX_COMPONENTS, n - 1)
-    asked_dims = reduce.umap_components or (HDBSCAN_UMAP_COMPONENTS if cluster.method == "hdbscan" else None)
+    asked_dims = reduce.umap_components or clusterer_spec(cluster.method).default_umap
     umap_dims: int | None = asked_dims
     neighbors = reduce.umap_neighbors
     if asked_dims is not None:

@@ -31,7 +31,7 @@ number of classes and NMI within 0.02 of the NMI at that number, then by the run
 It also needs one fit per k where stability needs three.
 
 The silhouette reflects the clustering space, not the labels: where the embedding merges kinds into one
-island (Fashion-MNIST's tops on pixel UMAP), the rule returns fewer clusters than kinds.
+island (e.g. similar garment classes on a pixel UMAP), the rule returns fewer clusters than kinds.
 
 Cost: one fit per scored k on at most ``max_rows`` rows, one thread (:func:`_one_thread`), plus the silhouette on
 :data:`SILHOUETTE_ROWS` rows; the number of scored k's is about ``12 + log(k_max / 12) / log(1.25)`` plus the
@@ -45,13 +45,14 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 
+from imgclust.clusterers import clusterer_spec
 from imgclust.config import ClusterConfig, fixed_k
-from imgclust.estimator import check_array, check_int
 from imgclust.exceptions import ConfigError
+from imgclust.validation import check_array, check_int
 
 logger = logging.getLogger(__name__)
 
@@ -451,13 +452,15 @@ def _table(ks: list[int], scored: dict[int, dict[str, float]]) -> dict[str, list
 def resolve_k(sample: np.ndarray, cluster: ClusterConfig) -> tuple[ClusterConfig, KSweep | None]:
     """``cluster`` with a number of clusters: as given, or (``k="auto"``) chosen by :func:`~imgclust.choose_k.choose_k`
     on ``sample`` ``(m, d)``, rows already in the clustering space, with the sweep that chose it. The sweep fits
-    the GMM for ``gmm`` and k-means for every other method with a k (agglomerative's and SCAN's k is chosen on the
-    same space by k-means). HDBSCAN is returned unchanged.
+    the clusterer the method's registry entry names (:attr:`~imgclust.clusterers.ClustererSpec.sweep`: the GMM for
+    ``gmm``, k-means for the others; agglomerative's and SCAN's k is chosen on the same space by k-means). A method
+    that finds its own number (HDBSCAN) is returned unchanged.
 
     Fewer rows than the sweep needs (:func:`~imgclust.choose_k.min_sweep_rows`) take the rule of thumb
     ``k = round(sqrt(m / 2))`` (Mardia, Kent & Bibby 1979), kept in ``[k_min, k_max]`` and at most ``m``; logged
     and recorded as the sweep's rule."""
-    if cluster.method == "hdbscan" or fixed_k(cluster) is not None:
+    spec = clusterer_spec(cluster.method)
+    if spec.finds_k or fixed_k(cluster) is not None:
         return cluster, None
     m = int(sample.shape[0])
     if m < min_sweep_rows(cluster.k_min):
@@ -469,7 +472,7 @@ def resolve_k(sample: np.ndarray, cluster: ClusterConfig) -> tuple[ClusterConfig
                        rule="k = round(sqrt(rows / 2)) (Mardia, Kent & Bibby 1979) when the rows are too few to "
                             "sweep.", reason=reason + ".", n_rows=m, seconds=0.0)
         return cluster.model_copy(update={"k": k}), sweep
-    sweep = choose_k(sample, method="gmm" if cluster.method == "gmm" else "kmeans", k_min=cluster.k_min,
+    sweep = choose_k(sample, method=cast(Literal["kmeans", "gmm"], spec.sweep), k_min=cluster.k_min,
                      k_max=cluster.k_max, seed=cluster.seed)
     logger.info("k=auto: chose k=%d (%s)", sweep.chosen, sweep.reason)
     return cluster.model_copy(update={"k": sweep.chosen}), sweep

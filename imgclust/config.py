@@ -10,9 +10,18 @@ import datetime as dt
 import math
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from imgclust.exceptions import ConfigError
+from imgclust.clusterers import clusterer_spec, list_methods, option_owners
+from imgclust.exceptions import ConfigError, UnknownNameError
 
 _M = TypeVar("_M", bound=BaseModel)
 
@@ -79,7 +88,7 @@ class ExtractConfig(_Base):
 
 
 class ReduceConfig(_Base):
-    """Dimensionality reduction before clustering (METHODS.md §1)."""
+    """Dimensionality reduction before clustering: PCA / IncrementalPCA, optionally followed by UMAP."""
 
     method: Literal["ipca", "pca", "none"] = Field(
         "ipca", description="ipca: IncrementalPCA streamed over shards; pca: exact PCA from per-shard statistics "
@@ -107,8 +116,9 @@ class ClusterConfig(_Base):
     """The clustering step: Faiss k-means, HDBSCAN, agglomerative, a Gaussian mixture (N2D's clusterer), or SCAN's
     neighbour-consistency head on the features (:mod:`imgclust.scan`; no UMAP)."""
 
-    method: Literal["kmeans", "hdbscan", "agglomerative", "gmm", "scan"] = Field(
-        "kmeans", description="Clustering algorithm.")
+    method: str = Field(
+        "kmeans", description="Clustering algorithm: a method of the registry (imgclust.clusterers).",
+        json_schema_extra=lambda schema: schema.update(enum=list[JsonValue](list_methods())))
     k: ClusterCount = Field(
         AUTO_K, description="Number of clusters (kmeans, agglomerative, gmm, scan), or auto: fits over k_min..k_max "
         "on a seeded sample and chooses by a documented rule (imgclust.choose_k; the sweep is in model.json and the "
@@ -133,7 +143,7 @@ class ClusterConfig(_Base):
     scan_whiten: bool = Field(
         False, description="scan only: find the neighbours after PCA whitening of the features (Jégou & Chum 2012). "
         "Chosen for the deep methods' learned representations. Off by default: on PCA-reduced pixels it was worse "
-        "(BENCHMARKS.md).")
+        "(benchmarks/simclr_encoder.py).")
     consensus_runs: int = Field(
         1, ge=1, le=64, description="gmm only: EM runs combined by evidence accumulation (Fred & Jain 2005) into "
         "the final mixture; 1 = plain EM."
@@ -152,14 +162,25 @@ class ClusterConfig(_Base):
         5_000, ge=100, le=1_000_000, description="Fitted rows, apart from the references, that set the threshold.")
     seed: int = Field(0, ge=0, description="Random seed.")
 
+    @field_validator("method")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        try:
+            clusterer_spec(v)
+        except UnknownNameError as exc:
+            raise ValueError(str(exc)) from exc
+        return v
+
     @model_validator(mode="after")
     def _consistent(self) -> ClusterConfig:
         if self.k_max is not None and self.k_max < self.k_min:
             raise ValueError(f"k_max={self.k_max} is below k_min={self.k_min}")
-        if self.consensus_runs > 1 and self.method != "gmm":
-            raise ValueError(f"consensus_runs={self.consensus_runs} needs method='gmm' (got {self.method!r})")
-        if self.scan_whiten and self.method != "scan":
-            raise ValueError(f"scan_whiten=True needs method='scan' (got {self.method!r})")
+        for name, owner in option_owners().items():  # fields only one method reads
+            if name not in type(self).model_fields:
+                raise ValueError(f"method {owner!r} declares option {name!r}, which is not a ClusterConfig field")
+            value = getattr(self, name)
+            if owner != self.method and value != type(self).model_fields[name].default:
+                raise ValueError(f"{name}={value} needs method={owner!r} (got {self.method!r})")
         needed = math.ceil((1.0 - self.novelty_rate) / self.novelty_rate - 1e-9)  # split-conformal: (n+1)(1-a) <= n
         if self.novelty_calibration < needed:
             raise ValueError(f"novelty_calibration={self.novelty_calibration} cannot calibrate novelty_rate="
@@ -212,17 +233,18 @@ class PipelineConfig(_Base):
 def fixed_k(cluster: ClusterConfig) -> int | None:
     """The number of clusters ``cluster`` asks for, or None when it is chosen by the fit (``k="auto"``) or the
     method finds its own (HDBSCAN)."""
-    if cluster.method == "hdbscan" or cluster.k == AUTO_K:
+    if clusterer_spec(cluster.method).finds_k or cluster.k == AUTO_K:
         return None
     return int(cluster.k)
 
 
 def check_recipe(reduce: ReduceConfig, cluster: ClusterConfig) -> None:
-    """Raise ConfigError, before any work, if ``reduce`` and ``cluster`` cannot be used together: SCAN
-    (``scan``) clusters features by their cosine neighbours and refuses UMAP coordinates."""
-    if cluster.method == "scan" and reduce.umap_components is not None:
-        raise ConfigError("cluster method 'scan' clusters the (PCA-reduced) features by their cosine neighbours, "
-                          f"not UMAP coordinates: drop reduce.umap_components / --umap (got {reduce.umap_components})")
+    """Raise ConfigError, before any work, if ``reduce`` and ``cluster`` cannot be used together: a method that does
+    not accept UMAP coordinates (SCAN clusters features by their cosine neighbours) with ``umap_components``."""
+    spec = clusterer_spec(cluster.method)
+    if not spec.accepts_umap and reduce.umap_components is not None:
+        raise ConfigError(f"cluster method {spec.name!r} ({spec.summary}) does not accept UMAP coordinates: drop "
+                          f"reduce.umap_components / --umap (got {reduce.umap_components})")
 
 
 def validated(model: type[_M], **values: Any) -> _M:

@@ -29,26 +29,19 @@ from typing import Any
 
 import numpy as np
 
+from imgclust.batches import BatchSource, sample_rows
 from imgclust.capping import FitSizes, cap_to_data, check_enough_rows
 from imgclust.choose_k import resolve_k
-from imgclust.cluster import (
-    AgglomerativeClusterer,
-    FaissKMeans,
-    HDBSCANClusterer,
-    cluster_means,
-    squared_distances,
-)
+from imgclust.cluster import squared_distances
+from imgclust.clusterers import ClusterFitInput, clusterer_spec
 from imgclust.config import ClusterConfig, ExtractConfig, ReduceConfig, check_recipe, fixed_k
-from imgclust.density import hdbscan_for
-from imgclust.estimator import BatchSource, Estimator, load_estimator, sample_rows
+from imgclust.estimator import Estimator, load_estimator
 from imgclust.exceptions import ConfigError, CorruptArtifactError, StoreError
-from imgclust.gmm import GaussianMixtureClusterer
 from imgclust.hierarchy import ClusterTree
 from imgclust.novelty import NoveltyScorer, kind_for, min_calibration_rows, novelty_rows, split_sizes
 from imgclust.pca import ExactPCA, LinearProjection, ScatterStats, merge_all
 from imgclust.progress import tracked
 from imgclust.reduce import StreamingPCA, UMAPReducer
-from imgclust.scan import ScanClusterer
 from imgclust.store import Store
 
 log = logging.getLogger(__name__)
@@ -87,7 +80,7 @@ class ClusterModel:
     extractor_key: str
     reducer: LinearProjection | None
     umap: UMAPReducer | None
-    clusterer: FaissKMeans | HDBSCANClusterer | AgglomerativeClusterer | GaussianMixtureClusterer | ScanClusterer
+    clusterer: Estimator  # a registered method's estimator (imgclust.clusterers)
     centroids: np.ndarray  # (k, d) in the clustering space
     thresholds: np.ndarray  # (k,) float32
     stable_ids: np.ndarray  # (k,) int32
@@ -108,16 +101,17 @@ class ClusterModel:
         """Assign rows already in the clustering space (n, d)."""
         n = Z.shape[0]
         k = self.n_clusters
-        own_confidence = isinstance(self.clusterer, (HDBSCANClusterer, GaussianMixtureClusterer, ScanClusterer))
-        if isinstance(self.clusterer, HDBSCANClusterer):
-            raw, strength = self.clusterer.predict_with_strength(Z)
+        est: Any = self.clusterer  # its confidence: a membership strength, a posterior, or the centroid margin
+        own_confidence = hasattr(est, "predict_with_strength") or hasattr(est, "predict_proba")
+        if hasattr(est, "predict_with_strength"):
+            raw, strength = est.predict_with_strength(Z)
             confidence = strength.astype(np.float32)
-        elif isinstance(self.clusterer, (GaussianMixtureClusterer, ScanClusterer)):
-            posterior = self.clusterer.predict_proba(Z)
+        elif hasattr(est, "predict_proba"):
+            posterior = est.predict_proba(Z)
             raw = posterior.argmax(axis=1)
             confidence = posterior[np.arange(n), raw].astype(np.float32)
         else:
-            raw = self.clusterer.predict(Z)
+            raw = est.predict(Z)
             confidence = np.ones(n, np.float32)
         raw = np.asarray(raw, np.int64)
         d2 = squared_distances(Z, self.centroids) if k else np.zeros((n, 0), np.float32)
@@ -291,40 +285,27 @@ def fit_model(source: BatchSource, *, extractor_key: str, reduce: ReduceConfig, 
                                  n_rows, log), cluster.fit_sample, cluster.seed).rows
     asked = cluster
     cluster, sweep = resolve_k(sample, cluster)
-    k = fixed_k(cluster) or 0  # 0: HDBSCAN finds its own number
-    clusterer: FaissKMeans | HDBSCANClusterer | AgglomerativeClusterer | GaussianMixtureClusterer | ScanClusterer
-    if cluster.method == "kmeans":
-        # without UMAP the stream is cheap and k-means samples it itself; with UMAP every pass pays a
-        # transform, so k-means trains on the sample already drawn (fit_sample rows)
+    k = fixed_k(cluster) or 0  # 0: the method finds its own number
+    spec = clusterer_spec(cluster.method)
+    init = None
+    if spec.warm_starts and warm_start is not None:
         def embed(X: np.ndarray) -> np.ndarray:
             Z = reducer.transform(X) if reducer is not None else np.ascontiguousarray(X, np.float32)
             return umap.transform(Z) if umap is not None else Z
 
-        init = warm_start(embed) if warm_start is not None else None
+        init = warm_start(embed)
         if init is not None and init.shape[0] != k:
             log.info("no warm start: k=auto chose %d clusters, the previous model had %d", k, init.shape[0])
             init = None
-        clusterer = _kmeans(cluster).fit(tracked(final, "fit: k-means sample pass", n_rows, log)
-                                         if umap is None else sample, init_centroids=init)
-        centroids = clusterer.cluster_centers_
-    elif cluster.method == "hdbscan":
-        clusterer = hdbscan_for(sample, sizes.min_cluster_size, cluster.seed).fit(sample)
-        centroids = cluster_means(sample, clusterer.labels_, clusterer.n_clusters_)
-    elif cluster.method == "agglomerative":
-        clusterer = AgglomerativeClusterer(n_clusters=k).fit(sample)
-        centroids = clusterer.cluster_centers_
-    elif cluster.method == "gmm":
-        clusterer = GaussianMixtureClusterer(n_clusters=k, fit_sample=None, random_state=cluster.seed,
-                                             consensus_runs=cluster.consensus_runs).fit(sample)
-        centroids = clusterer.cluster_centers_
-    elif cluster.method == "scan":
-        clusterer = ScanClusterer(n_clusters=k, n_neighbors=sizes.scan_neighbors, whiten=cluster.scan_whiten,
-                                  fit_sample=None, random_state=cluster.seed).fit(sample)
-        centroids = cluster_means(sample, clusterer.labels_, k)
-    else:  # pragma: no cover - pydantic restricts the literal
-        raise ConfigError(f"unknown cluster method {cluster.method!r}")
+    # without UMAP the stream is cheap and a method may pass over every row; with UMAP every pass pays a
+    # transform, so it trains on the sample already drawn (fit_sample rows)
+    fitted = spec.fit(ClusterFitInput(
+        sample=sample, stream=tracked(final, f"fit: {spec.name} pass", n_rows, log) if umap is None else None,
+        n_rows=n_rows, k=k, config=cluster, sizes=sizes, init=init))
+    centroids = fitted.centroids
     model = ClusterModel(model_id=model_id or new_model_id(), extractor_key=extractor_key, reducer=reducer,
-                         umap=umap, clusterer=clusterer, centroids=np.ascontiguousarray(centroids, np.float32),
+                         umap=umap, clusterer=fitted.estimator,
+                         centroids=np.ascontiguousarray(centroids, np.float32),
                          thresholds=np.full(centroids.shape[0], np.inf, np.float32),
                          stable_ids=np.arange(centroids.shape[0], dtype=np.int32),
                          meta={"reduce": reduce.model_dump(), "cluster": asked.model_dump(),
@@ -332,18 +313,8 @@ def fit_model(source: BatchSource, *, extractor_key: str, reduce: ReduceConfig, 
                                "created_at": dt.datetime.now(dt.timezone.utc).isoformat()})
     if sweep is not None:
         model.meta["k_sweep"] = sweep.to_json()
-    # HDBSCAN, agglomerative and SCAN were fitted on `sample` and keep its labels; the others predict it
-    if isinstance(clusterer, (HDBSCANClusterer, AgglomerativeClusterer, ScanClusterer)):
-        sample_labels = clusterer.labels_
-    else:
-        sample_labels = clusterer.predict(sample)
-    model.tree = fit_tree(model.centroids, sample_labels)
-    if isinstance(clusterer, HDBSCANClusterer):
-        model.meta["hdbscan"] = {name: getattr(clusterer, name) for name in (
-            "min_cluster_size", "min_samples", "cluster_selection_method", "cluster_selection_epsilon")}
-        model.meta["noise_share"] = round(float(np.mean(clusterer.labels_ < 0)), 4)
-        log.info("HDBSCAN: %d clusters, %.1f%% of the %d fitted rows are noise (given their nearest cluster with a "
-                 "low confidence)", clusterer.n_clusters_, 100 * model.meta["noise_share"], len(clusterer.labels_))
+    model.meta.update(fitted.meta)
+    model.tree = fit_tree(model.centroids, fitted.sample_labels)
     model.novelty = fit_novelty(source, reducer, cluster, n_rows)
     if model.novelty is None:
         model.thresholds = novelty_thresholds(model, sample, cluster.novelty_quantile)
@@ -409,20 +380,6 @@ def _source_shape(source: BatchSource, n_rows: int | None) -> tuple[int, int]:
         close = getattr(blocks, "close", None)
         if close is not None:
             close()
-
-
-def _kmeans(cluster: ClusterConfig) -> FaissKMeans:
-    """The k-means estimator of ``cluster.backend`` (the torch one imports torch only when chosen)."""
-    k = fixed_k(cluster)
-    if k is None:
-        raise ConfigError(f"k-means needs a number of clusters; got k={cluster.k!r} (resolve k=auto first)")
-    params: dict[str, Any] = {"n_clusters": k, "n_iter": cluster.n_iter, "n_redo": cluster.n_redo,
-                              "spherical": cluster.spherical, "seed": cluster.seed}
-    if cluster.backend == "torch":
-        from imgclust.kmeans_torch import TorchKMeans
-
-        return TorchKMeans(device=cluster.device, **params)
-    return FaissKMeans(**params)
 
 
 def novelty_thresholds(model: ClusterModel, Z: np.ndarray, quantile: float) -> np.ndarray:

@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from imgclust.candidates import candidate_montage, find_candidates
+from imgclust.clusterers import clusterer_spec
 from imgclust.config import ClusterConfig, fixed_k
 from imgclust.exceptions import StoreError
 from imgclust.features import feature_path, iter_feature_batches
@@ -140,7 +141,7 @@ def cluster_config_for_novelty(store: Store, previous_model_id: str, cluster: Cl
     the candidates (k stays chosen, now from there up). HDBSCAN, which finds its own number of clusters, is
     unchanged."""
     record = latest_candidates(store, previous_model_id)
-    if record is None or cluster.method == "hdbscan":
+    if record is None or clusterer_spec(cluster.method).finds_k:
         return cluster
     n = len(record["candidates"])
     k = fixed_k(cluster)

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from imgclust.clusterers import list_methods
 from imgclust.config import (
     AUTO_EXTRACTOR,
     RECOMMENDED_REFINE_METHOD,
@@ -53,16 +54,17 @@ def prepare_environment() -> None:
 
 
 DEMO_CONSENSUS = 8
-"""EM runs of the demo's GMM consensus: on a 10k Fashion-MNIST *train* subset of raw pixels the consensus of
-8 runs was +0.015 ACC above the mean single run over four UMAP maps (BENCHMARKS.md, "Choosing the GMM consensus")."""
+"""EM runs of the demo's GMM consensus, chosen by ``benchmarks/gmm_consensus.py`` on a *train* subset of raw
+pixels, where the consensus scored a little above the mean single run."""
 DEMO_REFINE = RECOMMENDED_REFINE_METHOD
-"""The demo's default second stage: it beat the pixel recipe on the demo corpus (ACC 0.665 / NMI 0.633 against
-0.597 / 0.629, 10 min 16 s for the whole command on 2 cores; BENCHMARKS.md, "The demo's default recipe")."""
+"""The demo's default second stage: it beat the pixel recipe on the demo corpus within the demo's time
+budget."""
 DEMO_K = 10
 """The demo's k: its corpus (Fashion-MNIST, or scikit-learn's digits) has 10 classes, the number the published
-results it is compared with use; `--k auto` shows the sweep instead (it picks 5 on Fashion-MNIST's pixels)."""
+results it is compared with use; `--k auto` shows the sweep instead."""
 DEMO_REFINE_EPOCHS = 10
-"""Its training epochs: 20 would put the demo near 15 minutes; on the train subset 10 cost ~0.01 ACC."""
+"""Its training epochs: what fits the demo's time budget; more epochs scored only slightly higher on a *train*
+subset."""
 
 
 def _add_pipeline_args(p: argparse.ArgumentParser, *, source: bool = True) -> None:
@@ -79,7 +81,7 @@ def _add_pipeline_args(p: argparse.ArgumentParser, *, source: bool = True) -> No
     g.add_argument("--batch-size", type=int, default=ExtractConfig().batch_size)
     g.add_argument("--shard-size", type=int, default=ExtractConfig().shard_size, help="images per shard/task")
     g = p.add_argument_group("clustering")
-    g.add_argument("--method", default="kmeans", choices=["kmeans", "hdbscan", "agglomerative", "gmm", "scan"])
+    g.add_argument("--method", default="kmeans", choices=list_methods(), help="a registered clustering method")
     g.add_argument("--k", type=cluster_count, default=ClusterConfig().k,
                    help="number of clusters (kmeans/agglomerative/gmm/scan), or auto (default): a sweep over "
                         "--k-min..--k-max on a sample chooses it; the summary says which k and why")
@@ -327,10 +329,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "SCAE -> UMAP -> GMM; n2d-ensemble: pixels + 5 SCAE encoders, one consensus; simclr: contrastive "
                         "CNN -> UMAP -> GMM) with the refine flow and promote it only if its NMI is not lower than the "
                         "pixel model's. Default %(default)s: it beat the pixel recipe on this demo within the demo's "
-                        "~10-minute budget (BENCHMARKS.md, deep clustering quality); none skips the stage")
+                        "~10-minute budget; none skips the stage")
     p.add_argument("--refine-epochs", type=int, default=DEMO_REFINE_EPOCHS,
                    help="encoder training epochs of the refine stage (default %(default)s: what fits the demo's "
-                        "budget on 2 cores; 20 scored 0.009 ACC more on the train subset)")
+                        "budget on 2 cores; more epochs scored only slightly higher on the train subset)")
     _add_pipeline_args(p, source=False)
     p.set_defaults(func=cmd_demo, umap=10, method="gmm", k=DEMO_K, store=None, extractor=ExtractConfig().extractor)
     p = sub.add_parser("backbones", help="list feature extractors: embedding size, input size, weights source")

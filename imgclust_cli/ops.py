@@ -6,6 +6,7 @@ import datetime as dt
 import json
 from typing import Any
 
+from imgclust.clusterers import list_methods
 from imgclust.config import AUTO_K, ClusterConfig, ReduceConfig, RunnerConfig, validated
 from imgclust.exceptions import ConfigError
 
@@ -48,7 +49,7 @@ def add_ops_parsers(sub: Any, add_exec: Any) -> None:
 
     p = sub.add_parser("recluster", help="refit on all stored features, keep stable ids, relabel, gate, promote")
     p.add_argument("--store", required=True)
-    p.add_argument("--method", choices=["kmeans", "hdbscan", "agglomerative", "gmm", "scan"], default=None,
+    p.add_argument("--method", choices=list_methods(), default=None,
                    help="default: the CURRENT model's recipe")
     p.add_argument("--k", type=cluster_count, default=None,
                    help="a number of clusters or auto (a sweep chooses; stable ids follow through the lineage's "
