@@ -11,62 +11,25 @@ merges a run's parameters over the deployment's key by key.
 from __future__ import annotations
 
 import datetime as dt
-import enum
-from typing import Any, Literal
+from typing import Any
 
 from prefect import flow, get_run_logger
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from flows.build_clusters import label_all
 from flows.extract_features import run_extraction
 from flows.runtime import default_task_runner
 from flows.store_lease import DEFAULT_LOCK_WAIT_SECONDS, store_writer
-from imgclust.backbones import list_backbones
-from imgclust.config import ExtractConfig, IngestConfig
+from imgclust.config import BackfillParams, BackfillStage, ExtractConfig, Extractor, IngestConfig
 from tasks.cluster import current_model_task
 from tasks.extract import list_parts_task
 from tasks.ingest import ingest_source
 
-Extractor = enum.Enum("Extractor", {n.replace("-", "_"): n for n in list_backbones()}, type=str)  # type: ignore[misc]
-
-
-class BackfillParams(BaseModel):
-    """What to redo for which ingestion dates (rendered as the run form in the Prefect UI)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    store: str = Field(..., title="Store", description="Store root: folder or s3://bucket/prefix.")
-    start: dt.date = Field(..., title="From ingestion date", description="First manifest date to process.")
-    end: dt.date = Field(..., title="To ingestion date", description="Last manifest date to process (inclusive).")
-    redo: list[Literal["ingest", "extract", "label"]] = Field(
-        ["extract", "label"], title="Redo", description="Stages to run for the range.")
-    sources: list[str] = Field([], title="Sources", description="Folders/URLs to re-scan when redo has ingest.")
-    extractor: Extractor | None = Field(  # type: ignore[valid-type]
-        None, title="Extractor", description="Backbone for extract; default: the CURRENT model's.")
-    force: bool = Field(False, title="Force", description="Recompute even finished shards / existing labels.")
-
-    @model_validator(mode="after")
-    def _check(self) -> BackfillParams:
-        if self.start > self.end:
-            raise ValueError(f"start {self.start} is after end {self.end}")
-        if "ingest" in self.redo and not self.sources:
-            raise ValueError("redo=ingest needs at least one source")
-        if not self.redo:
-            raise ValueError("redo must name at least one of ingest, extract, label")
-        return self
-
-    def key(self) -> str:
-        """Idempotency key of this backfill (same key, same work)."""
-        ext = self.extractor.value if self.extractor else "current"
-        return f"backfill-{self.start}-{self.end}-{'+'.join(sorted(self.redo))}-{ext}"
-
-
-Stage = Literal["ingest", "extract", "label"]
+__all__ = ["BackfillParams", "backfill"]  # BackfillParams (imgclust.config) is the flow's parameter model
 
 
 @flow(name="backfill", task_runner=default_task_runner())
 def backfill(store: str, start: dt.date, end: dt.date,
-             redo: list[Stage] = ["extract", "label"],  # noqa: B006 (Prefect copies parameters per run)
+             redo: list[BackfillStage] = ["extract", "label"],  # noqa: B006 (Prefect copies parameters per run)
              sources: list[str] = [],  # noqa: B006
              extractor: Extractor | None = None,  # type: ignore[valid-type]
              force: bool = False, lock_wait_seconds: float = DEFAULT_LOCK_WAIT_SECONDS) -> dict[str, Any]:

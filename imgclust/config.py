@@ -7,6 +7,7 @@ parameters, so their field titles/descriptions render as the form in the Prefect
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import math
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -228,6 +229,51 @@ class PipelineConfig(_Base):
         if not v.strip():
             raise ValueError("must not be empty")
         return v
+
+
+BUILTIN_BACKBONES: tuple[str, ...] = (
+    "clip-vitb32", "clip-vitl14", "colorhist", "convnext-tiny", "dinov2-vitb14", "dinov2-vits14", "efficientnet-b0",
+    "hog", "layout", "openclip-test-vit", "pixels", "pixels-rgb32", "resnet101", "resnet152", "resnet18",
+    "resnet34", "resnet50", "siglip-vitb16", "timm-test-vit", "tinycnn", "vgg16", "vgg19",
+)
+"""The names :mod:`imgclust.backbones` registers on import, known without importing torch (a flow's parameter
+form is built when the flow module is imported); ``tests/test_layering.py`` checks they equal the registry's."""
+
+Extractor = enum.Enum("Extractor", {n.replace("-", "_"): n for n in BUILTIN_BACKBONES}, type=str)  # type: ignore[misc]
+"""A built-in backbone by name: the extractor choice of the backfill run form."""
+
+BackfillStage = Literal["ingest", "extract", "label"]
+
+
+class BackfillParams(BaseModel):
+    """What the backfill flow redoes for which ingestion dates (rendered as the run form in the Prefect UI)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    store: str = Field(..., title="Store", description="Store root: folder or s3://bucket/prefix.")
+    start: dt.date = Field(..., title="From ingestion date", description="First manifest date to process.")
+    end: dt.date = Field(..., title="To ingestion date", description="Last manifest date to process (inclusive).")
+    redo: list[BackfillStage] = Field(
+        ["extract", "label"], title="Redo", description="Stages to run for the range.")
+    sources: list[str] = Field([], title="Sources", description="Folders/URLs to re-scan when redo has ingest.")
+    extractor: Extractor | None = Field(  # type: ignore[valid-type]
+        None, title="Extractor", description="Backbone for extract; default: the CURRENT model's.")
+    force: bool = Field(False, title="Force", description="Recompute even finished shards / existing labels.")
+
+    @model_validator(mode="after")
+    def _check(self) -> BackfillParams:
+        if self.start > self.end:
+            raise ValueError(f"start {self.start} is after end {self.end}")
+        if "ingest" in self.redo and not self.sources:
+            raise ValueError("redo=ingest needs at least one source")
+        if not self.redo:
+            raise ValueError("redo must name at least one of ingest, extract, label")
+        return self
+
+    def key(self) -> str:
+        """Idempotency key of this backfill (same key, same work)."""
+        ext = self.extractor.value if self.extractor else "current"
+        return f"backfill-{self.start}-{self.end}-{'+'.join(sorted(self.redo))}-{ext}"
 
 
 def fixed_k(cluster: ClusterConfig) -> int | None:

@@ -50,6 +50,8 @@ import pyarrow as pa
 
 from imgclust.exceptions import ConfigError, StoreError
 from imgclust.features import done_shards, iter_feature_batches
+from imgclust.layout import arrivals_path, features_dir, groups_path, label_shards_glob, shard_id_of
+from imgclust.layout import near_duplicates_meta_path as _meta_path
 from imgclust.progress import Progress
 from imgclust.store import Store
 from imgclust.validation import l2_normalize
@@ -84,14 +86,6 @@ class DedupConfig:
             raise ConfigError(f"near-duplicate rule must be 'representative' or 'components', got {self.rule!r}")
         if self.k < 1 or self.batch < 1:
             raise ConfigError(f"near-duplicate search needs k >= 1 and batch >= 1, got k={self.k}, batch={self.batch}")
-
-
-def groups_path(extractor_key: str) -> str:
-    return f"near_duplicates/{extractor_key}/groups.parquet"
-
-
-def _meta_path(extractor_key: str) -> str:
-    return f"near_duplicates/{extractor_key}/meta.json"
 
 
 def _neighbours(X: np.ndarray, k: int, batch: int) -> tuple[np.ndarray, np.ndarray]:
@@ -171,7 +165,7 @@ def dedup_store(store: Store, extractor_key: str, config: DedupConfig = DedupCon
     (module docstring for the layout); returns a summary (rows, groups, images in groups, seconds)."""
     shards = done_shards(store, extractor_key)
     if not shards:
-        raise StoreError(f"no finished feature shards under {store.uri(f'features/{extractor_key}')}; "
+        raise StoreError(f"no finished feature shards under {store.uri(features_dir(extractor_key))}; "
                          "extract features first")
     t0 = time.perf_counter()
     ids: list[str] = []
@@ -201,11 +195,6 @@ def read_near_duplicates(store: Store, extractor_key: str) -> tuple[pa.Table, di
 
 
 # ---- nightly flags: new images against the stored ones ----------------------------------------------
-def arrivals_path(extractor_key: str, shard_id: str) -> str:
-    """Flags of one new feature shard's images (module docstring)."""
-    return f"near_duplicates/{extractor_key}/arrivals/shard-{shard_id}.parquet"
-
-
 def read_arrivals(store: Store, extractor_key: str, shard_id: str) -> pa.Table | None:
     """The flags written for a new shard (:data:`ARRIVALS_SCHEMA`), or None when it was never checked."""
     rel = arrivals_path(extractor_key, shard_id)
@@ -246,8 +235,7 @@ def nearest_stored(X_new: np.ndarray, stored: Iterable[tuple[list[str], np.ndarr
 
 def _labelled_shards(store: Store, model_id: str) -> set[str]:
     """Shard ids that have a label file of ``model_id`` (any date)."""
-    return {rel.rsplit("/shard-", 1)[1][: -len(".parquet")] for rel in
-            store.glob(f"labels/{model_id}/date=*/shard-*.parquet")}
+    return {shard_id_of(rel) for rel in store.glob(label_shards_glob(model_id))}
 
 
 def flag_new_near_duplicates(store: Store, model_id: str, extractor_key: str, new_shard_ids: list[str],
@@ -265,7 +253,7 @@ def flag_new_near_duplicates(store: Store, model_id: str, extractor_key: str, ne
     missing = sorted(set(new) - set(done_shards(store, extractor_key)))
     if missing:
         raise StoreError(f"new shards {missing[:5]} have no finished features under "
-                         f"{store.uri(f'features/{extractor_key}')}; extract them before flagging near-duplicates")
+                         f"{store.uri(features_dir(extractor_key))}; extract them before flagging near-duplicates")
     labelled = _labelled_shards(store, model_id)
     stored_shards = [s for s in done_shards(store, extractor_key) if s in labelled and s not in set(new)]
     ids: list[str] = []

@@ -2,7 +2,7 @@
 
 ``features/<key>/shard-<id>.parquet``: ``image_id`` string, ``embedding`` fixed_size_list<float32>[D],
 with the extractor identity in the file's key-value metadata. ``shard-<id>.json`` is the done-marker,
-written last: a shard without a marker does not exist for readers.
+written last: a shard without a marker does not exist for readers. Paths: :mod:`imgclust.layout`.
 """
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ import numpy as np
 import pyarrow as pa
 
 from imgclust.exceptions import CorruptArtifactError, StoreError
+from imgclust.layout import feature_markers_glob, feature_path, marker_path, shard_id_of
+from imgclust.layout import quarantine_path as quarantine_path  # re-exported: the paths' old home
 from imgclust.store import Store
 
 log = logging.getLogger(__name__)
@@ -31,18 +33,6 @@ def features_schema(dim: int, metadata: dict[str, str] | None = None) -> pa.Sche
         [("image_id", pa.string()), ("embedding", pa.list_(pa.float32(), dim))],
         metadata={k.encode(): v.encode() for k, v in (metadata or {}).items()},
     )
-
-
-def feature_path(key: str, shard_id: str) -> str:
-    return f"features/{key}/shard-{shard_id}.parquet"
-
-
-def marker_path(key: str, shard_id: str) -> str:
-    return f"features/{key}/shard-{shard_id}.json"
-
-
-def quarantine_path(key: str, shard_id: str) -> str:
-    return f"quarantine/{key}/shard-{shard_id}.parquet"
 
 
 def embeddings_table(ids: list[str], emb: np.ndarray, metadata: dict[str, str] | None = None) -> pa.Table:
@@ -105,8 +95,8 @@ def read_marker(store: Store, key: str, shard_id: str) -> DoneMarker | None:
 def done_shards(store: Store, key: str) -> list[str]:
     """Shard ids of ``key`` that have a done-marker (sorted)."""
     out = []
-    for rel in store.glob(f"features/{key}/shard-*.json"):
-        out.append(rel.rsplit("/shard-", 1)[1][: -len(".json")])
+    for rel in store.glob(feature_markers_glob(key)):
+        out.append(shard_id_of(rel))
     return out
 
 

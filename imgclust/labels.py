@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 from imgclust.dedup import read_arrivals
 from imgclust.exceptions import ConfigError
 from imgclust.features import done_shards, embeddings_of, feature_path, iter_feature_batches
+from imgclust.layout import LABELS_DIR, label_shards_glob, labels_path
 from imgclust.manifest import read_manifest
 from imgclust.metrics import internal_metrics, supervised_metrics
 from imgclust.model import ClusterModel
@@ -61,10 +62,6 @@ def conform_labels(table: pa.Table) -> pa.Table:
         if f.name not in table.column_names:
             table = table.append_column(f, pa.nulls(table.num_rows, f.type))
     return table.select(LABELS_FILE_SCHEMA.names).cast(LABELS_FILE_SCHEMA)
-
-
-def labels_path(model_id: str, date: dt.date, shard_id: str) -> str:
-    return f"labels/{model_id}/date={date.isoformat()}/shard-{shard_id}.parquet"
 
 
 _MODEL_CACHE: dict[tuple[str, str], ClusterModel] = {}
@@ -157,7 +154,7 @@ def with_names(labels: pa.Table, names: dict[int, str]) -> pa.Table:
 def read_labels(store: Store, model_id: str) -> pa.Table:
     """All label rows of a model version (every date), with the columns of :data:`LABELS_FILE_SCHEMA`
     (files written before the near-duplicate columns get them as nulls)."""
-    parts = store.glob(f"labels/{model_id}/date=*/shard-*.parquet")
+    parts = store.glob(label_shards_glob(model_id))
     if not parts:
         return LABELS_FILE_SCHEMA.empty_table()
     return pa.concat_tables([conform_labels(store.read_parquet(p)) for p in parts])
@@ -211,7 +208,7 @@ def labels_at_level(store: Store, model_id: str, level: int | None = None) -> pa
     :meth:`ClusterModel.at_level`; no refit), ``fine_cluster_id`` (the stable id), ``confidence``, ``is_novel``."""
     labels = read_labels(store, model_id)
     if labels.num_rows == 0:
-        raise ConfigError(f"model {model_id} has no labels in {store.uri('labels')}; label images first")
+        raise ConfigError(f"model {model_id} has no labels in {store.uri(LABELS_DIR)}; label images first")
     fine = labels.column("cluster_id").to_numpy().astype(np.int32)
     coarse = fine if level is None else load_model_cached(store, model_id).at_level(fine, level)
     manifest = read_manifest(store, columns=["image_id", "uri"])

@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 
 from imgclust.config import IngestConfig
 from imgclust.exceptions import ConfigError, CorruptArtifactError, StoreError
+from imgclust.layout import MANIFEST_PARTS_GLOB, manifest_part, parse_manifest_part
 from imgclust.sources import SourceFile, hash_files, list_source
 from imgclust.store import Store
 
@@ -35,7 +36,6 @@ MANIFEST_SCHEMA = pa.schema(
         ("source", pa.string()),
     ]
 )
-_PART_RE = re.compile(r"^manifest/date=(\d{4}-\d{2}-\d{2})/part-([A-Za-z0-9_.-]+)\.parquet$")
 _RUN_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 UNREADABLE_PREFIX = "unreadable-"
 
@@ -84,12 +84,12 @@ def list_parts(store: Store, start: dt.date | None = None, end: dt.date | None =
     if start and end and start > end:
         raise ConfigError(f"start date {start} is after end date {end}")
     parts = []
-    for rel in store.glob("manifest/date=*/part-*.parquet"):
-        m = _PART_RE.match(rel)
+    for rel in store.glob(MANIFEST_PARTS_GLOB):
+        m = parse_manifest_part(rel)
         if not m:
             log.warning("ignoring unexpected manifest file %s", rel)
             continue
-        day = dt.date.fromisoformat(m.group(1))
+        day = dt.date.fromisoformat(m[0])
         if (start is None or day >= start) and (end is None or day <= end):
             parts.append(rel)
     return parts
@@ -163,7 +163,7 @@ def ingest(store: Store, source: str, *, config: IngestConfig | None = None, dat
         },
         schema=MANIFEST_SCHEMA,
     )
-    part = f"manifest/date={date.isoformat()}/part-{run_id}.parquet"
+    part = manifest_part(date, run_id)
     if store.exists(part):  # parts are immutable: overwriting one would drop its rows and move shards
         raise StoreError(f"{store.uri(part)} already exists; ingest again with a new run_id")
     store.write_parquet(part, table)
@@ -202,12 +202,12 @@ def plan_shards(store: Store, *, shard_size: int, start: dt.date | None = None, 
         raise ConfigError(f"shard_size must be >= 1, got {shard_size}")
     specs: list[ShardSpec] = []
     for part in parts if parts is not None else list_parts(store, start, end):
-        m = _PART_RE.match(part)
+        m = parse_manifest_part(part)
         if not m:
             raise ConfigError(f"{part} is not a manifest part path (manifest/date=YYYY-MM-DD/part-<run>.parquet)")
         n = part_num_rows(store, part)
         for i in range(math.ceil(n / shard_size)):
-            specs.append(ShardSpec(f"{m.group(1)}_{m.group(2)}_{i:05d}", part, i * shard_size,
+            specs.append(ShardSpec(f"{m[0]}_{m[1]}_{i:05d}", part, i * shard_size,
                                    min(n, (i + 1) * shard_size)))
     return specs
 

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from imgclust import layout
 from imgclust.batches import BatchSource, sample_rows
 from imgclust.capping import FitSizes, cap_to_data, check_enough_rows
 from imgclust.choose_k import resolve_k
@@ -46,7 +47,6 @@ from imgclust.store import Store
 
 log = logging.getLogger(__name__)
 
-CURRENT = "models/CURRENT"
 NOISE_CONFIDENCE = 0.5
 """HDBSCAN's noise rows get their nearest cluster with this share of the centroid margin ``1 - d_1 / d_2`` as
 confidence: never more than half, so filtering on confidence drops them before confident members."""
@@ -192,32 +192,34 @@ class ClusterModel:
     # ---- persistence ---------------------------------------------------------------------
     def save(self, store: Store) -> str:
         """Write ``models/<model_id>/`` (model.json last); returns that folder's store path."""
-        base = f"models/{self.model_id}"
-        if store.exists(f"{base}/model.json"):
+        base = layout.model_dir(self.model_id)
+        if store.exists(layout.model_json(self.model_id)):
             raise StoreError(f"model {self.model_id} already exists in {store.url}; model versions are immutable")
         parts: dict[str, str | None] = {}
         for name, est in zip(_PARTS, (self.reducer, self.umap, self.clusterer, self.novelty, self.tree), strict=True):
             if est is not None:
-                est.save(store.path(f"{base}/{name}"), fs=store.fs)
+                est.save(store.path(layout.model_part(self.model_id, name)), fs=store.fs)
             parts[name] = type(est).__name__ if est is not None else None
         buf = io.BytesIO()
         np.savez(buf, centroids=self.centroids, thresholds=self.thresholds, stable_ids=self.stable_ids)
-        store.write_bytes(f"{base}/model_arrays.npz", buf.getvalue())
-        store.write_json(f"{base}/model.json", {"model_id": self.model_id, "extractor_key": self.extractor_key,
-                                                "parts": parts, "n_clusters": self.n_clusters, **self.meta})
+        store.write_bytes(layout.model_arrays(self.model_id), buf.getvalue())
+        store.write_json(layout.model_json(self.model_id), {
+            "model_id": self.model_id, "extractor_key": self.extractor_key, "parts": parts,
+            "n_clusters": self.n_clusters, **self.meta})
         return base
 
     @classmethod
     def load(cls, store: Store, model_id: str) -> ClusterModel:
-        base = f"models/{model_id}"
-        if not store.exists(f"{base}/model.json"):
+        base = layout.model_dir(model_id)
+        if not store.exists(layout.model_json(model_id)):
             raise CorruptArtifactError(f"{store.uri(base)} has no model.json: the model is missing or half-written")
-        info = store.read_json(f"{base}/model.json")
+        info = store.read_json(layout.model_json(model_id))
         ests: dict[str, Estimator | None] = {}
         for name in _PARTS:
-            ests[name] = load_estimator(store.path(f"{base}/{name}"), fs=store.fs) if info["parts"].get(name) else None
+            part = store.path(layout.model_part(model_id, name))
+            ests[name] = load_estimator(part, fs=store.fs) if info["parts"].get(name) else None
         try:
-            arrays = np.load(io.BytesIO(store.read_bytes(f"{base}/model_arrays.npz")), allow_pickle=False)
+            arrays = np.load(io.BytesIO(store.read_bytes(layout.model_arrays(model_id))), allow_pickle=False)
         except (OSError, ValueError) as err:
             raise CorruptArtifactError(f"{store.uri(base)}/model_arrays.npz is unreadable: {err}") from err
         meta = {k: v for k, v in info.items() if k not in ("model_id", "extractor_key", "parts", "n_clusters")}
@@ -400,16 +402,25 @@ def novelty_thresholds(model: ClusterModel, Z: np.ndarray, quantile: float) -> n
 
 def promote(store: Store, model_id: str) -> None:
     """Point ``models/CURRENT`` at ``model_id`` (atomic replace)."""
-    if not store.exists(f"models/{model_id}/model.json"):
-        raise StoreError(f"cannot promote {model_id}: {store.uri(f'models/{model_id}')} is not a complete model")
-    store.write_bytes(CURRENT, model_id.encode())
+    if not store.exists(layout.model_json(model_id)):
+        raise StoreError(f"cannot promote {model_id}: {store.uri(layout.model_dir(model_id))} is not a complete model")
+    store.write_bytes(layout.CURRENT, model_id.encode())
 
 
 def current_model_id(store: Store) -> str | None:
     """The promoted model id, or None when nothing was promoted yet."""
-    if not store.exists(CURRENT):
+    if not store.exists(layout.CURRENT):
         return None
-    return store.read_bytes(CURRENT).decode().strip() or None
+    return store.read_bytes(layout.CURRENT).decode().strip() or None
+
+
+def require_current_model_id(store: Store) -> str:
+    """The promoted model id; a StoreError saying what to run when nothing was promoted yet."""
+    model_id = current_model_id(store)
+    if model_id is None:
+        raise StoreError(f"{store.uri(layout.CURRENT)} does not exist: no model is promoted yet; run "
+                         "`imgclust run` or `imgclust recluster` first")
+    return model_id
 
 
 def _exact_pca(reduce: ReduceConfig, sizes: FitSizes | None = None) -> ExactPCA:
@@ -437,7 +448,7 @@ def feature_source(store: Store, extractor_key: str, shard_ids: list[str], batch
 def pca_statistics_path(extractor_key: str, shard_ids: list[str], reduce: ReduceConfig) -> str:
     """Deterministic store path of the PCA statistics of a group of shards (a retry overwrites it)."""
     token = hashlib.sha256(json.dumps([extractor_key, sorted(shard_ids), reduce.l2_normalize]).encode())
-    return f"scratch/pca/{extractor_key}/{token.hexdigest()[:24]}.npz"
+    return layout.pca_statistics_path(extractor_key, token.hexdigest()[:24])
 
 
 def write_pca_statistics(store: Store, extractor_key: str, shard_ids: list[str], reduce: ReduceConfig,
@@ -469,11 +480,11 @@ def fit_from_store(store: Store, extractor_key: str, *, reduce: ReduceConfig, cl
 
     shards = shard_ids if shard_ids is not None else done_shards(store, extractor_key)
     if not shards:
-        raise StoreError(f"no finished feature shards under {store.uri(f'features/{extractor_key}')}; "
+        raise StoreError(f"no finished feature shards under {store.uri(layout.features_dir(extractor_key))}; "
                          "run extraction first")
     n_rows, n_quarantined = _row_counts(store, extractor_key, shards)
     quarantine = (f" ({n_quarantined} more were quarantined, their reasons are in "
-                  f"{store.uri(f'quarantine/{extractor_key}')})" if n_quarantined else "")
+                  f"{store.uri(layout.quarantine_dir(extractor_key))})" if n_quarantined else "")
     check_enough_rows(n_rows, cluster, what=f"{n_rows} images have {extractor_key} features{quarantine}")
     source = feature_source(store, extractor_key, shards, batch_size)
 
@@ -495,20 +506,19 @@ def fit_from_store(store: Store, extractor_key: str, *, reduce: ReduceConfig, cl
         model.meta["extract"] = extract.model_dump()
     if save:
         model.save(store)
-        log.info("saved model %s (%d clusters) to %s", model.model_id, model.n_clusters, store.uri("models"))
+        log.info("saved model %s (%d clusters) to %s", model.model_id, model.n_clusters, store.uri(layout.MODELS_DIR))
         discard_pca_statistics(store, pca_statistics)
     return model
 
 
 def _row_counts(store: Store, extractor_key: str, shard_ids: list[str]) -> tuple[int, int]:
     """``(rows with features, rows quarantined)`` of the given shards, from their Parquet footers."""
-    from imgclust.features import feature_path, quarantine_path
-
     n_features = n_quarantined = 0
     for sid in shard_ids:
-        n_features += store.parquet_num_rows(feature_path(extractor_key, sid), what="feature shard")
-        if store.exists(quarantine_path(extractor_key, sid)):
-            n_quarantined += store.parquet_num_rows(quarantine_path(extractor_key, sid), what="quarantine shard")
+        n_features += store.parquet_num_rows(layout.feature_path(extractor_key, sid), what="feature shard")
+        if store.exists(layout.quarantine_path(extractor_key, sid)):
+            n_quarantined += store.parquet_num_rows(layout.quarantine_path(extractor_key, sid),
+                                                    what="quarantine shard")
     return n_features, n_quarantined
 
 
@@ -518,9 +528,19 @@ def discard_pca_statistics(store: Store, paths: list[str] | None) -> None:
         store.remove(p)
 
 
+def model_info(store: Store, model_id: str) -> dict[str, Any]:
+    """A model version's ``model.json`` (ids, parts, n_clusters, recipe, k_sweep, capped, lineage, ...)."""
+    return dict(store.read_json(layout.model_json(model_id)))
+
+
+def n_clusters_of(store: Store, model_id: str) -> int:
+    """The number of clusters of a fitted model version, without loading it."""
+    return int(model_info(store, model_id)["n_clusters"])
+
+
 def extract_config_of(store: Store, model_id: str) -> ExtractConfig:
     """The ExtractConfig a model's features came from (recorded at fit time)."""
-    info = store.read_json(f"models/{model_id}/model.json")
+    info = model_info(store, model_id)
     if "extract" not in info:
         raise CorruptArtifactError(f"model {model_id} records no extract configuration; refit it with this version")
     return ExtractConfig(**info["extract"])
@@ -528,30 +548,30 @@ def extract_config_of(store: Store, model_id: str) -> ExtractConfig:
 
 def cluster_config_of(store: Store, model_id: str) -> ClusterConfig:
     """The ClusterConfig a model was fitted with (recorded at fit time; fields added since take their defaults)."""
-    return ClusterConfig(**store.read_json(f"models/{model_id}/model.json")["cluster"])
+    return ClusterConfig(**model_info(store, model_id)["cluster"])
 
 
 def reduce_config_of(store: Store, model_id: str) -> ReduceConfig:
     """The ReduceConfig a model was fitted with (recorded at fit time; fields added since take their defaults)."""
-    return ReduceConfig(**store.read_json(f"models/{model_id}/model.json")["reduce"])
+    return ReduceConfig(**model_info(store, model_id)["reduce"])
 
 
 def save_metrics(store: Store, model_id: str, metrics: dict[str, Any]) -> None:
     """Evaluation results of a model version (``models/<id>/metrics.json``), read by the promotion gate."""
-    store.write_json(f"models/{model_id}/metrics.json", metrics)
+    store.write_json(layout.model_metrics(model_id), metrics)
 
 
 def load_metrics(store: Store, model_id: str) -> dict[str, Any] | None:
-    rel = f"models/{model_id}/metrics.json"
+    rel = layout.model_metrics(model_id)
     return store.read_json(rel) if store.exists(rel) else None
 
 
 def save_gate_decision(store: Store, model_id: str, decision: dict[str, Any]) -> None:
     """The promotion gate's decision on a model version and why the run was started
     (``models/<id>/gate.json``: promoted, reason, previous, metric values, trigger)."""
-    store.write_json(f"models/{model_id}/gate.json", decision)
+    store.write_json(layout.model_gate(model_id), decision)
 
 
 def load_gate_decision(store: Store, model_id: str) -> dict[str, Any] | None:
-    rel = f"models/{model_id}/gate.json"
+    rel = layout.model_gate(model_id)
     return store.read_json(rel) if store.exists(rel) else None

@@ -46,16 +46,23 @@ from imgclust.exceptions import ConfigError, CorruptArtifactError, ImageDecodeEr
 from imgclust.features import done_shards, feature_path, iter_feature_batches
 from imgclust.images import decode_image
 from imgclust.labels import load_model_cached, read_labels
+from imgclust.layout import (
+    ALL_FEATURE_MARKERS_GLOB,
+    LABELS_DIR,
+    NAMES_FILE,
+    SUGGESTIONS_FILE,
+    VOCABULARY_FILE,
+    feature_key_of,
+    features_dir,
+)
 from imgclust.manifest import read_manifest
 from imgclust.model import extract_config_of
-from imgclust.report import NAMES_FILE, load_cluster_names
+from imgclust.report import load_cluster_names
 from imgclust.sources import read_uri
 from imgclust.store import Store
 
 log = logging.getLogger(__name__)
 
-VOCABULARY_FILE = "labels_vocabulary.txt"
-SUGGESTIONS_FILE = "cluster_names_suggested.csv"
 DEFAULT_TEMPLATES = ("a photo of a {label}.",)
 SUGGESTION_COLUMNS = ("cluster_id", "name", "confidence", "runner_up", "runner_up_confidence", "cosine", "margin",
                       "agreement", "members", "model_id", "backbone")
@@ -228,7 +235,7 @@ def features_metadata(store: Store, key: str) -> dict[str, str]:
     """
     shards = done_shards(store, key)
     if not shards:
-        raise StoreError(f"no finished feature shards under {store.uri(f'features/{key}')}")
+        raise StoreError(f"no finished feature shards under {store.uri(features_dir(key))}")
     schema = store.read_parquet(feature_path(key, shards[0]), columns=["image_id"]).schema
     return {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()}
 
@@ -237,7 +244,7 @@ def clip_feature_keys(store: Store) -> list[str]:
     """Feature keys of the store whose extractor is a CLIP-family (open_clip) backbone."""
     from imgclust.backbones.openclip_text import is_openclip_backbone
 
-    keys = sorted({rel.split("/")[1] for rel in store.glob("features/*/shard-*.json")})
+    keys = sorted({feature_key_of(rel) for rel in store.glob(ALL_FEATURE_MARKERS_GLOB)})
     return [k for k in keys if is_openclip_backbone(features_metadata(store, k).get("extractor", ""))]
 
 
@@ -258,7 +265,7 @@ def _weights_of_features(store: Store, model_id: str, key: str, meta: dict[str, 
             recorded = None
         if recorded is not None and recorded.extractor == meta.get("extractor") and recorded.weights:
             return recorded.weights, recorded.seed
-    raise ConfigError(f"features/{key} were extracted with the weights file {weights_id!r}; pass that file with "
+    raise ConfigError(f"{features_dir(key)} were extracted with the weights file {weights_id!r}; pass that file with "
                       "--weights PATH so the text tower is built from the same weights")
 
 
@@ -267,7 +274,7 @@ def _members(store: Store, model_id: str) -> dict[str, int]:
     labels = read_labels(store, model_id).select(["image_id", "cluster_id"])
     labels = labels.filter(pc.greater_equal(labels.column("cluster_id"), 0))
     if labels.num_rows == 0:
-        raise StoreError(f"model {model_id} has no labels outside the novel group in {store.uri('labels')}; "
+        raise StoreError(f"model {model_id} has no labels outside the novel group in {store.uri(LABELS_DIR)}; "
                          "label images first")
     return dict(zip(labels.column("image_id").to_pylist(), labels.column("cluster_id").to_pylist(), strict=True))
 
@@ -350,15 +357,15 @@ def suggest_names(store: Store, model_id: str, config: NamingConfig = NamingConf
             others = clip_feature_keys(store)
             hint = (f"pass --extractor-key {others[0]}" + (f" (or one of {others[1:]})" if others[1:] else "")
                     if others else "the store has no CLIP features")
-            raise ConfigError(f"features/{key} come from {extractor or 'an unknown extractor'!r}, not a CLIP-family "
+            raise ConfigError(f"{features_dir(key)} come from {extractor or 'an unknown extractor'!r}, not a CLIP-family "
                               f"backbone, so their space has no text side; {hint}, or name a CLIP backbone "
                               "(--backbone clip-vitb32) to embed a sample of each cluster with it")
         weights, seed = _weights_of_features(store, model_id, key, meta, config)
         text = build_text_tower(extractor, weights=weights, seed=seed, device=device)
-        check_same_weights(meta.get("weights_id", ""), text.weights_id, what=f"features/{key}")
+        check_same_weights(meta.get("weights_id", ""), text.weights_id, what=features_dir(key))
         scorer = ClusterScorer(vocabulary, text.embed_labels(vocabulary, config.templates), text.logit_scale)
         _score_stored(store, key, members, scorer)
-        source = f"features/{key}"
+        source = features_dir(key)
     result = NamingResult(model_id=model_id, backbone=text.name, weights_id=text.weights_id, source=source,
                           logit_scale=text.logit_scale, vocabulary_size=len(vocabulary),
                           templates=tuple(config.templates), suggestions=scorer.suggestions())

@@ -27,8 +27,10 @@ from imgclust.clusterers import clusterer_spec
 from imgclust.config import ClusterConfig, fixed_k
 from imgclust.exceptions import StoreError
 from imgclust.features import feature_path, iter_feature_batches
-from imgclust.labels import labels_path, load_model_cached, shard_date
+from imgclust.labels import load_model_cached, shard_date
+from imgclust.layout import candidate_montage_path, candidates_glob, candidates_path, labels_path
 from imgclust.manifest import read_manifest
+from imgclust.model import n_clusters_of
 from imgclust.novelty import event_limit
 from imgclust.store import Store
 
@@ -38,11 +40,6 @@ EVENT_QUANTILE = 0.999
 """Quantile of the known-kinds count above which a night's novel count raises the event."""
 LEGACY_NOVEL_SHARE = 0.2
 """Novel share that raises the event for models without a calibrated novelty score."""
-
-
-def candidates_dir(model_id: str, date: dt.date) -> str:
-    """Store folder of one night's candidate new clusters."""
-    return f"novelty/{model_id}/date={date.isoformat()}"
 
 
 def assess_night(store: Store, model_id: str, extractor_key: str, shard_ids: list[str], *,
@@ -108,25 +105,24 @@ def _write_candidates(store: Store, model: Any, extractor_key: str, shard_ids: l
                          f"{store.uri(feature_path(extractor_key, shard_ids[0]))}: the features changed after labelling")
     rows = model.novelty.space(model.novelty_input(np.concatenate(blocks)))
     found = find_candidates(rows, model.novelty.reference_space(), n_night=n_night, seed=seed)
-    base = candidates_dir(model.model_id, date)
     manifest = read_manifest(store, columns=["image_id", "uri"])
     manifest = manifest.filter(pc.is_in(manifest.column("image_id"), value_set=pa.array(sorted(wanted), pa.string())))
     uris = dict(zip(manifest.column("image_id").to_pylist(), manifest.column("uri").to_pylist(), strict=True))
     listed: list[dict[str, Any]] = []
     for i, cand in enumerate(found):
         members = [ids[j] for j in cand.members.tolist()]
-        rel = f"{base}/candidate-{i}.png"
+        rel = candidate_montage_path(model.model_id, date, i)
         store.write_bytes(rel, candidate_montage([uris.get(m) for m in members], storage_options=storage_options))
         listed.append({"candidate": i, "size": cand.size, "tightness": round(float(cand.tightness), 4),
                        "montage": rel, "image_ids": members})
-    store.write_json(f"{base}/candidates.json", {"model_id": model.model_id, "date": date.isoformat(),
-                                                 "novel": len(novel_ids), "candidates": listed})
+    store.write_json(candidates_path(model.model_id, date), {"model_id": model.model_id, "date": date.isoformat(),
+                                                             "novel": len(novel_ids), "candidates": listed})
     return [{k: v for k, v in c.items() if k != "image_ids"} for c in listed]
 
 
 def latest_candidates(store: Store, model_id: str) -> dict[str, Any] | None:
     """The newest night's ``candidates.json`` of ``model_id`` (None when no night found any)."""
-    paths = sorted(store.glob(f"novelty/{model_id}/date=*/candidates.json"))
+    paths = sorted(store.glob(candidates_glob(model_id)))
     for rel in reversed(paths):
         record = store.read_json(rel)
         if record.get("candidates"):
@@ -146,7 +142,7 @@ def cluster_config_for_novelty(store: Store, previous_model_id: str, cluster: Cl
     n = len(record["candidates"])
     k = fixed_k(cluster)
     if k is None:
-        previous = int(store.read_json(f"models/{previous_model_id}/model.json")["n_clusters"])
+        previous = n_clusters_of(store, previous_model_id)
         k_max = None if cluster.k_max is None else max(cluster.k_max, previous + n)
         log.info("novelty recluster: k=auto from k_min %d (%s's %d clusters + %d candidate new cluster(s) of night "
                  "%s)", previous + n, previous_model_id, previous, n, record["date"])

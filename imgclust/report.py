@@ -51,6 +51,7 @@ from imgclust.exceptions import ConfigError, CorruptArtifactError, ImageDecodeEr
 from imgclust.features import iter_feature_batches
 from imgclust.images import decode_image
 from imgclust.labels import load_model_cached, read_labels
+from imgclust.layout import LABELS_DIR, NAMES_FILE, candidates_glob, report_dir
 from imgclust.manifest import read_manifest
 from imgclust.report_model import k_choice_section, tree_section
 from imgclust.sources import read_uri
@@ -58,7 +59,6 @@ from imgclust.store import Store
 
 log = logging.getLogger(__name__)
 
-NAMES_FILE = "cluster_names.csv"
 GAP = 2  # px between montage tiles and around the grid
 MISSING_RGB = (128, 128, 128)  # a thumbnail whose source cannot be read or decoded
 _TILE_BG = (255, 255, 255)
@@ -412,7 +412,7 @@ def _candidates_section(store: Store, model_id: str, write: Any) -> list[str]:
     montages copied into the report; nothing when no night found any."""
     e = html.escape
     out: list[str] = []
-    for rel in sorted(store.glob(f"novelty/{model_id}/date=*/candidates.json"), reverse=True):
+    for rel in sorted(store.glob(candidates_glob(model_id)), reverse=True):
         record = store.read_json(rel)
         for c in record.get("candidates", []):
             name = f"candidate_{record['date']}_{c['candidate']}.png"
@@ -445,11 +445,11 @@ def build_report(store: Store, model_id: str, *, run: str, metrics: dict[str, An
     names = load_cluster_names(store) if names is None else dict(names)
     labels = read_labels(store, model_id).select(["image_id", "cluster_id"])
     if labels.num_rows == 0:
-        raise StoreError(f"model {model_id} has no labels in {store.uri('labels')}; label images first")
+        raise StoreError(f"model {model_id} has no labels in {store.uri(LABELS_DIR)}; label images first")
     labels = labels.take(pc.sort_indices(labels, [("image_id", "ascending")]))
     ids = np.asarray(labels.column("image_id").to_pylist(), dtype=object)
     cids = labels.column("cluster_id").to_numpy().astype(np.int64)
-    base = f"reports/{run}"
+    base = report_dir(run)
     written: list[str] = []
 
     def write(name: str, data: bytes) -> None:

@@ -9,7 +9,8 @@ import collections
 import logging
 from dataclasses import dataclass, field
 
-from imgclust.features import done_shards, feature_path, quarantine_path
+from imgclust.features import done_shards
+from imgclust.layout import feature_path, label_shards_glob, quarantine_path
 from imgclust.manifest import list_parts
 from imgclust.store import Store
 
@@ -73,7 +74,7 @@ def verify_store(store: Store, extractor_key: str, *, model_id: str | None = Non
     rep.unknown = sorted(set(seen) - mset) if whole else []  # a partial range cannot judge other parts
     if model_id is not None:
         label_ids: list[str] = []
-        for rel in store.glob(f"labels/{model_id}/date=*/shard-*.parquet"):
+        for rel in store.glob(label_shards_glob(model_id)):
             label_ids.extend(store.read_parquet(rel, columns=["image_id"]).column("image_id").to_pylist())
         rep.labels = len(label_ids)
         counts = collections.Counter(label_ids)

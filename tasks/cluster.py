@@ -12,7 +12,9 @@ from imgclust.model import (
     extract_config_of,
     fit_from_store,
     load_metrics,
+    n_clusters_of,
     promote,
+    require_current_model_id,
     save_gate_decision,
     save_metrics,
 )
@@ -54,7 +56,7 @@ def evaluate_task(store: str, model_id: str, extractor_key: str, truth: str = "n
 @task(name="gate-and-promote")
 def gate_and_promote_task(store: str, model_id: str, gate: GateConfig, trigger: str = "manual") -> dict[str, Any]:
     """Promote ``model_id`` unless it is worse than CURRENT beyond the gate's tolerance; the decision and
-    what started the run (``trigger``: schedule, novelty, manual, ...) are recorded in ``models/<id>/gate.json``."""
+    what started the run (``trigger``: schedule, novelty, manual, ...) are recorded with the model version."""
     s = open_store(store)
     current = current_model_id(s)
     decision = decide(load_metrics(s, model_id) or {}, load_metrics(s, current) if current else None, gate)
@@ -73,19 +75,14 @@ def gate_and_promote_task(store: str, model_id: str, gate: GateConfig, trigger: 
 def current_model_task(store: str) -> tuple[str, ExtractConfig]:
     """The promoted model id and the extract configuration its features need; clear error when none."""
     s = open_store(store)
-    model_id = current_model_id(s)
-    if model_id is None:
-        from imgclust.exceptions import StoreError
-
-        raise StoreError(f"{s.uri('models/CURRENT')} does not exist: no model is promoted yet; run "
-                         "`imgclust run` or `imgclust recluster` first")
+    model_id = require_current_model_id(s)
     return model_id, extract_config_of(s, model_id)
 
 
 @task(name="cluster-count")
 def cluster_count_task(store: str, model_id: str) -> int:
-    """The number of clusters of a fitted model (``model.json``'s ``n_clusters``)."""
-    return int(open_store(store).read_json(f"models/{model_id}/model.json")["n_clusters"])
+    """The number of clusters of a fitted model version."""
+    return n_clusters_of(open_store(store), model_id)
 
 
 @task(name="refit-with-lineage", retries=1, retry_delay_seconds=10, retry_condition_fn=retry_transient)

@@ -87,3 +87,74 @@ def test_a_fresh_process_builds_a_deep_backbone_without_importing_imgclust_deep(
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().startswith("deep-file-")
     np.testing.assert_allclose(np.load(tmp_path / "feats.npy"), est.transform(images[:6]), rtol=1e-4, atol=1e-4)
+
+
+# ---- flows and tasks compose; the store layout is the library's (imgclust/layout.py) ----------------------
+_STORE_DIRS = ("manifest", "features", "quarantine", "models", "labels", "near_duplicates", "novelty", "refine",
+               "deep", "reports", "scratch", "locks")
+_STORE_FILES = ("CURRENT", "model.json", "metrics.json", "gate.json", "candidates.json", "train.npz",
+                "cluster_names.csv", "cluster_names_suggested.csv", "labels_vocabulary.txt")
+_STORE_IO = ("read_json", "read_bytes", "read_parquet", "write_json", "write_bytes", "write_parquet")
+
+
+def _store_internals(path: Path) -> list[str]:
+    """``line: what`` for each store path literal (a string or f-string piece naming a store folder or file;
+    docstrings are documentation and pass) and each store read/write or JSON parse in ``path``."""
+    import re
+
+    pattern = re.compile(rf"(^|/)({'|'.join(_STORE_DIRS)})/|(^|/)({'|'.join(map(re.escape, _STORE_FILES))})$")
+    tree = ast.parse(path.read_text(), filename=str(path))
+    docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                  and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    skip = docstrings | {id(v) for node in ast.walk(tree) if isinstance(node, ast.JoinedStr) for v in node.values}
+    found = []
+    for node in ast.walk(tree):
+        text = None
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in skip:
+            text = node.value
+        elif isinstance(node, ast.JoinedStr):  # f"refine/{run}/train.npz" -> "refine/{}/train.npz"
+            text = "".join(v.value if isinstance(v, ast.Constant) else "{}" for v in node.values)
+        if text is not None and pattern.search(text):
+            found.append(f"{node.lineno}: path literal {text!r}")
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            owner = node.func.value.id if isinstance(node.func.value, ast.Name) else None
+            if node.func.attr in _STORE_IO or (owner == "json" and node.func.attr in ("load", "loads")):
+                found.append(f"{node.lineno}: {ast.unparse(node.func)}(...)")
+    return found
+
+
+def test_flows_and_tasks_build_no_store_path_and_read_no_artifact() -> None:
+    """flows/ and tasks/ compose library calls: store paths come from imgclust.layout (through the library) and
+    stored artifacts are read and parsed by library functions (e.g. imgclust.model.n_clusters_of)."""
+    sources = sorted((REPO / "flows").glob("*.py")) + sorted((REPO / "tasks").glob("*.py"))
+    assert REPO / "flows" / "refine.py" in sources and REPO / "tasks" / "cluster.py" in sources
+    bad = {str(p.relative_to(REPO)): hits for p in sources if (hits := _store_internals(p))}
+    assert not bad, f"store internals outside the library (use imgclust.layout / library functions): {bad}"
+
+
+def test_the_store_internals_check_sees_literals_fstrings_and_reads(tmp_path: Path) -> None:
+    probe = tmp_path / "probe.py"
+    probe.write_text('"""Writes models/<id>/gate.json (a docstring passes)."""\nimport json\n\n\n'
+                     "def f(s, run, m):\n    '''reports/<run>/ documented'''\n    s.uri('models/CURRENT')\n"
+                     '    rel = f"refine/{run}/train.npz"\n    s.read_json(rel)\n    json.loads("{}")\n'
+                     '    return {"quarantined": 0, "deep_uri": f"deep:{run}", "x": f"{run}/labels/{m}"}\n')
+    assert sorted(int(h.split(":")[0]) for h in _store_internals(probe)) == [7, 8, 9, 10, 11]
+
+
+def test_importing_the_backfill_flow_does_not_import_torch() -> None:
+    """Serving, deploying or rendering the backfill form imports the flow: its backbone choice is a static list."""
+    code = "import sys, flows.backfill\nprint(sorted(m for m in sys.modules if m.split('.')[0] == 'torch')[:3])\n"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.strip() == "[]", f"importing flows.backfill imported {out.stdout.strip()}"
+
+
+def test_the_backfill_backbone_choice_is_the_registry() -> None:
+    """imgclust.config.BUILTIN_BACKBONES (torch-free, for the run form) names exactly what a fresh process's
+    backbone registry holds."""
+    from imgclust.config import BUILTIN_BACKBONES, BackfillParams
+
+    code = "from imgclust.backbones import list_backbones\nprint(','.join(list_backbones()))\n"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert sorted(BUILTIN_BACKBONES) == out.stdout.strip().split(","), "update imgclust.config.BUILTIN_BACKBONES"
+    assert BackfillParams.model_fields["extractor"].annotation is not None

@@ -4,9 +4,10 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Any
+from typing import Any, Literal
 
-from imgclust.deep.data import load_training_set
+from imgclust import layout
+from imgclust.deep.data import load_training_set, sample_store_images, save_training_set
 from imgclust.deep.methods import create_deep
 from imgclust.manifest import read_manifest
 from imgclust.metrics import supervised_metrics
@@ -20,15 +21,26 @@ def checkpoint_dir_for(store: Store, run: str) -> str:
     """Local checkpoints: inside a local store, else under ``$IMGCLUST_HOME/checkpoints`` (object stores
     cannot rename atomically; a retry on the same host resumes from there)."""
     if store.is_local:
-        return store.path(f"refine/{run}/checkpoints")
+        return store.path(layout.refine_checkpoints(run))
     return os.path.join(os.environ.get("IMGCLUST_HOME", ".imgclust"), "checkpoints", run)
 
 
-def train_deep_from_store(store: Store, train_rel: str, out_rel: str, *, method: str, k: int, epochs: int,
+def prepare_training_set(store: Store, run: str, *, sample: int | None, size: int, mode: Literal["L", "RGB"],
+                         seed: int) -> tuple[str, int, tuple[int, ...]]:
+    """Decode a seeded sample of up to ``sample`` manifest images (None: all) to ``size`` px in ``mode`` and save
+    it as the run's training set; returns ``(store path, images, shape of one image)``."""
+    ids, images = sample_store_images(store, n=sample, size=size, mode=mode, seed=seed)
+    rel = layout.training_set_path(run)
+    save_training_set(store, rel, ids, images)
+    return rel, len(ids), tuple(images.shape[1:])
+
+
+def train_deep_from_store(store: Store, train_rel: str, *, method: str, k: int, epochs: int,
                           max_iter: int, device: str, seed: int, run: str, truth: str = "none",
                           options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Fit ``method`` (its parameters overridden by ``options``, as :func:`create_deep`'s ``extra``) on the saved
-    training sample, save the estimator at ``out_rel``, return a summary.
+    training sample, save the estimator in the run's deep-model folder (``deep_uri`` in the summary; the
+    ``deep:<uri>`` extractor), return a summary.
 
     With ``truth == "parent_dir"`` the summary has ACC/NMI/ARI of the training labels against folder
     names (for monitoring; never used to choose parameters).
@@ -36,6 +48,7 @@ def train_deep_from_store(store: Store, train_rel: str, out_rel: str, *, method:
     ids, images = load_training_set(store, train_rel)
     est = create_deep(method, k=k, epochs=epochs, max_iter=max_iter, seed=seed, device=device,
                       checkpoint_dir=checkpoint_dir_for(store, run), **(options or {}))
+    out_rel = layout.deep_model_dir(run)
     t0 = time.perf_counter()
     est.fit(images)
     seconds = time.perf_counter() - t0
