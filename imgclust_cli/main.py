@@ -28,29 +28,21 @@ from imgclust.config import (
     validated,
 )
 from imgclust.exceptions import ConfigError, ImgclustError
+from imgclust_cli.common import (
+    add_execution_args,
+    choices_of,
+    cluster_count,
+    default_of,
+    given,
+    run_flow,
+    runner_config,
+)
 from imgclust_cli.naming import add_naming_parser
-from imgclust_cli.ops import add_ops_parsers, cluster_count
+from imgclust_cli.ops import add_ops_parsers
+from imgclust_cli.serve import add_serve_parsers
 from imgclust_cli.weights import add_weights_parser, choose_extractor, offline_env
 
 log = logging.getLogger("imgclust.cli")
-
-
-def prefect_home() -> Path:
-    return _home() / "prefect"
-
-
-def _home() -> Path:
-    return Path(os.environ.get("IMGCLUST_HOME", ".imgclust")).resolve()
-
-
-def prepare_environment() -> None:
-    """Defaults for an embedded run; explicit user settings always win."""
-    (_home() / "prefect").mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("PREFECT_HOME", str(_home() / "prefect"))
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "imgclust")
-    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
-    os.environ.setdefault("DASK_DISTRIBUTED__WORKER__DAEMON", "false")
 
 
 DEMO_CONSENSUS = 8
@@ -75,51 +67,51 @@ def _add_pipeline_args(p: argparse.ArgumentParser, *, source: bool = True) -> No
     g.add_argument("--extractor", default=AUTO_EXTRACTOR,
                    help="backbone (see `imgclust backbones`), default %(default)s (auto: the best pretrained model "
                         "whose weights are cached or downloadable, raw pixels when none is; said in the output)")
-    g.add_argument("--weights", default=None, help="imagenet | pretrained | random | PATH to a state_dict (default: "
-                   "backbone's; pretrained weights download into the torch hub / Hugging Face cache unless --offline)")
-    g.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    g.add_argument("--batch-size", type=int, default=ExtractConfig().batch_size)
-    g.add_argument("--shard-size", type=int, default=ExtractConfig().shard_size, help="images per shard/task")
+    g.add_argument("--weights", default=default_of(ExtractConfig, "weights"),
+                   help="imagenet | pretrained | random | PATH to a state_dict (default: backbone's; pretrained "
+                        "weights download into the torch hub / Hugging Face cache unless --offline)")
+    g.add_argument("--device", default=default_of(ExtractConfig, "device"),
+                   choices=choices_of(ExtractConfig, "device"))
+    g.add_argument("--batch-size", type=int, default=default_of(ExtractConfig, "batch_size"))
+    g.add_argument("--shard-size", type=int, default=default_of(ExtractConfig, "shard_size"),
+                   help="images per shard/task")
     g = p.add_argument_group("clustering")
-    g.add_argument("--method", default="kmeans", choices=list_methods(), help="a registered clustering method")
-    g.add_argument("--k", type=cluster_count, default=ClusterConfig().k,
+    g.add_argument("--method", default=default_of(ClusterConfig, "method"), choices=list_methods(),
+                   help="a registered clustering method")
+    g.add_argument("--k", type=cluster_count, default=default_of(ClusterConfig, "k"),
                    help="number of clusters (kmeans/agglomerative/gmm/scan), or auto (default): a sweep over "
                         "--k-min..--k-max on a sample chooses it; the summary says which k and why")
-    g.add_argument("--k-min", type=int, default=ClusterConfig().k_min, help="--k auto: smallest k tried")
-    g.add_argument("--k-max", type=int, default=None, help="--k auto: largest k tried (default grows with the corpus)")
-    g.add_argument("--pca", type=int, default=ReduceConfig().n_components, help="PCA components (0 = none)")
-    g.add_argument("--reducer", default=ReduceConfig().method, choices=["ipca", "pca"],
+    g.add_argument("--k-min", type=int, default=default_of(ClusterConfig, "k_min"), help="--k auto: smallest k tried")
+    g.add_argument("--k-max", type=int, default=default_of(ClusterConfig, "k_max"),
+                   help="--k auto: largest k tried (default grows with the corpus)")
+    g.add_argument("--pca", type=int, default=default_of(ReduceConfig, "n_components"),
+                   help="PCA components (0 = none)")
+    g.add_argument("--reducer", default=default_of(ReduceConfig, "method"), choices=["ipca", "pca"],
                    help="ipca: IncrementalPCA streamed in one process; pca: exact PCA from per-shard statistics "
                         "summed on the Dask workers (default %(default)s)")
-    g.add_argument("--kmeans-backend", default=ClusterConfig().backend, choices=["faiss", "torch"],
+    g.add_argument("--kmeans-backend", default=default_of(ClusterConfig, "backend"),
+                   choices=choices_of(ClusterConfig, "backend"),
                    help="faiss (CPU) or torch (GPU when present) k-means (default %(default)s)")
-    g.add_argument("--umap", type=int, default=None, help="UMAP dimensions after PCA (hdbscan defaults to 10)")
-    g.add_argument("--min-cluster-size", type=int, default=ClusterConfig().min_cluster_size,
+    g.add_argument("--umap", type=int, default=default_of(ReduceConfig, "umap_components"),
+                   help="UMAP dimensions after PCA (hdbscan defaults to 10)")
+    g.add_argument("--min-cluster-size", type=int, default=default_of(ClusterConfig, "min_cluster_size"),
                    help="hdbscan: smallest cluster; default: every HDBSCAN parameter chosen for the embedding "
                         "(imgclust.density)")
     g.add_argument("--consensus", type=int, default=None,
-                   help="gmm: EM runs combined by evidence accumulation into the final mixture (default 1; the "
-                        "demo's gmm: 8)")
+                   help="gmm: EM runs combined by evidence accumulation into the final mixture (default "
+                        f"{default_of(ClusterConfig, 'consensus_runs')}; the demo's gmm: {DEMO_CONSENSUS})")
     g.add_argument("--scan-whiten", action="store_true",
                    help="scan: find neighbours after PCA whitening (helps learned representations, not pixels)")
-    g.add_argument("--novelty-rate", type=float, default=ClusterConfig().novelty_rate,
+    g.add_argument("--novelty-rate", type=float, default=default_of(ClusterConfig, "novelty_rate"),
                    help="target false-novel rate the model's novelty threshold is calibrated to (default "
                         "%(default)s); nightly runs can override it with `imgclust label --novelty-rate`")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--date", default=None, help="ingestion date partition YYYY-MM-DD (default today, UTC)")
-    g.add_argument("--truth", default="none", choices=["none", "parent_dir"],
+    g.add_argument("--seed", type=int, default=default_of(ClusterConfig, "seed"))
+    g.add_argument("--date", default=default_of(PipelineConfig, "date"),
+                   help="ingestion date partition YYYY-MM-DD (default today, UTC)")
+    g.add_argument("--truth", default=default_of(PipelineConfig, "truth"),
+                   choices=choices_of(PipelineConfig, "truth"),
                    help="parent_dir: folder names are classes; report ACC/NMI/ARI")
     add_execution_args(p)
-
-
-def add_execution_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("execution")
-    g.add_argument("--workers", type=int, default=RunnerConfig().workers, help="local Dask worker processes")
-    g.add_argument("--address", default=None, help="existing Dask scheduler (tcp://host:8786)")
-    g.add_argument("--gpu-cluster", action="store_true", help="one Dask worker per GPU (dask-cuda)")
-    g.add_argument("--offline", action="store_true",
-                   help="never download weights: use the local torch hub / Hugging Face caches only (as "
-                        "IMGCLUST_OFFLINE=1 or HF_HUB_OFFLINE=1 do; local workers inherit it)")
 
 
 def _pipeline_config(a: argparse.Namespace) -> tuple[PipelineConfig, RunnerConfig]:
@@ -128,9 +120,8 @@ def _pipeline_config(a: argparse.Namespace) -> tuple[PipelineConfig, RunnerConfi
     cluster = validated(ClusterConfig, method=a.method, k=a.k, k_min=a.k_min, k_max=a.k_max,
                         min_cluster_size=a.min_cluster_size, seed=a.seed,
                         backend=a.kmeans_backend, device=a.device, scan_whiten=a.scan_whiten,
-                        novelty_rate=a.novelty_rate, consensus_runs=ClusterConfig().consensus_runs if a.consensus is None else a.consensus)
-    kind = "address" if a.address else ("cuda" if a.gpu_cluster else "local")
-    runner = validated(RunnerConfig, kind=kind, workers=a.workers, address=a.address)
+                        novelty_rate=a.novelty_rate, **given(consensus_runs=a.consensus))
+    runner = runner_config(a)
     if a.source and "://" not in a.source:
         from imgclust.sources import open_source
 
@@ -150,15 +141,6 @@ def _check_backbone(extract: ExtractConfig) -> None:
     from imgclust.extract import backbone_for
 
     backbone_for(extract)
-
-
-def _run_pipeline(cfg: PipelineConfig, runner: RunnerConfig) -> dict[str, Any]:
-    prepare_environment()
-    from flows.pipeline import pipeline
-    from flows.runtime import dask_task_runner, embedded_prefect
-
-    with embedded_prefect(_home() / "prefect"):
-        return pipeline.with_options(task_runner=dask_task_runner(runner))(config=cfg)  # type: ignore[no-any-return]
 
 
 def _print_summary(result: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
@@ -219,7 +201,7 @@ def _capped(store: str, model_id: str) -> str:
 
 def cmd_run(a: argparse.Namespace) -> int:
     cfg, runner = _pipeline_config(a)
-    result = _run_pipeline(cfg, runner)
+    result = run_flow("flows.pipeline:pipeline", runner, config=cfg)
     choice = getattr(a, "extractor_choice", None)
     if a.json:
         print(json.dumps({**result, "extractor_choice": choice.reason if choice else None}, indent=1, default=str))
@@ -245,7 +227,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
     args = argparse.Namespace(**{**vars(a), "source": corpus["path"], "store": str(out / "store"),
                                  "truth": "parent_dir", "consensus": _demo_consensus(a)})
     cfg, runner = _pipeline_config(args)
-    result = _run_pipeline(cfg, runner)
+    result = run_flow("flows.pipeline:pipeline", runner, config=cfg)
     _print_summary(result, {"demo corpus": f"{corpus['dataset']}: {corpus['images']} PNG files in {corpus['path']}",
                             "recipe": f"{cfg.extract.extractor} features (no pretrained weights exist offline) -> "
                                       f"{cfg.reduce.method.upper()}({cfg.reduce.n_components}) -> "
@@ -264,15 +246,13 @@ def _demo_refine(a: argparse.Namespace, store: str, k: int | str, runner: Runner
     """The demo's optional second stage (``--refine n2d`` / ``n2d-scae`` / ``n2d-ensemble`` / ``simclr``): the refine flow trains
     an encoder (ConvAE, SCAE(s) or a SimCLR CNN) and the N2D stages (UMAP -> GMM consensus) on the corpus, clusters every image with it, and the promotion gate (tolerance 0) keeps it
     only if its NMI is not lower than the pixel model's."""
-    from imgclust_cli.ops import _run_flow
-
     encoder = _REFINE_ENCODERS[a.refine]
     default = " (the demo's default recipe; --refine none skips it)" if a.refine == DEMO_REFINE else ""
     print(f"\nrefining: training the {a.refine} deep recipe ({encoder} {a.refine_epochs} epochs -> UMAP -> GMM){default} "
           "on the corpus; the gate promotes it only if its NMI is not lower than the pixel model's", flush=True)
     t0 = time.perf_counter()
-    res = _run_flow("flows.refine:refine", runner, store=store, method=a.refine, k=k, epochs=a.refine_epochs,
-                    truth="parent_dir", device=a.device, gate_tolerance=0.0)  # promoted only if NMI is not lower
+    res = run_flow("flows.refine:refine", runner, store=store, method=a.refine, k=k, epochs=a.refine_epochs,
+                   truth="parent_dir", device=a.device, gate_tolerance=0.0)  # promoted only if NMI is not lower
     m = res["metrics"]
     lines = ["", "imgclust refine summary",
              f"  recipe                  {encoder} ({a.refine_epochs} epochs, {res['training']['n_train']} images, "
@@ -334,10 +314,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="encoder training epochs of the refine stage (default %(default)s: what fits the demo's "
                         "budget on 2 cores; more epochs scored only slightly higher on the train subset)")
     _add_pipeline_args(p, source=False)
-    p.set_defaults(func=cmd_demo, umap=10, method="gmm", k=DEMO_K, store=None, extractor=ExtractConfig().extractor)
+    p.set_defaults(func=cmd_demo, umap=10, method="gmm", k=DEMO_K, store=None,
+                   extractor=default_of(ExtractConfig, "extractor"))
     p = sub.add_parser("backbones", help="list feature extractors: embedding size, input size, weights source")
     p.set_defaults(func=cmd_backbones)
-    add_ops_parsers(sub, add_execution_args)
+    add_ops_parsers(sub)
+    add_serve_parsers(sub)
     add_weights_parser(sub)
     add_naming_parser(sub)
     return parser

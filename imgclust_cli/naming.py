@@ -4,7 +4,9 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from imgclust.config import ExtractConfig
 from imgclust.exceptions import ConfigError
+from imgclust_cli.common import choices_of, given, model_or_current
 
 
 def add_naming_parser(sub: Any) -> None:
@@ -28,9 +30,10 @@ def add_naming_parser(sub: Any) -> None:
                         "whose features are not CLIP's")
     p.add_argument("--weights", default=None,
                    help="CLIP weights: pretrained | random | PATH (default: those the features came from)")
-    p.add_argument("--sample-per-cluster", type=int, default=64, help="with --backbone (default %(default)s)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    # defaults None: NamingConfig's apply (importing imgclust.naming here would slow every command's start)
+    p.add_argument("--sample-per-cluster", type=int, default=None, help="with --backbone (default 64)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", choices=choices_of(ExtractConfig, "device"), default=None)
     p.add_argument("--accept", action="store_true",
                    help="copy the existing suggestions into cluster_names.csv (clusters a person named keep "
                         "their name) instead of computing them")
@@ -40,7 +43,6 @@ def add_naming_parser(sub: Any) -> None:
 
 
 def cmd_name_clusters(a: argparse.Namespace) -> int:
-    from imgclust.model import current_model_id
     from imgclust.naming import (
         NamingConfig,
         accept_suggestions,
@@ -57,9 +59,7 @@ def cmd_name_clusters(a: argparse.Namespace) -> int:
         raise ConfigError("--accept copies the suggestions already written; run without --accept to compute new ones "
                           "(--vocabulary, --template, --extractor-key, --backbone, --weights)")
     store = Store(a.store)
-    model_id = a.model or current_model_id(store)
-    if model_id is None:
-        raise ConfigError(f"no --model given and {store.uri('models/CURRENT')} does not exist")
+    model_id = model_or_current(store, a.model)
     if a.accept:
         out = accept_suggestions(store, model_id, min_confidence=a.min_confidence)
         for cid, name in sorted(out["accepted"].items()):
@@ -71,8 +71,8 @@ def cmd_name_clusters(a: argparse.Namespace) -> int:
         print(f"{len(out['accepted'])} names written to {store.uri(out['path'])}")
         return 0
     config = NamingConfig(vocabulary=a.vocabulary, extractor_key=a.extractor_key, backbone=a.backbone,
-                          weights=a.weights, seed=a.seed, sample_per_cluster=a.sample_per_cluster, device=a.device,
-                          **({"templates": tuple(a.template)} if a.template else {}))
+                          weights=a.weights, **given(seed=a.seed, sample_per_cluster=a.sample_per_cluster,
+                                                    device=a.device, templates=tuple(a.template) or None))
     result = suggest_names(store, model_id, config)
     path = write_suggestions(store, result)
     rows = suggestions_table(store, model_id) or []

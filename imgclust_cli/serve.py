@@ -21,9 +21,13 @@ Every ``check_interval`` seconds the supervisor asks the API for ``/health`` and
 * the runner exited: logged and restarted (same limit).
 
 SIGTERM or SIGINT stop the runner, then the server, and exit 0.
+
+The module also registers the ``serve`` and ``deploy`` subcommands; it imports ``httpx`` where the supervisor
+calls the API, so that parsing any ``imgclust`` command stays quick.
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import logging
 import os
@@ -37,10 +41,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-
-import httpx
+from typing import Any
 
 from imgclust.exceptions import ConfigError
+from imgclust_cli.common import default_of, prepare_environment
 
 log = logging.getLogger("imgclust.serve")
 
@@ -160,6 +164,8 @@ class Supervisor:
                           f"{self.opts.startup_timeout:.0f} s")
 
     def healthy(self) -> bool:
+        import httpx
+
         try:
             return httpx.get(f"{self.api_url}/health", timeout=5).status_code == 200
         except httpx.HTTPError:
@@ -169,6 +175,8 @@ class Supervisor:
         """Flow runs of the served deployments that are pending, running or cancelling (-1 if unknown)."""
         body = {"flow_runs": {"state": {"type": {"any_": _IN_FLIGHT}}},
                 "deployments": {"name": {"any_": self.opts.deployment_names}}}
+        import httpx
+
         try:
             r = httpx.post(f"{self.api_url}/flow_runs/count", json=body, timeout=10)
             r.raise_for_status()
@@ -181,6 +189,8 @@ class Supervisor:
         after killing an idle runner, so any such run was picked up by it in the meantime and died with it."""
         body = {"flow_runs": {"state": {"type": {"any_": ["PENDING", "RUNNING"]}}},
                 "deployments": {"name": {"any_": self.opts.deployment_names}}}
+        import httpx
+
         runs = httpx.post(f"{self.api_url}/flow_runs/filter", json=body, timeout=10).json()
         for run in runs:
             log.warning("flow run %s was started by the runner just killed; scheduling it again", run["name"])
@@ -220,6 +230,8 @@ class Supervisor:
                     child.stop()
 
     def _loop(self) -> int:
+        import httpx
+
         outage_since: float | None = None
         runner_stale = False
         while not self._stop:
@@ -273,14 +285,20 @@ class Supervisor:
         return 0
 
 
-def serve(source: str | None, store: str | None, opts: ServeOptions) -> int:
-    """``imgclust serve``: validate the settings before starting anything, then supervise."""
-    from deployments.spec import DEPLOYMENTS, environment
-
+def _env_with(source: str | None, store: str | None) -> dict[str, str]:
+    """This process's environment with ``--source`` / ``--store`` as ``IMGCLUST_SOURCE`` / ``IMGCLUST_STORE``."""
     env = dict(os.environ)
     for name, value in (("IMGCLUST_SOURCE", source), ("IMGCLUST_STORE", store)):
         if value:
             env[name] = value
+    return env
+
+
+def serve(source: str | None, store: str | None, opts: ServeOptions) -> int:
+    """``imgclust serve``: validate the settings before starting anything, then supervise."""
+    from deployments.spec import DEPLOYMENTS, environment
+
+    env = _env_with(source, store)
     environment(env)  # required variables set: a clear error before any process starts
     opts.deployment_names = [d.name for d in DEPLOYMENTS]
     env.setdefault("PYTHONPATH", str(Path(__file__).resolve().parents[1]))
@@ -292,11 +310,7 @@ def deploy(source: str | None, store: str | None) -> int:
     filled in, onto the process work pool ``IMGCLUST_WORK_POOL`` (created if missing)."""
     from deployments.spec import PROJECT_DIR, YAML_PATH, environment
 
-    env = dict(os.environ)
-    for name, value in (("IMGCLUST_SOURCE", source), ("IMGCLUST_STORE", store)):
-        if value:
-            env[name] = value
-    env = environment(env)
+    env = environment(_env_with(source, store))
     if not env.get("PREFECT_API_URL"):
         raise ConfigError("PREFECT_API_URL is not set: `imgclust deploy` registers the deployments on a running "
                           "Prefect server (e.g. `prefect server start`, then export "
@@ -311,3 +325,48 @@ def deploy(source: str | None, store: str | None) -> int:
     if done.returncode == 0:
         log.info("deployed; start a worker with `prefect worker start --pool %s`", pool)
     return done.returncode
+
+
+def add_serve_parsers(sub: Any) -> None:
+    """Register ``serve`` and ``deploy`` on ``sub`` (argparse sub-parsers); defaults from :class:`ServeOptions`."""
+    p = sub.add_parser("serve", help="serve the deployments (nightly, recluster, refine, backfill, pipeline)",
+                       description="Serves the deployments of deployments/spec.py under a supervisor. Needs "
+                                   "IMGCLUST_SOURCE and IMGCLUST_STORE (or --source/--store); schedules and the "
+                                   "novelty automation are set by the IMGCLUST_* variables listed in "
+                                   "deployments/spec.py. Without PREFECT_API_URL it starts `prefect server start` on "
+                                   "--host:--port (UI and API there) and restarts it if it dies. With PREFECT_API_URL "
+                                   "it exits with status 3 when that server stays unreachable for --server-grace "
+                                   "seconds, and with status 4 when a process keeps dying.")
+    p.add_argument("--source", default=None)
+    p.add_argument("--store", default=None)
+    p.add_argument("--host", default=default_of(ServeOptions, "host"),
+                   help="address of the server it starts (default %(default)s)")
+    p.add_argument("--port", type=int, default=default_of(ServeOptions, "port"),
+                   help="port of the server it starts (default %(default)s)")
+    p.add_argument("--server-grace", type=float, default=default_of(ServeOptions, "server_grace"),
+                   help="seconds the Prefect API may be unreachable before serve acts (default %(default)s)")
+    p.add_argument("--check-interval", type=float, default=default_of(ServeOptions, "check_interval"),
+                   help="health-check period in seconds")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("deploy", help="register the deployments on a work pool (prefect deploy of prefect.yaml)",
+                       description="Fills the defaults of unset IMGCLUST_* variables (deployments/spec.py), creates "
+                                   "the process work pool IMGCLUST_WORK_POOL (default imgclust) if missing, and runs "
+                                   "`prefect deploy --all` with deployments/prefect.yaml against PREFECT_API_URL. "
+                                   "Then start a worker: `prefect worker start --pool imgclust`.")
+    p.add_argument("--source", default=None)
+    p.add_argument("--store", default=None)
+    p.set_defaults(func=cmd_deploy)
+
+
+def cmd_serve(a: argparse.Namespace) -> int:
+    if not 0 < a.port < 65536 or a.server_grace <= 0 or a.check_interval <= 0:
+        raise ConfigError("--port must be in 1..65535 and --server-grace, --check-interval positive")
+    prepare_environment()
+    return serve(a.source, a.store, ServeOptions(host=a.host, port=a.port, server_grace=a.server_grace,
+                                                 check_interval=a.check_interval))
+
+
+def cmd_deploy(a: argparse.Namespace) -> int:
+    prepare_environment()
+    return deploy(a.source, a.store)

@@ -7,9 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from imgclust.config import AUTO_K, ClusterConfig
+from imgclust.config import AUTO_K, ClusterConfig, ExtractConfig, PipelineConfig, ReduceConfig, RunnerConfig
 from imgclust.exceptions import ConfigError
+from imgclust.promotion import GateConfig
+from imgclust_cli.common import default_of, runner_config
 from imgclust_cli.main import DEMO_CONSENSUS, _demo_consensus, _pipeline_config, build_parser, main
+from imgclust_cli.serve import ServeOptions
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -133,3 +136,92 @@ def test_label_near_duplicate_options_fail_before_work(tmp_path: Path, args: lis
     err = capsys.readouterr().err
     assert rc == 2 and needle in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "store").exists()
+
+
+_RUN = ["run", "src", "--store", "s"]
+_MODEL_DEFAULTS = [  # (arguments, option's dest, config model, its field): the option sets that field
+    *[(_RUN, dest, model, field) for dest, model, field in [
+        ("batch_size", ExtractConfig, "batch_size"), ("shard_size", ExtractConfig, "shard_size"),
+        ("device", ExtractConfig, "device"), ("device", ClusterConfig, "device"), ("seed", ExtractConfig, "seed"),
+        ("seed", ClusterConfig, "seed"), ("weights", ExtractConfig, "weights"), ("method", ClusterConfig, "method"),
+        ("k", ClusterConfig, "k"), ("k_min", ClusterConfig, "k_min"), ("k_max", ClusterConfig, "k_max"),
+        ("kmeans_backend", ClusterConfig, "backend"), ("min_cluster_size", ClusterConfig, "min_cluster_size"),
+        ("novelty_rate", ClusterConfig, "novelty_rate"), ("pca", ReduceConfig, "n_components"),
+        ("reducer", ReduceConfig, "method"), ("umap", ReduceConfig, "umap_components"),
+        ("truth", PipelineConfig, "truth"), ("date", PipelineConfig, "date"), ("workers", RunnerConfig, "workers"),
+        ("address", RunnerConfig, "address")]],
+    (["demo"], "extractor", ExtractConfig, "extractor"), (["demo"], "batch_size", ExtractConfig, "batch_size"),
+    (["label", "src", "--store", "s"], "workers", RunnerConfig, "workers"),
+    (["recluster", "--store", "s"], "gate_metric", GateConfig, "metric"),
+    (["recluster", "--store", "s"], "gate_tolerance", GateConfig, "tolerance"),
+    (["recluster", "--store", "s"], "truth", PipelineConfig, "truth"),
+    (["backfill", "--store", "s", "--start", "2024-01-01", "--end", "2024-01-02"], "workers", RunnerConfig, "workers"),
+    (["refine", "--store", "s", "--method", "dec"], "workers", RunnerConfig, "workers"),
+    *[(["serve"], field, ServeOptions, field) for field in ("host", "port", "server_grace", "check_interval")],
+]
+
+
+@pytest.mark.parametrize("argv,dest,model,field", _MODEL_DEFAULTS,
+                         ids=[f"{a[0]}-{d}-{m.__name__}.{f}" for a, d, m, f in _MODEL_DEFAULTS])
+def test_cli_defaults_are_the_config_models_defaults(argv: list[str], dest: str, model: type, field: str) -> None:
+    """An option that sets a config-model field defaults to that field's default, so the two cannot drift."""
+    assert getattr(build_parser().parse_args(argv), dest) == default_of(model, field)
+
+
+@pytest.mark.parametrize("argv,dests", [
+    (["refine", "--store", "s", "--method", "dec"], ["epochs", "max_iter", "sample", "image_size", "mode", "device",
+                                                     "truth"]),
+    (["dedup", "--store", "s"], ["threshold", "k", "rule"]),
+    (["name-clusters", "--store", "s"], ["sample_per_cluster", "seed", "device"]),
+    (["backfill", "--store", "s", "--start", "2024-01-01", "--end", "2024-01-02"], ["redo"]),
+    (_RUN, ["consensus"]),
+])
+def test_options_without_a_cli_default_leave_the_model_default(argv: list[str], dests: list[str]) -> None:
+    """These options default to None: the command passes only given values, so the model's (or the flow's) own
+    defaults apply (imgclust_cli.common.given)."""
+    a = build_parser().parse_args(argv)
+    assert {d: getattr(a, d) for d in dests} == dict.fromkeys(dests)
+
+
+def test_help_texts_state_the_model_defaults(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from imgclust.dedup import DedupConfig
+    from imgclust.naming import NamingConfig
+
+    def help_of(*argv: str) -> str:
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([*argv, "--help"])
+        return " ".join(capsys.readouterr().out.split())
+
+    dedup = help_of("dedup")
+    for value in (DedupConfig.threshold, DedupConfig.k, DedupConfig.rule):
+        assert f"(default {value})" in dedup
+    assert f"(default {NamingConfig.sample_per_cluster})" in help_of("name-clusters")
+    assert f"(default {default_of(ClusterConfig, 'consensus_runs')};" in help_of("run")
+    (tmp_path / "src").mkdir()
+    run = build_parser().parse_args(["run", str(tmp_path / "src"), "--store", str(tmp_path / "s"), "--extractor",
+                                     "pixels"])
+    assert _pipeline_config(run)[0].cluster.consensus_runs == default_of(ClusterConfig, "consensus_runs")
+
+
+@pytest.mark.parametrize("args,kind", [
+    ([], "local"), (["--gpu-cluster"], "cuda"), (["--address", "tcp://h:8786", "--gpu-cluster"], "address"),
+])
+def test_one_runner_rule_for_every_subcommand(args: list[str], kind: str) -> None:
+    """--address wins over --gpu-cluster over local workers, the same for every subcommand that runs Dask tasks."""
+    for argv in (_RUN, ["label", "src", "--store", "s"], ["recluster", "--store", "s"],
+                 ["refine", "--store", "s", "--method", "dec"]):
+        runner = runner_config(build_parser().parse_args([*argv, *args, "--workers", "3"]))
+        assert (runner.kind, runner.workers) == (kind, 3)
+
+
+def test_cli_modules_do_not_import_each_other() -> None:
+    """Shared helpers live in imgclust_cli/common.py; only main.py imports the subcommand modules (their parser
+    registration), and no module imports main.py: no import cycle."""
+    import re
+
+    package = Path(__file__).resolve().parents[1] / "imgclust_cli"
+    imports = {p.stem: set(re.findall(r"^\s*(?:from|import) imgclust_cli\.(\w+)", p.read_text(), re.M))
+               for p in package.glob("*.py")}
+    assert imports["common"] == set()
+    for name, used in imports.items():
+        assert used <= ({"common", "ops", "naming", "weights", "serve"} if name == "main" else {"common"}), name
