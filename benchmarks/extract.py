@@ -30,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from _common import markdown_table, parse_image_counts
 from quiet import add_quiet_args, wait_for_quiet
 
 log = logging.getLogger("benchmarks.extract")
@@ -48,10 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="smoke run: 200 images per backbone, shard size 50")
     add_quiet_args(p)
     args = p.parse_args(argv)
-    items = [b.partition(":") for b in args.backbones.split(",")]
-    if any(not name or not n.isdigit() for name, _, n in items):
-        p.error(f"--backbones wants NAME:IMAGES,... (e.g. pixels:5000,resnet18:1000), got {args.backbones!r}")
-    args.backbones = [(name, 200 if args.quick else int(n)) for name, _, n in items]
+    args.backbones = parse_image_counts(p, args.backbones, example="pixels:5000,resnet18:1000",
+                                        quick=200 if args.quick else None)
     if args.quick:
         args.shard_size = 50
     return args
@@ -166,13 +165,11 @@ def table(rows: list[dict[str, Any]], workers: int) -> str:
             "flow img/s (wall, incl. start-up)", f"flow steady img/s (markers x {workers} workers)",
             "embed share of shard time", "flow/bare", "flow/library", "steady/bare",
             "others' CPU % before bare/library/flow"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        cells = [f"{r['name']} ({r['weights']})", r["images"], r["shards"], f"{r['bare']:.0f}", f"{r['library']:.0f}",
-                 f"{r['wall']:.0f}", f"{r['steady']:.0f}", f"{r['embed_share']:.0%}", f"{r['wall'] / r['bare']:.2f}",
-                 f"{r['wall'] / r['library']:.2f}", f"{r['steady'] / r['bare']:.2f}", r["busy"]]
-        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    return "\n".join(lines)
+    return markdown_table(head, [
+        [f"{r['name']} ({r['weights']})", r["images"], r["shards"], f"{r['bare']:.0f}", f"{r['library']:.0f}",
+         f"{r['wall']:.0f}", f"{r['steady']:.0f}", f"{r['embed_share']:.0%}", f"{r['wall'] / r['bare']:.2f}",
+         f"{r['wall'] / r['library']:.2f}", f"{r['steady'] / r['bare']:.2f}", r["busy"]]
+        for r in rows])
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from _common import parse_image_counts
 from quiet import add_quiet_args, wait_for_quiet
 
 log = logging.getLogger("benchmarks.foundation_cpu")
@@ -41,12 +42,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="smoke run: batch 4, 8 images per backbone")
     add_quiet_args(p)
     args = p.parse_args(argv)
-    items = [b.partition(":") for b in args.backbones.split(",")]
-    if any(not name or not n.isdigit() for name, _, n in items):
-        p.error(f"--backbones wants NAME:IMAGES,... (e.g. resnet50:96,clip-vitb32:96), got {args.backbones!r}")
     if args.quick:
         args.batch_size = 4
-    args.backbones = [(name, 8 if args.quick else int(n)) for name, _, n in items]
+    args.backbones = parse_image_counts(p, args.backbones, example="resnet50:96,clip-vitb32:96",
+                                        quick=8 if args.quick else None)
     return args
 
 

@@ -37,6 +37,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from _common import markdown_head, markdown_row
 from quiet import add_quiet_args, wait_for_quiet
 
 log = logging.getLogger("benchmarks.kmeans")
@@ -222,14 +223,14 @@ def render(rows: list[dict[str, Any]], repeats: int, threads: int) -> str:
     ref = rows[0]
     head = ["method", "threads", "settings", "iterations run", f"time s (median of {repeats})", "inertia (all rows)",
             f"time / {ref['method']}", f"inertia / {ref['method']}", "others' CPU % before each run"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines = markdown_head(head)
     for r in rows:
         if r.get("skipped"):
             lines.append(f"| {r['method']} | skipped: library not installed here |" + " |" * (len(head) - 2))
             continue
         cells = [r["method"], threads, r["settings"], r["iters"], f"{r['time']:.2f}", f"{r['inertia']:.6g}",
                  f"{r['time'] / ref['time']:.2f}", f"{r['inertia'] / ref['inertia']:.4f}", r["busy"]]
-        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+        lines.append(markdown_row(cells))
     return "\n".join(lines)
 
 

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import fashion_mnist_splits, setup_logging  # noqa: E402
 from novelty_heldout import event_margins  # noqa: E402
 
 log = logging.getLogger("benchmarks.novelty_candidates")
@@ -141,16 +142,12 @@ def _pct(x: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    for name in ("imgclust", "numba", "faiss"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    setup_logging(quiet=("imgclust", "numba", "faiss"))
     args = parse_args(argv)
     from imgclust.candidates import MIN_SAMPLES, default_min_size
-    from imgclust.datasets import load_fashion_mnist
 
     t0 = time.perf_counter()
-    x_train, y_train = load_fashion_mnist("train")
-    x_test, y_test = load_fashion_mnist("test")
+    x_train, y_train, x_test, y_test = fashion_mnist_splits()
     x_train = x_train.reshape(len(x_train), -1).astype(np.float32) / 255.0
     x_test = x_test.reshape(len(x_test), -1).astype(np.float32) / 255.0
     pairs = [p.strip() for p in args.pairs.split(",") if p.strip()]

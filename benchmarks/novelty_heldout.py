@@ -50,6 +50,7 @@ from collections import defaultdict
 from typing import Any
 
 import numpy as np
+from _common import fashion_mnist_splits, setup_logging
 
 log = logging.getLogger("benchmarks.novelty_heldout")
 KS = (1, 5, 10, 20)
@@ -118,11 +119,38 @@ def density_scores(ref: np.ndarray, rows: np.ndarray, k: int, seed: int) -> dict
     return {"mahalanobis": np.einsum("ij,jk,ik->i", diff, prec, diff), "gmm-nll": -gm.score_samples(rows)}
 
 
+def threshold_ratio(a: Any, thresholds: np.ndarray) -> np.ndarray:
+    """Today's novelty score of an ``Assignment`` ``a``: distance over its cluster's threshold ``(n,)`` (+inf for noise)."""
+    r = np.full(a.raw.shape[0], np.inf)
+    ok = a.raw >= 0
+    r[ok] = a.distance[ok] / thresholds[a.raw[ok]]
+    return r
+
+
+def flag_shares(cal: np.ndarray, test: np.ndarray, is_new: np.ndarray, rate: float,
+                flagged: np.ndarray | None = None) -> dict[str, float]:
+    """AUROC of the ``test`` scores against ``is_new``, and the flagged shares of new and known test rows: flagged
+    is ``flagged`` when given, else score > the conformal threshold of ``cal`` at ``rate``."""
+    from sklearn.metrics import roc_auc_score
+
+    flag = test > conformal_threshold(cal, rate) if flagged is None else flagged
+    return {"auroc": float(roc_auc_score(is_new, test)), "new": float(flag[is_new].mean()),
+            "known": float(flag[~is_new].mean())}
+
+
+def measure_all(scores: dict[str, tuple[np.ndarray, np.ndarray]], a_cal: Any, a_test: Any, thresholds: np.ndarray,
+                is_new: np.ndarray, rate: float) -> dict[str, dict[str, float]]:
+    """:func:`flag_shares` of today's rule (``is_novel`` of the test ``Assignment`` ``a_test``) and of every score
+    ``(calibration, test)`` of ``scores``, once ``scores["today-conformal"]`` (:func:`threshold_ratio`) is added."""
+    scores["today-conformal"] = (threshold_ratio(a_cal, thresholds), threshold_ratio(a_test, thresholds))
+    out = {"today": flag_shares(*scores["today-conformal"], is_new, rate, a_test.is_novel)}
+    out.update({name: flag_shares(c, t, is_new, rate) for name, (c, t) in scores.items()})
+    return out
+
+
 def run_one(x_all: np.ndarray, y_all: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, held: tuple[int, int],
             seed: int, args: argparse.Namespace
             ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]], float, dict[str, tuple]]:
-    from sklearn.metrics import roc_auc_score
-
     from imgclust.batches import as_batch_source
     from imgclust.config import ClusterConfig, ReduceConfig
     from imgclust.model import fit_model
@@ -184,25 +212,8 @@ def run_one(x_all: np.ndarray, y_all: np.ndarray, x_test: np.ndarray, y_test: np
         return 0.5 * (np.sum(zz.astype(np.float64) ** 2 / ev, axis=1) + rr.astype(np.float64) ** 2 / sigma2)
 
     scores["ppca-nll"] = (ppca(z_cal, res_cal), ppca(z_test, res_test))
-    a_cal, a_test = model.assign(pixels_cal), model.assign(pixels_test)
-
-    def ratio(a: Any) -> np.ndarray:
-        r = np.full(a.raw.shape[0], np.inf)
-        ok = a.raw >= 0
-        r[ok] = a.distance[ok] / model.thresholds[a.raw[ok]]
-        return r
-
-    scores["today-conformal"] = (ratio(a_cal), ratio(a_test))
-
-    def measure(cal: np.ndarray, test: np.ndarray, flagged: np.ndarray | None = None) -> dict[str, float]:
-        thr = conformal_threshold(cal, args.rate)
-        flag = test > thr if flagged is None else flagged
-        return {"auroc": float(roc_auc_score(is_new, test)), "new": float(flag[is_new].mean()),
-                "known": float(flag[~is_new].mean())}
-
-    out = {"today": measure(ratio(a_cal), ratio(a_test), a_test.is_novel)}
-    out.update({name: measure(c, t) for name, (c, t) in scores.items()})
-    out_sized = {name: measure(c, t) for name, (c, t) in sized.items()}
+    out = measure_all(scores, model.assign(pixels_cal), model.assign(pixels_test), model.thresholds, is_new, args.rate)
+    out_sized = {name: flag_shares(c, t, is_new, args.rate) for name, (c, t) in sized.items()}
     log.info("pair %s seed %d: fitted %d rows in %.0f s, scored in %.0f s", held, seed, len(x_fit), fit_s,
              time.perf_counter() - t0 - fit_s)
     return out, out_sized, fit_s, {"knn-20+residual": scores["knn-20+residual"]}
@@ -222,7 +233,6 @@ def run_simclr(x_all: np.ndarray, y_all: np.ndarray, x_test: np.ndarray, y_test:
     the encoder did *not* train on (the refine flow trains on a sample of the store, so such rows exist)."""
     import torch
     from sklearn.decomposition import PCA
-    from sklearn.metrics import roc_auc_score
 
     from imgclust.batches import as_batch_source
     from imgclust.deep.methods import create_deep, refit_recipe
@@ -266,24 +276,7 @@ def run_simclr(x_all: np.ndarray, y_all: np.ndarray, x_test: np.ndarray, y_test:
     both = density_scores(ref, np.concatenate([e_cal, e_test]), 8, seed)
     for name, sc in both.items():
         scores[name] = (sc[: len(e_cal)], sc[len(e_cal):])
-    a_cal, a_test = model.assign(e_cal), model.assign(e_test)
-
-    def ratio(a: Any) -> np.ndarray:
-        r = np.full(a.raw.shape[0], np.inf)
-        ok = a.raw >= 0
-        r[ok] = a.distance[ok] / model.thresholds[a.raw[ok]]
-        return r
-
-    scores["today-conformal"] = (ratio(a_cal), ratio(a_test))
-
-    def measure(cal: np.ndarray, test: np.ndarray, flagged: np.ndarray | None = None) -> dict[str, float]:
-        thr = conformal_threshold(cal, args.rate)
-        flag = test > thr if flagged is None else flagged
-        return {"auroc": float(roc_auc_score(is_new, test)), "new": float(flag[is_new].mean()),
-                "known": float(flag[~is_new].mean())}
-
-    out = {"today": measure(ratio(a_cal), ratio(a_test), a_test.is_novel)}
-    out.update({name: measure(c, t) for name, (c, t) in scores.items()})
+    out = measure_all(scores, model.assign(e_cal), model.assign(e_test), model.thresholds, is_new, args.rate)
     log.info("pair %s seed %d: simclr trained on %d images in %.0f s (%d epochs), refit %.0f s, scored in %.0f s",
              held, seed, len(fit_idx), train_s, args.epochs, fit_s - train_s, time.perf_counter() - t0 - fit_s)
     return out, {}, fit_s, {"knn-20": scores["knn-20"], "knn-20-cal-unseen": scores["knn-20-cal-unseen"]}
@@ -347,14 +340,9 @@ def table(results: dict[str, list[dict[str, float]]], pairs: list[str], per_pair
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    for name in ("imgclust", "numba", "umap"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    setup_logging()
     args = parse_args(argv)
-    from imgclust.datasets import load_fashion_mnist
-
-    x_train, y_train = load_fashion_mnist("train")
-    x_test, y_test = load_fashion_mnist("test")
+    x_train, y_train, x_test, y_test = fashion_mnist_splits()
     if args.recipe == "pixels":
         x_train = x_train.reshape(len(x_train), -1).astype(np.float32) / 255.0
         x_test = x_test.reshape(len(x_test), -1).astype(np.float32) / 255.0

@@ -31,6 +31,7 @@ from collections import defaultdict
 from typing import Any
 
 import numpy as np
+from _common import fashion_mnist_splits, setup_logging
 
 log = logging.getLogger("benchmarks.novelty_nightly")
 
@@ -127,14 +128,9 @@ def run(recipe: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarra
 
 
 def main(argv: list[str] | None = None) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    for name in ("imgclust", "numba", "umap"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    setup_logging()
     args = parse_args(argv)
-    from imgclust.datasets import load_fashion_mnist
-
-    x_train, y_train = load_fashion_mnist("train")
-    x_test, y_test = load_fashion_mnist("test")
+    x_train, y_train, x_test, y_test = fashion_mnist_splits()
     pairs = [p.strip() for p in args.pairs.split(",") if p.strip()]
     seeds = [int(s) for s in args.seeds.split(",")]
     t0 = time.perf_counter()

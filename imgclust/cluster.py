@@ -100,6 +100,14 @@ class FaissKMeans(Estimator):
                  seed: int = 0, max_points_per_centroid: int = 256,
                  init: Literal["k-means++", "random"] = "k-means++", backend: Literal["faiss"] = "faiss",
                  gpu: bool = False) -> None:
+        self._set_common(n_clusters=n_clusters, n_iter=n_iter, n_redo=n_redo, spherical=spherical, seed=seed,
+                         max_points_per_centroid=max_points_per_centroid, init=init)
+        self.backend = backend
+        self.gpu = gpu
+
+    def _set_common(self, *, n_clusters: int, n_iter: int, n_redo: int, spherical: bool, seed: int,
+                    max_points_per_centroid: int, init: Literal["k-means++", "random"]) -> None:
+        """Store the parameters shared with other k-means backends (imgclust.kmeans_torch)."""
         self.n_clusters = n_clusters
         self.n_iter = n_iter
         self.n_redo = n_redo
@@ -107,11 +115,9 @@ class FaissKMeans(Estimator):
         self.seed = seed
         self.max_points_per_centroid = max_points_per_centroid
         self.init = init
-        self.backend = backend
-        self.gpu = gpu
 
     def _validate_common(self) -> None:
-        """Checks shared with other k-means backends (imgclust.kmeans_torch)."""
+        """Checks of the parameters shared with other k-means backends (imgclust.kmeans_torch)."""
         check_int("n_clusters", self.n_clusters, minimum=1)
         check_int("n_iter", self.n_iter, minimum=1)
         check_int("n_redo", self.n_redo, minimum=1)

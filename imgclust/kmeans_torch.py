@@ -76,13 +76,8 @@ class TorchKMeans(FaissKMeans):
     def __init__(self, *, n_clusters: int, n_iter: int = 25, n_redo: int = 1, spherical: bool = False,
                  seed: int = 0, max_points_per_centroid: int = 256,
                  init: Literal["k-means++", "random"] = "k-means++", device: str = "auto") -> None:
-        self.n_clusters = n_clusters
-        self.n_iter = n_iter
-        self.n_redo = n_redo
-        self.spherical = spherical
-        self.seed = seed
-        self.max_points_per_centroid = max_points_per_centroid
-        self.init = init
+        self._set_common(n_clusters=n_clusters, n_iter=n_iter, n_redo=n_redo, spherical=spherical, seed=seed,
+                         max_points_per_centroid=max_points_per_centroid, init=init)
         self.device = device
 
     def _validate_params(self) -> None:

@@ -155,12 +155,16 @@ def select_components(ratio: np.ndarray, n_components: int | None, variance_targ
 
 
 class LinearProjection(Estimator):
-    """Shared ``transform`` of the PCA estimators: ``(X - mean_) @ components_.T`` ``(n, D) -> (n, k)``.
+    """Shared parameters, persisted attributes and ``transform`` of the PCA estimators:
+    ``(X - mean_) @ components_.T`` ``(n, D) -> (n, k)``.
 
     Subclasses set ``components_`` (k, D), ``mean_`` (D,), ``explained_variance_`` and
     ``explained_variance_ratio_`` (k,), ``n_components_``, ``n_samples_seen_``, and the
     parameters ``whiten``, ``l2_normalize_input``, ``l2_normalize_output``.
     """
+
+    _array_attrs = ("components_", "mean_", "explained_variance_", "explained_variance_ratio_")
+    _meta_attrs = ("n_features_in_", "n_components_", "n_samples_seen_", "variance_target_met_")
 
     components_: np.ndarray | None
     mean_: np.ndarray
@@ -168,9 +172,19 @@ class LinearProjection(Estimator):
     explained_variance_ratio_: np.ndarray
     n_components_: int
     n_samples_seen_: int
-    whiten: bool
-    l2_normalize_input: bool
-    l2_normalize_output: bool
+
+    def __init__(self, *, n_components: int | None = None, variance_target: float | None = None,
+                 max_components: int = 256, batch_size: int = 65536, whiten: bool = False,
+                 l2_normalize_input: bool = False, l2_normalize_output: bool = False) -> None:
+        """The parameters of both PCAs, documented on :class:`ExactPCA` (whose ``batch_size`` default this is)
+        and :class:`imgclust.reduce.StreamingPCA`."""
+        self.n_components = n_components
+        self.variance_target = variance_target
+        self.max_components = max_components
+        self.batch_size = batch_size
+        self.whiten = whiten
+        self.l2_normalize_input = l2_normalize_input
+        self.l2_normalize_output = l2_normalize_output
 
     def transform(self, X: np.ndarray) -> np.ndarray:
         """Project ``(n, D)`` to ``(n, k)`` float32 (whitened / L2-normalised as configured)."""
@@ -185,11 +199,6 @@ class LinearProjection(Estimator):
         if self.l2_normalize_output:
             Z = l2_normalize(Z)
         return np.ascontiguousarray(Z, dtype=np.float32)
-
-    n_components: int | None
-    variance_target: float | None
-    max_components: int
-    batch_size: int
 
     def _validate_params(self) -> None:
         """Exactly one of ``n_components`` / ``variance_target``, both in range; positive sizes."""
@@ -236,20 +245,6 @@ class ExactPCA(LinearProjection):
     mean_ : (D,) float32      explained_variance_, explained_variance_ratio_ : (k,) float32
     n_components_, n_samples_seen_, n_features_in_ : int   variance_target_met_ : bool | None
     """
-
-    _array_attrs = ("components_", "mean_", "explained_variance_", "explained_variance_ratio_")
-    _meta_attrs = ("n_features_in_", "n_components_", "n_samples_seen_", "variance_target_met_")
-
-    def __init__(self, *, n_components: int | None = None, variance_target: float | None = None,
-                 max_components: int = 256, batch_size: int = 65536, whiten: bool = False,
-                 l2_normalize_input: bool = False, l2_normalize_output: bool = False) -> None:
-        self.n_components = n_components
-        self.variance_target = variance_target
-        self.max_components = max_components
-        self.batch_size = batch_size
-        self.whiten = whiten
-        self.l2_normalize_input = l2_normalize_input
-        self.l2_normalize_output = l2_normalize_output
 
     def statistics(self, X: ArrayOrSource) -> ScatterStats:
         """Summarise an array ``(n, D)`` or a batch source block by block (rows L2-normalised first

@@ -108,26 +108,13 @@ class StreamingPCA(LinearProjection):
     Sums are accumulated in float64 per batch; stored results and outputs are float32.
     """
 
-    _array_attrs = ("components_", "mean_", "explained_variance_", "explained_variance_ratio_")
-    _meta_attrs = ("n_features_in_", "n_components_", "n_samples_seen_", "variance_target_met_")
-
-    components_: np.ndarray | None
-    mean_: np.ndarray
-    explained_variance_: np.ndarray
-    explained_variance_ratio_: np.ndarray
-    n_components_: int
-    n_samples_seen_: int
-
     def __init__(self, *, n_components: int | None = None, variance_target: float | None = None,
                  max_components: int = 256, batch_size: int = 4096, whiten: bool = False,
                  l2_normalize_input: bool = False, l2_normalize_output: bool = False) -> None:
-        self.n_components = n_components
-        self.variance_target = variance_target
-        self.max_components = max_components
-        self.batch_size = batch_size
-        self.whiten = whiten
-        self.l2_normalize_input = l2_normalize_input
-        self.l2_normalize_output = l2_normalize_output
+        # LinearProjection's parameters with smaller batches: each one costs an SVD of (k + batch_size, D)
+        super().__init__(n_components=n_components, variance_target=variance_target, max_components=max_components,
+                         batch_size=batch_size, whiten=whiten, l2_normalize_input=l2_normalize_input,
+                         l2_normalize_output=l2_normalize_output)
 
     def _n_fit_components(self, n_features: int) -> int:
         if self.n_components is not None:

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -20,6 +21,11 @@ os.environ.setdefault("NUMBA_NUM_THREADS", "1")
 os.environ["IMGCLUST_OFFLINE"] = "1"
 
 from imgclust.datasets import FASHION_CLASSES, fashion_mnist_available, load_fashion_mnist  # noqa: E402
+
+if TYPE_CHECKING:
+    from imgclust.config import ClusterConfig, ExtractConfig, ReduceConfig
+    from imgclust.model import ClusterModel
+    from imgclust.store import Store
 
 requires_fashion = pytest.mark.skipif(
     not fashion_mnist_available(),
@@ -108,3 +114,53 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def swap_env(values: Mapping[str, str | None]) -> dict[str, str | None]:
+    """Set the environment variables ``values`` (``None``: unset) and return their previous values, which
+    ``swap_env`` takes back to restore them (also in Dask worker plugins: this module is importable there)."""
+    previous = {var: os.environ.get(var) for var in values}
+    for var, value in values.items():
+        if value is None:
+            os.environ.pop(var, None)
+        else:
+            os.environ[var] = value
+    return previous
+
+
+def uneven_source(X: np.ndarray, seed: int, *, max_block: int = 400,
+                  calls: list[int] | None = None) -> Callable[[], Iterator[np.ndarray]]:
+    """A BatchSource over the rows of ``X`` ``(n, D)`` in seeded blocks of 1 to ``max_block - 1`` rows; each call
+    appends to ``calls`` when given (to count the passes an estimator makes)."""
+
+    def source() -> Iterator[np.ndarray]:
+        if calls is not None:
+            calls.append(1)
+        rng = np.random.default_rng(seed)
+        start = 0
+        while start < X.shape[0]:
+            size = int(rng.integers(1, max_block))
+            yield X[start:start + size]
+            start += size
+
+    return source
+
+
+def extract_fit_label(store: Store, extract: ExtractConfig, *, reduce: ReduceConfig,
+                      cluster: ClusterConfig) -> tuple[str, ClusterModel]:
+    """The nightly pipeline in this process on an ingested ``store``: extract every planned shard, fit a model on
+    them, promote it and label every shard. Returns the extractor key and the model."""
+    from imgclust.extract import extract_shard
+    from imgclust.features import done_shards
+    from imgclust.labels import label_shard
+    from imgclust.manifest import plan_shards
+    from imgclust.model import fit_from_store, promote
+
+    key = ""
+    for spec in plan_shards(store, shard_size=extract.shard_size):
+        key = extract_shard(store, spec, extract)["extractor_key"]
+    model = fit_from_store(store, key, reduce=reduce, cluster=cluster, extract=extract)
+    promote(store, model.model_id)
+    for sid in done_shards(store, key):
+        label_shard(store, model.model_id, key, sid)
+    return key, model

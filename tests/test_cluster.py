@@ -9,6 +9,7 @@ from typing import Any
 import fsspec
 import numpy as np
 import pytest
+from conftest import uneven_source
 from sklearn.cluster import KMeans
 from sklearn.datasets import load_digits, make_blobs
 from sklearn.metrics import adjusted_rand_score
@@ -39,25 +40,13 @@ def separated() -> tuple[np.ndarray, np.ndarray]:
     return X.astype(np.float32), y
 
 
-def uneven(X: np.ndarray, seed: int) -> Callable[[], Iterator[np.ndarray]]:
-    def source() -> Iterator[np.ndarray]:
-        rng = np.random.default_rng(seed)
-        start = 0
-        while start < X.shape[0]:
-            size = int(rng.integers(1, 300))
-            yield X[start:start + size]
-            start += size
-
-    return source
-
-
 # ----------------------------------------------------------------------------- data interface
 
 
 def test_sample_rows_same_for_array_and_any_blocking(blobs) -> None:
     X, _ = blobs
     a = sample_rows(X, 300, seed=7)
-    b = sample_rows(uneven(X, 1), 300, seed=7)
+    b = sample_rows(uneven_source(X, 1, max_block=300), 300, seed=7)
     np.testing.assert_array_equal(a.indices, b.indices)
     np.testing.assert_array_equal(a.rows, X[a.indices])
     np.testing.assert_array_equal(a.rows, b.rows)
@@ -108,10 +97,10 @@ def test_kmeans_trains_on_sample_and_assigns_all(blobs) -> None:
 def test_kmeans_source_equals_array(blobs) -> None:
     X, _ = blobs
     a = FaissKMeans(n_clusters=8, seed=3, max_points_per_centroid=100).fit(X)
-    b = FaissKMeans(n_clusters=8, seed=3, max_points_per_centroid=100).fit(uneven(X, 2))
+    b = FaissKMeans(n_clusters=8, seed=3, max_points_per_centroid=100).fit(uneven_source(X, 2, max_block=300))
     np.testing.assert_array_equal(a.cluster_centers_, b.cluster_centers_)
     assert b.inertia_full_ is None and a.inertia_ == b.inertia_
-    parts = list(a.predict_source(uneven(X, 5)))
+    parts = list(a.predict_source(uneven_source(X, 5, max_block=300)))
     labels, dist = a.predict_with_distance(X)
     np.testing.assert_array_equal(np.concatenate([p[0] for p in parts]), labels)
     # blocks of 1..300 rows vs one call: faiss's kernel may depend on the block size (equal here, its fused k=1 kernel
@@ -175,7 +164,7 @@ def test_agglomerative_clusters_and_refuses_large(separated) -> None:
     assert adjusted_rand_score(y[:1000], est.labels_) > 0.95
     assert adjusted_rand_score(y[1000:], est.predict(X[1000:])) > 0.95
     with pytest.raises(ConfigError, match="kmeans"):
-        AgglomerativeClusterer(n_clusters=4, max_samples=500).fit(uneven(X, 0))
+        AgglomerativeClusterer(n_clusters=4, max_samples=500).fit(uneven_source(X, 0, max_block=300))
 
 
 def test_create_clusterer() -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import requires_fashion, write_fashion_corpus
+from conftest import extract_fit_label, requires_fashion, write_fashion_corpus
 from helpers_photos import requires_photos
 from PIL import Image, ImageEnhance
 
@@ -22,10 +22,7 @@ from imgclust.dedup import (
     read_near_duplicates,
 )
 from imgclust.exceptions import ConfigError, StoreError
-from imgclust.extract import extract_shard
-from imgclust.labels import label_shard
-from imgclust.manifest import ingest, plan_shards, read_manifest
-from imgclust.model import fit_from_store, promote
+from imgclust.manifest import ingest, read_manifest
 from imgclust.report import build_report
 from imgclust.store import Store
 
@@ -105,17 +102,8 @@ def store_with_copies(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any
         truth[str(jpg)] = truth[str(bright)] = str(f)
     store = Store(root / "store")
     ingest(store, str(src), config=IngestConfig(), date=DAY, run_id="r1")
-    extract = ExtractConfig(extractor="pixels", shard_size=64)
-    key = ""
-    for spec in plan_shards(store, shard_size=extract.shard_size):
-        key = extract_shard(store, spec, extract)["extractor_key"]
-    model = fit_from_store(store, key, reduce=ReduceConfig(n_components=20), cluster=ClusterConfig(k=6, seed=0),
-                           extract=extract)
-    promote(store, model.model_id)
-    from imgclust.features import done_shards
-
-    for sid in done_shards(store, key):
-        label_shard(store, model.model_id, key, sid)
+    key, model = extract_fit_label(store, ExtractConfig(extractor="pixels", shard_size=64),
+                                   reduce=ReduceConfig(n_components=20), cluster=ClusterConfig(k=6, seed=0))
     return {"store": store, "key": key, "truth": truth, "model_id": model.model_id}
 
 
@@ -215,15 +203,9 @@ def test_nightly_run_flags_copies_of_stored_photos_and_counts_them(tmp_path: Pat
     store = Store(tmp_path / "store")
     ingest(store, str(source), config=IngestConfig(), date=DAY1, run_id="d1")
     extract = ExtractConfig(extractor="layout", shard_size=5)
-    key = ""
-    for spec in plan_shards(store, shard_size=extract.shard_size):
-        key = extract_shard(store, spec, extract)["extractor_key"]
-    model = fit_from_store(store, key, reduce=ReduceConfig(n_components=4), cluster=ClusterConfig(k=3, seed=0),
-                           extract=extract)
-    promote(store, model.model_id)
+    key, model = extract_fit_label(store, extract, reduce=ReduceConfig(n_components=4),
+                                   cluster=ClusterConfig(k=3, seed=0))
     day1_shards = done_shards(store, key)
-    for sid in day1_shards:
-        label_shard(store, model.model_id, key, sid)
     old_file = store.glob(f"labels/{model.model_id}/date=*/shard-*.parquet")[0]
     store.write_parquet(old_file, store.read_parquet(old_file).select(LABELS_SCHEMA.names).cast(LABELS_SCHEMA))
 

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pytest
-from conftest import requires_fashion, write_bad_files, write_fashion_corpus
+from conftest import extract_fit_label, requires_fashion, swap_env, write_bad_files, write_fashion_corpus
 from distributed import Client
 from distributed.diagnostics.plugin import WorkerPlugin
 
@@ -53,22 +53,13 @@ class _WorkerEnv(WorkerPlugin):
     def setup(self, worker: Any) -> None:
         from imgclust import storage
 
-        for var, value in self.env.items():
-            self.saved[var] = os.environ.get(var)
-            if value is None:
-                os.environ.pop(var, None)
-            else:
-                os.environ[var] = value
+        self.saved = swap_env(self.env)
         storage.clear_cache()
 
     def teardown(self, worker: Any) -> None:
         from imgclust import storage
 
-        for var, value in self.saved.items():
-            if value is None:
-                os.environ.pop(var, None)
-            else:
-                os.environ[var] = value
+        swap_env(self.saved)
         storage.clear_cache()
 
 
@@ -588,11 +579,7 @@ def test_overlapping_nightly_runs_are_serialised_by_the_store_lease(corpus: tupl
 
     from flows.auto_label import auto_label
     from imgclust.config import ClusterConfig, ReduceConfig
-    from imgclust.extract import extract_shard
-    from imgclust.labels import label_shard
     from imgclust.lock import LeaseHeldError
-    from imgclust.manifest import plan_shards
-    from imgclust.model import fit_from_store, promote
 
     source, _ = corpus
     src = tmp_path / "src"
@@ -600,13 +587,8 @@ def test_overlapping_nightly_runs_are_serialised_by_the_store_lease(corpus: tupl
     for c in classes[:5]:
         shutil.copytree(c, src / c.name)
     store = _ingested(tmp_path / "store", src, run_id="day1")
-    for spec in plan_shards(store, shard_size=EXTRACT.shard_size):
-        key = extract_shard(store, spec, EXTRACT)["extractor_key"]
-    model = fit_from_store(store, key, reduce=ReduceConfig(n_components=8), cluster=ClusterConfig(k=4, seed=1),
-                           extract=EXTRACT)
-    promote(store, model.model_id)
-    for sid in done_shards(store, key):
-        label_shard(store, model.model_id, key, sid)
+    key, model = extract_fit_label(store, EXTRACT, reduce=ReduceConfig(n_components=8),
+                                   cluster=ClusterConfig(k=4, seed=1))
     for c in classes[5:]:  # the night's new images
         shutil.copytree(c, src / c.name)
     day2 = DAY + dt.timedelta(days=1)

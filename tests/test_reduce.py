@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from conftest import uneven_source
 from sklearn.datasets import load_digits, make_blobs
 from sklearn.decomposition import PCA
 
@@ -17,22 +18,6 @@ from imgclust.reduce import StreamingPCA, UMAPReducer, rechunk
 @pytest.fixture(scope="module")
 def digits() -> np.ndarray:
     return load_digits().data.astype(np.float32)  # (1797, 64)
-
-
-def uneven_source(X: np.ndarray, seed: int, calls: list[int] | None = None):
-    """A BatchSource yielding blocks of random sizes 1..400; records each call in ``calls``."""
-
-    def source() -> Iterator[np.ndarray]:
-        if calls is not None:
-            calls.append(1)
-        rng = np.random.default_rng(seed)
-        start = 0
-        while start < X.shape[0]:
-            size = int(rng.integers(1, 400))
-            yield X[start:start + size]
-            start += size
-
-    return source
 
 
 def test_rechunk_exact_sizes_and_order() -> None:

@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import requires_fashion, write_bad_files, write_fashion_corpus
+from conftest import requires_fashion, swap_env, write_bad_files, write_fashion_corpus
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from imgclust import storage
@@ -263,15 +263,9 @@ class _WorkerEnv(WorkerPlugin):
         self.handler: logging.Handler | None = None
 
     def setup(self, worker: Any) -> None:
-        import os
-
         from prefect.logging.handlers import APILogHandler
 
-        for var in [*self.env, *self.unset]:
-            self.saved[var] = os.environ.get(var)
-        for var in self.unset:
-            os.environ.pop(var, None)
-        os.environ.update(self.env)
+        self.saved = swap_env({**dict.fromkeys(self.unset), **self.env})
         _clear_fs_caches()
         self.handler = APILogHandler()
         lib = logging.getLogger("imgclust")
@@ -280,13 +274,7 @@ class _WorkerEnv(WorkerPlugin):
         lib.setLevel(logging.INFO)
 
     def teardown(self, worker: Any) -> None:
-        import os
-
-        for var, value in self.saved.items():
-            if value is None:
-                os.environ.pop(var, None)
-            else:
-                os.environ[var] = value
+        swap_env(self.saved)
         _clear_fs_caches()
         lib = logging.getLogger("imgclust")
         if self.handler is not None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -73,9 +74,29 @@ def _run(source: Path, store: Path, dask_address: str, **config: Any) -> dict[st
     return pipeline.with_options(task_runner=DaskTaskRunner(address=dask_address))(config=cfg)  # type: ignore[no-any-return]
 
 
+@dataclass(frozen=True)
+class SmallRun:
+    """The module's pipeline run: its store folder, the flow's result and the flow's ``imgclust`` log records."""
+
+    store_dir: Path
+    result: dict[str, Any]
+    records: list[logging.LogRecord]
+
+    def store(self) -> Store:
+        """A fresh handle on the run's store."""
+        return Store(self.store_dir)
+
+    @property
+    def key(self) -> str:
+        return str(self.result["extraction"]["extractor_key"])
+
+    @property
+    def model_id(self) -> str:
+        return str(self.result["build"]["model_id"])
+
+
 @pytest.fixture(scope="module")
-def small_run(tmp_path_factory: pytest.TempPathFactory, dask_address: str
-              ) -> Iterator[tuple[Path, dict[str, Any], list[logging.LogRecord]]]:
+def small_run(tmp_path_factory: pytest.TempPathFactory, dask_address: str) -> Iterator[SmallRun]:
     """17 valid + 7 broken images through the pipeline flow with every setting at its default."""
     root = tmp_path_factory.mktemp("small")
     write_small_corpus(root / "images", N_VALID)
@@ -86,15 +107,12 @@ def small_run(tmp_path_factory: pytest.TempPathFactory, dask_address: str
         result = _run(root / "images", root / "store", dask_address)
     finally:
         lib.removeHandler(handler)
-    yield root / "store", result, handler.records
+    yield SmallRun(root / "store", result, handler.records)
 
 
 @pytest.mark.integration
-def test_default_run_on_17_images_completes_and_quarantines_7(small_run: tuple[Path, dict[str, Any], list[Any]]
-                                                              ) -> None:
-    store_dir, result, _ = small_run
-    store = Store(store_dir)
-    key = result["extraction"]["extractor_key"]
+def test_default_run_on_17_images_completes_and_quarantines_7(small_run: SmallRun) -> None:
+    store, result, key = small_run.store(), small_run.result, small_run.key
     assert result["ingest"]["new"] == N_VALID + len(BROKEN)
     assert (result["extraction"]["features"], result["extraction"]["quarantined"]) == (N_VALID, len(BROKEN))
     q = pa.concat_tables([store.read_parquet(quarantine_path(key, s)) for s in done_shards(store, key)])
@@ -102,7 +120,7 @@ def test_default_run_on_17_images_completes_and_quarantines_7(small_run: tuple[P
                                              strict=True)}
     assert kinds == BROKEN
     assert all(m.strip() for m in q.column("message").to_pylist())  # every quarantined file has its reason
-    model_id = result["build"]["model_id"]
+    model_id = small_run.model_id
     assert current_model_id(store) == model_id and result["build"]["promoted"]
     labels = read_labels(store, model_id)
     assert labels.num_rows == N_VALID == result["build"]["labeled"]
@@ -111,12 +129,9 @@ def test_default_run_on_17_images_completes_and_quarantines_7(small_run: tuple[P
 
 
 @pytest.mark.integration
-def test_the_caps_are_one_warning_and_recorded_in_model_json(small_run: tuple[Path, dict[str, Any], list[Any]]
-                                                             ) -> None:
-    store_dir, result, records = small_run
-    store = Store(store_dir)
-    model_id = result["build"]["model_id"]
-    capping = [r for r in records if r.levelno >= logging.WARNING and "capped" in r.getMessage()]
+def test_the_caps_are_one_warning_and_recorded_in_model_json(small_run: SmallRun) -> None:
+    store, model_id = small_run.store(), small_run.model_id
+    capping = [r for r in small_run.records if r.levelno >= logging.WARNING and "capped" in r.getMessage()]
     assert len(capping) == 1, [r.getMessage() for r in capping]
     message = capping[0].getMessage()
     assert "\n" not in message and "17 rows" in message and "reduce.n_components 50 -> 16" in message
@@ -138,12 +153,9 @@ def test_the_caps_are_one_warning_and_recorded_in_model_json(small_run: tuple[Pa
     ("scan", ReduceConfig(method="pca"), ClusterConfig(method="scan", k=3, seed=1)),
     ("kmeans variance target", ReduceConfig(n_components=None, variance_target=0.9), ClusterConfig(k=17)),
 ])
-def test_every_recipe_fits_and_labels_the_17_images(small_run: tuple[Path, dict[str, Any], list[Any]], method: str,
-                                                    reduce: ReduceConfig, cluster: ClusterConfig,
-                                                    caplog: pytest.LogCaptureFixture) -> None:
-    store_dir, result, _ = small_run
-    store = Store(store_dir)
-    key = result["extraction"]["extractor_key"]
+def test_every_recipe_fits_and_labels_the_17_images(small_run: SmallRun, method: str, reduce: ReduceConfig,
+                                                    cluster: ClusterConfig, caplog: pytest.LogCaptureFixture) -> None:
+    store, key = small_run.store(), small_run.key
     with caplog.at_level(logging.WARNING, logger="imgclust"):
         model = fit_from_store(store, key, reduce=reduce, cluster=cluster)
     assert len([r for r in caplog.records if "capped" in r.getMessage()]) == 1
@@ -155,14 +167,13 @@ def test_every_recipe_fits_and_labels_the_17_images(small_run: tuple[Path, dict[
 
 
 @pytest.mark.integration
-def test_recluster_refits_the_small_store_with_lineage(small_run: tuple[Path, dict[str, Any], list[Any]]) -> None:
-    store_dir, result, _ = small_run
-    store = Store(store_dir)
-    model = refit_with_lineage(store, result["extraction"]["extractor_key"], reduce=ReduceConfig(),
+def test_recluster_refits_the_small_store_with_lineage(small_run: SmallRun) -> None:
+    store = small_run.store()
+    model = refit_with_lineage(store, small_run.key, reduce=ReduceConfig(),
                                cluster=ClusterConfig(k=10), extract=ExtractConfig(),
-                               previous_model_id=result["build"]["model_id"])
+                               previous_model_id=small_run.model_id)
     assert model.meta["capped"]["values"]["reduce.n_components"] == {"asked": 50, "used": 16}
-    assert model.meta["parent_model"] == result["build"]["model_id"] and model.n_clusters == 10
+    assert model.meta["parent_model"] == small_run.model_id and model.n_clusters == 10
 
 
 @pytest.mark.integration

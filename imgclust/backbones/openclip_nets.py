@@ -15,24 +15,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from imgclust.backbones.base import Backbone, ModuleBackbone
-from imgclust.backbones.download import fetch_hf_file, verify_hf_cached_file
-from imgclust.backbones.foundation import (
-    FOUNDATION_EXTRA,
-    EmbeddingHead,
-    import_optional,
-    load_with_library,
-    package_version,
-    preprocessing_from,
-)
-from imgclust.backbones.registry import register_backbone
-from imgclust.backbones.weights import WeightsSpec, file_sha256, seeded_init
+from imgclust.backbones.foundation import EmbeddingHead, package_version, preprocessing_from
+from imgclust.backbones.library_entries import HubFile, build_with_weights, library_for, register_entry
+from imgclust.backbones.weights import WeightsSpec
 from imgclust.exceptions import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -110,26 +101,15 @@ def build_clip(name: str, entry: OpenClipEntry, weights: WeightsSpec, seed: int
     Raises:
         ConfigError, WeightsNotFoundError, WeightsDownloadError: as :func:`build_openclip_backbone`.
     """
-    if weights.kind == "none":
-        raise ConfigError(f"{name!r} is a neural net and needs weights: use 'pretrained', 'random' or a path.")
-    open_clip = import_optional("open_clip", "open_clip_torch", name=name)
+    open_clip = library_for(name, weights, "open_clip", "open_clip_torch")
     tag_cfg: dict[str, Any] = dict(open_clip.get_pretrained_cfg(entry.arch, entry.tag)) if entry.tag else {}
     quick_gelu = bool(tag_cfg.get("quick_gelu", False))
-    if weights.kind == "random":
-        with seeded_init(seed):
-            clip = _create(open_clip, entry, None, quick_gelu)
-        weights_id = f"random-seed{seed}"
-    else:
-        path = _checkpoint(name, entry, weights)
-        sha = file_sha256(path)
-        if weights.is_pretrained:
-            verify_hf_cached_file(path, sha256=sha)  # a corrupt or truncated cache copy is refused
-        with seeded_init(seed):
-            clip = load_with_library(lambda: _create(open_clip, entry, str(path), quick_gelu), path, name=name,
-                                     library="open_clip", sha256=sha)
-        weights_id = (f"pretrained:open_clip:{_arch_tag(entry)}:sha256:{sha}" if weights.is_pretrained
-                      else f"file:sha256:{sha}")
-        logger.info("%s: loaded %s weights from %s (sha256 %s)", name, weights, path, sha[:12])
+    clip, weights_id = build_with_weights(
+        name, weights, seed, hub=_hub(entry), library="open_clip",
+        pretrained_id=f"pretrained:open_clip:{_arch_tag(entry)}",
+        create_random=lambda: _create(open_clip, entry, None, quick_gelu),
+        create_from=lambda path: _create(open_clip, entry, str(path), quick_gelu),
+    )
     return open_clip, clip, weights_id, tag_cfg, quick_gelu
 
 
@@ -168,16 +148,8 @@ def build_openclip_backbone(*, name: str, weights: WeightsSpec, device: torch.de
     )
 
 
-def _checkpoint(name: str, entry: OpenClipEntry, weights: WeightsSpec) -> Path:
-    """The checkpoint file ``weights`` names: the hub file (pretrained; cached, else downloaded unless offline) or the path."""
-    if weights.is_pretrained:
-        if entry.hub_repo is None:
-            raise ConfigError(f"{name!r} has no published pretrained weights; use --weights random or --weights PATH.")
-        return fetch_hf_file(entry.hub_repo, entry.hub_files, name=name,
-                                   source=f"open_clip {entry.arch} pretrained={entry.tag!r}")
-    if weights.path is None:
-        raise ConfigError(f"weights spec {weights!r} of kind 'file' has no path; build it with parse_weights().")
-    return weights.path
+def _hub(entry: OpenClipEntry) -> HubFile:
+    return HubFile(entry.hub_repo, entry.hub_files, f"open_clip {entry.arch} pretrained={entry.tag!r}")
 
 
 def _arch_tag(entry: OpenClipEntry) -> str:
@@ -196,18 +168,9 @@ _ENTRIES: dict[str, OpenClipEntry] = {}
 
 def register_openclip_backbone(name: str, entry: OpenClipEntry) -> None:
     """Register an open_clip image tower under ``name`` (how the built-ins are added; tests add tiny ones)."""
-    register_backbone(
-        name,
-        build_openclip_backbone,
-        description=f"{entry.paper}: {entry.dim}-d image embedding (image tower output), L2-normalised; "
-                    f"{entry.input_size} RGB (open_clip {entry.arch})",
-        default_weights=entry.default_weights,
-        dim=entry.dim,
-        input_size=entry.input_size,
-        weights_source=_source(entry),
-        extra=FOUNDATION_EXTRA,
-    )
-    _ENTRIES[name] = entry
+    register_entry(name, build_openclip_backbone, entry, _ENTRIES, weights_source=_source(entry),
+                   description=f"{entry.paper}: {entry.dim}-d image embedding (image tower output), L2-normalised; "
+                               f"{entry.input_size} RGB (open_clip {entry.arch})")
 
 
 for _name, _entry in OPENCLIP_ENTRIES.items():

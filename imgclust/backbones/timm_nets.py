@@ -25,24 +25,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from imgclust.backbones.base import Backbone, ModuleBackbone
-from imgclust.backbones.download import fetch_hf_file, verify_hf_cached_file
-from imgclust.backbones.foundation import (
-    FOUNDATION_EXTRA,
-    EmbeddingHead,
-    import_optional,
-    load_with_library,
-    package_version,
-    preprocessing_from,
-)
-from imgclust.backbones.registry import register_backbone
-from imgclust.backbones.weights import WeightsSpec, file_sha256, seeded_init
-from imgclust.exceptions import ConfigError
+from imgclust.backbones.foundation import EmbeddingHead, package_version, preprocessing_from
+from imgclust.backbones.library_entries import HubFile, build_with_weights, library_for, register_entry
+from imgclust.backbones.weights import WeightsSpec
 
 logger = logging.getLogger(__name__)
 
@@ -129,26 +119,14 @@ def build_timm_backbone(*, name: str, weights: WeightsSpec, device: torch.device
         WeightsDownloadError: their download failed or did not verify.
     """
     entry = _ENTRIES[name]
-    if weights.kind == "none":
-        raise ConfigError(f"{name!r} is a neural net and needs weights: use 'pretrained', 'random' or a path.")
-    timm = import_optional("timm", "timm", name=name)
+    timm = library_for(name, weights, "timm", "timm")
     overlay = dict(entry.data_overlay)
-    if weights.kind == "random":
-        with seeded_init(seed):
-            net = _create(timm, entry, overlay=overlay, pretrained=False)
-        weights_id = f"random-seed{seed}"
-    else:
-        path = _checkpoint(name, entry, weights)
-        sha = file_sha256(path)
-        if weights.is_pretrained:
-            verify_hf_cached_file(path, sha256=sha)  # a corrupt or truncated cache copy is refused
-        file_overlay = {**overlay, "file": str(path), "source": "file"}
-        with seeded_init(seed):  # pretrained=True runs the (then overwritten) init first
-            net = load_with_library(lambda: _create(timm, entry, overlay=file_overlay, pretrained=True),
-                                    path, name=name, library="timm", sha256=sha)
-        weights_id = (f"pretrained:hf-hub:{entry.hub_repo}:sha256:{sha}" if weights.is_pretrained
-                      else f"file:sha256:{sha}")
-        logger.info("%s: loaded %s weights from %s (sha256 %s)", name, weights, path, sha[:12])
+    net, weights_id = build_with_weights(
+        name, weights, seed, hub=_hub(entry), library="timm", pretrained_id=f"pretrained:hf-hub:{entry.hub_repo}",
+        create_random=lambda: _create(timm, entry, overlay=overlay, pretrained=False),
+        create_from=lambda path: _create(timm, entry, overlay={**overlay, "file": str(path), "source": "file"},
+                                         pretrained=True),  # pretrained=True runs the (then overwritten) init first
+    )
     cfg = timm.data.resolve_model_data_config(net)
     prep = preprocessing_from(name=name, input_size=cfg["input_size"], mean=cfg["mean"], std=cfg["std"],
                               interpolation=cfg["interpolation"], crop_pct=cfg["crop_pct"],
@@ -166,15 +144,8 @@ def build_timm_backbone(*, name: str, weights: WeightsSpec, device: torch.device
     )
 
 
-def _checkpoint(name: str, entry: TimmEntry, weights: WeightsSpec) -> Path:
-    """The checkpoint file ``weights`` names: the hub file (pretrained; cached, else downloaded unless offline) or the path."""
-    if weights.is_pretrained:
-        if entry.hub_repo is None:
-            raise ConfigError(f"{name!r} has no published pretrained weights; use --weights random or --weights PATH.")
-        return fetch_hf_file(entry.hub_repo, TIMM_HUB_FILES, name=name, source=f"timm {entry.model}")
-    if weights.path is None:
-        raise ConfigError(f"weights spec {weights!r} of kind 'file' has no path; build it with parse_weights().")
-    return weights.path
+def _hub(entry: TimmEntry) -> HubFile:
+    return HubFile(entry.hub_repo, TIMM_HUB_FILES, f"timm {entry.model}")
 
 
 def _source(entry: TimmEntry) -> str:
@@ -187,17 +158,9 @@ _ENTRIES: dict[str, TimmEntry] = {}
 def register_timm_backbone(name: str, entry: TimmEntry) -> None:
     """Register a timm model under ``name`` (how the built-ins are added; tests add tiny ones)."""
     norm = ", L2-normalised" if entry.l2 and "L2" not in entry.embedding else ""
-    register_backbone(
-        name,
-        build_timm_backbone,
-        description=f"{entry.paper}: {entry.dim}-d {entry.embedding}{norm}; {entry.input_size} RGB (timm {entry.model})",
-        default_weights=entry.default_weights,
-        dim=entry.dim,
-        input_size=entry.input_size,
-        weights_source=_source(entry),
-        extra=FOUNDATION_EXTRA,
-    )
-    _ENTRIES[name] = entry
+    register_entry(name, build_timm_backbone, entry, _ENTRIES, weights_source=_source(entry),
+                   description=f"{entry.paper}: {entry.dim}-d {entry.embedding}{norm}; {entry.input_size} RGB "
+                               f"(timm {entry.model})")
 
 
 for _name, _entry in TIMM_ENTRIES.items():
