@@ -56,8 +56,8 @@ def main() -> None:
             train_s = 0.0
             for epochs in lengths:
                 t0 = time.perf_counter()
-                est = AutoencoderClusterer(arch=arch, n_clusters=10, epochs=epochs, seed=0, device="cpu",
-                                           checkpoint_dir=ckpt, checkpoint_every=10 ** 9).fit(x)
+                est = AutoencoderClusterer.with_training(arch=arch, n_clusters=10, epochs=epochs, seed=0, device="cpu",
+                                                         checkpoint_dir=ckpt, checkpoint_every=10 ** 9).fit(x)
                 train_s += time.perf_counter() - t0
                 emb = est.transform(x)
                 u = UMAPReducer(n_components=10, n_neighbors=20, min_dist=0.0, fit_sample=None,

@@ -71,8 +71,8 @@ def main() -> None:
     for name in names:
         for seed in (int(s) for s in args.seeds.split(",")):
             t0 = time.perf_counter()
-            est = ContrastiveClusterer(n_clusters=10, epochs=args.epochs, seed=seed, device="cpu",
-                                       **CANDIDATES[name]).fit(x)
+            est = ContrastiveClusterer.with_training(n_clusters=10, epochs=args.epochs, seed=seed, device="cpu",
+                                                     **CANDIDATES[name]).fit(x)
             seconds = time.perf_counter() - t0
             feats = est.transform(x)
             at1, at20 = neighbour_agreement(feats, y, 20)

@@ -36,8 +36,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="imgclust-contrastive-choice-") as ckpt:
         for epochs in sorted({int(e) for e in args.epochs.split(",")}):
             t0 = time.perf_counter()
-            est = ContrastiveClusterer(n_clusters=10, epochs=epochs, seed=args.seed, device="cpu",
-                                       checkpoint_dir=ckpt).fit(x)
+            est = ContrastiveClusterer.with_training(n_clusters=10, epochs=epochs, seed=args.seed, device="cpu",
+                                                     checkpoint_dir=ckpt).fit(x)
             feats = est.transform(x)
             km = FaissKMeans(n_clusters=10, n_redo=10, seed=0, spherical=True).fit(feats).predict(feats)
             train_s = sum(h["seconds"] for h in est.history_)

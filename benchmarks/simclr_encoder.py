@@ -59,10 +59,10 @@ def stage_a(args: argparse.Namespace, x: np.ndarray, y: np.ndarray) -> np.ndarra
                 break
             epochs += args.epoch_step
             t0 = time.perf_counter()
-            est = ContrastiveClusterer(n_clusters=10, encoder=args.encoder, width=args.width, epochs=epochs,
-                                       batch_size=args.batch_size, seed=args.seed, device=args.device,
-                                       umap_components=None, clusterer="kmeans", kmeans_redo=1,
-                                       checkpoint_dir=ckpt).fit(x)
+            est = ContrastiveClusterer.with_training(n_clusters=10, encoder=args.encoder, width=args.width, epochs=epochs,
+                                                     batch_size=args.batch_size, seed=args.seed, device=args.device,
+                                                     umap_components=None, clusterer="kmeans", kmeans_redo=1,
+                                                     checkpoint_dir=ckpt).fit(x)
             step_s = time.perf_counter() - t0
             feats = est.transform(x).astype(np.float32)
             queries = np.random.default_rng(args.seed).choice(len(x), min(args.agreement_queries, len(x)), replace=False)

@@ -165,8 +165,8 @@ def test_resnet18_encoder_shapes(channels: int, size: int) -> None:
 
 def test_resnet18_simclr_fits_saves_and_loads(tmp_path: Path) -> None:
     x, _ = fashion_test_subset(120)
-    est = ContrastiveClusterer(n_clusters=3, encoder="resnet18", width=4, epochs=1, batch_size=32,
-                               umap_components=None, clusterer="kmeans", kmeans_redo=1, device="cpu", seed=0).fit(x)
+    est = ContrastiveClusterer.with_training(n_clusters=3, encoder="resnet18", width=4, epochs=1, batch_size=32,
+                                             umap_components=None, clusterer="kmeans", kmeans_redo=1, device="cpu", seed=0).fit(x)
     assert est.embed_dim_ == 32 and est.transform(x).shape == (120, 32) and est.labels_.shape == (120,)
     est.save(tmp_path / "m")
     loaded = load_deep(tmp_path / "m")
@@ -181,17 +181,17 @@ def test_bad_parameters_fail_before_training() -> None:
                        ({"tone_curve": "gamma"}, "tone_curve"), ({"tone_segments": 0}, "tone_segments"),
                        ({"clusterer": "dbscan"}, "clusterer"), ({"encoder": "vgg"}, "encoder")):
         with pytest.raises(ConfigError, match=match):
-            ContrastiveClusterer(**bad).fit(x)  # type: ignore[arg-type]
+            ContrastiveClusterer.with_training(**bad).fit(x)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="at least 2 images"):
-        ContrastiveClusterer(epochs=0).fit(x[:1])
+        ContrastiveClusterer.with_training(epochs=0).fit(x[:1])
 
 
 def test_short_training_beats_the_random_encoder_on_fashion_mnist() -> None:
     x, y = fashion_test_subset(1000)
     params = {"n_clusters": 10, "width": 16, "batch_size": 128, "umap_components": None, "clusterer": "kmeans",
               "kmeans_redo": 3, "device": "cpu", "seed": 0}
-    untrained = ContrastiveClusterer(epochs=0, **params).fit(x)  # type: ignore[arg-type]
-    trained = ContrastiveClusterer(epochs=6, **params).fit(x)  # type: ignore[arg-type]
+    untrained = ContrastiveClusterer.with_training(epochs=0, **params).fit(x)  # type: ignore[arg-type]
+    trained = ContrastiveClusterer.with_training(epochs=6, **params).fit(x)  # type: ignore[arg-type]
     assert trained.history_[-1]["loss"] < trained.history_[0]["loss"]
     acc0, acc1 = cluster_accuracy(y, untrained.labels_), cluster_accuracy(y, trained.labels_)
     nmi0, nmi1 = nmi(y, untrained.labels_), nmi(y, trained.labels_)
@@ -203,19 +203,20 @@ def test_resume_after_a_crash_is_bit_identical(tmp_path: Path, monkeypatch: pyte
     x, _ = fashion_test_subset(200)  # 4 steps per epoch of 50; crash mid-epoch 2
     params = {"n_clusters": 4, "width": 4, "proj_dim": 8, "epochs": 3, "batch_size": 50, "umap_components": None,
               "clusterer": "kmeans", "kmeans_redo": 1, "device": "cpu", "seed": 3}
-    ref = ContrastiveClusterer(**params).fit(x)  # type: ignore[arg-type]
+    ref = ContrastiveClusterer.with_training(**params).fit(x)  # type: ignore[arg-type]
+    ckpt = {"checkpoint_dir": str(tmp_path), "checkpoint_every": 5}
     monkeypatch.setenv(CRASH_ENV, "6")
     with pytest.raises(SimulatedCrash):
-        ContrastiveClusterer(**params, checkpoint_dir=str(tmp_path), checkpoint_every=5).fit(x)  # type: ignore[arg-type]
+        ContrastiveClusterer.with_training(**params, **ckpt).fit(x)  # type: ignore[arg-type]
     monkeypatch.delenv(CRASH_ENV)
-    res = ContrastiveClusterer(**params, checkpoint_dir=str(tmp_path), checkpoint_every=5).fit(x)  # type: ignore[arg-type]
+    res = ContrastiveClusterer.with_training(**params, **ckpt).fit(x)  # type: ignore[arg-type]
     assert res.resumed_from_step_ == 5
     for name, tensor in ref.network_.state_dict().items():
         assert torch.equal(tensor, res.network_.state_dict()[name]), name
     assert [h["loss"] for h in ref.history_] == [h["loss"] for h in res.history_]
     np.testing.assert_array_equal(ref.labels_, res.labels_)
     with pytest.raises(ConfigError, match="refusing to resume"):
-        ContrastiveClusterer(**{**params, "temperature": 0.2}, checkpoint_dir=str(tmp_path)).fit(x)  # type: ignore[arg-type]
+        ContrastiveClusterer.with_training(**{**params, "temperature": 0.2}, **ckpt).fit(x)  # type: ignore[arg-type]
 
 
 def test_simclr_method_fit_predict_save_load(tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ import math
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from imgclust.deep.training import (
     CRASH_ENV,
     Checkpointer,
     SimulatedCrash,
+    TrainingConfig,
     batches,
     config_fingerprint,
     seed_everything,
@@ -149,7 +151,7 @@ def _blobs_images(n_per: int = 24, size: int = 16, seed: int = 0) -> tuple[np.nd
 def _tiny_ae(**kw: object) -> AutoencoderClusterer:
     params = {"arch": "convae", "n_clusters": 3, "epochs": 3, "batch_size": 16, "kmeans_redo": 1,
               "device": "cpu", "seed": 1, **kw}
-    return AutoencoderClusterer(**params)  # type: ignore[arg-type]
+    return AutoencoderClusterer.with_training(**params)  # type: ignore[arg-type]
 
 
 def _child_fit(out: Path, *ck: object, crash: int | None = None) -> int:
@@ -202,14 +204,16 @@ def test_checkpoint_refuses_other_config(tmp_path: Path) -> None:
 def test_dec_resume_is_bit_identical(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     x, _ = _blobs_images(n_per=16)
     ae = _tiny_ae(epochs=1, augment=False).fit(x)
-    params = {"n_clusters": 3, "pretrained": ae, "update_interval": 4, "tol": 0.0, "max_iter": 12,
-              "batch_size": 16, "kmeans_redo": 1, "device": "cpu", "idec": True}
-    ref = DEC(**params).fit(x)  # type: ignore[arg-type]
+    params = {"n_clusters": 3, "pretrained": ae, "update_interval": 4, "tol": 0.0, "kmeans_redo": 1, "idec": True}
+    training = TrainingConfig(max_iter=12, batch_size=16, device="cpu")
+    ref = DEC(**params, training=training).fit(x)  # type: ignore[arg-type]
+    resumable = replace(training, checkpoint_dir=str(tmp_path), checkpoint_every=5)
     monkeypatch.setenv(CRASH_ENV, "7")
     with pytest.raises(SimulatedCrash):
-        DEC(**params, checkpoint_dir=str(tmp_path), checkpoint_every=5).fit(x)  # type: ignore[arg-type]
+        DEC(**params, training=resumable).fit(x)  # type: ignore[arg-type]
     monkeypatch.delenv(CRASH_ENV)
-    res = DEC(**params, checkpoint_dir=str(tmp_path), checkpoint_every=5).fit(x)  # type: ignore[arg-type]
+    res = DEC(**params, training=resumable).fit(x)  # type: ignore[arg-type]
+    assert res.resumed_from_step_ == 5
     for name, tensor in ref.network_.state_dict().items():
         assert torch.equal(tensor, res.network_.state_dict()[name]), name
     np.testing.assert_array_equal(ref.cluster_centers_, res.cluster_centers_)
@@ -248,8 +252,8 @@ def test_autoencoder_contract_and_save_load(tmp_path: Path) -> None:
 def test_ascae_rgb_fit_predict() -> None:
     rng = np.random.default_rng(0)
     x = rng.integers(0, 255, size=(20, 24, 24, 3), dtype=np.uint8)
-    est = AutoencoderClusterer(arch="ascae", n_clusters=2, epochs=1, batch_size=10, kmeans_redo=1,
-                               device="cpu", augment=False).fit(x)
+    est = AutoencoderClusterer.with_training(arch="ascae", n_clusters=2, epochs=1, batch_size=10, kmeans_redo=1,
+                                             device="cpu", augment=False).fit(x)
     assert est.transform(x).shape == (20, 50) and est.embed_dim_ == 50
     assert est.predict(x).shape == (20,)
 
@@ -258,7 +262,8 @@ def test_ascae_clusters_l2_normalised_f_by_default(tmp_path: Path) -> None:
     """ASCAE/SCAE default to cosine k-means on F (ARCH_DEFAULTS); ``spherical=False`` is the
     paper's k-means on raw F; ConvAE keeps plain k-means. Predictions survive save/load."""
     x, _ = _blobs_images(n_per=10, size=24)
-    est = AutoencoderClusterer(arch="scae", n_clusters=3, epochs=1, batch_size=16, kmeans_redo=1, device="cpu").fit(x)
+    est = AutoencoderClusterer.with_training(arch="scae", n_clusters=3, epochs=1, batch_size=16, kmeans_redo=1,
+                                             device="cpu").fit(x)
     assert est.kmeans_ is not None and est.kmeans_.spherical
     norms = np.linalg.norm(est.cluster_centers_, axis=1)
     np.testing.assert_allclose(norms, 1.0, rtol=1e-4)
@@ -268,8 +273,8 @@ def test_ascae_clusters_l2_normalised_f_by_default(tmp_path: Path) -> None:
     np.testing.assert_array_equal(est.predict(x), np.argmax(unit @ est.cluster_centers_.T, axis=1))
     est.save(tmp_path / "scae")
     np.testing.assert_array_equal(AutoencoderClusterer.load(tmp_path / "scae").predict(x), est.predict(x))
-    paper = AutoencoderClusterer(arch="scae", n_clusters=3, epochs=1, batch_size=16, kmeans_redo=1, device="cpu",
-                                 spherical=False).fit(x)
+    paper = AutoencoderClusterer.with_training(arch="scae", n_clusters=3, epochs=1, batch_size=16, kmeans_redo=1, device="cpu",
+                                               spherical=False).fit(x)
     assert paper.kmeans_ is not None and not paper.kmeans_.spherical
     assert not AutoencoderClusterer(arch="convae")._spherical()
 
@@ -278,8 +283,8 @@ def test_dec_converges_on_easy_data(tmp_path: Path) -> None:
     x, y = _blobs_images()
     ae = _tiny_ae(epochs=4, augment=False).fit(x)
     # 72 images, 16 per batch: 5 steps per epoch; P is refreshed every 3 epochs
-    dec = DEC(n_clusters=3, pretrained=ae, update_interval=15, tol=0.001, max_iter=300, batch_size=16,
-              kmeans_redo=3, device="cpu").fit(x)
+    dec = DEC.with_training(n_clusters=3, pretrained=ae, update_interval=15, tol=0.001, max_iter=300, batch_size=16,
+                            kmeans_redo=3, device="cpu").fit(x)
     assert dec.converged_ and dec.refreshes_[-1]["delta_label"] < 0.001
     losses = [h["loss"] for h in dec.history_]
     assert len(losses) >= 3 and losses[2] < losses[1] < losses[0]  # KL(P||Q) falls while P is fixed
@@ -318,7 +323,7 @@ def test_initial_centroids_umap_are_means_of_the_n2d_partition() -> None:
     assert mu.shape == (3, emb.shape[1]) and mu.dtype == np.float32
     near = ((emb[:, None, :] - mu[None]) ** 2).sum(-1).argmin(1)
     assert cluster_accuracy(y, near) > 0.9  # three easy blobs: the means separate them
-    dec = DEC(n_clusters=3, pretrained=ae, init="umap", max_iter=0, kmeans_redo=1, device="cpu").fit(x)
+    dec = DEC.with_training(n_clusters=3, pretrained=ae, init="umap", max_iter=0, kmeans_redo=1, device="cpu").fit(x)
     np.testing.assert_allclose(dec.cluster_centers_, mu, rtol=1e-5, atol=1e-6)
 
 
@@ -334,16 +339,16 @@ def test_short_training_beats_random_encoder_on_fashion_mnist() -> None:
     # the paper's ASCAE settings (raw 0..255 pixels, N(0, 0.1²) init, λ = 20, k-means on raw F), small batches
     params = {"arch": "ascae", "n_clusters": 10, "batch_size": 32, "device": "cpu", "seed": 0, "kmeans_redo": 3,
               "spherical": False}
-    untrained = AutoencoderClusterer(epochs=0, **params).fit(x)  # type: ignore[arg-type]
-    trained = AutoencoderClusterer(epochs=4, **params).fit(x)  # type: ignore[arg-type]
+    untrained = AutoencoderClusterer.with_training(epochs=0, **params).fit(x)  # type: ignore[arg-type]
+    trained = AutoencoderClusterer.with_training(epochs=4, **params).fit(x)  # type: ignore[arg-type]
     acc0, acc1 = cluster_accuracy(y, untrained.labels_), cluster_accuracy(y, trained.labels_)
     assert trained.history_[-1]["loss"] < trained.history_[0]["loss"]
     assert acc1 > acc0 + 0.02, (acc0, acc1)
     # the library default, cosine k-means on F: a random encoder's F is already a fair feature for it
     # (ACC 0.50 here), so training is measured by NMI (0.474 -> 0.507 when this test was written)
     params["spherical"] = None
-    nmi0 = nmi(y, AutoencoderClusterer(epochs=0, **params).fit(x).labels_)  # type: ignore[arg-type]
-    nmi1 = nmi(y, AutoencoderClusterer(epochs=4, **params).fit(x).labels_)  # type: ignore[arg-type]
+    nmi0 = nmi(y, AutoencoderClusterer.with_training(epochs=0, **params).fit(x).labels_)  # type: ignore[arg-type]
+    nmi1 = nmi(y, AutoencoderClusterer.with_training(epochs=4, **params).fit(x).labels_)  # type: ignore[arg-type]
     assert nmi1 > nmi0 + 0.02, (nmi0, nmi1)
 
 
@@ -372,3 +377,55 @@ def test_gmm_clusterer_option_labels_by_posterior_and_round_trips(tmp_path: Path
     np.testing.assert_array_equal(loaded.predict(x), est.predict(x))
     with pytest.raises(ConfigError, match="clusterer must be"):
         _tiny_ae(clusterer="dbscan").fit(x)
+
+
+def test_training_config_defaults_validation_and_routing() -> None:
+    """One TrainingConfig per deep estimator: ``None`` fields take the class's defaults, the common fields are
+    validated once (in the config), and flat keywords (create_deep, ``with_training``) are routed into it."""
+    from imgclust.deep.deepcluster import DeepCluster
+    from imgclust.deep.methods import create_deep
+    from imgclust.deep.nnc import NeighbourConsistency
+
+    assert NeighbourConsistency(training=TrainingConfig(batch_size=64)).training == TrainingConfig(
+        max_iter=2000, batch_size=64, lr=1e-4, seed=0, device="auto", checkpoint_every=500)
+    assert DEC().training.max_iter == 20000 and AutoencoderClusterer().training.epochs == 50
+    assert DeepCluster().training.lr == 0.05 and DeepCluster().training.checkpoint_every is None
+    est = create_deep("nnc", k=4, max_iter=7, seed=2, device="cpu", lr=1e-3, knn_interval=3)
+    assert isinstance(est, NeighbourConsistency) and est.knn_interval == 3
+    assert (est.training.max_iter, est.training.seed, est.training.lr, est.seed) == (7, 2, 1e-3, 2)
+    assert "lr" not in est.get_params() and est.get_params()["training"] is est.training
+    x = np.zeros((10, 8, 8), dtype=np.uint8)
+    for bad, match in ((TrainingConfig(epochs=3), "trains for training.max_iter"),
+                       (TrainingConfig(lr=0.0), "training.lr"), (TrainingConfig(batch_size=0), "training.batch_size"),
+                       (TrainingConfig(seed=-1), "training.seed"), (TrainingConfig(device="tpu"), "training.device"),
+                       (TrainingConfig(checkpoint_every=0), "training.checkpoint_every")):
+        with pytest.raises(ConfigError, match=match):
+            DEC(training=bad).fit(x)
+    with pytest.raises(ConfigError, match="TrainingConfig"):
+        DEC(training={"lr": 1.0}).fit(x)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="inside training="):
+        DEC.with_training(lr=1.0, training=TrainingConfig())
+
+
+def test_training_config_round_trips_and_flat_artifacts_load(tmp_path: Path) -> None:
+    """``params["training"]`` is saved as a JSON object and loads back as the same config; an artifact written
+    before the config existed (training fields flat among the params) loads with them moved into it and
+    predicts the same; the checkpoint fingerprint still sees the flat parameters (old checkpoints resume)."""
+    import json
+
+    x, _ = _blobs_images(n_per=10)
+    est = _tiny_ae(epochs=1).fit(x)
+    est.save(tmp_path / "new")
+    doc = json.loads((tmp_path / "new" / "estimator.json").read_text())
+    assert doc["params"]["training"] == est.training.to_dict() and "epochs" not in doc["params"]
+    loaded = AutoencoderClusterer.load(tmp_path / "new")
+    assert loaded.training == est.training and loaded.get_params() == est.get_params()
+    old = dict(doc["params"])
+    old.update({k: v for k, v in old.pop("training").items() if k != "max_iter"})  # the pre-config layout
+    (tmp_path / "new" / "estimator.json").write_text(json.dumps({**doc, "params": old}))
+    flat = AutoencoderClusterer.load(tmp_path / "new")
+    assert flat.training == est.training
+    np.testing.assert_array_equal(flat.predict(x), est.predict(x))
+    fp = est._fingerprint_params()
+    assert fp["lr"] == est.training.lr and fp["seed"] == est.training.seed and fp["batch_size"] == 16
+    assert not {"training", "epochs", "max_iter", "device", "checkpoint_dir", "checkpoint_every"} & set(fp)

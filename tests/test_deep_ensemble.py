@@ -48,7 +48,7 @@ def test_bad_parameters_fail_before_training() -> None:
     with pytest.raises(ConfigError, match="members must be at most 16"):
         MultiViewClusterer(members=17).fit(x)
     with pytest.raises(ConfigError, match="pixel_components=50 exceeds"):
-        MultiViewClusterer(members=1, epochs=0).fit(x)  # 30 images < 50 components
+        MultiViewClusterer.with_training(members=1, epochs=0).fit(x)  # 30 images < 50 components
     with pytest.raises(ConfigError, match="min_cluster_fraction"):
         MultiViewClusterer(min_cluster_fraction=2.0).fit(x)
 
@@ -69,7 +69,7 @@ def test_fit_members_consensus_save_load(tmp_path: Path, fashion: tuple[np.ndarr
     est.fit(x)
     assert est.view_seeds_ == [1, 2, 3]  # pixels: seed; member i: seed * members + i
     assert sorted((tmp_path / "ckpt").iterdir()) == [tmp_path / "ckpt" / "member0", tmp_path / "ckpt" / "member1"]
-    alone = AutoencoderClusterer(arch="scae", n_clusters=10, epochs=2, seed=3, device="cpu").fit(x)
+    alone = AutoencoderClusterer.with_training(arch="scae", n_clusters=10, epochs=2, seed=3, device="cpu").fit(x)
     for name, value in alone.network_.state_dict().items():
         torch.testing.assert_close(est.network_.members[1].state_dict()[name], value, rtol=0, atol=0)
     assert est.labels_.shape == (500,) and set(np.unique(est.labels_)) == set(range(10))

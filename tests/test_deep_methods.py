@@ -147,8 +147,8 @@ def fashion() -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def pretrained_ae(fashion: tuple[np.ndarray, np.ndarray]) -> AutoencoderClusterer:
-    return AutoencoderClusterer(arch="convae", n_clusters=10, epochs=1, batch_size=200, augment=False, kmeans_redo=1,
-                                device="cpu", seed=0).fit(fashion[0])
+    return AutoencoderClusterer.with_training(arch="convae", n_clusters=10, epochs=1, batch_size=200, augment=False, kmeans_redo=1,
+                                              device="cpu", seed=0).fit(fashion[0])
 
 
 @requires_fashion
@@ -159,8 +159,8 @@ def test_nnc_fit_predict_save_load(tmp_path: Path, fashion: tuple[np.ndarray, np
         NeighbourConsistency(pretrained=pretrained_ae, autoencoder={"epochs": 1}).fit(x)
     with pytest.raises(ConfigError):
         NeighbourConsistency(pretrained=pretrained_ae, alpha=0.0).fit(x)
-    est = NeighbourConsistency(n_clusters=10, pretrained=pretrained_ae, max_iter=6, batch_size=100, knn_interval=3,
-                               kmeans_redo=1, device="cpu")
+    est = NeighbourConsistency.with_training(n_clusters=10, pretrained=pretrained_ae, max_iter=6, batch_size=100, knn_interval=3,
+                                             kmeans_redo=1, device="cpu")
     with pytest.raises(NotFittedError):
         est.predict(x)
     assert est.fit(x) is est
@@ -184,12 +184,13 @@ def test_nnc_resume_is_bit_identical(tmp_path: Path, monkeypatch: pytest.MonkeyP
     x = fashion[0][:200]  # 4 steps per epoch of 50; crash mid-epoch 2, after a neighbour refresh at step 4
     params = {"n_clusters": 10, "pretrained": pretrained_ae, "max_iter": 8, "batch_size": 50, "knn_interval": 4,
               "kmeans_redo": 1, "device": "cpu"}
-    ref = NeighbourConsistency(**params).fit(x)  # type: ignore[arg-type]
+    ref = NeighbourConsistency.with_training(**params).fit(x)  # type: ignore[arg-type]
+    ckpt = {"checkpoint_dir": str(tmp_path), "checkpoint_every": 5}
     monkeypatch.setenv(CRASH_ENV, "6")
     with pytest.raises(SimulatedCrash):
-        NeighbourConsistency(**params, checkpoint_dir=str(tmp_path), checkpoint_every=5).fit(x)  # type: ignore[arg-type]
+        NeighbourConsistency.with_training(**params, **ckpt).fit(x)  # type: ignore[arg-type]
     monkeypatch.delenv(CRASH_ENV)
-    res = NeighbourConsistency(**params, checkpoint_dir=str(tmp_path), checkpoint_every=5).fit(x)  # type: ignore[arg-type]
+    res = NeighbourConsistency.with_training(**params, **ckpt).fit(x)  # type: ignore[arg-type]
     assert res.resumed_from_step_ == 5
     for name, tensor in ref.network_.state_dict().items():
         assert torch.equal(tensor, res.network_.state_dict()[name]), name
@@ -201,7 +202,7 @@ def test_nnc_resume_is_bit_identical(tmp_path: Path, monkeypatch: pytest.MonkeyP
 def _dc(**kw: object) -> DeepCluster:
     params = {"n_clusters": 10, "n_pseudo": 20, "embed_dim": 16, "pca_dim": 8, "epochs": 2, "batch_size": 100,
               "kmeans_redo": 1, "device": "cpu", "seed": 0, **kw}
-    return DeepCluster(**params)  # type: ignore[arg-type]
+    return DeepCluster.with_training(**params)  # type: ignore[arg-type]
 
 
 @requires_fashion

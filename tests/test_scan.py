@@ -228,8 +228,8 @@ def test_simclr_with_the_scan_clusterer_fits_saves_and_loads(tmp_path: Path) -> 
     x, _ = fashion_test_subset(200)
     with pytest.raises(ConfigError, match="umap_components=None"):
         ContrastiveClusterer(clusterer="scan").fit(x)  # UMAP's default 10 components: refused before training
-    est = ContrastiveClusterer(n_clusters=4, width=4, epochs=1, batch_size=64, umap_components=None, clusterer="scan",
-                               device="cpu", seed=0).fit(x)
+    est = ContrastiveClusterer.with_training(n_clusters=4, width=4, epochs=1, batch_size=64, umap_components=None,
+                                             clusterer="scan", device="cpu", seed=0).fit(x)
     assert est.scan_ is not None and est.gmm_ is None and est.kmeans_ is None
     assert est.scan_.whiten  # a learned representation: neighbours after whitening
     np.testing.assert_array_equal(est.labels_, est.predict(x))

@@ -7,6 +7,8 @@
   Analysis") and IDEC (Guo et al., 2017, "Improved Deep Embedded Clustering with Local Structure
   Preservation") fine-tuning of a pretrained autoencoder.
 - :mod:`imgclust.deep.methods`: build a method by name, load a saved one whatever its class.
+- :class:`~imgclust.deep.training.TrainingConfig`: the training settings every deep estimator takes as
+  ``training=`` (epochs / max_iter, batch_size, lr, seed, device, checkpoints).
 - :mod:`imgclust.deep.training` (seeding, exact-resume checkpoints, the training loop),
   :mod:`imgclust.deep.networks`, :mod:`imgclust.deep.losses`: building blocks for other methods.
 - :mod:`imgclust.deep.backbone`: a trained encoder as a ``deep:<folder>`` feature extractor, registered
@@ -19,5 +21,6 @@ from __future__ import annotations
 from imgclust.deep.autoencoder import AutoencoderClusterer
 from imgclust.deep.base import WEIGHTS_NAME, DeepEstimator
 from imgclust.deep.dec import DEC
+from imgclust.deep.training import TrainingConfig
 
-__all__ = ["DeepEstimator", "AutoencoderClusterer", "DEC", "WEIGHTS_NAME"]
+__all__ = ["DeepEstimator", "AutoencoderClusterer", "DEC", "TrainingConfig", "WEIGHTS_NAME"]

@@ -19,7 +19,7 @@ Training is seeded and checkpointed with exact resume (:mod:`imgclust.deep.train
 """
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ from torch.nn import functional as F
 from imgclust.deep.embedding import EmbeddingClusterer
 from imgclust.deep.losses import ascae_loss
 from imgclust.deep.networks import ARCHS, input_geometry
-from imgclust.deep.training import random_affine
+from imgclust.deep.training import TrainingConfig, random_affine
 from imgclust.exceptions import ConfigError
 from imgclust.validation import check_int
 
@@ -58,8 +58,6 @@ class AutoencoderClusterer(EmbeddingClusterer):
     n_clusters : k; also the D2 width of ASCAE/SCAE.
     embed_dim : ConvAE embedding size; ``None`` = ``n_clusters`` (as in Qian et al., 2025). ASCAE/SCAE
         always cluster their 50-d F layer.
-    epochs, batch_size, lr : Adam training (Qian et al. train 500 epochs; the default here is sized
-        for a CPU; raise it on a GPU).
     lam : λ of the ASCAE loss (20 in the paper, for raw 0..255 pixels); ignored by ConvAE.
     input_scale : pixels are multiplied by this before training; ``None`` (default) picks
         :data:`ARCH_DEFAULTS`: ``1/255`` ([0, 1]) for ConvAE, ``1.0`` (raw 0..255, as the ASCAE
@@ -81,10 +79,10 @@ class AutoencoderClusterer(EmbeddingClusterer):
         paper clusters raw F: pass ``False`` for that). Ignored by the GMM.
     consensus_runs : GMM only: EM runs combined by evidence accumulation into the final mixture
         (:class:`~imgclust.gmm.GaussianMixtureClusterer`); 1 = plain EM.
-    seed, device : reproducibility and placement (``"auto"``, ``"cpu"``, ``"cuda"``).
-    checkpoint_dir, checkpoint_every : exact-resume checkpoints every that many steps (and at the
-        end); ``None`` = none. A directory written under other trajectory-relevant parameters or
-        other data is refused.
+    training : :class:`~imgclust.deep.training.TrainingConfig`: ``epochs`` (default 50; Qian et al. train
+        500, the default is sized for a CPU), ``batch_size`` (256), ``lr`` (Adam, 1e-3), ``seed``, ``device``,
+        ``checkpoint_dir`` / ``checkpoint_every`` (exact-resume checkpoints every that many steps and at the
+        end; a directory written under other trajectory-relevant parameters or other data is refused).
 
     Attributes
     ----------
@@ -97,20 +95,16 @@ class AutoencoderClusterer(EmbeddingClusterer):
     embed_dim_ : embedding width; input_shape_ : per-image shape; input_scale_ : float
     """
 
+    _training_defaults: ClassVar[dict[str, Any]] = {**EmbeddingClusterer._training_defaults, "epochs": 50}
 
     def __init__(self, *, arch: Literal["ascae", "scae", "convae"] = "convae", n_clusters: int = 10,
-                 embed_dim: int | None = None, epochs: int = 50, batch_size: int = 256, lr: float = 1e-3,
-                 lam: float = 20.0, input_scale: float | None = None, init: Literal["paper", "torch"] = "paper",
+                 embed_dim: int | None = None, lam: float = 20.0, input_scale: float | None = None, init: Literal["paper", "torch"] = "paper",
                  augment: bool | None = None, umap_components: int | None = None, umap_neighbors: int = 20,
                  clusterer: Literal["kmeans", "gmm", "scan"] = "kmeans", kmeans_redo: int = 10, spherical: bool | None = None,
-                 consensus_runs: int = 1, seed: int = 0, device: str = "auto", checkpoint_dir: str | None = None,
-                 checkpoint_every: int = 500) -> None:
+                 consensus_runs: int = 1, training: TrainingConfig | None = None) -> None:
         self.arch = arch
         self.n_clusters = n_clusters
         self.embed_dim = embed_dim
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.lr = lr
         self.lam = lam
         self.input_scale = input_scale
         self.init = init
@@ -121,26 +115,21 @@ class AutoencoderClusterer(EmbeddingClusterer):
         self.kmeans_redo = kmeans_redo
         self.spherical = spherical
         self.consensus_runs = consensus_runs
-        self.seed = seed
-        self.device = device
-        self.checkpoint_dir = checkpoint_dir
-        self.checkpoint_every = checkpoint_every
+        self._set_training(training)
 
     def _validate_params(self) -> None:
+        super()._validate_params()
         if self.arch not in ARCHS:
             raise ConfigError(f"arch must be one of {list(ARCHS)}, got {self.arch!r}")
         check_int("n_clusters", self.n_clusters, minimum=1)
         check_int("embed_dim", self.embed_dim, minimum=1, allow_none=True)
-        check_int("epochs", self.epochs, minimum=0)
-        check_int("batch_size", self.batch_size, minimum=1)
         check_int("kmeans_redo", self.kmeans_redo, minimum=1)
         check_int("consensus_runs", self.consensus_runs, minimum=1)
         check_int("umap_components", self.umap_components, minimum=1, allow_none=True)
         check_int("umap_neighbors", self.umap_neighbors, minimum=2)
-        check_int("checkpoint_every", self.checkpoint_every, minimum=1)
-        if not self.lr > 0 or not self._input_scale() > 0 or not self.lam >= 0:
-            raise ConfigError(f"lr and input_scale must be > 0 and lam >= 0; got lr={self.lr}, "
-                              f"input_scale={self.input_scale}, lam={self.lam}")
+        if not self._input_scale() > 0 or not self.lam >= 0:
+            raise ConfigError(f"input_scale must be > 0 and lam >= 0; got input_scale={self.input_scale}, "
+                              f"lam={self.lam}")
         self._validate_clusterer()
         if self.init not in ("paper", "torch"):
             raise ConfigError(f"init must be 'paper' or 'torch', got {self.init!r}")

@@ -23,10 +23,12 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 import os
 import pickle
+from collections.abc import Callable
 from datetime import datetime, timezone
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar, cast
 
 import fsspec
 import numpy as np
@@ -47,7 +49,17 @@ from imgclust.artifacts import (
     write_atomic,
 )
 from imgclust.deep.networks import build_network
-from imgclust.deep.training import encode_batched, to_float_images
+from imgclust.deep.training import (
+    TRAINING_FIELDS,
+    Checkpointer,
+    TrainingConfig,
+    TrainingLoop,
+    config_fingerprint,
+    data_fingerprint,
+    encode_batched,
+    seed_everything,
+    to_float_images,
+)
 from imgclust.devices import resolve_device
 from imgclust.estimator import Estimator, load_estimator
 from imgclust.exceptions import ConfigError, CorruptArtifactError
@@ -58,6 +70,23 @@ __all__ = ["DeepEstimator", "WEIGHTS_NAME"]
 
 WEIGHTS_NAME = "weights.pt"
 D = TypeVar("D", bound="DeepEstimator")
+T = TypeVar("T")
+
+
+class _TrainingField(Generic[T]):
+    """Read-only attribute ``est.<name>`` mirroring ``est.training.<name>`` (the resolved config)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: DeepEstimator | None, objtype: type | None = None) -> T:
+        if obj is None:
+            raise AttributeError(f"{self.name} is an attribute of instances: their training.{self.name}")
+        return cast(T, getattr(obj.training, self.name))
+
+    def __set__(self, obj: DeepEstimator, value: Any) -> None:
+        raise AttributeError(f"{self.name} is read-only: it mirrors training.{self.name}; set "
+                             f"training=dataclasses.replace(est.training, {self.name}=...) instead")
 
 
 class DeepEstimator(Estimator):
@@ -70,7 +99,10 @@ class DeepEstimator(Estimator):
     sub-estimators in ``_sub_estimators`` (subdirectory -> attribute) and constructor parameters
     that are live objects in ``_unsaved_params``.
 
-    Common parameters every subclass has: ``batch_size``, ``device`` (``"auto"``, ``"cpu"``, ``"cuda"``).
+    Every subclass takes ``training`` (a :class:`~imgclust.deep.training.TrainingConfig`; ``None`` = the
+    class's ``_training_defaults``) next to its own method parameters, and counts its training in
+    ``_steps`` (``"epochs"`` or ``"max_iter"``). :meth:`_train` is the one resumable-training template
+    (seeded data order, exact-resume checkpoints keyed by :meth:`_fingerprint_params`).
     """
 
     _meta_attrs: ClassVar[tuple[str, ...]] = ("n_features_in_", "network_spec_", "input_shape_", "input_scale_",
@@ -78,9 +110,18 @@ class DeepEstimator(Estimator):
     _tensor_attrs: ClassVar[tuple[str, ...]] = ()
     _sub_estimators: ClassVar[dict[str, str]] = {}
     _unsaved_params: ClassVar[tuple[str, ...]] = ()
+    _training_defaults: ClassVar[dict[str, Any]] = {"epochs": 20, "batch_size": 256, "lr": 1e-3, "seed": 0,
+                                                    "device": "auto", "checkpoint_every": 500}
+    """What ``None`` fields of ``training`` mean for this class."""
+    _steps: ClassVar[str] = "epochs"
+    """How the class counts its training: ``"epochs"`` or ``"max_iter"`` (optimisation steps)."""
+    _min_batch: ClassVar[int] = 1
+    _resumable_params: ClassVar[tuple[str, ...]] = ("epochs", "max_iter", "device", "checkpoint_dir",
+                                                    "checkpoint_every")
+    """Parameters that do not change the training trajectory, so a checkpoint written under other values may
+    be resumed (the step budget too: no LR schedule, so a finished run can be extended)."""
 
-    batch_size: int
-    device: str
+    training: TrainingConfig
     network_: nn.Module
     network_spec_: dict[str, Any]
     input_shape_: list[int]
@@ -88,9 +129,91 @@ class DeepEstimator(Estimator):
     embed_dim_: int
     labels_: np.ndarray
 
+    # -- the training config
+    def _set_training(self, training: TrainingConfig | None) -> None:
+        """Store ``training`` (``None`` = all defaults) with this class's defaults filled in."""
+        if training is not None and not isinstance(training, TrainingConfig):
+            raise ConfigError(f"training must be a TrainingConfig or None, got {type(training).__name__}; "
+                              "build one with imgclust.deep.training.TrainingConfig(epochs=..., lr=...)")
+        self.training = (training or TrainingConfig()).resolve(self._training_defaults)
+
+    @classmethod
+    def with_training(cls: type[D], **params: Any) -> D:
+        """Build from flat keywords: the :data:`~imgclust.deep.training.TRAINING_FIELDS` among ``params``
+        (``epochs``, ``lr``, ``seed``, ...) go into ``training``, the rest are method parameters."""
+        flat = {k: params.pop(k) for k in TRAINING_FIELDS if k in params}
+        if flat:
+            if params.get("training") is not None:
+                raise ConfigError(f"{cls.__name__}: pass {sorted(flat)} inside training=, not next to it")
+            params["training"] = TrainingConfig(**flat)
+        return cls(**params)
+
+    seed = _TrainingField[int]()
+    device = _TrainingField[str]()
+    batch_size = _TrainingField[int]()
+    lr = _TrainingField[float]()
+
+    def _training_params(self) -> dict[str, Any]:
+        """The training fields this class uses, flat (as the constructor keywords they replaced)."""
+        names = (self._steps, "batch_size", "lr", "seed", "device", "checkpoint_dir", "checkpoint_every")
+        return {k: getattr(self.training, k) for k in names}
+
+    def _fingerprint_params(self) -> dict[str, Any]:
+        """The parameters a checkpoint must match to be resumed: method and training parameters, flat, less
+        ``_resumable_params`` (the same dict as before the training config, so old checkpoints resume)."""
+        flat = {**{k: v for k, v in self.get_params().items() if k != "training"}, **self._training_params()}
+        return {k: v for k, v in flat.items() if k not in self._resumable_params}
+
     def _validate_params(self) -> None:
-        """Raise ConfigError for bad parameters, before any work (every subclass defines it)."""
-        raise NotImplementedError
+        """Raise ConfigError for bad parameters, before any work; subclasses extend it (``super()`` first)."""
+        self.training.validate(steps=self._steps, owner=type(self).__name__, min_batch=self._min_batch)
+
+    def _begin_fit(self, images: Any) -> np.ndarray | torch.Tensor:
+        """Start of every ``fit``: validate the parameters, forget the fitted network, check the images."""
+        self._validate_params()
+        for attr in ("input_shape_", "network_"):
+            self.__dict__.pop(attr, None)
+        return self._check_images(images)
+
+    def _seeded_device(self) -> tuple[torch.device, torch.Generator]:
+        """The training device and the data-order generator, after seeding every RNG with ``training.seed``
+        (:func:`~imgclust.deep.training.seed_everything`; call it right before building the network)."""
+        return resolve_device(self.device), seed_everything(self.seed)
+
+    def _train(self, *, name: str, n: int, generator: torch.Generator, stateful: dict[str, Any],
+               step_fn: Callable[[torch.Tensor, int], float], spec: dict[str, Any],
+               data: tuple[np.ndarray | torch.Tensor, ...],
+               before_step: Callable[[int], bool] | None = None, state: dict[str, Any] | None = None) -> None:
+        """The resumable-training template: run ``step_fn(indices, step) -> loss`` over ``n`` samples in the
+        exact-resume :class:`~imgclust.deep.training.TrainingLoop` for ``training.epochs`` epochs (or
+        ``training.max_iter`` steps), checkpointing in ``training.checkpoint_dir`` every ``checkpoint_every``
+        steps (``None``: once per epoch) under the fingerprint of the class, :meth:`_fingerprint_params`, the
+        network ``spec`` and the arrays ``data`` (training images, initial weights;
+        :func:`~imgclust.deep.training.data_fingerprint`). ``stateful`` (modules, optimizers) and the mutable
+        ``state`` dict are saved in every checkpoint and restored on resume; ``before_step(step)`` returning
+        True stops early. Sets ``history_`` (one row per epoch) and ``resumed_from_step_``."""
+        cfg = self.training
+        fingerprint = config_fingerprint({"class": type(self).__name__, "params": self._fingerprint_params(),
+                                          "spec": spec, "data": data_fingerprint(*data)})
+        every = cfg.checkpoint_every or math.ceil(n / self.batch_size)
+        loop = TrainingLoop(n=n, batch_size=self.batch_size, generator=generator, name=name,
+                            checkpointer=Checkpointer(cfg.checkpoint_dir, fingerprint=fingerprint, every=every),
+                            stateful=stateful, get_extra=None if state is None else lambda: dict(state),
+                            set_extra=None if state is None else state.update)
+        steps = cast(int, getattr(cfg, self._steps))
+        max_steps = steps if self._steps == "max_iter" else steps * loop.steps_per_epoch
+        self.history_: list[dict[str, Any]] = loop.run(step_fn, max_steps=max_steps, before_step=before_step)
+        self.resumed_from_step_ = loop.resumed_from
+
+    def _set_network(self, net: nn.Module, spec: dict[str, Any], input_shape: Any, input_scale: float,
+                     embed_dim: int) -> None:
+        """End of every ``fit``'s training: the network (eval mode) and what ``save`` / ``transform`` need."""
+        self.network_ = net.eval()
+        self.network_spec_ = dict(spec)
+        self.input_shape_ = [int(s) for s in input_shape]
+        self.input_scale_ = float(input_scale)
+        self.n_features_in_ = int(np.prod(self.input_shape_))
+        self.embed_dim_ = int(embed_dim)
 
     # -- inputs
     def _check_images(self, images: Any) -> np.ndarray | torch.Tensor:
@@ -142,6 +265,7 @@ class DeepEstimator(Estimator):
         self._check_fitted("network_", "input_shape_")
         fs, root = resolve(directory, fs)
         params = {k: v for k, v in self.get_params().items() if k not in self._unsaved_params}
+        params["training"] = self.training.to_dict()
         try:
             json.dumps(params)
         except TypeError as exc:
@@ -166,6 +290,23 @@ class DeepEstimator(Estimator):
         }
         write_atomic(fs, join(root, MANIFEST_NAME), json.dumps(doc, indent=2, sort_keys=True).encode())
         logger.info("saved %s to %s", type(self).__name__, root)
+
+    @classmethod
+    def saved_params(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """Constructor parameters of a saved manifest: ``params["training"]`` becomes a
+        :class:`~imgclust.deep.training.TrainingConfig`; an artifact saved before the config existed has the
+        training fields flat among its parameters, and they are moved into it."""
+        params = super().saved_params(params)
+        flat = {k: params.pop(k) for k in TRAINING_FIELDS if k in params}
+        saved = params.pop("training", None)
+        if saved is not None and flat:
+            raise CorruptArtifactError(f"{cls.__name__} manifest has training fields both flat {sorted(flat)} "
+                                       "and in params['training']; save the model again")
+        try:
+            params["training"] = TrainingConfig.from_mapping(saved if saved is not None else flat)
+        except (ConfigError, TypeError) as exc:
+            raise CorruptArtifactError(f"{cls.__name__} manifest has bad training params ({exc})") from exc
+        return params
 
     @classmethod
     def load(cls: type[D], directory: str | os.PathLike[str], fs: fsspec.AbstractFileSystem | None = None) -> D:

@@ -29,6 +29,7 @@ from torch.nn import functional as F
 from imgclust.deep.embedding import EmbeddingClusterer
 from imgclust.deep.losses import nt_xent
 from imgclust.deep.networks import CONTRASTIVE_ENCODERS, input_geometry
+from imgclust.deep.training import TrainingConfig
 from imgclust.exceptions import ConfigError
 from imgclust.validation import check_int
 
@@ -138,9 +139,7 @@ class ContrastiveClusterer(EmbeddingClusterer):
         7.8x (``width`` 32) or 31x (``width`` 64) the FLOPs per 28x28 image of the small encoder at ``width`` 32:
         meant for a GPU
     proj_dim : projection head output (the loss's space; discarded afterwards)
-    epochs, batch_size, lr, weight_decay : Adam training; each step sees ``batch_size`` images twice
-        (two views), so a batch has ``2·batch_size - 2`` negatives per anchor. The default of 20 epochs was
-        chosen on a Fashion-MNIST *train* subset, before the tone curve existed
+    weight_decay : Adam's weight decay (``training.lr`` its learning rate)
     temperature : τ of NT-Xent (0.5, SimCLR's CIFAR-10 setting)
     min_crop_area, jitter : augmentation strength (:func:`contrastive_view`)
     tone_curve, tone_segments : the per-view random tone curve of :func:`contrastive_view` (one of
@@ -156,7 +155,10 @@ class ContrastiveClusterer(EmbeddingClusterer):
         representation itself (:mod:`imgclust.scan`; Van Gansbeke et al., 2020, "SCAN: Learning to Classify
         Images without Labels"). On a Fashion-MNIST *train* subset it beat UMAP + GMM with the ResNet-18 encoder
         but not with the small one, so the default stays UMAP + GMM
-    seed, device, checkpoint_dir, checkpoint_every : as :class:`~imgclust.deep.autoencoder.AutoencoderClusterer`
+    training : :class:`~imgclust.deep.training.TrainingConfig` (defaults: 20 epochs, batch 256 (at least 2),
+        lr 1e-3); each step sees ``batch_size`` images twice (two views), so a batch has ``2·batch_size - 2``
+        negatives per anchor. The default of 20 epochs was chosen on a Fashion-MNIST *train* subset, before the
+        tone curve existed
 
     Attributes
     ----------
@@ -166,22 +168,18 @@ class ContrastiveClusterer(EmbeddingClusterer):
 
     _params_added: ClassVar[dict[str, Any]] = {"tone_curve": "none", "tone_segments": 4}
     """A ``simclr`` model saved before the tone curve existed was trained without one."""
+    _min_batch = 2
 
     def __init__(self, *, n_clusters: int = 10, width: int = 32, encoder: str = "small", proj_dim: int = 64,
-                 epochs: int = 20,
-                 batch_size: int = 256, lr: float = 1e-3, weight_decay: float = 1e-6, temperature: float = 0.5,
+                 weight_decay: float = 1e-6, temperature: float = 0.5,
                  min_crop_area: float = 0.3, jitter: float = 0.4, tone_curve: str = "monotone", tone_segments: int = 4,
                  umap_components: int | None = 10,
                  umap_neighbors: int = 20, clusterer: Literal["kmeans", "gmm", "scan"] = "gmm", consensus_runs: int = 8,
-                 kmeans_redo: int = 10, seed: int = 0, device: str = "auto", checkpoint_dir: str | None = None,
-                 checkpoint_every: int = 500) -> None:
+                 kmeans_redo: int = 10, training: TrainingConfig | None = None) -> None:
         self.n_clusters = n_clusters
         self.width = width
         self.encoder = encoder
         self.proj_dim = proj_dim
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.lr = lr
         self.weight_decay = weight_decay
         self.temperature = temperature
         self.min_crop_area = min_crop_area
@@ -193,20 +191,17 @@ class ContrastiveClusterer(EmbeddingClusterer):
         self.clusterer = clusterer
         self.consensus_runs = consensus_runs
         self.kmeans_redo = kmeans_redo
-        self.seed = seed
-        self.device = device
-        self.checkpoint_dir = checkpoint_dir
-        self.checkpoint_every = checkpoint_every
+        self._set_training(training)
 
     def _validate_params(self) -> None:
-        for name, minimum in (("n_clusters", 1), ("width", 1), ("proj_dim", 1), ("epochs", 0), ("batch_size", 2),
-                              ("umap_neighbors", 2), ("consensus_runs", 1), ("kmeans_redo", 1), ("tone_segments", 1),
-                              ("checkpoint_every", 1)):
+        super()._validate_params()
+        for name, minimum in (("n_clusters", 1), ("width", 1), ("proj_dim", 1), ("umap_neighbors", 2),
+                              ("consensus_runs", 1), ("kmeans_redo", 1), ("tone_segments", 1)):
             check_int(name, getattr(self, name), minimum=minimum)
         check_int("umap_components", self.umap_components, minimum=1, allow_none=True)
-        if not (self.lr > 0 and self.temperature > 0 and self.weight_decay >= 0):
-            raise ConfigError(f"lr and temperature must be > 0 and weight_decay >= 0; got lr={self.lr}, "
-                              f"temperature={self.temperature}, weight_decay={self.weight_decay}")
+        if not (self.temperature > 0 and self.weight_decay >= 0):
+            raise ConfigError(f"temperature must be > 0 and weight_decay >= 0; got temperature={self.temperature}, "
+                              f"weight_decay={self.weight_decay}")
         if not (0 < self.min_crop_area <= 1 and 0 <= self.jitter < 1):
             raise ConfigError(f"min_crop_area must be in (0, 1] and jitter in [0, 1); got {self.min_crop_area} "
                               f"and {self.jitter}")

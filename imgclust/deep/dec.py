@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -29,25 +30,16 @@ from imgclust.deep.autoencoder import AutoencoderClusterer
 from imgclust.deep.base import DeepEstimator
 from imgclust.deep.losses import kl_clustering_loss, student_t, target_distribution
 from imgclust.deep.networks import build_network
-from imgclust.deep.training import (
-    Checkpointer,
-    TrainingLoop,
-    config_fingerprint,
-    data_fingerprint,
-    encode_batched,
-    seed_everything,
-    to_float_images,
-)
-from imgclust.devices import mixed_precision, resolve_device
+from imgclust.deep.training import TrainingConfig, encode_batched, optimise, to_float_images
+from imgclust.devices import mixed_precision
 from imgclust.exceptions import ConfigError
 from imgclust.gmm import GaussianMixtureClusterer
 from imgclust.validation import check_int
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEC", "initial_centroids", "CENTROID_INITS", "UMAP_INIT"]
+__all__ = ["DEC", "FineTuner", "initial_centroids", "CENTROID_INITS", "UMAP_INIT"]
 
-_RESUMABLE_PARAMS = ("max_iter", "device", "checkpoint_dir", "checkpoint_every", "pretrained")
 CENTROID_INITS = ("kmeans", "umap")
 """How DEC / IDEC / NNC pick their initial centroids, see :func:`initial_centroids`."""
 UMAP_INIT = {"n_components": 10, "n_neighbors": 20, "min_dist": 0.0}
@@ -96,7 +88,123 @@ class ClusteringModule(nn.Module):
         self.mu = nn.Parameter(mu)
 
 
-class DEC(DeepEstimator):
+@dataclass
+class FineTuning:
+    """What :meth:`FineTuner._start` sets up: the pretrained autoencoder ``ae``, images ``x`` ``(N, C, H, W)``
+    float32 (CPU), the device, the data-order generator, the network being tuned, ``model`` (network +
+    centroids), its Adam optimizer, the inference batch size and the arrays the checkpoints are keyed by
+    (images, pretrained weights)."""
+
+    ae: AutoencoderClusterer
+    x: torch.Tensor
+    device: torch.device
+    generator: torch.Generator
+    net: nn.Module
+    model: ClusteringModule
+    opt: torch.optim.Optimizer
+    infer: int
+    data: tuple[np.ndarray | torch.Tensor, ...]
+
+
+class FineTuner(DeepEstimator):
+    """Base of the fine-tuners of a pretrained autoencoder with Student-t centroids (:class:`DEC` / IDEC,
+    :class:`~imgclust.deep.nnc.NeighbourConsistency`): the common parameters ``n_clusters``, ``alpha``,
+    ``pretrained``, ``autoencoder``, ``init``, ``kmeans_redo`` and ``training`` (counted in ``max_iter``
+    steps), the set-up (:meth:`_start`), the end (:meth:`_finish`) and the prediction."""
+
+    _meta_attrs = (*DeepEstimator._meta_attrs, "history_", "refreshes_", "n_iter_")
+    _tensor_attrs = ("cluster_centers_", "labels_")
+    _unsaved_params = ("pretrained",)
+    _steps = "max_iter"
+    _resumable_params = (*DeepEstimator._resumable_params, "pretrained")
+    _ae_defaults: ClassVar[dict[str, Any]] = {}
+    """Autoencoder parameters under ``autoencoder``'s (when it pretrains one)."""
+    _tag: ClassVar[str] = "FineTuner"
+
+    cluster_centers_: np.ndarray
+
+    def __init__(self, *, n_clusters: int, alpha: float, pretrained: AutoencoderClusterer | None,
+                 autoencoder: dict[str, Any] | None, init: str, kmeans_redo: int,
+                 training: TrainingConfig | None) -> None:
+        self.n_clusters, self.alpha, self.init, self.kmeans_redo = n_clusters, alpha, init, kmeans_redo
+        self.pretrained, self.autoencoder = pretrained, autoencoder
+        self._set_training(training)
+
+    def _validate_params(self) -> None:
+        super()._validate_params()
+        for name in ("n_clusters", "kmeans_redo"):
+            check_int(name, getattr(self, name), minimum=1)
+        if not self.alpha > 0:
+            raise ConfigError(f"alpha must be > 0, got {self.alpha}")
+        if self.pretrained is not None and not isinstance(self.pretrained, AutoencoderClusterer):
+            raise ConfigError("pretrained must be an AutoencoderClusterer or None, got "
+                              f"{type(self.pretrained).__name__}")
+        if self.pretrained is not None and self.autoencoder is not None:
+            raise ConfigError("pass either pretrained (a fitted autoencoder) or autoencoder (params to pretrain "
+                              "one), not both")
+        if self.init not in CENTROID_INITS:
+            raise ConfigError(f"init must be one of {list(CENTROID_INITS)}, got {self.init!r}")
+
+    def _pretrained(self, images: Any) -> AutoencoderClusterer:
+        ae = self.pretrained
+        if ae is None:
+            params = {**self._ae_defaults, "n_clusters": self.n_clusters, "seed": self.seed, "device": self.device,
+                      **(self.autoencoder or {})}
+            logger.info("%s: pretraining an autoencoder %s", self._tag, params)
+            return AutoencoderClusterer.with_training(**params).fit(images)
+        if getattr(ae, "network_", None) is None:
+            logger.info("%s: the given autoencoder is not fitted; fitting it on these images first", self._tag)
+            ae.fit(images)
+        return ae
+
+    def _start(self, arr: np.ndarray | torch.Tensor) -> FineTuning:
+        """Pretrain (or take) the autoencoder, seed, copy its network and place the initial centroids."""
+        ae = self._pretrained(arr)
+        ae._check_images(arr)  # same per-image shape as the autoencoder was trained on
+        x = to_float_images(arr, scale=ae.input_scale_)
+        device, gen = self._seeded_device()
+        net = build_network(ae.network_spec_)
+        net.load_state_dict(ae.network_.state_dict())
+        net.to(device)
+        infer = max(self.batch_size, 1024)
+        mu0 = initial_centroids(encode_batched(net, x, batch_size=infer, device=device), init=self.init,
+                                n_clusters=self.n_clusters, kmeans_redo=self.kmeans_redo, seed=self.seed)
+        model = ClusteringModule(net, torch.from_numpy(mu0)).to(device)
+        opt = torch.optim.Adam(model.parameters(), lr=self.lr)  # decoder params without grad: Adam skips them
+        return FineTuning(ae=ae, x=x, device=device, generator=gen, net=net, model=model, opt=opt, infer=infer,
+                          data=(arr, *ae.network_.state_dict().values()))
+
+    def _full_q(self, ft: FineTuning) -> tuple[np.ndarray, torch.Tensor]:
+        """Embeddings ``(N, d)`` and soft assignments ``q`` ``(N, k)`` (CPU) of every training image (eval mode)."""
+        emb = encode_batched(ft.net, ft.x, batch_size=ft.infer, device=ft.device)
+        return emb, student_t(torch.from_numpy(emb), ft.model.mu.detach().cpu(), self.alpha)
+
+    def _tune(self, ft: FineTuning, step_fn: Callable[[torch.Tensor, int], float],
+              before_step: Callable[[int], bool], state: dict[str, Any], name: str) -> None:
+        """Run the resumable fine-tuning (:meth:`DeepEstimator._train`; ``name`` in its log lines), then set
+        the fitted attributes."""
+        self._train(name=name, n=ft.x.shape[0], generator=ft.generator,
+                    stateful={"model": ft.model, "optimizer": ft.opt}, step_fn=step_fn, spec=ft.ae.network_spec_,
+                    data=ft.data, before_step=before_step, state=state)
+        self.n_iter_ = int(self.history_[-1]["step"]) if self.history_ else 0
+        self.refreshes_ = list(state["refreshes"])
+        self._set_network(ft.net, ft.ae.network_spec_, ft.ae.input_shape_, ft.ae.input_scale_,
+                          ft.net.embed_dim)  # type: ignore[arg-type]
+        self.cluster_centers_ = ft.model.mu.detach().cpu().numpy().astype(np.float32)
+        self.labels_ = self._full_q(ft)[1].argmax(dim=1).numpy().astype(np.int64)
+
+    def predict_proba(self, images: Any) -> np.ndarray:
+        """Student-t soft assignments ``q`` ``(N, k)`` float32 of images to the learned centroids."""
+        self._check_fitted("cluster_centers_")
+        q = student_t(torch.from_numpy(self.transform(images)), torch.from_numpy(self.cluster_centers_), self.alpha)
+        return q.numpy().astype(np.float32)
+
+    def predict(self, images: Any) -> np.ndarray:
+        """Cluster ``(N,)`` int64 of each image: ``argmax_j q_ij``."""
+        return self.predict_proba(images).argmax(axis=1).astype(np.int64)
+
+
+class DEC(FineTuner):
     """DEC / IDEC clustering of images, starting from a pretrained :class:`AutoencoderClusterer`.
 
     Parameters
@@ -107,14 +215,14 @@ class DEC(DeepEstimator):
     alpha : Student-t degrees of freedom (1 in DEC).
     update_interval : T, steps between refreshes of the target ``P`` on the full data.
     tol : stop when the fraction of labels that changed since the last refresh is below this.
-    max_iter, batch_size, lr : Adam steps (DCEC: 20,000 at lr 1e-3, batch 256).
     pretrained : a fitted :class:`AutoencoderClusterer` (not modified; fitted on the images if it
-        is not fitted yet), or ``None`` to pretrain one with ``autoencoder`` params (JSON dict,
-        e.g. ``{"arch": "convae", "epochs": 50}``). Not saved (the fine-tuned network is).
+        is not fitted yet), or ``None`` to pretrain one with ``autoencoder`` params (JSON dict, flat
+        keywords, e.g. ``{"arch": "convae", "epochs": 50}``). Not saved (the fine-tuned network is).
     init : initial centroids, :func:`initial_centroids`: ``"kmeans"`` (the paper: k-means on the
         pretrained embedding) or ``"umap"`` (embedding means of the N2D UMAP + k-means partition).
     kmeans_redo : k-means restarts for the initial centroids (DEC: 20).
-    seed, device, checkpoint_dir, checkpoint_every : as in :class:`AutoencoderClusterer`.
+    training : :class:`~imgclust.deep.training.TrainingConfig`: ``max_iter`` Adam steps, ``batch_size``,
+        ``lr`` (DCEC: 20,000 at lr 1e-3, batch 256, the defaults), ``seed``, ``device``, checkpoints.
 
     Attributes
     ----------
@@ -125,90 +233,35 @@ class DEC(DeepEstimator):
     n_iter_ : optimisation steps done; converged_ : bool, stopped by ``tol``
     """
 
-    _meta_attrs = (*DeepEstimator._meta_attrs, "history_", "refreshes_", "n_iter_", "converged_")
-    _tensor_attrs = ("cluster_centers_", "labels_")
-    _unsaved_params = ("pretrained",)
+    _meta_attrs = (*FineTuner._meta_attrs, "converged_")
+    _training_defaults: ClassVar[dict[str, Any]] = {"max_iter": 20000, "batch_size": 256, "lr": 1e-3, "seed": 0,
+                                                    "device": "auto", "checkpoint_every": 500}
+    _tag = "DEC"
 
     def __init__(self, *, n_clusters: int = 10, idec: bool = False, gamma: float = 0.1, alpha: float = 1.0,
-                 update_interval: int = 140, tol: float = 0.001, max_iter: int = 20000, batch_size: int = 256,
-                 lr: float = 1e-3, pretrained: AutoencoderClusterer | None = None,
-                 autoencoder: dict[str, Any] | None = None, init: str = "kmeans", kmeans_redo: int = 20, seed: int = 0,
-                 device: str = "auto", checkpoint_dir: str | None = None, checkpoint_every: int = 500) -> None:
-        self.n_clusters = n_clusters
-        self.idec = idec
-        self.gamma = gamma
-        self.alpha = alpha
-        self.update_interval = update_interval
-        self.tol = tol
-        self.max_iter = max_iter
-        self.batch_size = batch_size
-        self.lr = lr
-        self.pretrained = pretrained
-        self.autoencoder = autoencoder
-        self.init = init
-        self.kmeans_redo = kmeans_redo
-        self.seed = seed
-        self.device = device
-        self.checkpoint_dir = checkpoint_dir
-        self.checkpoint_every = checkpoint_every
+                 update_interval: int = 140, tol: float = 0.001, pretrained: AutoencoderClusterer | None = None,
+                 autoencoder: dict[str, Any] | None = None, init: str = "kmeans", kmeans_redo: int = 20,
+                 training: TrainingConfig | None = None) -> None:
+        self.idec, self.gamma, self.update_interval, self.tol = idec, gamma, update_interval, tol
+        super().__init__(n_clusters=n_clusters, alpha=alpha, pretrained=pretrained, autoencoder=autoencoder,
+                         init=init, kmeans_redo=kmeans_redo, training=training)
 
     def _validate_params(self) -> None:
-        for name in ("n_clusters", "update_interval", "batch_size", "kmeans_redo", "checkpoint_every"):
-            check_int(name, getattr(self, name), minimum=1)
-        check_int("max_iter", self.max_iter, minimum=0)
-        if not self.alpha > 0 or not self.lr > 0 or not self.gamma >= 0 or not 0 <= self.tol < 1:
-            raise ConfigError(f"need alpha > 0, lr > 0, gamma >= 0 and 0 <= tol < 1; got alpha={self.alpha}, "
-                              f"lr={self.lr}, gamma={self.gamma}, tol={self.tol}")
-        if self.pretrained is not None and not isinstance(self.pretrained, AutoencoderClusterer):
-            raise ConfigError(f"pretrained must be an AutoencoderClusterer or None, got {type(self.pretrained).__name__}")
-        if self.pretrained is not None and self.autoencoder is not None:
-            raise ConfigError("pass either pretrained (a fitted autoencoder) or autoencoder (params to pretrain one), not both")
-        if self.init not in CENTROID_INITS:
-            raise ConfigError(f"init must be one of {list(CENTROID_INITS)}, got {self.init!r}")
-
-    def _pretrained(self, images: Any) -> AutoencoderClusterer:
-        ae = self.pretrained
-        if ae is None:
-            params = {"n_clusters": self.n_clusters, "seed": self.seed, "device": self.device, **(self.autoencoder or {})}
-            logger.info("DEC: pretraining an autoencoder %s", params)
-            return AutoencoderClusterer(**params).fit(images)
-        if getattr(ae, "network_", None) is None:
-            logger.info("DEC: the given autoencoder is not fitted; fitting it on these images first")
-            ae.fit(images)
-        return ae
+        super()._validate_params()
+        check_int("update_interval", self.update_interval, minimum=1)
+        if not self.gamma >= 0 or not 0 <= self.tol < 1:
+            raise ConfigError(f"need gamma >= 0 and 0 <= tol < 1; got gamma={self.gamma}, tol={self.tol}")
 
     def fit(self, images: Any, y: Any = None) -> DEC:
         """Fine-tune on images ``(N, H, W[, C])`` uint8; ``y`` is ignored."""
-        self._validate_params()
-        for attr in ("input_shape_", "network_"):
-            self.__dict__.pop(attr, None)
-        arr = self._check_images(images)
-        ae = self._pretrained(arr)
-        ae._check_images(arr)  # same per-image shape as the autoencoder was trained on
-        x = to_float_images(arr, scale=ae.input_scale_)
-        device = resolve_device(self.device)
-        gen = seed_everything(self.seed)
-        net = build_network(ae.network_spec_)
-        net.load_state_dict(ae.network_.state_dict())
-        net.to(device)
-        infer = max(self.batch_size, 1024)
-        mu0 = initial_centroids(encode_batched(net, x, batch_size=infer, device=device), init=self.init,
-                                n_clusters=self.n_clusters, kmeans_redo=self.kmeans_redo, seed=self.seed)
-        model = ClusteringModule(net, torch.from_numpy(mu0)).to(device)
-        opt = torch.optim.Adam(model.parameters(), lr=self.lr)
-        params = {k: v for k, v in self.get_params().items() if k not in _RESUMABLE_PARAMS}
-        fingerprint = config_fingerprint({"class": type(self).__name__, "params": params, "spec": ae.network_spec_,
-                                          "data": data_fingerprint(arr, *ae.network_.state_dict().values())})
+        ft = self._start(self._begin_fit(images))
+        net, model, x, device = ft.net, ft.model, ft.x, ft.device
         st: dict[str, Any] = {"p": None, "last": None, "refreshes": [], "converged": False}
-
-        def full_q() -> torch.Tensor:
-            emb = torch.from_numpy(encode_batched(net, x, batch_size=infer, device=device))
-            return student_t(emb, model.mu.detach().cpu(), self.alpha)
 
         def before_step(step: int) -> bool:
             if (step - 1) % self.update_interval:
                 return False
-            q = full_q()
+            q = self._full_q(ft)[1]
             labels = q.argmax(dim=1)
             if st["last"] is not None:
                 delta = float((labels != st["last"]).double().mean())
@@ -220,7 +273,7 @@ class DEC(DeepEstimator):
             st["p"], st["last"] = target_distribution(q), labels
             return False
 
-        recon_loss: Callable[..., torch.Tensor] = ae.reconstruction_loss
+        recon_loss: Callable[..., torch.Tensor] = ft.ae.reconstruction_loss
 
         def step_fn(idx: torch.Tensor, step: int) -> float:
             xb, p = x[idx].to(device), st["p"][idx].to(device)
@@ -232,43 +285,12 @@ class DEC(DeepEstimator):
                         student_t(z, model.mu, self.alpha), p)
                 else:
                     loss = kl_clustering_loss(student_t(net.encode(xb), model.mu, self.alpha), p)  # type: ignore[operator]
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            return float(loss.detach())
+            return optimise(loss, ft.opt)
 
-        def set_extra(d: dict[str, Any]) -> None:
-            st.update(d)
-
-        loop = TrainingLoop(n=x.shape[0], batch_size=self.batch_size, generator=gen, name="IDEC" if self.idec else "DEC",
-                            checkpointer=Checkpointer(self.checkpoint_dir, fingerprint=fingerprint,
-                                                      every=self.checkpoint_every),
-                            stateful={"model": model, "optimizer": opt}, get_extra=lambda: dict(st),
-                            set_extra=set_extra)
         net.train()
-        self.history_ = loop.run(step_fn, max_steps=self.max_iter, before_step=before_step)
-        self.n_iter_ = int(self.history_[-1]["step"]) if self.history_ else 0
+        self._tune(ft, step_fn, before_step, st, name="IDEC" if self.idec else "DEC")
         self.converged_ = bool(st["converged"])
-        self.refreshes_ = list(st["refreshes"])
         if not self.converged_:
             logger.warning("DEC stopped at max_iter=%d before fewer than tol=%g of labels changed; raise max_iter "
-                           "for a converged run", self.max_iter, self.tol)
-        self.network_ = net.eval()
-        self.network_spec_ = dict(ae.network_spec_)
-        self.input_shape_ = list(ae.input_shape_)
-        self.input_scale_ = float(ae.input_scale_)
-        self.n_features_in_ = int(np.prod(self.input_shape_))
-        self.embed_dim_ = int(net.embed_dim)  # type: ignore[arg-type]
-        self.cluster_centers_ = model.mu.detach().cpu().numpy().astype(np.float32)
-        self.labels_ = full_q().argmax(dim=1).numpy().astype(np.int64)
+                           "for a converged run", self.training.max_iter, self.tol)
         return self
-
-    def predict_proba(self, images: Any) -> np.ndarray:
-        """Student-t soft assignments ``q`` ``(N, k)`` float32 of images to the learned centroids."""
-        self._check_fitted("cluster_centers_")
-        q = student_t(torch.from_numpy(self.transform(images)), torch.from_numpy(self.cluster_centers_), self.alpha)
-        return q.numpy().astype(np.float32)
-
-    def predict(self, images: Any) -> np.ndarray:
-        """Cluster ``(N,)`` int64 of each image: ``argmax_j q_ij``."""
-        return self.predict_proba(images).argmax(axis=1).astype(np.int64)

@@ -27,6 +27,7 @@ PCA / whitening / L2 features of the final embeddings.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any, ClassVar
 
 import numpy as np
@@ -37,17 +38,8 @@ from torch.nn import functional as F
 from imgclust.cluster import FaissKMeans
 from imgclust.deep.base import DeepEstimator
 from imgclust.deep.networks import build_network, input_geometry
-from imgclust.deep.training import (
-    Checkpointer,
-    TrainingLoop,
-    config_fingerprint,
-    data_fingerprint,
-    encode_batched,
-    random_affine,
-    seed_everything,
-    to_float_images,
-)
-from imgclust.devices import mixed_precision, resolve_device
+from imgclust.deep.training import TrainingConfig, encode_batched, optimise, random_affine, to_float_images
+from imgclust.devices import mixed_precision
 from imgclust.exceptions import ConfigError
 from imgclust.metrics import nmi
 from imgclust.reduce import StreamingPCA
@@ -57,8 +49,6 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["DeepCluster", "reseed_empty_clusters", "uniform_label_weights"]
 
-# Parameters that do not change the trajectory (no LR schedule, so a finished run can be extended).
-_RESUMABLE_PARAMS = ("epochs", "device", "checkpoint_dir", "checkpoint_every", "kmeans_redo")
 _PSEUDO_KMEANS_ITER = 20  # Lloyd iterations per epoch (Caron et al.'s faiss setting)
 
 
@@ -141,15 +131,15 @@ class DeepCluster(DeepEstimator):
     embed_dim : CNN feature size (the ConvAE encoder's linear output).
     pca_dim : PCA (whitened, then L2-normalised) dimension of the features k-means sees (the paper
         reduces to 256; capped by ``embed_dim``).
-    epochs : clustering / training rounds (the paper: 500 on ImageNet; the default 20 is sized for
-        a CPU).
-    batch_size, lr, momentum, weight_decay : SGD (the paper: 256, 0.05, 0.9, 1e-5).
+    momentum, weight_decay : SGD's (the paper: 0.9, 1e-5; ``training.lr`` its learning rate).
     augment : random horizontal flip + rotation (±15°) / translation (±10 %) / crop (≥ 85 %) of
         each training batch (pixels are scaled to [0, 1] first).
     kmeans_redo : restarts of the final k-means with ``n_clusters`` (the per-epoch k-means runs once).
-    seed, device : reproducibility and placement.
-    checkpoint_dir, checkpoint_every : exact-resume checkpoints every that many steps; ``None``
-        (default) = once per epoch; always at the end.
+    training : :class:`~imgclust.deep.training.TrainingConfig`: ``epochs`` = clustering / training rounds
+        (the paper: 500 on ImageNet; the default 20 is sized for a CPU), ``batch_size`` and ``lr`` of SGD (the
+        paper: 256, 0.05, the defaults), ``seed``, ``device``, ``checkpoint_dir`` / ``checkpoint_every``
+        (exact-resume checkpoints every that many steps; ``None``, the default here, = once per epoch;
+        always at the end).
 
     Attributes
     ----------
@@ -165,38 +155,31 @@ class DeepCluster(DeepEstimator):
     _meta_attrs = (*DeepEstimator._meta_attrs, "history_", "assignments_", "n_pseudo_")
     _tensor_attrs = ("labels_",)
     _sub_estimators: ClassVar[dict[str, str]] = {"pca": "pca_", "kmeans": "kmeans_"}
+    _training_defaults: ClassVar[dict[str, Any]] = {**DeepEstimator._training_defaults, "lr": 0.05,
+                                                    "checkpoint_every": None}
+    _resumable_params = (*DeepEstimator._resumable_params, "kmeans_redo")
 
     def __init__(self, *, n_clusters: int = 10, n_pseudo: int | None = None, embed_dim: int = 64,
-                 pca_dim: int = 32, epochs: int = 20, batch_size: int = 256, lr: float = 0.05,
-                 momentum: float = 0.9, weight_decay: float = 1e-5, augment: bool = True, kmeans_redo: int = 10,
-                 seed: int = 0, device: str = "auto", checkpoint_dir: str | None = None,
-                 checkpoint_every: int | None = None) -> None:
+                 pca_dim: int = 32, momentum: float = 0.9, weight_decay: float = 1e-5, augment: bool = True,
+                 kmeans_redo: int = 10, training: TrainingConfig | None = None) -> None:
         self.n_clusters = n_clusters
         self.n_pseudo = n_pseudo
         self.embed_dim = embed_dim
         self.pca_dim = pca_dim
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.lr = lr
         self.momentum = momentum
         self.weight_decay = weight_decay
         self.augment = augment
         self.kmeans_redo = kmeans_redo
-        self.seed = seed
-        self.device = device
-        self.checkpoint_dir = checkpoint_dir
-        self.checkpoint_every = checkpoint_every
+        self._set_training(training)
 
     def _validate_params(self) -> None:
-        for name in ("n_clusters", "embed_dim", "pca_dim", "batch_size", "kmeans_redo"):
+        super()._validate_params()
+        for name in ("n_clusters", "embed_dim", "pca_dim", "kmeans_redo"):
             check_int(name, getattr(self, name), minimum=1)
         check_int("n_pseudo", self.n_pseudo, minimum=2, allow_none=True)
-        check_int("epochs", self.epochs, minimum=0)
-        check_int("checkpoint_every", self.checkpoint_every, minimum=1, allow_none=True)
-        check_int("seed", self.seed, minimum=0)
-        if not self.lr > 0 or not 0 <= self.momentum < 1 or not self.weight_decay >= 0:
-            raise ConfigError(f"need lr > 0, 0 <= momentum < 1, weight_decay >= 0; got lr={self.lr}, "
-                              f"momentum={self.momentum}, weight_decay={self.weight_decay}")
+        if not 0 <= self.momentum < 1 or not self.weight_decay >= 0:
+            raise ConfigError(f"need 0 <= momentum < 1 and weight_decay >= 0; got momentum={self.momentum}, "
+                              f"weight_decay={self.weight_decay}")
 
     def _features(self, emb: np.ndarray) -> tuple[StreamingPCA, np.ndarray]:
         """Fit PCA + whitening + L2 on embeddings ``(N, embed_dim)``; return it and the ``(N, m)`` features."""
@@ -206,10 +189,7 @@ class DeepCluster(DeepEstimator):
 
     def fit(self, images: Any, y: Any = None) -> DeepCluster:
         """Train on images ``(N, H, W[, C])`` uint8 and cluster them; ``y`` is ignored."""
-        self._validate_params()
-        for attr in ("input_shape_", "network_"):
-            self.__dict__.pop(attr, None)
-        arr = self._check_images(images)
+        arr = self._begin_fit(images)
         n = int(arr.shape[0])
         if self.n_clusters > n or n < 2:
             raise ConfigError(f"DeepCluster needs at least max(2, n_clusters={self.n_clusters}) images, got {n}")
@@ -219,8 +199,7 @@ class DeepCluster(DeepEstimator):
         if n_pseudo < 10 * self.n_clusters and self.n_pseudo is None:
             logger.info("DeepCluster: only %d images, so n_pseudo defaults to %d instead of 10 * n_clusters", n, n)
         x = to_float_images(arr)
-        device = resolve_device(self.device)
-        gen = seed_everything(self.seed)
+        device, gen = self._seeded_device()
         spec = {"arch": "convae", **input_geometry(arr), "embed_dim": self.embed_dim}
         net = build_network(spec).to(device)
         model = _Model(net, nn.Linear(self.embed_dim, n_pseudo)).to(device)
@@ -228,21 +207,14 @@ class DeepCluster(DeepEstimator):
         opt = torch.optim.SGD(cnn_params, lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay)
         head_opt = torch.optim.SGD(model.head.parameters(), lr=self.lr, momentum=self.momentum,
                                    weight_decay=self.weight_decay)
-        params = {k: v for k, v in self.get_params().items() if k not in _RESUMABLE_PARAMS}
-        fingerprint = config_fingerprint({"class": type(self).__name__, "params": params, "spec": spec,
-                                          "data": data_fingerprint(arr)})
         st: dict[str, Any] = {"pseudo": None, "samples": None, "assignments": []}
         infer = self._inference_batch()
-        loop = TrainingLoop(n=n, batch_size=self.batch_size, generator=gen, name="DeepCluster",
-                            checkpointer=Checkpointer(self.checkpoint_dir, fingerprint=fingerprint,
-                                                      every=self.checkpoint_every or -(-n // self.batch_size)),
-                            stateful={"model": model, "optimizer": opt, "head_optimizer": head_opt},
-                            get_extra=lambda: dict(st), set_extra=st.update)
+        steps_per_epoch = math.ceil(n / self.batch_size)
 
         def before_step(step: int) -> bool:
-            if (step - 1) % loop.steps_per_epoch:
+            if (step - 1) % steps_per_epoch:
                 return False
-            epoch = (step - 1) // loop.steps_per_epoch
+            epoch = (step - 1) // steps_per_epoch
             _, feats = self._features(encode_batched(net, x, batch_size=infer, device=device))
             km = FaissKMeans(n_clusters=n_pseudo, n_iter=_PSEUDO_KMEANS_ITER, seed=self.seed + epoch).fit(feats)
             pseudo, _, reseeded = reseed_empty_clusters(feats, km.predict(feats), km.cluster_centers_,
@@ -272,24 +244,15 @@ class DeepCluster(DeepEstimator):
                 xb = random_affine(xb)
             with mixed_precision(device):
                 loss = F.cross_entropy(model.head(net.encode(xb)), yb)  # type: ignore[operator]
-            opt.zero_grad(set_to_none=True)
-            head_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            head_opt.step()
-            return float(loss.detach())
+            return optimise(loss, opt, head_opt)
 
         net.train()
-        self.history_ = loop.run(step_fn, max_steps=self.epochs * loop.steps_per_epoch, before_step=before_step)
+        self._train(name="DeepCluster", n=n, generator=gen,
+                    stateful={"model": model, "optimizer": opt, "head_optimizer": head_opt}, step_fn=step_fn,
+                    spec=spec, data=(arr,), before_step=before_step, state=st)
         self.assignments_ = list(st["assignments"])
-        self.resumed_from_step_ = loop.resumed_from
         self.n_pseudo_ = int(n_pseudo)
-        self.network_ = net.eval()
-        self.network_spec_ = spec
-        self.input_shape_ = [int(s) for s in arr.shape[1:]]
-        self.input_scale_ = 1 / 255
-        self.n_features_in_ = int(np.prod(self.input_shape_))
-        self.embed_dim_ = int(self.embed_dim)
+        self._set_network(net, spec, arr.shape[1:], 1 / 255, self.embed_dim)
         self.pca_, feats = self._features(encode_batched(net, x, batch_size=infer, device=device))
         self.kmeans_ = FaissKMeans(n_clusters=self.n_clusters, n_redo=self.kmeans_redo, seed=self.seed).fit(feats)
         self.labels_ = self.kmeans_.predict(feats)

@@ -20,18 +20,12 @@ from torch import nn
 
 from imgclust.capping import FitSizes, cap_embedding_fit
 from imgclust.cluster import FaissKMeans
+from imgclust.clusterers import ClusterFitInput, clusterer_spec
+from imgclust.config import ClusterConfig
 from imgclust.deep.base import DeepEstimator
 from imgclust.deep.networks import build_network
-from imgclust.deep.training import (
-    Checkpointer,
-    TrainingLoop,
-    config_fingerprint,
-    data_fingerprint,
-    encode_batched,
-    seed_everything,
-    to_float_images,
-)
-from imgclust.devices import mixed_precision, resolve_device
+from imgclust.deep.training import encode_batched, optimise, to_float_images
+from imgclust.devices import mixed_precision
 from imgclust.exceptions import ConfigError
 from imgclust.gmm import GaussianMixtureClusterer
 from imgclust.reduce import UMAPReducer
@@ -51,9 +45,8 @@ class EmbeddingClusterer(DeepEstimator):
     """Base: cluster an encoder's embeddings, optionally through UMAP, with k-means or a GMM.
 
     Subclasses define the parameters ``n_clusters``, ``umap_components`` (``None`` = no UMAP),
-    ``umap_neighbors``, ``clusterer`` (one of :data:`CLUSTERERS`), ``kmeans_redo``, ``consensus_runs``,
-    ``epochs``, ``batch_size``, ``lr``, ``seed``, ``device``, ``checkpoint_dir``, ``checkpoint_every``, and
-    the hooks :meth:`_validate_params`, :meth:`network_spec`, :meth:`_input_scale`, :meth:`_batch_loss`
+    ``umap_neighbors``, ``clusterer`` (one of :data:`CLUSTERERS`), ``kmeans_redo``, ``consensus_runs`` and
+    ``training`` (:class:`~imgclust.deep.training.TrainingConfig`, counted in epochs), and the hooks :meth:`_validate_params`, :meth:`network_spec`, :meth:`_input_scale`, :meth:`_batch_loss`
     (and optionally :meth:`_spherical`, :meth:`_fingerprint_params`, :meth:`_optimizer`).
 
     Attributes set by ``fit``: ``network_`` (eval mode), ``network_spec_``, ``history_`` (one row per
@@ -67,10 +60,9 @@ class EmbeddingClusterer(DeepEstimator):
     _meta_attrs = (*DeepEstimator._meta_attrs, "history_")
     _tensor_attrs = ("labels_",)
     _resumable_params: ClassVar[tuple[str, ...]] = (
-        "epochs", "device", "checkpoint_dir", "checkpoint_every", "kmeans_redo", "umap_components", "umap_neighbors",
-        "clusterer", "consensus_runs", "spherical")
-    """Parameters that do not change the training trajectory, so a checkpoint written under other values may
-    be resumed (``epochs`` too: no LR schedule, so a finished run can be extended)."""
+        *DeepEstimator._resumable_params, "kmeans_redo", "umap_components", "umap_neighbors", "clusterer",
+        "consensus_runs", "spherical")
+    """The clustering stages do not change the training trajectory either."""
 
     n_clusters: int
     umap_components: int | None
@@ -78,11 +70,6 @@ class EmbeddingClusterer(DeepEstimator):
     clusterer: str
     kmeans_redo: int
     consensus_runs: int
-    epochs: int
-    lr: float
-    seed: int
-    checkpoint_dir: str | None
-    checkpoint_every: int
 
     # -- subclass hooks
     def network_spec(self, images: np.ndarray | torch.Tensor) -> dict[str, Any]:
@@ -102,14 +89,10 @@ class EmbeddingClusterer(DeepEstimator):
         """ConfigError unless ``clusterer`` is one of :data:`CLUSTERERS` and fits ``umap_components``."""
         if self.clusterer not in CLUSTERERS:
             raise ConfigError(f"clusterer must be one of {list(CLUSTERERS)}, got {self.clusterer!r}")
-        if self.clusterer == "scan" and self.umap_components is not None:
+        if not clusterer_spec(self.clusterer).accepts_umap and self.umap_components is not None:
             raise ConfigError("clusterer='scan' clusters the embedding itself (neighbours of its whitened, "
                               "L2-normalised rows), not UMAP coordinates: set umap_components=None "
                               f"(got {self.umap_components})")
-
-    def _fingerprint_params(self) -> dict[str, Any]:
-        """The parameters a checkpoint must match to be resumed."""
-        return {k: v for k, v in self.get_params().items() if k not in self._resumable_params}
 
     def _optimizer(self, net: nn.Module) -> torch.optim.Optimizer:
         return torch.optim.Adam(net.parameters(), lr=self.lr)
@@ -129,41 +112,23 @@ class EmbeddingClusterer(DeepEstimator):
     def fit(self: E, images: Any, y: Any = None) -> E:
         """Train the encoder on images ``(N, H, W)`` or ``(N, H, W, C)`` (uint8 0..255), then cluster the
         embeddings of every image. ``y`` is ignored (API symmetry). Returns ``self``."""
-        self._validate_params()
-        for attr in ("input_shape_", "network_"):
-            self.__dict__.pop(attr, None)
-        arr = self._check_images(images)
+        arr = self._begin_fit(images)
         self._check_training_images(arr)
         x = to_float_images(arr, scale=self._input_scale())
-        device = resolve_device(self.device)
-        gen = seed_everything(self.seed)
+        device, gen = self._seeded_device()
         spec = self.network_spec(arr)
         net = build_network(spec).to(device)
         opt = self._optimizer(net)
-        fingerprint = config_fingerprint({"class": type(self).__name__, "params": self._fingerprint_params(),
-                                          "spec": spec, "data": data_fingerprint(arr)})
-        loop = TrainingLoop(n=x.shape[0], batch_size=self.batch_size, generator=gen, name=self._loop_name(),
-                            checkpointer=Checkpointer(self.checkpoint_dir, fingerprint=fingerprint,
-                                                      every=self.checkpoint_every),
-                            stateful={"network": net, "optimizer": opt})
         net.train()
 
         def step_fn(idx: torch.Tensor, step: int) -> float:
             with mixed_precision(device):
                 loss = self._batch_loss(net, x, idx, device)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            return float(loss.detach())
+            return optimise(loss, opt)
 
-        self.history_ = loop.run(step_fn, max_steps=self.epochs * loop.steps_per_epoch)
-        self.resumed_from_step_ = loop.resumed_from
-        self.network_ = net.eval()
-        self.network_spec_ = spec
-        self.input_shape_ = [int(s) for s in arr.shape[1:]]
-        self.input_scale_ = self._input_scale()
-        self.n_features_in_ = int(np.prod(self.input_shape_))
-        self.embed_dim_ = int(net.embed_dim)  # type: ignore[arg-type]
+        self._train(name=self._loop_name(), n=x.shape[0], generator=gen, stateful={"network": net, "optimizer": opt},
+                    step_fn=step_fn, spec=spec, data=(arr,))
+        self._set_network(net, spec, arr.shape[1:], self._input_scale(), net.embed_dim)  # type: ignore[arg-type]
         self._fit_clusters(encode_batched(net, x, batch_size=self._inference_batch(), device=device))
         return self
 
@@ -184,15 +149,13 @@ class EmbeddingClusterer(DeepEstimator):
         self.kmeans_: FaissKMeans | None = None
         self.gmm_: GaussianMixtureClusterer | None = None
         self.scan_: ScanClusterer | None = None
-        if self.clusterer == "scan":
-            self.scan_ = ScanClusterer(n_clusters=self.n_clusters, n_neighbors=sizes.scan_neighbors, whiten=True,
-                                       random_state=self.seed).fit(feats)
-        elif self.clusterer == "gmm":
-            self.gmm_ = GaussianMixtureClusterer(n_clusters=self.n_clusters, fit_sample=None, random_state=self.seed,
-                                                 consensus_runs=self.consensus_runs).fit(feats)
-        else:
-            self.kmeans_ = FaissKMeans(n_clusters=self.n_clusters, n_redo=self.kmeans_redo, seed=self.seed,
-                                       spherical=self._spherical()).fit(feats)
+        # the registry's fit of the method, as the pipeline's model runs it (SCAN in the whitened space)
+        config = ClusterConfig.model_construct(method=self.clusterer, k=self.n_clusters, n_redo=self.kmeans_redo,
+                                               spherical=self._spherical(), consensus_runs=self.consensus_runs,
+                                               scan_whiten=True, seed=self.seed)
+        fitted = clusterer_spec(self.clusterer).fit(ClusterFitInput(
+            sample=feats, stream=None, n_rows=feats.shape[0], k=self.n_clusters, config=config, sizes=sizes))
+        setattr(self, f"{self.clusterer}_", fitted.estimator)
         self.labels_ = self._final_clusterer().predict(feats)
         logger.info("%s: %s on %s features %s -> %d clusters", type(self).__name__, self.clusterer,
                     "UMAP" if self.umap_ is not None else "embedding", feats.shape, self.n_clusters)

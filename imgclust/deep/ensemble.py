@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
 from typing import Any, ClassVar, Literal, cast
 
 import numpy as np
@@ -31,7 +32,7 @@ from imgclust.consensus import MAX_CONSENSUS_ROWS, MIN_CLUSTER_FRACTION, consens
 from imgclust.deep.autoencoder import AutoencoderClusterer
 from imgclust.deep.base import DeepEstimator
 from imgclust.deep.networks import ASCAE_F_DIM, MultiViewNet, build_network, input_geometry
-from imgclust.deep.training import to_float_images
+from imgclust.deep.training import TrainingConfig, to_float_images
 from imgclust.devices import resolve_device
 from imgclust.exceptions import ConfigError
 from imgclust.gmm import GaussianMixtureClusterer
@@ -55,14 +56,15 @@ class MultiViewClusterer(DeepEstimator):
     n_clusters : k (also each SCAE's D2 width and each UMAP's output size)
     members : SCAE encoders, 1..16 (5 chosen on the train subset)
     pixel_components : principal components of the pixel view; 0 = no pixel view
-    epochs, batch_size, lr, lam, init : each SCAE's training (:class:`AutoencoderClusterer`, raw 0..255
-        pixels, the paper's loss J with λ = ``lam``)
+    lam, init : each SCAE's loss J with λ = ``lam`` and weight init (:class:`AutoencoderClusterer`, raw
+        0..255 pixels)
     umap_neighbors : each view's UMAP ``n_neighbors`` (N2D: 20)
     gmm_runs : single EM runs per view (seeds 0..gmm_runs-1) pooled into the consensus
     min_cluster_fraction : the consensus cut's outlier threshold (:func:`~imgclust.consensus.consensus_labels`)
-    seed : member ``i``'s encoder and UMAP use seed ``seed * members + i``; the pixel UMAP uses ``seed``
-    device, checkpoint_dir, checkpoint_every : as :class:`AutoencoderClusterer`; member ``i`` checkpoints
-        in ``checkpoint_dir/member<i>`` (resume after a crash retrains only the unfinished members)
+    training : :class:`~imgclust.deep.training.TrainingConfig` of each SCAE (as :class:`AutoencoderClusterer`'s,
+        default 20 epochs), except: member ``i``'s encoder and UMAP use seed ``seed * members + i`` (the pixel
+        UMAP uses ``seed``), and member ``i`` checkpoints in ``checkpoint_dir/member<i>`` (resume after a crash
+        retrains only the unfinished members)
 
     Attributes
     ----------
@@ -79,53 +81,42 @@ class MultiViewClusterer(DeepEstimator):
     _tensor_attrs = ("labels_",)
     _sub_estimators: ClassVar[dict[str, str]] = {"gmm": "gmm_", **_UMAP_SLOTS}
 
-    def __init__(self, *, n_clusters: int = 10, members: int = 5, pixel_components: int = 50, epochs: int = 20,
-                 batch_size: int = 256, lr: float = 1e-3, lam: float = 20.0, init: Literal["paper", "torch"] = "paper",
-                 umap_neighbors: int = 20, gmm_runs: int = 8, min_cluster_fraction: float = MIN_CLUSTER_FRACTION,
-                 seed: int = 0, device: str = "auto", checkpoint_dir: str | None = None,
-                 checkpoint_every: int = 500) -> None:
+    def __init__(self, *, n_clusters: int = 10, members: int = 5, pixel_components: int = 50, lam: float = 20.0,
+                 init: Literal["paper", "torch"] = "paper", umap_neighbors: int = 20, gmm_runs: int = 8,
+                 min_cluster_fraction: float = MIN_CLUSTER_FRACTION, training: TrainingConfig | None = None) -> None:
         self.n_clusters = n_clusters
         self.members = members
         self.pixel_components = pixel_components
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.lr = lr
         self.lam = lam
         self.init = init
         self.umap_neighbors = umap_neighbors
         self.gmm_runs = gmm_runs
         self.min_cluster_fraction = min_cluster_fraction
-        self.seed = seed
-        self.device = device
-        self.checkpoint_dir = checkpoint_dir
-        self.checkpoint_every = checkpoint_every
+        self._set_training(training)
 
     def _validate_params(self) -> None:
+        super()._validate_params()
         check_int("n_clusters", self.n_clusters, minimum=2)
         check_int("members", self.members, minimum=1)
         check_int("pixel_components", self.pixel_components, minimum=0)
         check_int("umap_neighbors", self.umap_neighbors, minimum=2)
         check_int("gmm_runs", self.gmm_runs, minimum=1)
-        check_int("seed", self.seed, minimum=0)
         if self.members > MAX_MEMBERS:
             raise ConfigError(f"members must be at most {MAX_MEMBERS}, got {self.members}")
         if not 0.0 <= self.min_cluster_fraction <= 1.0:
             raise ConfigError(f"min_cluster_fraction must be in [0, 1], got {self.min_cluster_fraction}")
 
     def _member(self, i: int) -> AutoencoderClusterer:
-        ckpt = None if self.checkpoint_dir is None else os.path.join(self.checkpoint_dir, f"member{i}")
-        return AutoencoderClusterer(arch="scae", n_clusters=self.n_clusters, epochs=self.epochs,
-                                    batch_size=self.batch_size, lr=self.lr, lam=self.lam, init=self.init,
-                                    kmeans_redo=1, seed=self.seed * self.members + i, device=self.device,
-                                    checkpoint_dir=ckpt, checkpoint_every=self.checkpoint_every)
+        root = self.training.checkpoint_dir
+        training = replace(self.training, seed=self.seed * self.members + i,
+                           checkpoint_dir=None if root is None else os.path.join(root, f"member{i}"))
+        return AutoencoderClusterer(arch="scae", n_clusters=self.n_clusters, lam=self.lam, init=self.init,
+                                    kmeans_redo=1, training=training)
 
     def fit(self, images: Any, y: Any = None) -> MultiViewClusterer:
         """Train the members on images ``(N, H, W[, C])`` (uint8), then UMAP, GMM runs and the consensus.
         ``y`` is ignored (API symmetry)."""
-        self._validate_params()
-        for attr in ("input_shape_", "network_"):
-            self.__dict__.pop(attr, None)
-        arr = self._check_images(images)
+        arr = self._begin_fit(images)
         x = to_float_images(arr, scale=1.0)  # SCAE's raw 0..255 (ARCH_DEFAULTS); PCA is scale-free for UMAP
         flat_dim = int(np.prod(x.shape[1:]))
         if self.pixel_components > min(flat_dim, x.shape[0]):
@@ -153,12 +144,7 @@ class MultiViewClusterer(DeepEstimator):
         whole = [torch.cat(view) for view in views]  # each view (N, view_dims[j]), computed once
         norms = torch.stack([v.norm(dim=1).mean().clamp_min(1e-12) for v in whole])
         net.scales.copy_(norms.to(net.scales.device))
-        self.network_ = net
-        self.network_spec_ = spec
-        self.input_shape_ = [int(s) for s in arr.shape[1:]]
-        self.input_scale_ = 1.0
-        self.n_features_in_ = flat_dim
-        self.embed_dim_ = int(net.embed_dim)
+        self._set_network(net, spec, arr.shape[1:], 1.0, net.embed_dim)
         # network_.encode's output, without encoding the training images a second time
         self._fit_clusters(torch.cat([v / sc for v, sc in zip(whole, net.scales.cpu(), strict=True)], dim=1).numpy())
         return self

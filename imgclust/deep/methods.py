@@ -48,6 +48,10 @@ def create_deep(method: str, *, k: int, epochs: int = 20, max_iter: int = 2000, 
                 device: str = "auto", checkpoint_dir: str | None = None, **extra: Any) -> DeepEstimator:
     """The estimator for ``method`` with the project's defaults; ``extra`` overrides parameters.
 
+    Training names (``epochs``, ``max_iter``, ``seed``, ``device``, ``checkpoint_dir`` and, in ``extra``,
+    ``batch_size``, ``lr``, ``checkpoint_every``) go into the estimator's
+    :class:`~imgclust.deep.training.TrainingConfig` (``training=``); the rest are method parameters.
+
     ``epochs`` is the autoencoder (pre)training length; ``max_iter`` the fine-tuning steps of
     DEC/IDEC/NNC. Fine-tuning methods pretrain their conv autoencoder (ConvAE) themselves and, by
     default here, start from the N2D partition of its embedding (``init="umap"``: UMAP + k-means,
@@ -63,33 +67,34 @@ def create_deep(method: str, *, k: int, epochs: int = 20, max_iter: int = 2000, 
     if method == "n2d-ensemble":
         from imgclust.deep.ensemble import MultiViewClusterer
 
-        return MultiViewClusterer(n_clusters=k, epochs=epochs, **common, **extra)
+        return MultiViewClusterer.with_training(n_clusters=k, epochs=epochs, **common, **extra)
     if method == "simclr":
         from imgclust.deep.contrastive import ContrastiveClusterer
 
-        return ContrastiveClusterer(n_clusters=k, epochs=epochs, **_with_clusterer({"umap_components": k, **common},
-                                                                                  extra))
+        return ContrastiveClusterer.with_training(n_clusters=k, epochs=epochs,
+                                                  **_with_clusterer({"umap_components": k, **common}, extra))
     if method in ("ascae", "scae", "convae", *N2D_RECIPES):
         from imgclust.deep.autoencoder import AutoencoderClusterer
 
         arch: dict[str, Any] = {"arch": method}
         if method in N2D_RECIPES:
             arch = {**N2D_RECIPES[method], "umap_components": k}
-        return AutoencoderClusterer(n_clusters=k, epochs=epochs, **_with_clusterer({**arch, **common}, extra))
+        return AutoencoderClusterer.with_training(n_clusters=k, epochs=epochs,
+                                                  **_with_clusterer({**arch, **common}, extra))
     finetune: dict[str, Any] = {"init": "umap", "autoencoder": pretrain, **common, **extra}
     if "pretrained" in extra:
         finetune.pop("autoencoder")
     if method in ("dec", "idec"):
         from imgclust.deep.dec import DEC
 
-        return DEC(n_clusters=k, idec=method == "idec", max_iter=max_iter, **finetune)
+        return DEC.with_training(n_clusters=k, idec=method == "idec", max_iter=max_iter, **finetune)
     if method == "nnc":
         from imgclust.deep.nnc import NeighbourConsistency
 
-        return NeighbourConsistency(n_clusters=k, max_iter=max_iter, **finetune)
+        return NeighbourConsistency.with_training(n_clusters=k, max_iter=max_iter, **finetune)
     from imgclust.deep.deepcluster import DeepCluster
 
-    return DeepCluster(n_clusters=k, epochs=epochs, **common, **extra)
+    return DeepCluster.with_training(n_clusters=k, epochs=epochs, **common, **extra)
 
 
 def _with_clusterer(defaults: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

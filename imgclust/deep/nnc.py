@@ -40,26 +40,16 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from imgclust.deep.autoencoder import AutoencoderClusterer
-from imgclust.deep.base import DeepEstimator
-from imgclust.deep.dec import CENTROID_INITS, ClusteringModule, initial_centroids
+from imgclust.deep.dec import FineTuner
 from imgclust.deep.losses import student_t
-from imgclust.deep.networks import build_network
-from imgclust.deep.training import (
-    Checkpointer,
-    TrainingLoop,
-    config_fingerprint,
-    data_fingerprint,
-    encode_batched,
-    seed_everything,
-    to_float_images,
-)
-from imgclust.devices import mixed_precision, resolve_device
+from imgclust.deep.training import TrainingConfig, optimise
+from imgclust.devices import mixed_precision
 from imgclust.exceptions import ConfigError
 from imgclust.validation import check_int
 
@@ -180,7 +170,7 @@ def nearest_neighbours(emb: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- estimator
 
 
-class NeighbourConsistency(DeepEstimator):
+class NeighbourConsistency(FineTuner):
     """Neighbour-consistency + sample-stability clustering of images (Qian et al. 2025).
 
     Parameters
@@ -188,11 +178,6 @@ class NeighbourConsistency(DeepEstimator):
     n_clusters : k.
     alpha : Student-t degrees of freedom (3 in the paper).
     lam : λ of the sample stability ``sq`` (0.8 in the paper).
-    max_iter, batch_size, lr : Adam steps on encoder + centroids. The paper runs 20,000 iterations
-        of batch 256 at lr 1e-3; the default 2,000 is sized for a CPU; raise it on a GPU. The default
-        lr is 1e-4, not the paper's 1e-3: at 1e-3 most labels kept changing between refreshes and the
-        assignments drifted towards one dominant cluster; at 1e-4 the fraction of changed labels falls
-        steadily with stable cluster sizes.
     knn_interval : steps between recomputations of every sample's nearest neighbour on the full
         training set (the embedding moves as the encoder is fine-tuned).
     balance : weight of :func:`balance_loss` (``log k - H(mean_i q_i)`` over the batch) added to
@@ -204,13 +189,18 @@ class NeighbourConsistency(DeepEstimator):
         for strongly imbalanced data.
     pretrained : a fitted :class:`AutoencoderClusterer` (stage 1; not modified; fitted on the images
         first if it is not fitted), or ``None`` to pretrain one with ``autoencoder`` params (JSON
-        dict, defaults ``arch="convae"`` with ``embed_dim = n_clusters``, as in the paper). Not saved.
+        dict of flat keywords, defaults ``arch="convae"`` with ``embed_dim = n_clusters``, as in the
+        paper). Not saved.
     init : initial centroids ``m``, :func:`imgclust.deep.dec.initial_centroids`: ``"kmeans"`` (the
         paper: k-means on the pretrained embedding) or ``"umap"`` (embedding means of the N2D
         UMAP + k-means partition).
     kmeans_redo : k-means restarts for the initial centroids.
-    seed, device, checkpoint_dir, checkpoint_every : as in :class:`AutoencoderClusterer`
-        (exact-resume checkpoints every that many steps and at the end).
+    training : :class:`~imgclust.deep.training.TrainingConfig`: ``max_iter``, ``batch_size``, ``lr`` of Adam
+        on encoder + centroids, ``seed``, ``device``, exact-resume checkpoints. The paper runs 20,000
+        iterations of batch 256 at lr 1e-3; the default 2,000 is sized for a CPU; raise it on a GPU. The
+        default lr is 1e-4, not the paper's 1e-3: at 1e-3 most labels kept changing between refreshes and
+        the assignments drifted towards one dominant cluster; at 1e-4 the fraction of changed labels falls
+        steadily with stable cluster sizes.
 
     Attributes
     ----------
@@ -224,95 +214,39 @@ class NeighbourConsistency(DeepEstimator):
     n_iter_ : optimisation steps done
     """
 
-    _meta_attrs = (*DeepEstimator._meta_attrs, "history_", "refreshes_", "n_iter_")
-    _tensor_attrs = ("cluster_centers_", "labels_")
-    _unsaved_params = ("pretrained",)
+    _training_defaults: ClassVar[dict[str, Any]] = {"max_iter": 2000, "batch_size": 256, "lr": 1e-4, "seed": 0,
+                                                    "device": "auto", "checkpoint_every": 500}
+    _ae_defaults: ClassVar[dict[str, Any]] = {"arch": "convae"}
+    _tag = "NNC"
 
-    def __init__(self, *, n_clusters: int = 10, alpha: float = 3.0, lam: float = 0.8, max_iter: int = 2000,
-                 batch_size: int = 256, lr: float = 1e-4, knn_interval: int = 100, balance: float = 1.0,
-                 pretrained: AutoencoderClusterer | None = None, autoencoder: dict[str, Any] | None = None,
-                 init: str = "kmeans", kmeans_redo: int = 10, seed: int = 0, device: str = "auto", checkpoint_dir: str | None = None,
-                 checkpoint_every: int = 500) -> None:
-        self.n_clusters = n_clusters
-        self.alpha = alpha
-        self.lam = lam
-        self.max_iter = max_iter
-        self.batch_size = batch_size
-        self.lr = lr
-        self.knn_interval = knn_interval
-        self.balance = balance
-        self.pretrained = pretrained
-        self.autoencoder = autoencoder
-        self.init = init
-        self.kmeans_redo = kmeans_redo
-        self.seed = seed
-        self.device = device
-        self.checkpoint_dir = checkpoint_dir
-        self.checkpoint_every = checkpoint_every
+    def __init__(self, *, n_clusters: int = 10, alpha: float = 3.0, lam: float = 0.8, knn_interval: int = 100,
+                 balance: float = 1.0, pretrained: AutoencoderClusterer | None = None,
+                 autoencoder: dict[str, Any] | None = None, init: str = "kmeans", kmeans_redo: int = 10,
+                 training: TrainingConfig | None = None) -> None:
+        self.lam, self.knn_interval, self.balance = lam, knn_interval, balance
+        super().__init__(n_clusters=n_clusters, alpha=alpha, pretrained=pretrained, autoencoder=autoencoder,
+                         init=init, kmeans_redo=kmeans_redo, training=training)
 
     def _validate_params(self) -> None:
-        for name in ("n_clusters", "batch_size", "knn_interval", "kmeans_redo", "checkpoint_every"):
-            check_int(name, getattr(self, name), minimum=1)
-        check_int("max_iter", self.max_iter, minimum=0)
-        if not self.alpha > 0 or not self.lr > 0 or not self.lam >= 0 or not self.balance >= 0:
-            raise ConfigError(f"need alpha > 0, lr > 0, lam >= 0 and balance >= 0; got alpha={self.alpha}, "
-                              f"lr={self.lr}, lam={self.lam}, balance={self.balance}")
-        if self.pretrained is not None and not isinstance(self.pretrained, AutoencoderClusterer):
-            raise ConfigError(f"pretrained must be an AutoencoderClusterer or None, got {type(self.pretrained).__name__}")
-        if self.pretrained is not None and self.autoencoder is not None:
-            raise ConfigError("pass either pretrained (a fitted autoencoder) or autoencoder (params to pretrain "
-                              "one), not both")
-        if self.init not in CENTROID_INITS:
-            raise ConfigError(f"init must be one of {list(CENTROID_INITS)}, got {self.init!r}")
-
-    def _pretrained(self, images: Any) -> AutoencoderClusterer:
-        ae = self.pretrained
-        if ae is None:
-            params = {"arch": "convae", "n_clusters": self.n_clusters, "seed": self.seed, "device": self.device,
-                      **(self.autoencoder or {})}
-            logger.info("NNC: pretraining an autoencoder %s", params)
-            return AutoencoderClusterer(**params).fit(images)
-        if getattr(ae, "network_", None) is None:
-            logger.info("NNC: the given autoencoder is not fitted; fitting it on these images first")
-            ae.fit(images)
-        return ae
+        super()._validate_params()
+        check_int("knn_interval", self.knn_interval, minimum=1)
+        if not self.lam >= 0 or not self.balance >= 0:
+            raise ConfigError(f"need lam >= 0 and balance >= 0; got lam={self.lam}, balance={self.balance}")
 
     def fit(self, images: Any, y: Any = None) -> NeighbourConsistency:
         """Fine-tune on images ``(N, H, W[, C])`` uint8 (N >= 2); ``y`` is ignored."""
-        self._validate_params()
-        for attr in ("input_shape_", "network_"):
-            self.__dict__.pop(attr, None)
-        arr = self._check_images(images)
+        arr = self._begin_fit(images)
         if arr.shape[0] < max(2, self.n_clusters):
             raise ConfigError(f"NeighbourConsistency needs at least max(2, n_clusters) = {max(2, self.n_clusters)} "
                               f"images, got {arr.shape[0]}")
-        ae = self._pretrained(arr)
-        ae._check_images(arr)  # same per-image shape as the autoencoder was trained on
-        x = to_float_images(arr, scale=ae.input_scale_)
-        device = resolve_device(self.device)
-        gen = seed_everything(self.seed)
-        net = build_network(ae.network_spec_)
-        net.load_state_dict(ae.network_.state_dict())
-        net.to(device)
-        infer = max(self.batch_size, 1024)
-        mu0 = initial_centroids(encode_batched(net, x, batch_size=infer, device=device), init=self.init,
-                                n_clusters=self.n_clusters, kmeans_redo=self.kmeans_redo, seed=self.seed)
-        model = ClusteringModule(net, torch.from_numpy(mu0)).to(device)
-        opt = torch.optim.Adam(model.parameters(), lr=self.lr)  # decoder params get no grad: Adam skips them
-        params = {k: v for k, v in self.get_params().items() if k not in _RESUMABLE_PARAMS}
-        fingerprint = config_fingerprint({"class": type(self).__name__, "params": params, "spec": ae.network_spec_,
-                                          "data": data_fingerprint(arr, *ae.network_.state_dict().values())})
+        ft = self._start(arr)
+        net, model, x, device = ft.net, ft.model, ft.x, ft.device
         st: dict[str, Any] = {"nb": None, "last": None, "refreshes": [], "nc_sum": 0.0, "ss_sum": 0.0, "count": 0}
-
-        def full_q() -> tuple[np.ndarray, torch.Tensor]:
-            """Embeddings (N, d) and soft assignments q (N, k) of every training image (eval mode)."""
-            emb = encode_batched(net, x, batch_size=infer, device=device)
-            return emb, student_t(torch.from_numpy(emb), model.mu.detach().cpu(), self.alpha)
 
         def before_step(step: int) -> bool:
             if (step - 1) % self.knn_interval:
                 return False
-            emb, q = full_q()
+            emb, q = self._full_q(ft)
             nb = torch.from_numpy(nearest_neighbours(emb))
             labels = q.argmax(dim=1)
             rec = {"step": step - 1, "neighbour_agreement": float((labels == labels[nb]).double().mean()),
@@ -336,40 +270,12 @@ class NeighbourConsistency(DeepEstimator):
                 loss = l_nc + l_ss
                 if self.balance:
                     loss = loss + self.balance * balance_loss(q[:b])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            out = optimise(loss, ft.opt)
             st["nc_sum"] += float(l_nc.detach())
             st["ss_sum"] += float(l_ss.detach())
             st["count"] += 1
-            return float(loss.detach())
+            return out
 
-        loop = TrainingLoop(n=x.shape[0], batch_size=self.batch_size, generator=gen, name="NNC",
-                            checkpointer=Checkpointer(self.checkpoint_dir, fingerprint=fingerprint,
-                                                      every=self.checkpoint_every),
-                            stateful={"model": model, "optimizer": opt}, get_extra=lambda: dict(st),
-                            set_extra=st.update)
         net.eval()  # frozen BatchNorm statistics, see the module docstring
-        self.history_ = loop.run(step_fn, max_steps=self.max_iter, before_step=before_step)
-        self.n_iter_ = int(self.history_[-1]["step"]) if self.history_ else 0
-        self.refreshes_ = list(st["refreshes"])
-        self.resumed_from_step_ = loop.resumed_from
-        self.network_ = net.eval()
-        self.network_spec_ = dict(ae.network_spec_)
-        self.input_shape_ = list(ae.input_shape_)
-        self.input_scale_ = float(ae.input_scale_)
-        self.n_features_in_ = int(np.prod(self.input_shape_))
-        self.embed_dim_ = int(net.embed_dim)  # type: ignore[arg-type]
-        self.cluster_centers_ = model.mu.detach().cpu().numpy().astype(np.float32)
-        self.labels_ = full_q()[1].argmax(dim=1).numpy().astype(np.int64)
+        self._tune(ft, step_fn, before_step, st, name="NNC")
         return self
-
-    def predict_proba(self, images: Any) -> np.ndarray:
-        """Student-t soft assignments ``q`` ``(N, k)`` float32 of images to the learned centroids."""
-        self._check_fitted("cluster_centers_")
-        q = student_t(torch.from_numpy(self.transform(images)), torch.from_numpy(self.cluster_centers_), self.alpha)
-        return q.numpy().astype(np.float32)
-
-    def predict(self, images: Any) -> np.ndarray:
-        """Cluster ``(N,)`` int64 of each image: ``argmax_j q_ij``."""
-        return self.predict_proba(images).argmax(axis=1).astype(np.int64)

@@ -1,4 +1,10 @@
-"""Shared training plumbing for the deep clusterers: seeding, data order, exact-resume checkpoints.
+"""Shared training plumbing for the deep clusterers: the training config, seeding, data order, exact-resume
+checkpoints.
+
+:class:`TrainingConfig` holds what every deep estimator's training shares (epochs or max_iter, batch size,
+learning rate, seed, device, checkpoints); each estimator takes it as ``training=`` and runs its optimisation
+through the one template :meth:`imgclust.deep.base.DeepEstimator._train` (a :class:`TrainingLoop` with a
+:class:`Checkpointer` keyed by :func:`config_fingerprint`).
 
 Exact resume (CPU)
 ------------------
@@ -35,7 +41,8 @@ import os
 import pickle
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +54,7 @@ from torch.nn import functional as F
 
 from imgclust.artifacts import write_atomic
 from imgclust.exceptions import ConfigError, CorruptArtifactError
+from imgclust.validation import check_int
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +71,9 @@ __all__ = [
     "random_affine",
     "encode_batched",
     "TrainingLoop",
+    "TrainingConfig",
+    "TRAINING_FIELDS",
+    "optimise",
     "CRASH_ENV",
 ]
 
@@ -433,3 +444,88 @@ class TrainingLoop:
             self._acc = {"loss_sum": 0.0, "count": 0.0, "seconds": 0.0}
             epoch += 1
         return self.history
+
+
+# ----------------------------------------------------------------------------- the training config
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """How a deep estimator trains: the parameters every method shares (its ``training=`` keyword).
+
+    ``None`` means "the method's default" (each class's ``_training_defaults``; e.g. NNC's lr is 1e-4,
+    DeepCluster's 0.05); the estimator stores the config with those filled in (:meth:`resolve`).
+
+    Fields
+    ------
+    epochs : passes over the data (autoencoders, SimCLR, DeepCluster, the ensemble members).
+    max_iter : optimisation steps (the fine-tuners DEC / IDEC / NNC). A method uses exactly one of
+        ``epochs`` / ``max_iter``; setting the other is a :class:`ConfigError`.
+    batch_size, lr : mini-batch size and the optimizer's learning rate.
+    seed : seeds python, numpy and torch (:func:`seed_everything`) and the data order.
+    device : ``"auto"``, ``"cpu"`` or ``"cuda"`` (:func:`imgclust.devices.resolve_device`).
+    checkpoint_dir : exact-resume checkpoints (:class:`Checkpointer`) there; ``None`` = none.
+    checkpoint_every : steps between checkpoints (and one at the end); ``None`` (DeepCluster's
+        default) = once per epoch.
+
+    Saved as a JSON object in ``estimator.json``'s ``params["training"]`` (:meth:`to_dict`).
+    """
+
+    epochs: int | None = None
+    max_iter: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    seed: int | None = None
+    device: str | None = None
+    checkpoint_dir: str | None = None
+    checkpoint_every: int | None = None
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> TrainingConfig:
+        """A config from a JSON object (a saved ``params["training"]``); unknown names are a ConfigError."""
+        unknown = sorted(set(values) - set(TRAINING_FIELDS))
+        if unknown:
+            raise ConfigError(f"unknown training parameter(s) {unknown}; TrainingConfig has {list(TRAINING_FIELDS)}")
+        return cls(**values)
+
+    def resolve(self, defaults: Mapping[str, Any]) -> TrainingConfig:
+        """This config with every ``None`` field that ``defaults`` names filled in from it."""
+        return replace(self, **{k: v for k, v in defaults.items() if getattr(self, k) is None})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object saved in ``estimator.json``."""
+        return asdict(self)
+
+    def validate(self, *, steps: str, owner: str, min_batch: int = 1) -> None:
+        """ConfigError unless the fields are valid for a method counting its training in ``steps``
+        (``"epochs"`` or ``"max_iter"``); ``owner`` names the method in the messages."""
+        other = "max_iter" if steps == "epochs" else "epochs"
+        if getattr(self, other) is not None:
+            raise ConfigError(f"{owner} trains for training.{steps}, not training.{other} "
+                              f"(got {other}={getattr(self, other)!r}); set {steps} instead")
+        check_int(f"training.{steps}", getattr(self, steps), minimum=0)
+        check_int("training.batch_size", self.batch_size, minimum=min_batch)
+        check_int("training.seed", self.seed, minimum=0)
+        check_int("training.checkpoint_every", self.checkpoint_every, minimum=1, allow_none=True)
+        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not self.lr > 0:
+            raise ConfigError(f"training.lr must be a number > 0, got {self.lr!r}")
+        if not isinstance(self.device, str) or (self.device not in ("auto", "cpu", "cuda")
+                                                and not self.device.startswith("cuda:")):
+            raise ConfigError(f"training.device must be 'auto', 'cpu' or 'cuda' (or 'cuda:<i>'), got {self.device!r}")
+        if self.checkpoint_dir is not None and not isinstance(self.checkpoint_dir, (str, os.PathLike)):
+            raise ConfigError(f"training.checkpoint_dir must be a path or None, got {self.checkpoint_dir!r}")
+
+
+TRAINING_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(TrainingConfig))
+"""The names :class:`TrainingConfig` takes; flat keywords with these names are routed into it."""
+
+
+def optimise(loss: torch.Tensor, *optimizers: torch.optim.Optimizer) -> float:
+    """One optimisation step of ``loss`` (a scalar) over ``optimizers``: zero every gradient, backward, step
+    each in order; returns the loss as a float."""
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)
+    loss.backward()
+    for opt in optimizers:
+        opt.step()
+    return float(loss.detach())
