@@ -21,15 +21,16 @@ log = logging.getLogger(__name__)
 
 
 def runner_from_env() -> RunnerConfig:
-    """RunnerConfig for deployed flows: ``IMGCLUST_DASK_ADDRESS``, ``IMGCLUST_DASK_WORKERS`` (default 2),
-    ``IMGCLUST_GPU_CLUSTER=1`` (one worker per GPU)."""
-    address = os.environ.get("IMGCLUST_DASK_ADDRESS") or None
-    gpu = os.environ.get("IMGCLUST_GPU_CLUSTER", "") in ("1", "true", "yes")
-    kind = "address" if address else ("cuda" if gpu else "local")
+    """RunnerConfig for deployed flows: ``IMGCLUST_DASK_ADDRESS``, ``IMGCLUST_DASK_WORKERS`` (default
+    ``RunnerConfig``'s), ``IMGCLUST_GPU_CLUSTER=1`` (one worker per GPU), by :meth:`RunnerConfig.choose`."""
+    workers = os.environ.get("IMGCLUST_DASK_WORKERS")
     try:
-        return RunnerConfig(kind=kind, address=address, workers=int(os.environ.get("IMGCLUST_DASK_WORKERS", "2")))
+        count = int(workers) if workers else None
     except ValueError as err:
-        raise ConfigError(f"bad IMGCLUST_DASK_* environment: {err}") from err
+        raise ConfigError(f"bad IMGCLUST_DASK_WORKERS={workers!r}: a number of worker processes") from err
+    return RunnerConfig.choose(address=os.environ.get("IMGCLUST_DASK_ADDRESS"),
+                               gpu_cluster=os.environ.get("IMGCLUST_GPU_CLUSTER", "") in ("1", "true", "yes"),
+                               workers=count)
 
 
 def default_task_runner() -> DaskTaskRunner:

@@ -197,6 +197,16 @@ class RunnerConfig(_Base):
     threads_per_worker: int = Field(1, ge=1, le=64, description="Threads per Dask worker.")
     address: str | None = Field(None, description="Scheduler address (tcp://host:8786) when kind=address.")
 
+    @classmethod
+    def choose(cls, *, address: str | None, gpu_cluster: bool, workers: int | None = None) -> RunnerConfig:
+        """The one runner rule: an existing scheduler ``address`` wins, then ``gpu_cluster`` (one worker per GPU),
+        else ``workers`` local processes (default :attr:`workers`'s). ConfigError for an invalid value."""
+        kind = "address" if address else ("cuda" if gpu_cluster else "local")
+        given: dict[str, Any] = {"kind": kind, "address": address or None}
+        if workers is not None:
+            given["workers"] = workers
+        return validated(cls, **given)
+
     @model_validator(mode="after")
     def _address(self) -> RunnerConfig:
         if self.kind == "address" and not self.address:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from imgclust.config import AUTO_K, RunnerConfig, validated
+from imgclust.config import AUTO_K, RunnerConfig
 from imgclust.exceptions import ConfigError
 
 if TYPE_CHECKING:
@@ -117,8 +117,7 @@ def runner_config(a: argparse.Namespace) -> RunnerConfig:
     Raises:
         ConfigError: an invalid value (e.g. ``--workers 0``), before any work.
     """
-    kind = "address" if a.address else ("cuda" if a.gpu_cluster else "local")
-    return validated(RunnerConfig, kind=kind, workers=a.workers, address=a.address)
+    return RunnerConfig.choose(address=a.address, gpu_cluster=a.gpu_cluster, workers=a.workers)
 
 
 def run_flow(flow_path: str, runner: RunnerConfig | None, **params: Any) -> Any:
