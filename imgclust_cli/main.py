@@ -177,9 +177,10 @@ def _print_summary(result: dict[str, Any], extra: dict[str, Any] | None = None) 
 def _k_choice(store: str, model_id: str) -> str:
     """How the model got its number of clusters: ``--k auto``'s choice (``model.json``'s ``k_sweep``) as
     ``k of lo..hi by criterion: reason``, or HDBSCAN's count, parameters and noise share; empty when k was given."""
+    from imgclust.model import model_info
     from imgclust.store import Store
 
-    info = Store(store).read_json(f"models/{model_id}/model.json")
+    info = model_info(Store(store), model_id)
     sweep = info.get("k_sweep")
     if sweep:
         return f"{sweep['chosen']} of {min(sweep['ks'])}..{max(sweep['ks'])} by {sweep['criterion']}: {sweep['reason']}"
@@ -192,9 +193,10 @@ def _k_choice(store: str, model_id: str) -> str:
 
 def _capped(store: str, model_id: str) -> str:
     """What the fit capped to the corpus size (``model.json``'s ``capped``), as ``name asked -> used, ...``."""
+    from imgclust.model import model_info
     from imgclust.store import Store
 
-    values = Store(store).read_json(f"models/{model_id}/model.json").get("capped", {}).get("values", {})
+    values = model_info(Store(store), model_id).get("capped", {}).get("values", {})
     return ", ".join(f"{name} {v['asked']} -> {'none' if v['used'] is None else v['used']}"
                      for name, v in values.items())
 
