@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # Fashion-MNIST from Debian (offline data for the demo and the data-dependent tests), and Debian's
-# wallpapers: real multi-megapixel JPEG/PNG/WebP photos for imgclust.photos (photo tests, benchmarks).
+# wallpapers: real multi-megapixel JPEG/PNG/WebP photos for imgclust.data.photos (photo tests, benchmarks).
 dataset:
 	@if [ ! -f $(FASHION) ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \

@@ -24,8 +24,8 @@ def setup_logging(quiet: Sequence[str] = ("imgclust", "numba", "umap")) -> None:
 
 def fashion_mnist_splits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """``(x_train, y_train, x_test, y_test)`` of Fashion-MNIST: uint8 images ``(n, 28, 28)`` and int labels ``(n,)``
-    (:func:`imgclust.datasets.load_fashion_mnist`; 60,000 train and 10,000 test images)."""
-    from imgclust.datasets import load_fashion_mnist
+    (:func:`imgclust.data.datasets.load_fashion_mnist`; 60,000 train and 10,000 test images)."""
+    from imgclust.data.datasets import load_fashion_mnist
 
     x_train, y_train = load_fashion_mnist("train")
     x_test, y_test = load_fashion_mnist("test")

@@ -35,11 +35,11 @@ def main() -> None:
     x, y = train_subset(args)
     import torch
 
-    from imgclust.cluster import FaissKMeans
+    from imgclust.cluster.classic import FaissKMeans
+    from imgclust.cluster.gmm import GaussianMixtureClusterer
     from imgclust.deep.autoencoder import AutoencoderClusterer
-    from imgclust.gmm import GaussianMixtureClusterer
     from imgclust.metrics import cluster_accuracy, nmi
-    from imgclust.reduce import UMAPReducer
+    from imgclust.reduce.streaming import UMAPReducer
 
     lengths = sorted({int(e) for e in args.epochs.split(",")})
 

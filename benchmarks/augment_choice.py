@@ -42,7 +42,7 @@ def neighbour_agreement(emb: np.ndarray, y: np.ndarray, k: int,
     """Fraction of the nearest neighbour, and of the ``k`` nearest, of each query row of ``emb`` ``(N, D)``
     (cosine, searched among all ``N``; the row itself excluded) whose label equals the row's:
     ``(agreement@1, agreement@k)``. ``queries``: row indices ``(Q,)`` to score; ``None`` = every row."""
-    from imgclust.scan import nearest_neighbours
+    from imgclust.cluster.scan import nearest_neighbours
 
     e = np.ascontiguousarray(emb / np.linalg.norm(emb, axis=1, keepdims=True), dtype=np.float32)
     q = np.arange(len(e)) if queries is None else np.asarray(queries)
@@ -63,7 +63,7 @@ def main() -> None:
     if unknown:
         p.error(f"unknown candidates {unknown}; choose from {', '.join(CANDIDATES)}")
     x, y = train_subset(args)
-    from imgclust.cluster import FaissKMeans
+    from imgclust.cluster.classic import FaissKMeans
     from imgclust.deep.contrastive import ContrastiveClusterer
     from imgclust.metrics import cluster_accuracy, nmi
 

@@ -68,12 +68,12 @@ def build_store(root: Path, n: int, seed: int = 0, reuse: bool = False, reducer:
     import pyarrow as pa
 
     from imgclust.config import ClusterConfig, ExtractConfig, ReduceConfig
-    from imgclust.datasets import load_fashion_mnist
-    from imgclust.extract import backbone_for, shard_fingerprint
-    from imgclust.features import DoneMarker, embeddings_table, feature_path, marker_path
-    from imgclust.manifest import MANIFEST_SCHEMA, ShardSpec
-    from imgclust.model import fit_from_store, promote
-    from imgclust.store import Store
+    from imgclust.data.datasets import load_fashion_mnist
+    from imgclust.extract.shard import backbone_for, shard_fingerprint
+    from imgclust.io.features import DoneMarker, embeddings_table, feature_path, marker_path
+    from imgclust.io.manifest import MANIFEST_SCHEMA, ShardSpec
+    from imgclust.io.store import Store
+    from imgclust.models.model import fit_from_store, promote
 
     t0, store, cfg = time.perf_counter(), Store(root), ExtractConfig(extractor="pixels")
     backbone, key = backbone_for(cfg), backbone_for(cfg).key()
@@ -85,7 +85,7 @@ def build_store(root: Path, n: int, seed: int = 0, reuse: bool = False, reducer:
         date = dt.date(2026, 10, 1) + dt.timedelta(days=p)
         run = f"20261001T000000Z-old{p:03d}"
         part = f"manifest/date={date.isoformat()}/part-{run}.parquet"
-        hexes = rng.bytes(16 * m).hex()  # sha256-looking ids, 32 hex chars like imgclust.sources.content_id
+        hexes = rng.bytes(16 * m).hex()  # sha256-looking ids, 32 hex chars like imgclust.io.sources.content_id
         ids = sorted(hexes[i * 32:(i + 1) * 32] for i in range(m))
         when = dt.datetime(2026, 9, 30, tzinfo=dt.timezone.utc)
         store.write_parquet(part, pa.table({
@@ -123,11 +123,11 @@ def restore(root: Path, before: set[str]) -> None:
 
 
 def library_run(root: Path, source: str, empty: str) -> dict[str, float]:
-    from imgclust.extract import extract_shard
-    from imgclust.labels import label_shard
-    from imgclust.manifest import ingest, plan_shards, read_manifest
-    from imgclust.model import current_model_id, extract_config_of
-    from imgclust.store import Store
+    from imgclust.extract.shard import extract_shard
+    from imgclust.io.manifest import ingest, plan_shards, read_manifest
+    from imgclust.io.store import Store
+    from imgclust.models.labels import label_shard
+    from imgclust.models.model import current_model_id, extract_config_of
 
     store, t = Store(root), {}
     t0 = time.perf_counter()
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     from flows.runtime import embedded_prefect
-    from imgclust.datasets import build_demo_corpus
+    from imgclust.data.datasets import build_demo_corpus
 
     try:
         corpus = str(build_demo_corpus(work / "corpus", limit=None if args.new == 10_000 else args.new)["path"])

@@ -1,4 +1,4 @@
-"""Automatic choice of k (issue 24, ``--k auto``): does :func:`imgclust.choose_k.choose_k` find the number of kinds?
+"""Automatic choice of k (issue 24, ``--k auto``): does :func:`imgclust.cluster.choose_k.choose_k` find the number of kinds?
 
 Corpora (labels used only for scoring):
 
@@ -12,13 +12,13 @@ Corpora (labels used only for scoring):
   trained by another session, -> UMAP(10, n_neighbors 20).
 
 Pixel recipe as the pipeline runs it: pixels / 255 flattened -> IncrementalPCA(50)
-(:class:`imgclust.reduce.StreamingPCA`) -> UMAP(10, n_neighbors 15) fitted with the recipe's seed, then
-``transform`` of every row (what :meth:`imgclust.model.ClusterModel.embed` does); embeddings are cached under
+(:class:`imgclust.reduce.streaming.StreamingPCA`) -> UMAP(10, n_neighbors 15) fitted with the recipe's seed, then
+``transform`` of every row (what :meth:`imgclust.models.model.ClusterModel.embed` does); embeddings are cached under
 ``/tmp/choose_k/``. Per corpus, UMAP seed and clusterer (``gmm``, the demo's, and ``kmeans``):
 
 * the sweep (:func:`choose_k`): chosen k, and NMI at the chosen k and at the true number of classes (the same
   clusterer and seed fitted on every row of the corpus);
-* ``--rule NAME``: the same sweep with another candidate rule of :data:`imgclust.choose_k.RULES`;
+* ``--rule NAME``: the same sweep with another candidate rule of :data:`imgclust.cluster.choose_k.RULES`;
 * ``--dense``: the candidate criteria at every k of ``2..--dense-kmax`` and the k each candidate rule would pick
   there, with the NMI (the table the rule was chosen from). Rules are ranked by the runs meeting both goals of
   issue 24 (k within 20 % of the number of classes, NMI within 0.02 of the NMI at that number), then by the runs
@@ -68,7 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ---- corpora and embeddings -------------------------------------------------------------------------
 def load_corpus(name: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """``(features (n, D) float32, labels (n,) int64)`` of a corpus: pixels / 255, or the SimCLR features."""
-    from imgclust.datasets import load_digits_images, load_fashion_mnist
+    from imgclust.data.datasets import load_digits_images, load_fashion_mnist
 
     if name == "simclr":
         return (np.load(KFEAT / "simclr_fashion_test.npy").astype(np.float32),
@@ -105,7 +105,7 @@ def embed(name: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
     if path.exists():
         with np.load(path) as f:
             return f["Z"], f["y"]
-    from imgclust.reduce import StreamingPCA, UMAPReducer
+    from imgclust.reduce.streaming import StreamingPCA, UMAPReducer
 
     X, y = load_corpus(name, seed)
     t0 = time.perf_counter()
@@ -126,7 +126,7 @@ def embed(name: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
 # ---- measurements ------------------------------------------------------------------------------------------
 def nmi_at(Z: np.ndarray, y: np.ndarray, k: int, method: str, seed: int) -> float:
     """NMI of the clusterer with ``k`` clusters fitted (seed ``seed``) on every row of ``Z``."""
-    from imgclust.choose_k import _make_clusterer, _one_thread
+    from imgclust.cluster.choose_k import _make_clusterer, _one_thread
     from imgclust.metrics import nmi
 
     with _one_thread():
@@ -137,7 +137,7 @@ def dense(name: str, seed: int, method: str, k_max: int) -> dict[str, Any]:
     """Every candidate criterion and the NMI at every k in ``2..k_max`` (cached as JSON)."""
     import json
 
-    from imgclust.choose_k import _one_thread, score_k
+    from imgclust.cluster.choose_k import _one_thread, score_k
     from imgclust.metrics import nmi
 
     path = CACHE / f"dense2_{name}{'_pca' if SPACE == 'pca' else ''}_seed{seed}_{method}_k{k_max}.json"
@@ -168,7 +168,7 @@ def header(args: argparse.Namespace, argv: list[str] | None) -> None:
 
 def report_dense(args: argparse.Namespace, corpora: list[str], methods: list[str], seeds: list[int]) -> None:
     """Per corpus and method, the k and NMI each candidate rule picks from the dense scores."""
-    from imgclust.choose_k import RULES, apply_rule
+    from imgclust.cluster.choose_k import RULES, apply_rule
 
     print(f"Candidate rules on every k in 2..{args.dense_kmax}: chosen k (NMI there; NMI at the true k)\n")
     rules = list(RULES)
@@ -211,8 +211,8 @@ def report_dense(args: argparse.Namespace, corpora: list[str], methods: list[str
 
 def report_sweep(args: argparse.Namespace, corpora: list[str], methods: list[str], seeds: list[int]) -> None:
     """The rule as :func:`choose_k` runs it: chosen k, NMI there and at the true k."""
-    import imgclust.choose_k as ck
-    from imgclust.choose_k import choose_k
+    import imgclust.cluster.choose_k as ck
+    from imgclust.cluster.choose_k import choose_k
 
     if args.rule is not None:  # compare a candidate in the sweep as it runs (coarse grid, then fine)
         if args.rule not in ck.RULES:
@@ -247,7 +247,7 @@ def report_sweep(args: argparse.Namespace, corpora: list[str], methods: list[str
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    for name in ("numba", "umap", "imgclust.gmm", "imgclust.cluster", "imgclust.progress"):
+    for name in ("numba", "umap", "imgclust.cluster.gmm", "imgclust.cluster.classic", "imgclust.progress"):
         logging.getLogger(name).setLevel(logging.WARNING)
     args = parse_args(argv)
     global SPACE

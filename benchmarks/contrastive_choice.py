@@ -28,7 +28,7 @@ def main() -> None:
     add_subset_args(p)
     args = p.parse_args()
     x, y = train_subset(args)
-    from imgclust.cluster import FaissKMeans
+    from imgclust.cluster.classic import FaissKMeans
     from imgclust.deep.contrastive import ContrastiveClusterer
     from imgclust.metrics import cluster_accuracy, nmi
 

@@ -1,12 +1,12 @@
 """Benchmark: near-duplicate groups on real photos, per kind of variant, and the search cost at scale.
 
-**Corpus.** A photo-variant corpus (:func:`imgclust.photos.build_photo_variant_corpus`) from Debian's wallpapers:
+**Corpus.** A photo-variant corpus (:func:`imgclust.data.photos.build_photo_variant_corpus`) from Debian's wallpapers:
 one source photo per family (``--n-sources``, default all), each turned into 12 files (``original``, ``crop85``,
 ``half``, ``thumb``, ``jpeg35``, ``jpeg60``, ``jpeg90``, ``flip``, ``colour``, ``rotate``, ``webp``, ``png``;
-:data:`imgclust.photos.VARIANT_KINDS`), masters at most ``--max-side`` px. The files go through the product's
-path: ``ingest`` -> ``extract_shard`` per extractor -> :func:`imgclust.dedup.dedup_store` (the default
-:class:`~imgclust.dedup.DedupConfig`: threshold 0.98, k 10, representative rule) and, for the sweep,
-:func:`~imgclust.dedup.find_near_duplicates` on the same stored rows.
+:data:`imgclust.data.photos.VARIANT_KINDS`), masters at most ``--max-side`` px. The files go through the product's
+path: ``ingest`` -> ``extract_shard`` per extractor -> :func:`imgclust.models.dedup.dedup_store` (the default
+:class:`~imgclust.models.dedup.DedupConfig`: threshold 0.98, k 10, representative rule) and, for the sweep,
+:func:`~imgclust.models.dedup.find_near_duplicates` on the same stored rows.
 
 **Metric (pairwise).** A pair of distinct images is *positive* when both come from the same source photo (one
 corpus folder) and *predicted positive* when both are in one near-duplicate group (an image in no group shares
@@ -23,7 +23,7 @@ positive pairs; F1 their harmonic mean.
 **Cost.** Synthetic L2-normalised Gaussian rows (the search time does not depend on the values): the all-pairs
 search of ``find_near_duplicates`` (what ``dedup_store`` runs: exact faiss k-NN of every row, then the grouping)
 at ``--cost-sizes`` rows of ``--cost-dims`` dimensions, and the nightly flagging
-(:func:`~imgclust.dedup.nearest_stored`, ``--cost-new`` new rows against the stored rows streamed in batches of
+(:func:`~imgclust.models.dedup.nearest_stored`, ``--cost-new`` new rows against the stored rows streamed in batches of
 65,536), each in a fresh process: seconds and the growth of the process's peak RSS (VmHWM). 1M rows are
 projected from the largest measured size: all-pairs time x (1M / n)^2 and memory x (1M / n); nightly time and
 memory from the stored rows' linear term.
@@ -114,7 +114,7 @@ def pair_scores(truth: np.ndarray, pred: np.ndarray, kinds: np.ndarray) -> dict[
 
 
 def groups_to_pred(ids: list[str], table: Any) -> np.ndarray:
-    """Group index per image id (-1 for images in no group) from a :data:`~imgclust.dedup.DEDUP_SCHEMA` table."""
+    """Group index per image id (-1 for images in no group) from a :data:`~imgclust.models.dedup.DEDUP_SCHEMA` table."""
     group_of = dict(zip(table.column("image_id").to_pylist(), table.column("group_id").to_pylist(), strict=True))
     names = {g: i for i, g in enumerate(sorted(set(group_of.values())))}
     return np.asarray([names[group_of[i]] if i in group_of else -1 for i in ids], np.int64)
@@ -123,12 +123,12 @@ def groups_to_pred(ids: list[str], table: Any) -> np.ndarray:
 # ---- quality on the corpus -----------------------------------------------------------------------
 def quality(args: argparse.Namespace, work: Path) -> tuple[list[dict[str, Any]], list[str], int]:
     from imgclust.config import ExtractConfig, IngestConfig
-    from imgclust.dedup import DedupConfig, dedup_store, find_near_duplicates, groups_path
-    from imgclust.extract import extract_shard
-    from imgclust.features import iter_feature_batches
-    from imgclust.manifest import ingest, plan_shards, read_manifest
-    from imgclust.photos import build_photo_variant_corpus
-    from imgclust.store import Store
+    from imgclust.data.photos import build_photo_variant_corpus
+    from imgclust.extract.shard import extract_shard
+    from imgclust.io.features import iter_feature_batches
+    from imgclust.io.manifest import ingest, plan_shards, read_manifest
+    from imgclust.io.store import Store
+    from imgclust.models.dedup import DedupConfig, dedup_store, find_near_duplicates, groups_path
 
     corpus = build_photo_variant_corpus(work / "corpus", seed=args.seed, n_sources=args.n_sources,
                                         max_side=args.max_side)
@@ -186,7 +186,7 @@ def _peak_kib() -> int:
 
 def cost_worker(mode: str, n: int, d: int, new: int) -> None:
     """Child process: time the all-pairs search (``pairs``) or the nightly streaming search (``nightly``)."""
-    from imgclust.dedup import DedupConfig, find_near_duplicates, nearest_stored
+    from imgclust.models.dedup import DedupConfig, find_near_duplicates, nearest_stored
 
     rng = np.random.default_rng(0)
     base = _peak_kib()

@@ -4,7 +4,7 @@ Three ways to embed the same PNG corpus (Fashion-MNIST test images written as re
 
 * **bare**: ``backbone.embed`` on tensors decoded and preprocessed beforehand (no IO, no decode):
   the ceiling set by the model alone, torch with its default thread count in this process.
-* **library**: ``imgclust.extract.extract_shard`` over the same shards, sequentially in this process
+* **library**: ``imgclust.extract.shard.extract_shard`` over the same shards, sequentially in this process
   (read + decode + preprocess + embed + Parquet write, no Prefect/Dask).
 * **flow**: the Prefect flow on a local Dask cluster of ``--workers`` processes (1 thread each),
   inside an embedded Prefect API. "wall" includes cluster start-up and Prefect bookkeeping;
@@ -58,8 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def fresh_store(work: Path, name: str, corpus: str) -> Path:
     """An empty store with the corpus ingested (not timed)."""
-    from imgclust.manifest import ingest
-    from imgclust.store import Store
+    from imgclust.io.manifest import ingest
+    from imgclust.io.store import Store
 
     root = work / "stores" / name
     if root.exists():
@@ -72,7 +72,7 @@ def load_batches(backbone: Any, corpus: str, batch_size: int) -> list[Any]:
     """Decode and preprocess every image of ``corpus`` (not timed); batches of ``(B, C, S, S)``."""
     import torch
 
-    from imgclust.images import decode_image
+    from imgclust.extract.images import decode_image
 
     files = sorted(Path(corpus).rglob("*.png"))
     mode = backbone.preprocessing.mode
@@ -91,9 +91,9 @@ def bench_bare(backbone: Any, batches: list[Any], quiet: Callable[[], float]) ->
 
 def bench_library(cfg: Any, work: Path, name: str, corpus: str, warm_corpus: str,
                   quiet: Callable[[], float]) -> tuple[float, float]:
-    from imgclust.extract import extract_shard
-    from imgclust.manifest import plan_shards
-    from imgclust.store import Store
+    from imgclust.extract.shard import extract_shard
+    from imgclust.io.manifest import plan_shards
+    from imgclust.io.store import Store
 
     warm = Store(fresh_store(work, f"{name}-library-warmup", warm_corpus))
     extract_shard(warm, plan_shards(warm, shard_size=cfg.batch_size)[0], cfg)
@@ -110,8 +110,8 @@ def bench_flow(cfg: Any, work: Path, name: str, corpus: str, warm_corpus: str, w
     from flows.extract_features import extract_features
     from flows.runtime import dask_task_runner
     from imgclust.config import RunnerConfig
-    from imgclust.features import read_marker
-    from imgclust.store import Store
+    from imgclust.io.features import read_marker
+    from imgclust.io.store import Store
 
     flow = extract_features.with_options(task_runner=dask_task_runner(RunnerConfig(workers=workers)))
     flow(store=str(fresh_store(work, f"{name}-flow-warmup", warm_corpus)),
@@ -133,10 +133,10 @@ def bench_flow(cfg: Any, work: Path, name: str, corpus: str, warm_corpus: str, w
 
 
 def run_backbone(name: str, n_images: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    from imgclust.backbones.registry import describe_backbones
     from imgclust.config import ExtractConfig
-    from imgclust.datasets import build_demo_corpus
-    from imgclust.extract import backbone_for
+    from imgclust.data.datasets import build_demo_corpus
+    from imgclust.extract.backbones.registry import describe_backbones
+    from imgclust.extract.shard import backbone_for
 
     weights = None if describe_backbones()[name].endswith("(default weights: none)") else args.weights
     cfg = ExtractConfig(extractor=name, weights=weights, device="cpu", batch_size=args.batch_size,

@@ -6,7 +6,7 @@ Runs with what the GPU machine has (torch, torchvision, numpy, pillow, scikit-le
 temp folder. Per backbone (random weights; speed does not depend on weight values), in one run:
 
 * **(a) decode**: every file's bytes (already in RAM) decoded; on CUDA as nvJPEG batches
-  (``imgclust.gpu_pipeline.decode_batch``), on CPU with PIL in a pool of one thread per core;
+  (``imgclust.extract.gpu_pipeline.decode_batch``), on CPU with PIL in a pool of one thread per core;
 * **(b) forward**: ``Backbone.embed`` on a preprocessed batch already on the device (bf16 autocast
   and channels_last on CUDA), features copied back to the host;
 * **(c) end to end**: files read by threads (the next batch while this one decodes), decoded + resized + normalised on the device in a
@@ -84,8 +84,8 @@ def sync(device: torch.device) -> None:
 
 def decode_rate(datas: list[bytes], device: torch.device, batch: int) -> float:
     """(a) images/s decoding bytes already in memory."""
-    from imgclust.gpu_pipeline import decode_batch
-    from imgclust.images import decode_image
+    from imgclust.extract.gpu_pipeline import decode_batch
+    from imgclust.extract.images import decode_image
 
     t0 = time.perf_counter()
     if device.type == "cuda":
@@ -114,7 +114,7 @@ def forward_rate(backbone: Any, n: int, batch: int) -> float:
 def end_to_end_rate(backbone: Any, paths: list[Path], batch: int, producers: int = 1) -> tuple[float, int]:
     """(c) images/s from files: threaded reads, device decode + preprocess in ``producers`` threads (each on
     its own CUDA stream, taking every ``producers``-th batch), forward in the main thread."""
-    from imgclust.gpu_pipeline import decode_batch, preprocess_on_device
+    from imgclust.extract.gpu_pipeline import decode_batch, preprocess_on_device
 
     device, prep = backbone.device, backbone.preprocessing
     batches: queue.Queue[Any] = queue.Queue(maxsize=2 * producers)
@@ -172,8 +172,8 @@ class _null:
 
 def naive_rate(name: str, paths: list[Path], device: torch.device) -> float:
     """(d) PIL decode + preprocess in the main thread, fp32 forward, batch 32."""
-    from imgclust.backbones import create_backbone
-    from imgclust.backbones.preprocessing import preprocess_image
+    from imgclust.extract.backbones import create_backbone
+    from imgclust.extract.backbones.preprocessing import preprocess_image
 
     backbone = create_backbone(name, weights="random", device=str(device))
     backbone.uses_amp = False  # fp32, no channels_last: the baseline a first implementation writes
@@ -191,8 +191,8 @@ def naive_rate(name: str, paths: list[Path], device: torch.device) -> float:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    from imgclust.backbones import create_backbone
-    from imgclust.gpu_pipeline import auto_batch_size
+    from imgclust.extract.backbones import create_backbone
+    from imgclust.extract.gpu_pipeline import auto_batch_size
 
     device = torch.device(args.device)
     torch.backends.cudnn.benchmark = True

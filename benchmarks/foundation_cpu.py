@@ -77,7 +77,7 @@ def timed(fn: Callable[[], int]) -> float:
 def run_backbone(name: str, n_images: int, args: argparse.Namespace, images: list[np.ndarray]) -> dict[str, Any]:
     import torch
 
-    from imgclust.backbones import clear_backbone_cache, create_backbone
+    from imgclust.extract.backbones import clear_backbone_cache, create_backbone
 
     clear_backbone_cache()
     t0 = time.perf_counter()

@@ -35,9 +35,9 @@ def main() -> None:
     x, y = train_subset(args)
     import torch
 
-    from imgclust.gmm import GaussianMixtureClusterer
+    from imgclust.cluster.gmm import GaussianMixtureClusterer
     from imgclust.metrics import cluster_accuracy, nmi
-    from imgclust.reduce import StreamingPCA, UMAPReducer
+    from imgclust.reduce.streaming import StreamingPCA, UMAPReducer
 
     def features(view: str) -> np.ndarray:
         if view == "pixels":

@@ -1,4 +1,4 @@
-"""HDBSCAN without k (issue 24): the old defaults against :func:`imgclust.density.hdbscan_params`.
+"""HDBSCAN without k (issue 24): the old defaults against :func:`imgclust.cluster.density.hdbscan_params`.
 
 Corpora (labels used only for scoring):
 
@@ -13,13 +13,13 @@ Corpora (labels used only for scoring):
   trained on the test split (the encoder never saw them).
 
 Pixel recipe as the pipeline runs it: pixels / 255 flattened -> IncrementalPCA(50)
-(:class:`imgclust.reduce.StreamingPCA`) -> UMAP(10, 15 neighbours, seed 0) fitted on every row, then
-``transform`` of every row (what :meth:`imgclust.model.ClusterModel.embed` does). ``--min-dist`` sets UMAP's
-min_dist (the pipeline's :class:`imgclust.reduce.UMAPReducer` default is 0). Embeddings are cached under
+(:class:`imgclust.reduce.streaming.StreamingPCA`) -> UMAP(10, 15 neighbours, seed 0) fitted on every row, then
+``transform`` of every row (what :meth:`imgclust.models.model.ClusterModel.embed` does). ``--min-dist`` sets UMAP's
+min_dist (the pipeline's :class:`imgclust.reduce.streaming.UMAPReducer` default is 0). Embeddings are cached under
 ``/tmp/hdbscan_defaults/``.
 
 Per corpus: the old defaults (``HDBSCANClusterer(min_cluster_size=50)``, min_samples = min_cluster_size, eom),
-the rule, and the k-given reference (:class:`imgclust.gmm.GaussianMixtureClusterer` at the true k on the same
+the rule, and the k-given reference (:class:`imgclust.cluster.gmm.GaussianMixtureClusterer` at the true k on the same
 embedding; 8-run consensus for the deep embedding as in ``refit_recipe``, plain EM for pixels as
 ``--method gmm``). Columns: clusters, noise share, NMI of all rows (noise its own label), NMI of the non-noise
 rows, ACC (noise one more cluster), and NMI / ACC with every noise row given its nearest cluster mean (what the
@@ -27,7 +27,7 @@ pipeline does with noise).
 
 ``--grid`` prints the exploration on the selection set the rule was chosen from (min_cluster_size as a share of
 n, min_samples, eom / leaf, cluster_selection_epsilon in units of the median core distance,
-:func:`imgclust.density.core_distance_scale`); ``--min-dist 0 0.1`` adds UMAP's own default min_dist.
+:func:`imgclust.cluster.density.core_distance_scale`); ``--min-dist 0 0.1`` adds UMAP's own default min_dist.
 
     PYTHONPATH=. .venv/bin/python benchmarks/hdbscan_defaults.py
     PYTHONPATH=. .venv/bin/python benchmarks/hdbscan_defaults.py --grid --corpora train10k train10k-simclr
@@ -77,7 +77,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def load_corpus(name: str) -> tuple[np.ndarray, np.ndarray, str]:
     """``(rows (n, D) float32, labels (n,), kind)``; kind ``pixels`` (needs PCA 50) or ``features``."""
-    from imgclust.datasets import load_digits_images, load_fashion_mnist
+    from imgclust.data.datasets import load_digits_images, load_fashion_mnist
 
     if name == "digits":
         x, y = load_digits_images()
@@ -109,7 +109,7 @@ def embed(name: str, min_dist: float, seed: int) -> tuple[np.ndarray, np.ndarray
     if path.exists():
         with np.load(path) as f:
             return f["z"], f["y"]
-    from imgclust.reduce import StreamingPCA, UMAPReducer
+    from imgclust.reduce.streaming import StreamingPCA, UMAPReducer
 
     X, y, kind = load_corpus(name)
     t0 = time.perf_counter()
@@ -128,7 +128,7 @@ def embed(name: str, min_dist: float, seed: int) -> tuple[np.ndarray, np.ndarray
 
 def scores(Z: np.ndarray, y: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """Clusters, noise share, NMI (all / non-noise / noise to nearest mean), ACC (all / noise to nearest)."""
-    from imgclust.cluster import cluster_means
+    from imgclust.cluster.classic import cluster_means
     from imgclust.metrics import cluster_accuracy, nmi
 
     k = int(labels.max()) + 1
@@ -158,8 +158,8 @@ def run_hdbscan(Z: np.ndarray, *, min_cluster_size: int, min_samples: int | None
 
 
 def gmm_reference(Z: np.ndarray, k: int, seed: int, deep: bool) -> np.ndarray:
+    from imgclust.cluster.gmm import GaussianMixtureClusterer
     from imgclust.deep.methods import N2D_CONSENSUS_RUNS
-    from imgclust.gmm import GaussianMixtureClusterer
 
     gmm = GaussianMixtureClusterer(n_clusters=k, fit_sample=None, random_state=seed,
                                    consensus_runs=N2D_CONSENSUS_RUNS if deep else 1).fit(Z)
@@ -179,8 +179,8 @@ HEAD = ["clusters", "noise", "NMI all", "NMI non-noise", "ACC", "NMI noise->near
 
 
 def table(args: argparse.Namespace) -> None:
-    from imgclust.cluster import HDBSCANClusterer
-    from imgclust.density import params_for
+    from imgclust.cluster.classic import HDBSCANClusterer
+    from imgclust.cluster.density import params_for
 
     print(row(["corpus", "UMAP min_dist", "n", "classes", "setting", *HEAD]))
     print(row(["---"] * (5 + len(HEAD))))
@@ -201,7 +201,7 @@ def table(args: argparse.Namespace) -> None:
 
 
 def grid(args: argparse.Namespace) -> None:
-    from imgclust.density import core_distance_scale
+    from imgclust.cluster.density import core_distance_scale
 
     shares, methods, ratios = args.shares, args.methods, args.epsilon_ratios
     min_samples = [m or None for m in args.min_samples]

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from imgclust.manifest import MANIFEST_SCHEMA, ingest
-from imgclust.store import Store
+from imgclust.io.manifest import MANIFEST_SCHEMA, ingest
+from imgclust.io.store import Store
 
 PART = 100_000
 

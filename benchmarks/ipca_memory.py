@@ -60,8 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def write_store(root: Path, rows: int, shard_rows: int, seed: int) -> None:
     """Low-rank (rank 64) signal + noise, float32 (rows, 512), written one shard at a time."""
-    from imgclust.features import embeddings_table, feature_path
-    from imgclust.store import Store
+    from imgclust.io.features import embeddings_table, feature_path
+    from imgclust.io.store import Store
 
     store = Store(root)
     rng = np.random.default_rng(seed)
@@ -79,9 +79,9 @@ def child(args: argparse.Namespace) -> None:
     import psutil
     from threadpoolctl import threadpool_limits
 
-    from imgclust.features import iter_feature_batches
-    from imgclust.reduce import StreamingPCA
-    from imgclust.store import Store
+    from imgclust.io.features import iter_feature_batches
+    from imgclust.io.store import Store
+    from imgclust.reduce.streaming import StreamingPCA
 
     store = Store(args.child)
     shards = [p.rsplit("/shard-", 1)[1].removesuffix(".parquet") for p in store.glob(f"features/{KEY}/shard-*.parquet")]

@@ -4,7 +4,7 @@ Same float32 matrix, same ``k``, same number of Lloyd iterations, one run each (
 ``n_redo=1``), all seeded with k-means++:
 
 * FaissKMeans: ``n_iter=25, n_redo=1, max_points_per_centroid=ceil(n / k)`` so faiss trains on every
-  row (no subsampling); its ``fit`` includes the k-means++ init (``imgclust.seeding``, torch on the CPU)
+  row (no subsampling); its ``fit`` includes the k-means++ init (``imgclust.cluster.seeding``, torch on the CPU)
   and the assignment passes it makes to compute its own inertia.
 * TorchKMeans: the same settings on ``--device`` (``auto``: the GPU when present), timed with a
   CUDA synchronise; its k-means++ runs on the device too.
@@ -79,8 +79,8 @@ def blobs(n: int, dim: int, k: int, seed: int) -> np.ndarray:
 
 def fashion_ipca(dim: int) -> np.ndarray:
     """Fashion-MNIST train+test pixels in [0, 1] reduced to ``dim`` dims with StreamingPCA, ``(70000, dim)``."""
-    from imgclust.datasets import load_fashion_mnist
-    from imgclust.reduce import StreamingPCA
+    from imgclust.data.datasets import load_fashion_mnist
+    from imgclust.reduce.streaming import StreamingPCA
 
     x, _ = load_fashion_mnist("all")
     pixels = x.reshape(len(x), -1).astype(np.float32) / 255.0
@@ -111,7 +111,7 @@ def methods(n: int, k: int, iters: int, seed: int, device: str = "auto", init: s
     mppc = math.ceil(n / k)
 
     def faiss_fit(X: np.ndarray) -> Any:
-        from imgclust.cluster import FaissKMeans
+        from imgclust.cluster.classic import FaissKMeans
 
         est = FaissKMeans(n_clusters=k, n_iter=iters, n_redo=1, seed=seed, max_points_per_centroid=mppc,
                           init="random" if init == "random" else "k-means++").fit(X, init_centroids=seeds)
@@ -122,7 +122,7 @@ def methods(n: int, k: int, iters: int, seed: int, device: str = "auto", init: s
     def torch_fit(X: np.ndarray) -> Any:
         import torch
 
-        from imgclust.kmeans_torch import TorchKMeans
+        from imgclust.cluster.kmeans_torch import TorchKMeans
 
         est = TorchKMeans(n_clusters=k, n_iter=iters, n_redo=1, seed=seed, max_points_per_centroid=mppc,
                           init="random" if init == "random" else "k-means++", device=device
@@ -155,8 +155,8 @@ def shared_seeds(X: np.ndarray, k: int, seed: int, device: str) -> np.ndarray:
     """One k-means++ draw ``(k, D)`` float32 over all rows of ``X``, with TorchKMeans's seeding on ``device``."""
     import torch
 
+    from imgclust.cluster.seeding import kmeans_plusplus
     from imgclust.devices import resolve_device
-    from imgclust.seeding import kmeans_plusplus
 
     dev = resolve_device(device)
     t0 = time.perf_counter()

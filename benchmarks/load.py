@@ -4,10 +4,10 @@ The corpus is generated (seeded) under ``--work``: PNG / JPEG / WebP / GIF (anim
 grey and RGB(A), sizes from 4 px to ~1000 px on the long side (most small, a few large), plus
 ``--bad`` hostile files (empty, text named .jpg, truncated JPEG). Then:
 
-1. ``imgclust.manifest.ingest`` in this process (listing + content hashing in threads);
+1. ``imgclust.io.manifest.ingest`` in this process (listing + content hashing in threads);
 2. the ``extract_features`` flow (Prefect, embedded API) on a ``distributed.LocalCluster`` of
    ``--workers`` processes, 1 thread each, ``--memory-limit`` per worker;
-3. ``imgclust.verify.verify_store``: lost (missing), duplicated and unknown rows must all be 0.
+3. ``imgclust.models.verify.verify_store``: lost (missing), duplicated and unknown rows must all be 0.
 
 Peak RSS per worker is each worker process's ``ru_maxrss`` (the kernel's high-water mark, so
 nothing between samples is missed), read with ``client.run`` after the flow; a worker restarted
@@ -106,9 +106,9 @@ def run(n: int, *, work: Path, workers: int = 2, extractor: str = "pixels", shar
     from flows.extract_features import extract_features
     from flows.runtime import embedded_prefect
     from imgclust.config import ExtractConfig, IngestConfig
-    from imgclust.manifest import ingest
-    from imgclust.store import Store
-    from imgclust.verify import verify_store
+    from imgclust.io.manifest import ingest
+    from imgclust.io.store import Store
+    from imgclust.models.verify import verify_store
 
     corpus = work / f"corpus-{n}-{seed}"
     t0 = time.perf_counter()

@@ -32,13 +32,13 @@ def main() -> None:
     import torch
     from torch.nn import functional as F
 
-    from imgclust.cluster import FaissKMeans
-    from imgclust.datasets import load_fashion_mnist
+    from imgclust.cluster.classic import FaissKMeans
+    from imgclust.cluster.gmm import GaussianMixtureClusterer
+    from imgclust.data.datasets import load_fashion_mnist
     from imgclust.deep.networks import build_network
     from imgclust.deep.training import encode_batched, random_affine, seed_everything, to_float_images
-    from imgclust.gmm import GaussianMixtureClusterer
     from imgclust.metrics import cluster_accuracy, nmi
-    from imgclust.reduce import UMAPReducer
+    from imgclust.reduce.streaming import UMAPReducer
 
     torch.set_num_threads(args.threads)
     x, y = load_fashion_mnist("train")
@@ -62,7 +62,7 @@ def main() -> None:
 
     rows: list[tuple[str, float, str, str, str]] = []
     if args.pixels:
-        from imgclust.reduce import StreamingPCA
+        from imgclust.reduce.streaming import StreamingPCA
 
         flat = X.reshape(len(X), -1).numpy()
         rows.append(("pixels, IPCA(50)", 0.0, *three_ways(StreamingPCA(n_components=50).fit(flat).transform(flat))))

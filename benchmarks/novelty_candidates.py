@@ -10,15 +10,15 @@ fitted images)``, and the **test** split is scored. Nights: ``--nights`` sub-sam
 test images per kind and run, known classes only, or ``--held-share`` (20 %) from the held-out classes (drawn
 without replacement within a night, seeded by (pair, seed)), as in that benchmark's event table.
 
-Per night the novel images (``scorer.predict``) go to :func:`imgclust.candidates.find_candidates` in the
+Per night the novel images (``scorer.predict``) go to :func:`imgclust.models.candidates.find_candidates` in the
 scorer's novelty space (``scorer.space`` / ``scorer.reference_space``: PCA coordinates without the residual
-column) with ``n_night = --night-size``: its groups (:func:`imgclust.candidates.find_groups`) are computed once
+column) with ``n_night = --night-size``: its groups (:func:`imgclust.models.candidates.find_groups`) are computed once
 per night and the candidate rule (``size >= min_size`` and ``tightness <= max_tightness``) applied at each
 ``max_tightness`` of ``--sweep``. Reported per night type and seed: nights with >= 1 candidate; candidate purity
 (held-out images among the candidates' members, pooled); the share of the nights' held-out images in candidates
 ("covered"), and of their *flagged* held-out images; nights whose flagged share is above the Beta-Binomial
 0.999 margin (:func:`novelty_heldout.event_margins`); and the combined event (margin OR >= 1 candidate).
-Seed 0 is the tuning seed of the defaults (:data:`imgclust.candidates.MAX_TIGHTNESS` etc.), seed 1 is reported
+Seed 0 is the tuning seed of the defaults (:data:`imgclust.models.candidates.MAX_TIGHTNESS` etc.), seed 1 is reported
 unseen.
 
     PYTHONPATH=. .venv/bin/python benchmarks/novelty_candidates.py           # 3 pairs x 2 seeds x 200 nights
@@ -44,7 +44,7 @@ log = logging.getLogger("benchmarks.novelty_candidates")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from imgclust.candidates import MAX_TIGHTNESS
+    from imgclust.models.candidates import MAX_TIGHTNESS
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pairs", default="5-7,0-6,8-9", help="held-out class pairs (default %(default)s)")
@@ -78,9 +78,9 @@ def run_pair(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_tes
              held: tuple[int, int], seeds: list[int], args: argparse.Namespace
              ) -> dict[tuple[int, str], list[Night]]:
     from imgclust.batches import as_batch_source
-    from imgclust.candidates import find_groups
-    from imgclust.novelty import NoveltyScorer, novelty_rows
-    from imgclust.reduce import StreamingPCA
+    from imgclust.models.candidates import find_groups
+    from imgclust.models.novelty import NoveltyScorer, novelty_rows
+    from imgclust.reduce.streaming import StreamingPCA
 
     t0 = time.perf_counter()
     x_fit = x_train[~np.isin(y_train, held)]
@@ -121,7 +121,7 @@ def summarise(nights: list[Night], thr: float, margin: float, min_size: int) -> 
     cand_nights = members = held_members = flag_nights = events = 0
     n_held = n_held_flagged = 0
     for nt in nights:
-        cands = [g for g in nt.groups if g[1] >= min_size and g[0] <= thr]  # imgclust.candidates.is_candidate
+        cands = [g for g in nt.groups if g[1] >= min_size and g[0] <= thr]  # imgclust.models.candidates.is_candidate
         above = nt.flagged_share > margin
         cand_nights += bool(cands)
         flag_nights += above
@@ -144,7 +144,7 @@ def _pct(x: float) -> str:
 def main(argv: list[str] | None = None) -> None:
     setup_logging(quiet=("imgclust", "numba", "faiss"))
     args = parse_args(argv)
-    from imgclust.candidates import MIN_SAMPLES, default_min_size
+    from imgclust.models.candidates import MIN_SAMPLES, default_min_size
 
     t0 = time.perf_counter()
     x_train, y_train, x_test, y_test = fashion_mnist_splits()

@@ -1,7 +1,7 @@
 """Which novelty score sees a new kind of image? A held-out-class benchmark on Fashion-MNIST (issue 23).
 
 Per class pair and seed: the pixel recipe (784 raw pixels / 255 -> IncrementalPCA 50 -> UMAP 10 -> GMM,
-``imgclust.model.fit_model``, k = 8, one EM run) is fitted on the **train** split's images of the 8
+``imgclust.models.model.fit_model``, k = 8, one EM run) is fitted on the **train** split's images of the 8
 other classes. From those fitted rows a seeded permutation takes ``--refs`` reference rows and, disjoint
 from them, ``--calib`` calibration rows. The "night" is the **test** split: 8,000 unseen images of the 8
 known classes and 2,000 of the 2 held-out ones. Candidate scores, all in the PCA-50 space (before UMAP):
@@ -153,7 +153,7 @@ def run_one(x_all: np.ndarray, y_all: np.ndarray, x_test: np.ndarray, y_test: np
             ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]], float, dict[str, tuple]]:
     from imgclust.batches import as_batch_source
     from imgclust.config import ClusterConfig, ReduceConfig
-    from imgclust.model import fit_model
+    from imgclust.models.model import fit_model
 
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
@@ -236,7 +236,7 @@ def run_simclr(x_all: np.ndarray, y_all: np.ndarray, x_test: np.ndarray, y_test:
 
     from imgclust.batches import as_batch_source
     from imgclust.deep.methods import create_deep, refit_recipe
-    from imgclust.model import fit_model
+    from imgclust.models.model import fit_model
 
     torch.set_num_threads(os.cpu_count() or 1)
     rng = np.random.default_rng(seed)

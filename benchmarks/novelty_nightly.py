@@ -1,7 +1,7 @@
 """Novelty as the nightly run computes it, on held-out Fashion-MNIST classes, per recipe (issue 23).
 
-Per recipe, class pair and seed, a model is fitted with :func:`imgclust.model.fit_model` on the **train** images
-of the 8 other classes, so it carries its calibrated novelty score (:mod:`imgclust.novelty`; defaults: 10,000
+Per recipe, class pair and seed, a model is fitted with :func:`imgclust.models.model.fit_model` on the **train** images
+of the 8 other classes, so it carries its calibrated novelty score (:mod:`imgclust.models.novelty`; defaults: 10,000
 references, 5,000 calibration rows, target false-novel rate 0.05):
 
 * ``pixels``: 784 raw pixels / 255 -> IncrementalPCA 50 -> UMAP 10 -> GMM (k = 8), all 48,000 train images;
@@ -12,9 +12,9 @@ references, 5,000 calibration rows, target false-novel rate 0.05):
 
 The night is the **test** split: ``model.assign`` gives ``novelty_score`` and ``is_novel`` (what the label rows
 keep). Reported: AUROC of the score (held-out classes positive), the flagged share of held-out and of known-class
-images, and the event of :func:`imgclust.novelty_night.assess_night` (novel count above
-:func:`imgclust.novelty.event_limit` at quantile 0.999, or a candidate new cluster from
-:func:`imgclust.candidates.find_candidates` on the novel rows) on the whole split (known classes only: 8,000
+images, and the event of :func:`imgclust.models.novelty_night.assess_night` (novel count above
+:func:`imgclust.models.novelty.event_limit` at quantile 0.999, or a candidate new cluster from
+:func:`imgclust.models.candidates.find_candidates` on the novel rows) on the whole split (known classes only: 8,000
 images; with the held-out classes: 10,000) and on ``--nights`` seeded sub-sampled nights of ``--night-size``
 images, known only or with ``--new-share`` of held-out images.
 
@@ -57,7 +57,7 @@ def fit_recipe(recipe: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np
 
     from imgclust.batches import as_batch_source
     from imgclust.config import ClusterConfig, ReduceConfig
-    from imgclust.model import fit_model
+    from imgclust.models.model import fit_model
 
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
@@ -85,8 +85,8 @@ def fit_recipe(recipe: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np
 def night_event(model: Any, feats: np.ndarray, score: np.ndarray, flagged: np.ndarray, seed: int
                 ) -> tuple[bool, bool, int]:
     """``(rate rule fired, candidate found, candidates)`` of one night, as :func:`assess_night` decides it."""
-    from imgclust.candidates import find_candidates
-    from imgclust.novelty import event_limit
+    from imgclust.models.candidates import find_candidates
+    from imgclust.models.novelty import event_limit
 
     n = len(score)
     rate_fired = int(flagged.sum()) > event_limit(n, model.novelty.n_calibration_, model.novelty.rate)

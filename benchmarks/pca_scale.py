@@ -4,7 +4,7 @@ A store of ``--rows`` x ``--dim`` float32 feature shards (``--shard-rows`` each;
 like CNN features: ``X = Z W + 0.1 N``, ``Z`` (n, 64) with decaying scales) is written once (not
 timed). Then, in one run:
 
-* **read**: one pass reading every shard with ``imgclust.model.feature_source`` (MB/s of Parquet decoded into
+* **read**: one pass reading every shard with ``imgclust.models.model.feature_source`` (MB/s of Parquet decoded into
   float32), next to the disk's sequential read rate (``dd`` of a fresh 1 GiB file with
   ``iflag=direct``, bypassing the page cache);
 * **ipca**: ``StreamingPCA(n_components=k)`` streamed over the shards in this process;
@@ -60,8 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def write_store(root: Path, rows: int, dim: int, shard_rows: int, seed: int = 0) -> list[str]:
     """Feature shards with a 64-d signal of decaying scale plus isotropic noise; returns shard ids."""
-    from imgclust.features import embeddings_table, feature_path, marker_path
-    from imgclust.store import Store
+    from imgclust.io.features import embeddings_table, feature_path, marker_path
+    from imgclust.io.store import Store
 
     store, rng = Store(root), np.random.default_rng(seed)
     W = rng.standard_normal((64, dim), dtype=np.float32) / np.sqrt(dim)
@@ -94,9 +94,9 @@ def dask_stats(address: str, root: str, shards: list[str], k: int) -> Any:
     from distributed import Client
 
     from imgclust.config import ReduceConfig
-    from imgclust.model import write_pca_statistics
-    from imgclust.pca import ScatterStats, merge_all
-    from imgclust.store import Store
+    from imgclust.io.store import Store
+    from imgclust.models.model import write_pca_statistics
+    from imgclust.reduce.pca import ScatterStats, merge_all
 
     reduce = ReduceConfig(method="pca", n_components=k)
     size = -(-len(shards) // 32)
@@ -117,10 +117,10 @@ def main(argv: list[str] | None = None) -> None:
     from distributed import LocalCluster
     from scipy.linalg import subspace_angles
 
-    from imgclust.model import feature_source
-    from imgclust.pca import ExactPCA
-    from imgclust.reduce import StreamingPCA
-    from imgclust.store import Store
+    from imgclust.io.store import Store
+    from imgclust.models.model import feature_source
+    from imgclust.reduce.pca import ExactPCA
+    from imgclust.reduce.streaming import StreamingPCA
 
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="imgclust-bench-pca-", dir="/work" if
                                                   os.path.isdir("/work") else None))

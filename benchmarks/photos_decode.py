@@ -1,6 +1,6 @@
 """Benchmark: decoding large real photos for a 224-px model, and resnet50 and a ViT through the extraction path.
 
-The photos are a photo-variant corpus (:mod:`imgclust.photos`) built at full size from Debian's wallpapers:
+The photos are a photo-variant corpus (:mod:`imgclust.data.photos`) built at full size from Debian's wallpapers:
 baseline JPEG variants (re-encode q90, 85% crop, mirror, colour shift) of every family's largest file; only
 those of at least ``--min-mp`` megapixels are used. In one run, side by side:
 
@@ -11,7 +11,7 @@ those of at least ``--min-mp`` megapixels are used. In one run, side by side:
   the growth of the process's peak RSS (VmHWM) over its value after imports and reading the bytes.
 * **models** (``--models``, default resnet50 and DINOv2 ViT-S/14; random weights: speed does not depend on
   weight values), on ``--model-images`` of them: *bare*: ``backbone.embed`` on tensors decoded and preprocessed
-  beforehand (the model alone); *extract*: ``imgclust.extract.extract_shard`` (read + decode + preprocess +
+  beforehand (the model alone); *extract*: ``imgclust.extract.shard.extract_shard`` (read + decode + preprocess +
   embed + Parquet write) with the reduced decode (the default), and for the first model also with the full
   decode (``decode_image`` without ``target_side``, as before). The ratio column is extract / bare.
 
@@ -71,8 +71,8 @@ def _peak_kib() -> int:
 
 def decode_worker(list_file: str, prep_json: str, target: str, threads: str) -> None:
     """Child process: decode + preprocess every file in ``list_file``; print img/s and peak RSS growth (JSON)."""
-    from imgclust.backbones.preprocessing import Preprocessing, preprocess_image
-    from imgclust.images import decode_image
+    from imgclust.extract.backbones.preprocessing import Preprocessing, preprocess_image
+    from imgclust.extract.images import decode_image
 
     fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(prep_json).items()}
     prep = Preprocessing(**fields)
@@ -106,7 +106,7 @@ def bench_decode(files: list[Path], prep: Any, work: Path, full: bool, threads: 
 def bench_bare(backbone: Any, files: list[Path], batch_size: int, quiet: Callable[[], float]) -> dict[str, Any]:
     import torch
 
-    from imgclust.images import decode_image
+    from imgclust.extract.images import decode_image
 
     tensors = [backbone.preprocess(decode_image(f.read_bytes(), target_side=backbone.preprocessing.resize_size))
                for f in files]
@@ -120,10 +120,10 @@ def bench_bare(backbone: Any, files: list[Path], batch_size: int, quiet: Callabl
 
 def bench_extract(cfg: Any, work: Path, name: str, corpus: Path, warm_corpus: Path, full_decode: bool,
                   quiet: Callable[[], float]) -> dict[str, Any]:
-    import imgclust.extract as extract
-    from imgclust.images import decode_image
-    from imgclust.manifest import ingest, plan_shards
-    from imgclust.store import Store
+    import imgclust.extract.shard as extract
+    from imgclust.extract.images import decode_image
+    from imgclust.io.manifest import ingest, plan_shards
+    from imgclust.io.store import Store
 
     def stores() -> tuple[Store, Store]:
         warm, timed = Store(work / "stores" / f"{name}-warmup"), Store(work / "stores" / name)
@@ -155,7 +155,7 @@ def _full_decode(decode: Callable[..., Any], data: bytes, **kwargs: Any) -> Any:
 def large_jpegs(args: argparse.Namespace, work: Path) -> list[Path]:
     from PIL import Image
 
-    from imgclust.photos import build_photo_variant_corpus, family_representatives, find_system_photos
+    from imgclust.data.photos import build_photo_variant_corpus, family_representatives, find_system_photos
 
     photos = find_system_photos()
     n_sources = 4 if args.quick else None
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from imgclust.config import ExtractConfig
-    from imgclust.extract import backbone_for
+    from imgclust.extract.shard import backbone_for
 
     with tempfile.TemporaryDirectory(prefix="imgclust-bench-photos-") as tmp:
         work = Path(args.work_dir or tmp)

@@ -1,7 +1,7 @@
 """Benchmark: planning the shards of a 1M-row manifest takes seconds (footers only, no data pages).
 
 Writes ``--rows`` synthetic manifest rows as ``--parts`` immutable parts into a temporary store,
-then times ``imgclust.manifest.plan_shards`` (cold: first call; warm: best of 3) and checks that the
+then times ``imgclust.io.manifest.plan_shards`` (cold: first call; warm: best of 3) and checks that the
 shards cover every row exactly once.
 
     .venv/bin/python benchmarks/plan_shards.py                  # 1,000,000 rows in 10 parts
@@ -24,8 +24,8 @@ log = logging.getLogger("benchmarks.plan_shards")
 
 def write_manifest(store: object, rows: int, parts: int) -> None:
     """``rows`` manifest rows split over ``parts`` parts (dated one day apart)."""
-    from imgclust.manifest import MANIFEST_SCHEMA
-    from imgclust.store import Store
+    from imgclust.io.manifest import MANIFEST_SCHEMA
+    from imgclust.io.store import Store
 
     assert isinstance(store, Store)
     now = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
@@ -40,8 +40,8 @@ def write_manifest(store: object, rows: int, parts: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from imgclust.manifest import plan_shards
-    from imgclust.store import Store
+    from imgclust.io.manifest import plan_shards
+    from imgclust.io.store import Store
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=1_000_000)

@@ -65,7 +65,7 @@ def _score(y: np.ndarray, pred: np.ndarray) -> tuple[float, float]:
 def _kmeans_all_rows(X: np.ndarray, seed: int) -> np.ndarray:
     """k-means (k=10, 10 restarts) trained on every row of ``X`` (n, d), not the library's default sample of
     256 points per centroid: with a sample, the baseline itself moved between ACC 0.488 and 0.539 across runs."""
-    from imgclust.cluster import FaissKMeans
+    from imgclust.cluster.classic import FaissKMeans
 
     km = FaissKMeans(n_clusters=10, n_redo=10, seed=seed, max_points_per_centroid=-(-len(X) // 10))
     return km.fit(X).predict(X)
@@ -73,7 +73,7 @@ def _kmeans_all_rows(X: np.ndarray, seed: int) -> np.ndarray:
 
 def _umap(feats: np.ndarray, seed: int) -> np.ndarray:
     """UMAP(10, 20 neighbours, min_dist 0) of features ``(N, d)`` -> ``(N, 10)`` (N2D's settings)."""
-    from imgclust.reduce import UMAPReducer
+    from imgclust.reduce.streaming import UMAPReducer
 
     return UMAPReducer(n_components=10, n_neighbors=20, min_dist=0.0, fit_sample=None,
                        random_state=seed).fit(feats).embedding_
@@ -82,7 +82,7 @@ def _umap(feats: np.ndarray, seed: int) -> np.ndarray:
 def _gmm(Z: np.ndarray, seed: int, runs: int = 1) -> np.ndarray:
     """Full-covariance GMM (k=10, every row) labels ``(N,)`` of ``Z`` ``(N, d)``: N2D's clusterer; ``runs`` > 1 =
     the evidence-accumulation consensus of that many EM runs (the library's ``consensus_runs``)."""
-    from imgclust.gmm import GaussianMixtureClusterer
+    from imgclust.cluster.gmm import GaussianMixtureClusterer
 
     return GaussianMixtureClusterer(n_clusters=10, fit_sample=None, random_state=seed,
                                     consensus_runs=runs).fit(Z).predict(Z)
@@ -90,7 +90,7 @@ def _gmm(Z: np.ndarray, seed: int, runs: int = 1) -> np.ndarray:
 
 
 def baselines(x: np.ndarray, y: np.ndarray, seed: int) -> list[Row]:
-    from imgclust.reduce import StreamingPCA
+    from imgclust.reduce.streaming import StreamingPCA
 
     flat = x.reshape(len(x), -1).astype(np.float32) / 255.0
     rows: list[Row] = []
@@ -248,7 +248,7 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     import torch
 
-    from imgclust.datasets import load_fashion_mnist
+    from imgclust.data.datasets import load_fashion_mnist
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -1,6 +1,6 @@
 """Benchmark: UMAP + HDBSCAN fitted on a sample and predicted for the rest, against fitting on every row.
 
-The product path beyond memory (``imgclust.model.fit_model`` with ``ClusterConfig(method="hdbscan",
+The product path beyond memory (``imgclust.models.model.fit_model`` with ``ClusterConfig(method="hdbscan",
 fit_sample=s)``): exact PCA 50 on all rows, UMAP(10) fitted on a seeded sample of ``s`` rows, HDBSCAN
 fitted on the sample's embedding, then every row assigned with UMAP ``transform`` + HDBSCAN
 ``approximate_predict`` (what labeling shards on Dask workers does). The full fit is the same with
@@ -43,7 +43,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def fit_and_assign(X: np.ndarray, fit_rows: int, frac: float, seed: int) -> dict[str, Any]:
     """Fit on ``fit_rows`` sampled rows of ``X`` (n, 784), assign all rows; timings and labels."""
     from imgclust.config import ClusterConfig, ReduceConfig
-    from imgclust.model import fit_model
+    from imgclust.models.model import fit_model
 
     mcs = max(5, round(frac * fit_rows))
     t0 = time.perf_counter()
@@ -59,7 +59,7 @@ def fit_and_assign(X: np.ndarray, fit_rows: int, frac: float, seed: int) -> dict
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    from imgclust.datasets import load_fashion_mnist
+    from imgclust.data.datasets import load_fashion_mnist
     from imgclust.metrics import ari, cluster_accuracy, nmi
 
     x, y = load_fashion_mnist(args.split)

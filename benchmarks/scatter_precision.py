@@ -8,7 +8,7 @@ shards arrive; generation is timed separately and not counted):
 * **float32, one GEMM per batch** (the code before issue 22): float32 rounding accumulates over a whole
   batch (65,536 rows by default);
 * **float32, GEMM_ROWS pieces** (``ScatterStats.of`` now): the same float32 GEMMs over at most
-  ``imgclust.pca.GEMM_ROWS`` rows, summed in float64;
+  ``imgclust.reduce.pca.GEMM_ROWS`` rows, summed in float64;
 * **float64 GEMM**: the centred rows in float64.
 
 For each it prints seconds, rows/s, the time ratio to the current code, and, on the first batch, the
@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 from quiet import add_quiet_args, wait_for_quiet
 
-from imgclust.pca import GEMM_ROWS, ScatterStats, float32_scatter_bound
+from imgclust.reduce.pca import GEMM_ROWS, ScatterStats, float32_scatter_bound
 
 log = logging.getLogger("benchmarks.scatter_precision")
 

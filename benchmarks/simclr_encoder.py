@@ -12,7 +12,7 @@ in chunks of at most ``--chunk-rows`` rows (``reps-NN.npy``) and the labels (``y
 Stage B runs ``simclr``'s own last stages on the representation, with the parameters
 :class:`~imgclust.deep.embedding.EmbeddingClusterer` uses, once per clusterer of ``--stage-b``: UMAP(10, 20
 neighbours, min_dist 0, the seed) and the 8-run GMM consensus (the default), the same UMAP and k-means, and
-SCAN's head (:class:`~imgclust.scan.ScanClusterer`: ``scan`` with neighbours in the whitened space, as
+SCAN's head (:class:`~imgclust.cluster.scan.ScanClusterer`: ``scan`` with neighbours in the whitened space, as
 ``clusterer="scan"`` uses it, ``scan-raw`` without); it prints a row of ACC / NMI each. ``--from-reps DIR`` runs stage B
 alone on a saved representation (when stage A ran on a machine whose time ran out before stage B).
 
@@ -43,7 +43,7 @@ def _score(y: np.ndarray, pred: np.ndarray) -> str:
 
 def stage_a(args: argparse.Namespace, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Train in steps within the budget; print one row per step; return the representation ``(N, D)`` float32."""
-    from imgclust.cluster import FaissKMeans
+    from imgclust.cluster.classic import FaissKMeans
     from imgclust.deep.contrastive import ContrastiveClusterer
 
     rows: list[str] = []
@@ -121,10 +121,10 @@ def _composition(name: str, y: np.ndarray, labels: np.ndarray) -> None:
 def stage_b(feats: np.ndarray, y: np.ndarray, seed: int, clusterers: list[str]) -> None:
     """``simclr``'s last stages (``EmbeddingClusterer._fit_clusters`` with its defaults) on ``feats`` ``(N, D)``,
     with each of ``clusterers`` (of :data:`STAGE_B`); print one ACC / NMI row each."""
-    from imgclust.cluster import FaissKMeans
-    from imgclust.gmm import GaussianMixtureClusterer
-    from imgclust.reduce import UMAPReducer
-    from imgclust.scan import ScanClusterer
+    from imgclust.cluster.classic import FaissKMeans
+    from imgclust.cluster.gmm import GaussianMixtureClusterer
+    from imgclust.cluster.scan import ScanClusterer
+    from imgclust.reduce.streaming import UMAPReducer
 
     rows = []
     coords = None
@@ -191,7 +191,7 @@ def main() -> None:
         feats, y = load_reps(args.from_reps)
         stage_b(feats, y, args.seed, clusterers)
         return
-    from imgclust.datasets import load_fashion_mnist
+    from imgclust.data.datasets import load_fashion_mnist
 
     if args.split == "train-subset":
         from train_subset import train_subset

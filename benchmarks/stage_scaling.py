@@ -4,7 +4,7 @@ Per size ``n`` (``--sizes``), a fresh store and a folder of ``n`` real PNG files
 train+test images; beyond 70,000 each repeat gets one pixel changed so every file is distinct
 content) go through the library functions the flows call, in this process, sequentially:
 
-* **ingest**: list + hash + manifest part (``imgclust.manifest.ingest``);
+* **ingest**: list + hash + manifest part (``imgclust.io.manifest.ingest``);
 * **extract**: every shard with ``extract_shard`` (``--extractor``, default ``pixels``; 1,000 per shard);
 * **pca statistics**: ``write_pca_statistics`` over all shards (what the Dask workers do, summed);
 * **fit**: merge + ``ExactPCA(50)`` + k-means 10 on a sample (``fit_from_store``);
@@ -47,7 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def write_corpus(folder: Path, n: int) -> None:
     """``n`` distinct PNG files from Fashion-MNIST (all 70k images, then copies with one pixel changed)."""
-    from imgclust.datasets import load_fashion_mnist
+    from imgclust.data.datasets import load_fashion_mnist
 
     x, _ = load_fashion_mnist("all")
     folder.mkdir(parents=True, exist_ok=True)
@@ -62,11 +62,11 @@ def write_corpus(folder: Path, n: int) -> None:
 
 def run_size(root: Path, n: int, extractor: str) -> dict[str, float]:
     from imgclust.config import ClusterConfig, ExtractConfig, ReduceConfig
-    from imgclust.extract import extract_shard
-    from imgclust.labels import label_shard
-    from imgclust.manifest import ingest, plan_shards
-    from imgclust.model import fit_from_store, write_pca_statistics
-    from imgclust.store import Store
+    from imgclust.extract.shard import extract_shard
+    from imgclust.io.manifest import ingest, plan_shards
+    from imgclust.io.store import Store
+    from imgclust.models.labels import label_shard
+    from imgclust.models.model import fit_from_store, write_pca_statistics
 
     store, t = Store(root / "store"), {}
     cfg = ExtractConfig(extractor=extractor, shard_size=1000)

@@ -19,7 +19,7 @@ def train_subset(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray]:
     uint8 and labels ``(n,)``, drawn with ``np.random.default_rng(1)`` and kept in file order."""
     import torch
 
-    from imgclust.datasets import load_fashion_mnist
+    from imgclust.data.datasets import load_fashion_mnist
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)

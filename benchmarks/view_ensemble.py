@@ -37,8 +37,8 @@ def view_partitions(view: str, x: np.ndarray, args: argparse.Namespace) -> tuple
             return z["partitions"], float(z["seconds"])
     import torch
 
-    from imgclust.gmm import GaussianMixtureClusterer
-    from imgclust.reduce import StreamingPCA, UMAPReducer
+    from imgclust.cluster.gmm import GaussianMixtureClusterer
+    from imgclust.reduce.streaming import StreamingPCA, UMAPReducer
 
     name, seed = view.split(":")
     t0 = time.perf_counter()
@@ -48,7 +48,7 @@ def view_partitions(view: str, x: np.ndarray, args: argparse.Namespace) -> tuple
     elif name == "hog":
         import torch as _torch
 
-        from imgclust.backbones.registry import create_backbone
+        from imgclust.extract.backbones.registry import create_backbone
 
         hog = create_backbone("hog", device="cpu")
         batch = _torch.stack([hog.preprocess(img) for img in x])
@@ -82,7 +82,7 @@ def main() -> None:
     add_subset_args(p)
     args = p.parse_args()
     x, y = train_subset(args)
-    from imgclust.consensus import MIN_CLUSTER_FRACTION, consensus_labels
+    from imgclust.cluster.consensus import MIN_CLUSTER_FRACTION, consensus_labels
     from imgclust.metrics import cluster_accuracy, nmi
 
     views = [v.strip() for v in args.views.split(",") if v.strip()]

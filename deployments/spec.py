@@ -26,7 +26,7 @@ IMGCLUST_DASK_ADDRESS etc.      where tasks run (see ``flows/runtime.py``)      
 ==============================  ===============================================  =====================
 
 The novelty automation: ``auto-label/nightly`` emits ``imgclust.novelty.high`` for its store when a night has
-more novel images than known kinds give or a candidate new cluster (``imgclust.novelty_night``); ``recluster/weekly`` carries a reactive event trigger on that event for the
+more novel images than known kinds give or a candidate new cluster (``imgclust.models.novelty_night``); ``recluster/weekly`` carries a reactive event trigger on that event for the
 same store (threshold 1 within ``IMGCLUST_NOVELTY_COOLDOWN``), so the first such event starts a
 recluster early (parameter ``reason="novelty"``) and later ones within the cooldown do not.
 """

@@ -2,7 +2,7 @@
 
 Cost grows with the number of new images only: the manifest is the watermark, so only the new
 partition is extracted and labeled; the model is loaded once per worker. The near-duplicate check of the new
-images against the stored ones reads the stored features once (``imgclust.dedup``: O(new x stored) flops,
+images against the stored ones reads the stored features once (``imgclust.models.dedup``: O(new x stored) flops,
 memory bounded by the new rows plus one stored batch).
 """
 from __future__ import annotations
@@ -19,8 +19,8 @@ from flows.extract_features import run_extraction
 from flows.runtime import default_task_runner
 from flows.store_lease import DEFAULT_LOCK_TTL_SECONDS, DEFAULT_LOCK_WAIT_SECONDS, store_writer
 from imgclust.config import IngestConfig
-from imgclust.dedup import DedupConfig
 from imgclust.exceptions import ConfigError
+from imgclust.models.dedup import DedupConfig
 from tasks.cluster import current_model_task
 from tasks.dedup import flag_near_duplicates_task
 from tasks.ingest import ingest_source
@@ -41,7 +41,7 @@ def auto_label(source: str, store: str, date: dt.date | None = None, novelty_rat
     rows (``near_duplicate_of``, ``near_duplicate_similarity``) and counted in the summary (``near_duplicates``);
     None skips the check.
 
-    Novelty (:mod:`imgclust.novelty_night`): an image is novel when the model's calibrated novelty score exceeds
+    Novelty (:mod:`imgclust.models.novelty_night`): an image is novel when the model's calibrated novelty score exceeds
     its threshold at the target false-novel rate (``novelty_rate``, default the model's own, 0.05 unless fitted
     otherwise). Emits the Prefect event ``imgclust.novelty.high`` for the store (the novelty trigger of
     ``recluster/weekly`` starts a recluster on it) when the night has more novel images than known kinds give

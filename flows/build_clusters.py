@@ -9,7 +9,7 @@ from flows._gather import gather
 from flows.artifacts import publish_model_artifacts
 from flows.runtime import default_task_runner
 from imgclust.config import ClusterConfig, ExtractConfig, ReduceConfig
-from imgclust.promotion import GateConfig
+from imgclust.models.promotion import GateConfig
 from tasks.cluster import evaluate_task, fit_model_task, gate_and_promote_task, label_shard_task
 from tasks.extract import done_shards_task, extractor_key_task
 from tasks.reduce import pca_statistics_task

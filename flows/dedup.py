@@ -6,7 +6,7 @@ from typing import Any, Literal
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
-from imgclust.dedup import DedupConfig
+from imgclust.models.dedup import DedupConfig
 from tasks.cluster import current_model_task
 from tasks.dedup import dedup_task
 from tasks.extract import extractor_key_task
@@ -17,7 +17,7 @@ def dedup(store: str, threshold: float = DedupConfig.threshold, k: int = DedupCo
           rule: Literal["representative", "components"] = DedupConfig.rule,
           extractor_key: str | None = None) -> dict[str, Any]:
     """Group near-duplicate images (cosine similarity >= ``threshold`` among each image's ``k`` nearest
-    neighbours, grouped by ``rule``: imgclust.dedup) and write ``near_duplicates/<extractor_key>/``; the
+    neighbours, grouped by ``rule``: imgclust.models.dedup) and write ``near_duplicates/<extractor_key>/``; the
     CURRENT model's features unless ``extractor_key`` names others."""
     DedupConfig(threshold=threshold, k=k, rule=rule)  # bad settings fail before any work
     key = extractor_key or extractor_key_task(current_model_task(store)[1])

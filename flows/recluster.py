@@ -10,9 +10,9 @@ from flows.build_clusters import label_all, pca_statistics
 from flows.runtime import default_task_runner
 from flows.store_lease import DEFAULT_LOCK_WAIT_SECONDS, store_writer
 from imgclust.config import ClusterConfig, ExtractConfig, ReduceConfig, check_recipe
-from imgclust.model import cluster_config_of, reduce_config_of
-from imgclust.novelty_night import cluster_config_for_novelty
-from imgclust.promotion import GateConfig
+from imgclust.models.model import cluster_config_of, reduce_config_of
+from imgclust.models.novelty_night import cluster_config_for_novelty
+from imgclust.models.promotion import GateConfig
 from tasks._common import open_store
 from tasks.cluster import current_model_task, evaluate_task, gate_and_promote_task, refit_task
 from tasks.extract import done_shards_task, extractor_key_task
@@ -30,7 +30,7 @@ def recluster(store: str, reduce: ReduceConfig | None = None, cluster: ClusterCo
     under the new version; the new version is promoted only if ``gate_metric`` does not regress by
     more than ``gate_tolerance``. ``reason`` says what started the run (the novelty trigger passes
     ``novelty``: then the previous recipe's ``k`` grows by the candidate new clusters of its newest night,
-    :func:`imgclust.novelty_night.cluster_config_for_novelty`) and is recorded with the gate decision. Holds the store's writer lease throughout
+    :func:`imgclust.models.novelty_night.cluster_config_for_novelty`) and is recorded with the gate decision. Holds the store's writer lease throughout
     (``flows/store_lease.py``), so no nightly run labels with the previous model meanwhile.
     """
     gate = GateConfig(metric=gate_metric, tolerance=gate_tolerance)  # a bad gate fails before any work

@@ -15,7 +15,7 @@ from flows.runtime import default_task_runner
 from flows.store_lease import DEFAULT_LOCK_WAIT_SECONDS, store_writer
 from imgclust.config import AUTO_K, RECOMMENDED_REFINE_METHOD, ExtractConfig
 from imgclust.deep.methods import DeepMethod, check_deep_options, refit_recipe
-from imgclust.promotion import GateConfig
+from imgclust.models.promotion import GateConfig
 from tasks.cluster import cluster_count_task, current_model_task
 from tasks.refine import prepare_training_set_task, train_deep_task
 
@@ -35,7 +35,7 @@ def refine(store: str, method: DeepMethod = RECOMMENDED_REFINE_METHOD,  # type: 
 
     ``k="auto"`` (default): the method trains with CURRENT's number of clusters (DEC, IDEC, NNC, DeepCluster and
     SCAN's head need one to train; the encoders of the others do not use it) and the refit chooses k again on the
-    new features (:mod:`imgclust.choose_k`); the lineage records the splits and merges.
+    new features (:mod:`imgclust.cluster.choose_k`); the lineage records the splits and merges.
 
     The gate compares against CURRENT on ``gate_metric`` (default: NMI with ground truth, else
     silhouette; internal metrics of different feature spaces are only roughly comparable). Training runs

@@ -3,7 +3,7 @@
 The nightly auto-label run, recluster, refine, backfill and the pipeline all write labels of a model and may
 change ``models/CURRENT``. If a recluster promoted a model while a nightly run was labelling new images with
 the previous one, the new CURRENT model would never label that night's images. So each of those flows holds
-the store lease ``locks/writer.json`` (:class:`imgclust.lock.StoreLease`, renewed while held) for its
+the store lease ``locks/writer.json`` (:class:`imgclust.io.lock.StoreLease`, renewed while held) for its
 whole body; another one waits up to ``wait`` seconds for it, then fails with ``LeaseHeldError`` naming the
 holder, before touching the store.
 """
@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-from imgclust.lock import StoreLease
+from imgclust.io.lock import StoreLease
 from tasks._common import open_store
 
 WRITER_LEASE = "writer"

@@ -30,7 +30,7 @@ import numpy as np
 from fsspec.implementations.local import LocalFileSystem
 
 from imgclust.exceptions import CorruptArtifactError
-from imgclust.storage import url_to_fs
+from imgclust.io.storage import url_to_fs
 
 __all__ = [
     "FORMAT_VERSION",
@@ -58,7 +58,7 @@ VERSION_PACKAGES = ("imgclust", "numpy", "scikit-learn", "faiss-cpu", "umap-lear
 
 def resolve(directory: str | os.PathLike[str], fs: fsspec.AbstractFileSystem | None) -> tuple[Any, str]:
     """``(fs, path)``: the given filesystem with ``directory`` as its path (already without protocol),
-    or the filesystem of a path/URL (credentials and endpoint from the environment, see imgclust.storage)."""
+    or the filesystem of a path/URL (credentials and endpoint from the environment, see imgclust.io.storage)."""
     if fs is not None:
         return fs, os.fspath(directory)
     return url_to_fs(os.fspath(directory))

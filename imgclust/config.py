@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from imgclust.clusterers import clusterer_spec, list_methods, option_owners
+from imgclust.cluster.registry import clusterer_spec, list_methods, option_owners
 from imgclust.exceptions import ConfigError, UnknownNameError
 
 _M = TypeVar("_M", bound=BaseModel)
@@ -45,7 +45,7 @@ not change feature space with what a machine happens to have cached."""
 
 AUTO_K: Literal["auto"] = "auto"
 """``ClusterConfig.k``'s default: sweep ``k_min..k_max`` on a sample of the clustering space and choose by the rule
-of :mod:`imgclust.choose_k` (the sweep is recorded in ``model.json`` and drawn in the report)."""
+of :mod:`imgclust.cluster.choose_k` (the sweep is recorded in ``model.json`` and drawn in the report)."""
 
 ClusterCount = Annotated[int, Field(ge=2, le=1_000_000)] | Literal["auto"]
 """A number of clusters, or ``"auto"`` (:data:`AUTO_K`)."""
@@ -115,19 +115,19 @@ class ReduceConfig(_Base):
 
 class ClusterConfig(_Base):
     """The clustering step: Faiss k-means, HDBSCAN, agglomerative, a Gaussian mixture (N2D's clusterer), or SCAN's
-    neighbour-consistency head on the features (:mod:`imgclust.scan`; no UMAP)."""
+    neighbour-consistency head on the features (:mod:`imgclust.cluster.scan`; no UMAP)."""
 
     method: str = Field(
-        "kmeans", description="Clustering algorithm: a method of the registry (imgclust.clusterers).",
+        "kmeans", description="Clustering algorithm: a method of the registry (imgclust.cluster.registry).",
         json_schema_extra=lambda schema: schema.update(enum=list[JsonValue](list_methods())))
     k: ClusterCount = Field(
         AUTO_K, description="Number of clusters (kmeans, agglomerative, gmm, scan), or auto: fits over k_min..k_max "
-        "on a seeded sample and chooses by a documented rule (imgclust.choose_k; the sweep is in model.json and the "
+        "on a seeded sample and chooses by a documented rule (imgclust.cluster.choose_k; the sweep is in model.json and the "
         "report). HDBSCAN finds its own number.")
     k_min: int = Field(2, ge=2, le=1_000_000, description="k=auto: the smallest k the sweep tries.")
     k_max: int | None = Field(
         None, ge=2, le=1_000_000, description="k=auto: the largest k the sweep tries; default grows with the rows "
-        "(imgclust.choose_k.default_k_max).")
+        "(imgclust.cluster.choose_k.default_k_max).")
     n_iter: int = Field(25, ge=1, le=1000, description="k-means iterations.")
     n_redo: int = Field(3, ge=1, le=100, description="k-means restarts; the best inertia wins.")
     backend: Literal["faiss", "torch"] = Field(
@@ -137,7 +137,7 @@ class ClusterConfig(_Base):
     spherical: bool = Field(False, description="Cosine k-means (L2-normalised centroids).")
     min_cluster_size: int | None = Field(
         None, ge=2, description="HDBSCAN min_cluster_size; unset: all of HDBSCAN's parameters chosen for the "
-        "embedding it runs on (imgclust.density: 1% of the rows, min_samples 5, leaf selection merged below a "
+        "embedding it runs on (imgclust.cluster.density: 1% of the rows, min_samples 5, leaf selection merged below a "
         "distance scaled to the embedding's density). Given: that size with HDBSCAN's own other defaults.")
     fit_sample: int = Field(50_000, ge=100,
                             description="Rows UMAP/HDBSCAN/GMM/SCAN are fitted on; the rest are predicted.")
@@ -246,7 +246,7 @@ BUILTIN_BACKBONES: tuple[str, ...] = (
     "hog", "layout", "openclip-test-vit", "pixels", "pixels-rgb32", "resnet101", "resnet152", "resnet18",
     "resnet34", "resnet50", "siglip-vitb16", "timm-test-vit", "tinycnn", "vgg16", "vgg19",
 )
-"""The names :mod:`imgclust.backbones` registers on import, known without importing torch (a flow's parameter
+"""The names :mod:`imgclust.extract.backbones` registers on import, known without importing torch (a flow's parameter
 form is built when the flow module is imported); ``tests/test_layering.py`` checks they equal the registry's."""
 
 Extractor = enum.Enum("Extractor", {n.replace("-", "_"): n for n in BUILTIN_BACKBONES}, type=str)  # type: ignore[misc]

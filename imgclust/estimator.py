@@ -51,9 +51,9 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["Estimator", "register_estimator", "list_estimators", "load_estimator"]
 
-_BUILTIN_MODULES = ("imgclust.reduce", "imgclust.pca", "imgclust.cluster", "imgclust.hierarchy", "imgclust.gmm",
-                    "imgclust.novelty")
-_LAZY_MODULES = {"TorchKMeans": "imgclust.kmeans_torch", "ScanClusterer": "imgclust.scan"}  # imported on first load: torch
+_BUILTIN_MODULES = ("imgclust.reduce.streaming", "imgclust.reduce.pca", "imgclust.cluster.classic", "imgclust.cluster.hierarchy", "imgclust.cluster.gmm",
+                    "imgclust.models.novelty")
+_LAZY_MODULES = {"TorchKMeans": "imgclust.cluster.kmeans_torch", "ScanClusterer": "imgclust.cluster.scan"}  # imported on first load: torch
 
 E = TypeVar("E", bound="Estimator")
 

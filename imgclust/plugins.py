@@ -2,7 +2,7 @@
 
 Each process imports them before a registry lookup that misses: the CLI, served flow runs and Dask workers alike
 (export the variable where they start). A plugin module registers what it adds at import, e.g. with
-:func:`imgclust.clusterers.register_clusterer` and :func:`imgclust.estimator.register_estimator`.
+:func:`imgclust.cluster.registry.register_clusterer` and :func:`imgclust.estimator.register_estimator`.
 """
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ from imgclust.config import AUTO_K, RunnerConfig
 from imgclust.exceptions import ConfigError
 
 if TYPE_CHECKING:
-    from imgclust.store import Store
+    from imgclust.io.store import Store
 
 
 def home() -> Path:
@@ -88,7 +88,7 @@ def date_arg(text: str) -> dt.date:
 
 
 def cluster_count(text: str) -> int | str:
-    """``--k``'s value: ``auto`` (choose k by a sweep, :mod:`imgclust.choose_k`) or a number of clusters; anything
+    """``--k``'s value: ``auto`` (choose k by a sweep, :mod:`imgclust.cluster.choose_k`) or a number of clusters; anything
     else is passed on as given and refused by :class:`~imgclust.config.ClusterConfig` with the valid values."""
     if text.strip().lower() == AUTO_K:
         return AUTO_K
@@ -146,7 +146,7 @@ def model_or_current(store: Store, model_id: str | None) -> str:
     Raises:
         ConfigError: no ``--model`` given and the store has no CURRENT model.
     """
-    from imgclust.model import current_model_id
+    from imgclust.models.model import current_model_id
 
     chosen = model_id or current_model_id(store)
     if chosen is None:

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from imgclust.clusterers import list_methods
+from imgclust.cluster.registry import list_methods
 from imgclust.config import (
     AUTO_EXTRACTOR,
     RECOMMENDED_REFINE_METHOD,
@@ -96,7 +96,7 @@ def _add_pipeline_args(p: argparse.ArgumentParser, *, source: bool = True) -> No
                    help="UMAP dimensions after PCA (hdbscan defaults to 10)")
     g.add_argument("--min-cluster-size", type=int, default=default_of(ClusterConfig, "min_cluster_size"),
                    help="hdbscan: smallest cluster; default: every HDBSCAN parameter chosen for the embedding "
-                        "(imgclust.density)")
+                        "(imgclust.cluster.density)")
     g.add_argument("--consensus", type=int, default=None,
                    help="gmm: EM runs combined by evidence accumulation into the final mixture (default "
                         f"{default_of(ClusterConfig, 'consensus_runs')}; the demo's gmm: {DEMO_CONSENSUS})")
@@ -123,7 +123,7 @@ def _pipeline_config(a: argparse.Namespace) -> tuple[PipelineConfig, RunnerConfi
                         novelty_rate=a.novelty_rate, **given(consensus_runs=a.consensus))
     runner = runner_config(a)
     if a.source and "://" not in a.source:
-        from imgclust.sources import open_source
+        from imgclust.io.sources import open_source
 
         open_source(a.source)  # a missing folder is a ConfigError now, not inside the flow
     a.extractor_choice = choose_extractor(a) if a.extractor == AUTO_EXTRACTOR else None  # before any work
@@ -138,7 +138,7 @@ def _pipeline_config(a: argparse.Namespace) -> tuple[PipelineConfig, RunnerConfi
 
 def _check_backbone(extract: ExtractConfig) -> None:
     """Fail on an unknown backbone or missing weights now, before any cluster starts."""
-    from imgclust.extract import backbone_for
+    from imgclust.extract.shard import backbone_for
 
     backbone_for(extract)
 
@@ -177,15 +177,15 @@ def _print_summary(result: dict[str, Any], extra: dict[str, Any] | None = None) 
 def _k_choice(store: str, model_id: str) -> str:
     """How the model got its number of clusters: ``--k auto``'s choice (``model.json``'s ``k_sweep``) as
     ``k of lo..hi by criterion: reason``, or HDBSCAN's count, parameters and noise share; empty when k was given."""
-    from imgclust.model import model_info
-    from imgclust.store import Store
+    from imgclust.io.store import Store
+    from imgclust.models.model import model_info
 
     info = model_info(Store(store), model_id)
     sweep = info.get("k_sweep")
     if sweep:
         return f"{sweep['chosen']} of {min(sweep['ks'])}..{max(sweep['ks'])} by {sweep['criterion']}: {sweep['reason']}"
     if "noise_share" in info:
-        from imgclust.report_model import hdbscan_summary
+        from imgclust.models.report_model import hdbscan_summary
 
         return f"{info['n_clusters']} found by HDBSCAN {hdbscan_summary(info)}"
     return ""
@@ -193,8 +193,8 @@ def _k_choice(store: str, model_id: str) -> str:
 
 def _capped(store: str, model_id: str) -> str:
     """What the fit capped to the corpus size (``model.json``'s ``capped``), as ``name asked -> used, ...``."""
-    from imgclust.model import model_info
-    from imgclust.store import Store
+    from imgclust.io.store import Store
+    from imgclust.models.model import model_info
 
     values = model_info(Store(store), model_id).get("capped", {}).get("values", {})
     return ", ".join(f"{name} {v['asked']} -> {'none' if v['used'] is None else v['used']}"
@@ -220,7 +220,7 @@ def _demo_consensus(a: argparse.Namespace) -> int | None:
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
-    from imgclust.datasets import build_demo_corpus
+    from imgclust.data.datasets import build_demo_corpus
 
     if a.refine_epochs < 1:
         raise ConfigError("--refine-epochs must be >= 1")
@@ -271,7 +271,7 @@ def _demo_refine(a: argparse.Namespace, store: str, k: int | str, runner: Runner
 def cmd_backbones(a: argparse.Namespace) -> int:
     import importlib.util
 
-    from imgclust.backbones import backbone_infos
+    from imgclust.extract.backbones import backbone_infos
 
     extra_modules = {"foundation": ("timm", "open_clip")}  # what `pip install 'imgclust[<extra>]'` brings
     rows = [("NAME", "DIM", "INPUT", "DEFAULT", "WEIGHTS FROM")]

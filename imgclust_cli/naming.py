@@ -30,7 +30,7 @@ def add_naming_parser(sub: Any) -> None:
                         "whose features are not CLIP's")
     p.add_argument("--weights", default=None,
                    help="CLIP weights: pretrained | random | PATH (default: those the features came from)")
-    # defaults None: NamingConfig's apply (importing imgclust.naming here would slow every command's start)
+    # defaults None: NamingConfig's apply (importing imgclust.models.naming here would slow every command's start)
     p.add_argument("--sample-per-cluster", type=int, default=None, help="with --backbone (default 64)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", choices=choices_of(ExtractConfig, "device"), default=None)
@@ -43,14 +43,14 @@ def add_naming_parser(sub: Any) -> None:
 
 
 def cmd_name_clusters(a: argparse.Namespace) -> int:
-    from imgclust.naming import (
+    from imgclust.io.store import Store
+    from imgclust.models.naming import (
         NamingConfig,
         accept_suggestions,
         suggest_names,
         suggestions_table,
         write_suggestions,
     )
-    from imgclust.store import Store
 
     if a.min_confidence != 0.0 and not a.accept:
         raise ConfigError("--min-confidence applies to --accept")

@@ -9,10 +9,10 @@ import argparse
 import json
 from typing import Any
 
-from imgclust.clusterers import list_methods
+from imgclust.cluster.registry import list_methods
 from imgclust.config import AUTO_K, ClusterConfig, ExtractConfig, PipelineConfig, ReduceConfig, validated
 from imgclust.exceptions import ConfigError
-from imgclust.promotion import GateConfig
+from imgclust.models.promotion import GateConfig
 from imgclust_cli.common import (
     add_execution_args,
     choices_of,
@@ -131,7 +131,7 @@ def add_ops_parsers(sub: Any) -> None:
                                    "(cosine, exact faiss search) and groups pairs at or above --threshold "
                                    "(connected components); writes near_duplicates/<extractor>/groups.parquet.")
     p.add_argument("--store", required=True)
-    # defaults None: DedupConfig's apply (importing imgclust.dedup here would slow every command's start)
+    # defaults None: DedupConfig's apply (importing imgclust.models.dedup here would slow every command's start)
     p.add_argument("--threshold", type=float, default=None, help="cosine similarity, in (0, 1] (default 0.98)")
     p.add_argument("--k", type=int, default=None, help="neighbours examined per image (default 10)")
     p.add_argument("--rule", choices=["representative", "components"], default=None,
@@ -144,7 +144,7 @@ def add_ops_parsers(sub: Any) -> None:
 def cmd_label(a: argparse.Namespace) -> int:
     if a.novelty_rate is not None and not 0 < a.novelty_rate < 0.5:
         raise ConfigError(f"--novelty-rate must be in (0, 0.5), e.g. 0.05; got {a.novelty_rate}")
-    from imgclust.dedup import DedupConfig
+    from imgclust.models.dedup import DedupConfig
 
     if a.no_near_duplicates and a.near_duplicate_threshold is not None:
         raise ConfigError("--no-near-duplicates and --near-duplicate-threshold exclude each other")
@@ -165,8 +165,8 @@ def recluster_cluster_config(a: argparse.Namespace) -> ClusterConfig | None:
         return validated(ClusterConfig, **given(method=a.method, k=a.k, scan_whiten=a.scan_whiten or None))
     if a.k is None:
         return None
-    from imgclust.model import cluster_config_of, current_model_id
-    from imgclust.store import Store
+    from imgclust.io.store import Store
+    from imgclust.models.model import cluster_config_of, current_model_id
 
     store = Store(a.store)
     model_id = current_model_id(store)
@@ -177,7 +177,7 @@ def recluster_cluster_config(a: argparse.Namespace) -> ClusterConfig | None:
 
 
 def cmd_recluster(a: argparse.Namespace) -> int:
-    from imgclust.promotion import GateConfig
+    from imgclust.models.promotion import GateConfig
 
     GateConfig(metric=a.gate_metric, tolerance=a.gate_tolerance)  # validate before any work
     cluster = recluster_cluster_config(a)
@@ -247,8 +247,8 @@ def cmd_labels(a: argparse.Namespace) -> int:
     import pyarrow.csv as pcsv
     import pyarrow.parquet as pq
 
-    from imgclust.labels import labels_at_level
-    from imgclust.store import Store
+    from imgclust.io.store import Store
+    from imgclust.models.labels import labels_at_level
 
     if a.out is not None and not a.out.endswith((".csv", ".parquet")):
         raise ConfigError(f"--out must end in .csv or .parquet, got {a.out!r}")
@@ -268,9 +268,9 @@ def cmd_labels(a: argparse.Namespace) -> int:
 
 
 def cmd_verify(a: argparse.Namespace) -> int:
-    from imgclust.model import ClusterModel
-    from imgclust.store import Store
-    from imgclust.verify import verify_store
+    from imgclust.io.store import Store
+    from imgclust.models.model import ClusterModel
+    from imgclust.models.verify import verify_store
 
     store = Store(a.store)
     model_id = model_or_current(store, a.model)
@@ -281,7 +281,7 @@ def cmd_verify(a: argparse.Namespace) -> int:
 
 
 def cmd_dedup(a: argparse.Namespace) -> int:
-    from imgclust.dedup import DedupConfig
+    from imgclust.models.dedup import DedupConfig
 
     cfg = DedupConfig(**given(threshold=a.threshold, k=a.k, rule=a.rule))  # bad values: exit 2 before any work
     print_json(run_flow("flows.dedup:dedup", None, store=a.store, threshold=cfg.threshold, k=cfg.k, rule=cfg.rule,

@@ -28,7 +28,7 @@ def offline_env(offline: bool) -> Iterator[None]:
 
 
 def choose_extractor(a: argparse.Namespace) -> Any:
-    """``--extractor auto``: :func:`~imgclust.backbones.pretrained.choose_default_extractor` for this run's device.
+    """``--extractor auto``: :func:`~imgclust.extract.backbones.pretrained.choose_default_extractor` for this run's device.
 
     Raises:
         ConfigError: ``--weights`` was given without an explicit ``--extractor``.
@@ -38,7 +38,7 @@ def choose_extractor(a: argparse.Namespace) -> Any:
                           f"which pretrained weights are available (see `imgclust backbones`).")
     import torch
 
-    from imgclust.backbones.pretrained import choose_default_extractor
+    from imgclust.extract.backbones.pretrained import choose_default_extractor
 
     on_gpu = a.device == "cuda" or bool(a.gpu_cluster) or (a.device == "auto" and torch.cuda.is_available())
     return choose_default_extractor(on_gpu=on_gpu)  # logs the choice; the run's summary repeats it
@@ -63,7 +63,7 @@ def add_weights_parser(sub: Any) -> None:
 
 def cmd_weights_pull(a: argparse.Namespace) -> int:
     """Validate every name first, then pull them in order; one line per file."""
-    from imgclust.backbones.pretrained import published_weights, pull
+    from imgclust.extract.backbones.pretrained import published_weights, pull
 
     wanted = [published_weights(name) for name in dict.fromkeys(a.names)]
     for weights in wanted:

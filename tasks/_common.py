@@ -5,7 +5,7 @@ import logging
 from typing import Any
 
 from imgclust.exceptions import ConfigError, CorruptArtifactError, ImageDecodeError, StoreError
-from imgclust.store import Store
+from imgclust.io.store import Store
 
 # Errors that retrying cannot fix: configuration, corrupt artifacts, programming errors.
 PERMANENT = (ConfigError, CorruptArtifactError, ImageDecodeError, StoreError, TypeError, ValueError, KeyError)
@@ -34,7 +34,7 @@ def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
 def open_store(url: str) -> Store:
     """A Store for ``url`` (folder or ``s3://bucket/prefix``).
 
-    Credentials and endpoint come from the worker's AWS environment / profile (see imgclust.storage),
+    Credentials and endpoint come from the worker's AWS environment / profile (see imgclust.io.storage),
     never from task parameters; a URL carrying credentials is refused with a ConfigError.
     """
     return Store(url)

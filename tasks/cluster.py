@@ -6,8 +6,8 @@ from typing import Any
 from prefect import get_run_logger, task
 
 from imgclust.config import ClusterConfig, ExtractConfig, ReduceConfig
-from imgclust.labels import evaluate, label_shard
-from imgclust.model import (
+from imgclust.models.labels import evaluate, label_shard
+from imgclust.models.model import (
     current_model_id,
     extract_config_of,
     fit_from_store,
@@ -18,8 +18,8 @@ from imgclust.model import (
     save_gate_decision,
     save_metrics,
 )
-from imgclust.promotion import GateConfig, decide
-from imgclust.recluster import refit_with_lineage
+from imgclust.models.promotion import GateConfig, decide
+from imgclust.models.recluster import refit_with_lineage
 from tasks._common import open_store, retry_transient
 
 

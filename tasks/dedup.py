@@ -6,7 +6,7 @@ from typing import Any
 
 from prefect import get_run_logger, task
 
-from imgclust.dedup import DedupConfig, dedup_store, flag_new_near_duplicates
+from imgclust.models.dedup import DedupConfig, dedup_store, flag_new_near_duplicates
 from tasks._common import open_store, retry_transient
 
 

@@ -1,6 +1,6 @@
 """Extraction tasks: plan shards, resolve the extractor key, extract one shard.
 
-:mod:`imgclust.extract` (torch) is imported inside the tasks that run it, so importing a flow (to serve or
+:mod:`imgclust.extract.shard` (torch) is imported inside the tasks that run it, so importing a flow (to serve or
 deploy it, or to render its parameter form) does not load torch.
 """
 from __future__ import annotations
@@ -11,8 +11,8 @@ from typing import Any
 from prefect import get_run_logger, task
 
 from imgclust.config import ExtractConfig
-from imgclust.features import done_shards
-from imgclust.manifest import ShardSpec, list_parts, plan_shards
+from imgclust.io.features import done_shards
+from imgclust.io.manifest import ShardSpec, list_parts, plan_shards
 from tasks._common import open_store, retry_transient
 
 
@@ -28,7 +28,7 @@ def plan_shards_task(store: str, shard_size: int, start: dt.date | None = None, 
 @task(name="extractor-key")
 def extractor_key_task(config: ExtractConfig) -> str:
     """The store key of the configured backbone (validates name and weights before any work)."""
-    from imgclust.extract import backbone_for
+    from imgclust.extract.shard import backbone_for
 
     return backbone_for(config).key()
 
@@ -38,7 +38,7 @@ def extractor_key_task(config: ExtractConfig) -> str:
 def extract_shard_task(store: str, spec: dict[str, Any], config: ExtractConfig, force: bool = False
                        ) -> dict[str, Any]:
     """Extract one shard (skipped when its done-marker matches); returns the marker as a dict."""
-    from imgclust.extract import extract_shard
+    from imgclust.extract.shard import extract_shard
 
     result = extract_shard(open_store(store), ShardSpec(**spec), config, force=force)
     get_run_logger().info("shard %s: %d features, %d quarantined%s", spec["shard_id"], result["n_features"],

@@ -6,9 +6,9 @@ from typing import Any
 
 from prefect import get_run_logger, task
 
-from imgclust.capping import check_enough_rows
 from imgclust.config import ClusterConfig, IngestConfig
-from imgclust.manifest import ingest, read_manifest
+from imgclust.io.manifest import ingest, read_manifest
+from imgclust.models.capping import check_enough_rows
 from tasks._common import open_store, retry_transient
 
 

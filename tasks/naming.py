@@ -5,7 +5,7 @@ from typing import Any
 
 from prefect import get_run_logger, task
 
-from imgclust.naming import NamingConfig, suggest_names, suggestions_table, write_suggestions
+from imgclust.models.naming import NamingConfig, suggest_names, suggestions_table, write_suggestions
 from tasks._common import open_store, retry_transient
 
 

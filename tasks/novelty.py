@@ -5,7 +5,7 @@ from typing import Any
 
 from prefect import get_run_logger, task
 
-from imgclust.novelty_night import assess_night
+from imgclust.models.novelty_night import assess_night
 from tasks._common import open_store, retry_transient
 
 

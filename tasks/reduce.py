@@ -4,7 +4,7 @@ from __future__ import annotations
 from prefect import task
 
 from imgclust.config import ReduceConfig
-from imgclust.model import write_pca_statistics
+from imgclust.models.model import write_pca_statistics
 from tasks._common import open_store, retry_transient
 
 

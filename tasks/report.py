@@ -5,8 +5,8 @@ from typing import Any
 
 from prefect import get_run_logger, task
 
-from imgclust.model import load_metrics
-from imgclust.report import build_report, load_cluster_names
+from imgclust.models.model import load_metrics
+from imgclust.models.report import build_report, load_cluster_names
 from tasks._common import open_store
 
 

@@ -20,12 +20,12 @@ os.environ.setdefault("NUMBA_NUM_THREADS", "1")
 # their checkpoints on loopback (tests/test_weights_download.py).
 os.environ["IMGCLUST_OFFLINE"] = "1"
 
-from imgclust.datasets import FASHION_CLASSES, fashion_mnist_available, load_fashion_mnist  # noqa: E402
+from imgclust.data.datasets import FASHION_CLASSES, fashion_mnist_available, load_fashion_mnist  # noqa: E402
 
 if TYPE_CHECKING:
     from imgclust.config import ClusterConfig, ExtractConfig, ReduceConfig
-    from imgclust.model import ClusterModel
-    from imgclust.store import Store
+    from imgclust.io.store import Store
+    from imgclust.models.model import ClusterModel
 
 requires_fashion = pytest.mark.skipif(
     not fashion_mnist_available(),
@@ -150,11 +150,11 @@ def extract_fit_label(store: Store, extract: ExtractConfig, *, reduce: ReduceCon
                       cluster: ClusterConfig) -> tuple[str, ClusterModel]:
     """The nightly pipeline in this process on an ingested ``store``: extract every planned shard, fit a model on
     them, promote it and label every shard. Returns the extractor key and the model."""
-    from imgclust.extract import extract_shard
-    from imgclust.features import done_shards
-    from imgclust.labels import label_shard
-    from imgclust.manifest import plan_shards
-    from imgclust.model import fit_from_store, promote
+    from imgclust.extract.shard import extract_shard
+    from imgclust.io.features import done_shards
+    from imgclust.io.manifest import plan_shards
+    from imgclust.models.labels import label_shard
+    from imgclust.models.model import fit_from_store, promote
 
     key = ""
     for spec in plan_shards(store, shard_size=extract.shard_size):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgclust.photos import INSTALL_COMMAND, photos_installed
+from imgclust.data.photos import INSTALL_COMMAND, photos_installed
 
 requires_photos = pytest.mark.skipif(
     not photos_installed(),

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from imgclust.datasets import load_digits_images, write_image_folder
-from imgclust.store import Store
+from imgclust.data.datasets import load_digits_images, write_image_folder
+from imgclust.io.store import Store
 from imgclust_cli.main import main
 
 pytestmark = pytest.mark.integration
@@ -91,7 +91,7 @@ def test_labels_at_a_coarser_level_without_refit(auto_run: dict[str, Any], capsy
 
 
 def test_the_report_shows_the_sweep_and_the_tree(auto_run: dict[str, Any]) -> None:
-    from imgclust.report import build_report
+    from imgclust.models.report import build_report
 
     store = Store(auto_run["store"])
     out = build_report(store, auto_run["model_id"], run="auto-k", names={})
@@ -103,7 +103,7 @@ def test_the_report_shows_the_sweep_and_the_tree(auto_run: dict[str, Any]) -> No
 def test_hdbscan_noise_keeps_its_nearest_cluster_with_low_confidence(tmp_path: Path) -> None:
     from imgclust.batches import as_batch_source
     from imgclust.config import ClusterConfig, ReduceConfig
-    from imgclust.model import NOISE_CONFIDENCE, fit_model
+    from imgclust.models.model import NOISE_CONFIDENCE, fit_model
 
     images, _ = load_digits_images()
     X = images.reshape(len(images), -1).astype(np.float32) / 255.0
@@ -127,7 +127,7 @@ def test_a_refit_with_another_k_keeps_ids_and_records_splits(auto_run: dict[str,
     """The next recluster chooses (or is given) another k: the clusters that persist keep their stable ids and the
     lineage says which old cluster split into which new ones."""
     from imgclust.config import ClusterConfig, ExtractConfig, ReduceConfig
-    from imgclust.recluster import refit_with_lineage
+    from imgclust.models.recluster import refit_with_lineage
 
     store = Store(auto_run["store"])
     previous = store.read_json(f"models/{auto_run['model_id']}/model.json")
@@ -145,7 +145,7 @@ def test_a_refit_with_another_k_keeps_ids_and_records_splits(auto_run: dict[str,
 
 def test_a_novelty_recluster_keeps_k_auto_from_the_previous_count_up(tmp_path: Path) -> None:
     from imgclust.config import ClusterConfig
-    from imgclust.novelty_night import cluster_config_for_novelty
+    from imgclust.models.novelty_night import cluster_config_for_novelty
 
     store = Store(tmp_path)
     store.write_json("models/m1/model.json", {"model_id": "m1", "n_clusters": 5})
@@ -159,7 +159,7 @@ def test_a_novelty_recluster_keeps_k_auto_from_the_previous_count_up(tmp_path: P
 
 
 def test_the_report_says_how_hdbscan_found_its_clusters() -> None:
-    from imgclust.report_model import k_choice_section
+    from imgclust.models.report_model import k_choice_section
 
     info = {"n_clusters": 13, "noise_share": 0.0006, "cluster": {"method": "hdbscan", "k": "auto"},
             "hdbscan": {"min_cluster_size": 18, "min_samples": 5, "cluster_selection_method": "leaf",

@@ -1,4 +1,4 @@
-"""Tests for imgclust.backbones: registry, weights resolution (offline), shapes, determinism, cache."""
+"""Tests for imgclust.extract.backbones: registry, weights resolution (offline), shapes, determinism, cache."""
 from __future__ import annotations
 
 import hashlib
@@ -12,7 +12,8 @@ import torch
 import torchvision
 from torch import nn
 
-from imgclust.backbones import (
+from imgclust.exceptions import ConfigError, ImageDecodeError, UnknownNameError, WeightsNotFoundError
+from imgclust.extract.backbones import (
     Backbone,
     Preprocessing,
     clear_backbone_cache,
@@ -21,7 +22,6 @@ from imgclust.backbones import (
     list_backbones,
     register_backbone,
 )
-from imgclust.exceptions import ConfigError, ImageDecodeError, UnknownNameError, WeightsNotFoundError
 
 ALL_NAMES = {
     "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "vgg16", "vgg19",
@@ -92,7 +92,7 @@ def test_register_duplicate_or_unsafe_name_raises():
 
 
 def test_prefixed_names_go_to_their_provider_and_unknown_prefixes_say_so(monkeypatch):
-    from imgclust.backbones import registry
+    from imgclust.extract.backbones import registry
 
     for attr, value in (("_PREFIXES", {}), ("_CACHE", {}), ("_ENTRY_POINTS_LOADED", False)):
         monkeypatch.setattr(registry, attr, value)
@@ -113,7 +113,7 @@ def test_prefixed_names_go_to_their_provider_and_unknown_prefixes_say_so(monkeyp
     assert built == [("/some/dir", torch.device("cpu"))]
     with pytest.raises(UnknownNameError, match="no provider handles the prefix 'nope:'"):
         create_backbone("nope:/x")
-    assert "deep:" in registry.list_prefixes()  # found through the imgclust.backbones entry point
+    assert "deep:" in registry.list_prefixes()  # found through the imgclust.extract.backbones entry point
 
 
 # --- shapes --------------------------------------------------------------------------------------
@@ -198,7 +198,7 @@ def test_short_side_center_crop_keeps_the_middle():
     prep = Preprocessing(4, "L", (0.0,), (1.0,), "short_side_center_crop")
     image = np.zeros((4, 12), dtype=np.uint8)
     image[:, 4:8] = 255  # the central square is white, the sides black
-    from imgclust.backbones import preprocess_image
+    from imgclust.extract.backbones import preprocess_image
 
     assert torch.allclose(preprocess_image(image, prep), torch.ones(1, 4, 4))
 

@@ -1,4 +1,4 @@
-"""Candidate new clusters (imgclust.candidates): a tight new group among a night's novel rows is found, the
+"""Candidate new clusters (imgclust.models.candidates): a tight new group among a night's novel rows is found, the
 scattered false novels of known kinds are not; on real Fashion-MNIST pixels a held-out class becomes a candidate
 and a known-only night gives none; argument errors; the montage PNG."""
 from __future__ import annotations
@@ -11,7 +11,8 @@ import pytest
 from conftest import requires_fashion
 from PIL import Image
 
-from imgclust.candidates import (
+from imgclust.exceptions import ConfigError
+from imgclust.models.candidates import (
     MAX_TIGHTNESS,
     Candidate,
     candidate_montage,
@@ -20,8 +21,7 @@ from imgclust.candidates import (
     find_groups,
     is_candidate,
 )
-from imgclust.exceptions import ConfigError
-from imgclust.novelty import NoveltyScorer
+from imgclust.models.novelty import NoveltyScorer
 
 DIM = 10
 N_NIGHT = 2_000
@@ -89,7 +89,7 @@ def test_min_size_and_tiny_inputs(synthetic: dict[str, np.ndarray]) -> None:
 
 def test_many_novel_rows_cluster_a_seeded_sample(synthetic: dict[str, np.ndarray],
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    import imgclust.candidates as candidates
+    import imgclust.models.candidates as candidates
 
     n_false = len(synthetic["false_novel"])
     rows = np.concatenate([synthetic["false_novel"], synthetic["blob_a"], synthetic["blob_b"]])
@@ -142,9 +142,9 @@ def test_candidate_montage_png(tmp_path: Path) -> None:
 def test_held_out_fashion_class_is_a_candidate_and_known_night_gives_none() -> None:
     """Pixel recipe in small: PCA 50 on 3,000 train images of 8 classes, the NoveltyScorer on novelty_rows of
     them; nights of 1,500 test images, known only or 20 % bags / ankle boots (never fitted)."""
-    from imgclust.datasets import load_fashion_mnist
-    from imgclust.novelty import novelty_rows
-    from imgclust.reduce import StreamingPCA
+    from imgclust.data.datasets import load_fashion_mnist
+    from imgclust.models.novelty import novelty_rows
+    from imgclust.reduce.streaming import StreamingPCA
 
     held = (8, 9)
     x, y = load_fashion_mnist("train")

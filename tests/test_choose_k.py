@@ -1,4 +1,4 @@
-"""choose_k: the k sweep behind ``--k auto`` (imgclust.choose_k)."""
+"""choose_k: the k sweep behind ``--k auto`` (imgclust.cluster.choose_k)."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import pytest
 
-from imgclust.choose_k import KSweep, apply_rule, choose_k, default_k_max
+from imgclust.cluster.choose_k import KSweep, apply_rule, choose_k, default_k_max
 from imgclust.exceptions import ConfigError
 
 
@@ -75,7 +75,7 @@ def test_bad_inputs_raise_config_error() -> None:
 
 def test_k_max_above_what_the_rows_allow_is_capped_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
     Z = blobs(3, n_per=40, seed=4)  # 120 rows: at most 24 clusters (5 rows per cluster)
-    with caplog.at_level(logging.WARNING, logger="imgclust.choose_k"):
+    with caplog.at_level(logging.WARNING, logger="imgclust.cluster.choose_k"):
         sweep = choose_k(Z, method="kmeans", k_max=40, seed=0)
     assert max(sweep.ks) == 24
     assert "capped" in sweep.reason and any("capped" in r.getMessage() for r in caplog.records)

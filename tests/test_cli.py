@@ -9,7 +9,7 @@ import pytest
 
 from imgclust.config import AUTO_K, ClusterConfig, ExtractConfig, PipelineConfig, ReduceConfig, RunnerConfig
 from imgclust.exceptions import ConfigError
-from imgclust.promotion import GateConfig
+from imgclust.models.promotion import GateConfig
 from imgclust_cli.common import default_of, runner_config
 from imgclust_cli.main import DEMO_CONSENSUS, _demo_consensus, _pipeline_config, build_parser, main
 from imgclust_cli.serve import ServeOptions
@@ -184,8 +184,8 @@ def test_options_without_a_cli_default_leave_the_model_default(argv: list[str], 
 
 
 def test_help_texts_state_the_model_defaults(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from imgclust.dedup import DedupConfig
-    from imgclust.naming import NamingConfig
+    from imgclust.models.dedup import DedupConfig
+    from imgclust.models.naming import NamingConfig
 
     def help_of(*argv: str) -> str:
         with pytest.raises(SystemExit):

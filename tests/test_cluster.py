@@ -15,7 +15,7 @@ from sklearn.datasets import load_digits, make_blobs
 from sklearn.metrics import adjusted_rand_score
 
 from imgclust.batches import as_batch_source, sample_rows
-from imgclust.cluster import (
+from imgclust.cluster.classic import (
     AgglomerativeClusterer,
     FaissKMeans,
     HDBSCANClusterer,
@@ -24,7 +24,7 @@ from imgclust.cluster import (
 )
 from imgclust.estimator import Estimator, list_estimators, load_estimator
 from imgclust.exceptions import ConfigError, CorruptArtifactError, NotFittedError, UnknownNameError
-from imgclust.reduce import StreamingPCA, UMAPReducer
+from imgclust.reduce.streaming import StreamingPCA, UMAPReducer
 
 
 @pytest.fixture(scope="module")

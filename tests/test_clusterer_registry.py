@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from imgclust.cluster import cluster_means
-from imgclust.clusterers import (
+from imgclust.cluster.classic import cluster_means
+from imgclust.cluster.registry import (
     ClustererSpec,
     ClusterFitInput,
     FittedClusterer,
@@ -22,11 +22,11 @@ from imgclust.clusterers import (
     register_clusterer,
 )
 from imgclust.config import ClusterConfig, ReduceConfig, check_recipe, fixed_k, validated
-from imgclust.datasets import load_digits_images, write_image_folder
+from imgclust.data.datasets import load_digits_images, write_image_folder
 from imgclust.estimator import Estimator, register_estimator
 from imgclust.exceptions import ConfigError, UnknownNameError
+from imgclust.io.store import Store
 from imgclust.plugins import PLUGINS_ENV
-from imgclust.store import Store
 from imgclust.validation import check_array
 from imgclust_cli.main import main
 

@@ -6,7 +6,7 @@ import logging
 import numpy as np
 import pytest
 
-from imgclust.consensus import MIN_CLUSTER_FRACTION, co_association, consensus_labels
+from imgclust.cluster.consensus import MIN_CLUSTER_FRACTION, co_association, consensus_labels
 from imgclust.exceptions import ConfigError
 from imgclust.metrics import cluster_accuracy
 
@@ -77,13 +77,13 @@ def test_outlier_rows_do_not_take_a_cluster(caplog: pytest.LogCaptureFixture) ->
     C, and warns about the 3-row cluster; the outlier-aware cut keeps A, B, C and gives each straggler the
     group it co-occurs with most (A), with no warning."""
     truth, p = _groups_with_stragglers()
-    with caplog.at_level(logging.WARNING, logger="imgclust.consensus"):
+    with caplog.at_level(logging.WARNING, logger="imgclust.cluster.consensus"):
         plain = consensus_labels(p, 3)  # the default: Fred & Jain's plain cut
     assert sorted(np.bincount(plain).tolist()) == [3, 40, 80]
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warned) == 1 and "1 of 3 clusters" in warned[0] and "(sizes [3])" in warned[0]
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="imgclust.consensus"):
+    with caplog.at_level(logging.WARNING, logger="imgclust.cluster.consensus"):
         labels = consensus_labels(p, 3, min_cluster_fraction=MIN_CLUSTER_FRACTION)
     assert cluster_accuracy(truth, labels) == 1.0
     assert not [r for r in caplog.records if r.levelno == logging.WARNING]  # no outlier-size cluster left
@@ -93,11 +93,11 @@ def test_no_warning_when_the_cut_already_has_a_minimum_size(caplog: pytest.LogCa
     """With ``min_cluster_fraction > 0`` the cut itself chose its clusters: a kept 4-row group (the minimum,
     int(0.1 * 125 / 3) = 4 rows, below a tenth of the mean size 41.7) is not reported as outliers."""
     p = np.repeat(np.concatenate([np.repeat([0, 1, 2], [60, 61, 4])])[:, None], 8, axis=1)
-    with caplog.at_level(logging.WARNING, logger="imgclust.consensus"):
+    with caplog.at_level(logging.WARNING, logger="imgclust.cluster.consensus"):
         labels = consensus_labels(p, 3, min_cluster_fraction=MIN_CLUSTER_FRACTION)
     assert sorted(np.bincount(labels).tolist()) == [4, 60, 61]
     assert not [r for r in caplog.records if r.levelno == logging.WARNING]
-    with caplog.at_level(logging.WARNING, logger="imgclust.consensus"):
+    with caplog.at_level(logging.WARNING, logger="imgclust.cluster.consensus"):
         consensus_labels(p, 3)  # the plain cut gives the same clusters, and does report the small one
     assert [r for r in caplog.records if r.levelno == logging.WARNING]
 

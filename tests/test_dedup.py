@@ -1,4 +1,4 @@
-"""Near-duplicate groups (imgclust.dedup): the rule on vectors with known copies, then the flow, the store table
+"""Near-duplicate groups (imgclust.models.dedup): the rule on vectors with known copies, then the flow, the store table
 and the report on real image files with re-encoded and brightened copies; the nightly flags of new images that
 nearly duplicate stored ones, end to end through the auto-label flow on real photos."""
 from __future__ import annotations
@@ -14,17 +14,17 @@ from helpers_photos import requires_photos
 from PIL import Image, ImageEnhance
 
 from imgclust.config import ClusterConfig, ExtractConfig, IngestConfig, ReduceConfig
-from imgclust.dedup import (
+from imgclust.exceptions import ConfigError, StoreError
+from imgclust.io.manifest import ingest, read_manifest
+from imgclust.io.store import Store
+from imgclust.models.dedup import (
     DedupConfig,
     dedup_store,
     find_near_duplicates,
     nearest_stored,
     read_near_duplicates,
 )
-from imgclust.exceptions import ConfigError, StoreError
-from imgclust.manifest import ingest, read_manifest
-from imgclust.report import build_report
-from imgclust.store import Store
+from imgclust.models.report import build_report
 
 DAY = dt.date(2026, 12, 1)
 THRESHOLD_DEFAULT = DedupConfig().threshold
@@ -180,11 +180,11 @@ def test_nightly_run_flags_copies_of_stored_photos_and_counts_them(tmp_path: Pat
     from prefect_dask import DaskTaskRunner
 
     from flows.auto_label import auto_label
-    from imgclust.dedup import read_arrivals
-    from imgclust.features import done_shards
-    from imgclust.labels import LABELS_SCHEMA, read_labels
-    from imgclust.photos import build_photo_variant_corpus
-    from imgclust.verify import verify_store
+    from imgclust.data.photos import build_photo_variant_corpus
+    from imgclust.io.features import done_shards
+    from imgclust.models.dedup import read_arrivals
+    from imgclust.models.labels import LABELS_SCHEMA, read_labels
+    from imgclust.models.verify import verify_store
 
     corpus = build_photo_variant_corpus(tmp_path / "corpus", seed=5, n_sources=12, max_side=640,
                                         kinds=("original", *COPY_KINDS))

@@ -1,4 +1,4 @@
-"""The ``layout`` near-duplicate descriptor (imgclust.backbones.classic.LayoutBackbone): its contract (dim, key,
+"""The ``layout`` near-duplicate descriptor (imgclust.extract.backbones.classic.LayoutBackbone): its contract (dim, key,
 unit norm, determinism), exact invariances on tensors, and what it does on real photo variants."""
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import pytest
 import torch
 from helpers_photos import photo_like, requires_photos
 
-from imgclust.backbones import backbone_infos, create_backbone
-from imgclust.dedup import DedupConfig, find_near_duplicates
-from imgclust.images import decode_image
-from imgclust.photos import PhotoCorpus, build_photo_variant_corpus
+from imgclust.data.photos import PhotoCorpus, build_photo_variant_corpus
+from imgclust.extract.backbones import backbone_infos, create_backbone
+from imgclust.extract.images import decode_image
+from imgclust.models.dedup import DedupConfig, find_near_duplicates
 
 THRESHOLD = DedupConfig().threshold
 

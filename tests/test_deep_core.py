@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from imgclust.datasets import fashion_mnist_available, load_fashion_mnist
+from imgclust.data.datasets import fashion_mnist_available, load_fashion_mnist
 from imgclust.deep import DEC, AutoencoderClusterer
 from imgclust.deep.dec import initial_centroids
 from imgclust.deep.losses import ascae_loss, kl_clustering_loss, student_t, target_distribution

@@ -8,12 +8,12 @@ import pytest
 import torch
 from conftest import fashion_test_subset
 
-from imgclust.backbones import create_backbone
 from imgclust.deep.autoencoder import AutoencoderClusterer
 from imgclust.deep.ensemble import MultiViewClusterer
 from imgclust.deep.methods import create_deep, load_deep
 from imgclust.deep.networks import MultiViewNet, build_network
 from imgclust.exceptions import ConfigError
+from imgclust.extract.backbones import create_backbone
 from imgclust.metrics import cluster_accuracy
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

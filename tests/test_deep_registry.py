@@ -6,9 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from imgclust.backbones import create_backbone
 from imgclust.deep.methods import DEEP_METHODS, create_deep, load_deep
 from imgclust.exceptions import ConfigError, CorruptArtifactError, UnknownNameError
+from imgclust.extract.backbones import create_backbone
 
 
 @pytest.mark.parametrize("method", DEEP_METHODS)

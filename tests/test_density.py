@@ -1,4 +1,4 @@
-"""imgclust.density: the k-free HDBSCAN rule (issue 24)."""
+"""imgclust.cluster.density: the k-free HDBSCAN rule (issue 24)."""
 from __future__ import annotations
 
 import dataclasses
@@ -6,7 +6,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from imgclust.density import (
+from imgclust.cluster.density import (
     EPSILON_CORE_RATIO,
     MIN_ROWS,
     HDBSCANParams,
@@ -79,7 +79,7 @@ def test_digits_umap_gives_roughly_the_classes() -> None:
     from sklearn.decomposition import PCA
 
     from imgclust.metrics import nmi
-    from imgclust.reduce import UMAPReducer
+    from imgclust.reduce.streaming import UMAPReducer
 
     X, y = load_digits(return_X_y=True)
     P = PCA(30, random_state=0).fit_transform(X / 16.0)

@@ -37,9 +37,9 @@ from helpers_prefect import (
     wait_for,
 )
 
-from imgclust.model import current_model_id
-from imgclust.sources import content_id
-from imgclust.store import Store
+from imgclust.io.sources import content_id
+from imgclust.io.store import Store
+from imgclust.models.model import current_model_id
 
 pytestmark = [pytest.mark.integration, requires_fashion]
 

@@ -2,10 +2,10 @@
 
 Every test injects a real fault (a SIGKILLed Dask worker or flow process, HTTP 503s and connection
 resets between s3fs and a moto S3 server, a second concurrent run) and then checks the invariant with
-:func:`imgclust.verify.verify_store`: every manifest row of the range is in features or quarantine
+:func:`imgclust.models.verify.verify_store`: every manifest row of the range is in features or quarantine
 exactly once, and a model labels each featured image exactly once.
 
-Faults inside worker processes use the test-only hook ``imgclust.extract.FAULT_ENV``, set in the
+Faults inside worker processes use the test-only hook ``imgclust.extract.shard.FAULT_ENV``, set in the
 workers of the session cluster by a worker plugin (present and restarted workers) and removed again.
 """
 from __future__ import annotations
@@ -30,11 +30,11 @@ from distributed import Client
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from imgclust.config import ExtractConfig, IngestConfig
-from imgclust.extract import FAULT_ENV
-from imgclust.features import done_shards, embeddings_of, feature_path, marker_path, quarantine_path
-from imgclust.manifest import ingest, list_parts
-from imgclust.store import Store
-from imgclust.verify import verify_store
+from imgclust.extract.shard import FAULT_ENV
+from imgclust.io.features import done_shards, embeddings_of, feature_path, marker_path, quarantine_path
+from imgclust.io.manifest import ingest, list_parts
+from imgclust.io.store import Store
+from imgclust.models.verify import verify_store
 
 pytestmark = pytest.mark.integration
 
@@ -255,7 +255,7 @@ def test_flow_killed_mid_run_then_rerun_redoes_only_unfinished_shards(corpus: tu
 
 # ---- e. overlapping nightly runs -------------------------------------------------------------------
 def _lease_holder(store: Store, name: str, owner: str, ttl: float = 60.0) -> Any:
-    from imgclust.lock import StoreLease
+    from imgclust.io.lock import StoreLease
 
     return StoreLease(store, name, ttl=ttl, owner=owner)
 
@@ -264,7 +264,7 @@ def _check_lease_semantics(store: Store) -> None:
     """Exclusion, refusal naming the holder, release only by the holder, takeover only when expired."""
     import threading
 
-    from imgclust.lock import LeaseHeldError, LeaseLostError, StoreLease
+    from imgclust.io.lock import LeaseHeldError, LeaseLostError, StoreLease
 
     first = _lease_holder(store, "nightly", "run-A")
     first.acquire()
@@ -542,8 +542,8 @@ def test_persistent_s3_write_failure_fails_loudly_and_leaves_the_shard_undone(pr
                                                                                tmp_path: Path) -> None:
     from PIL import Image
 
-    from imgclust.extract import extract_shard
-    from imgclust.manifest import plan_shards
+    from imgclust.extract.shard import extract_shard
+    from imgclust.io.manifest import plan_shards
 
     images = tmp_path / "imgs"
     images.mkdir()
@@ -579,7 +579,7 @@ def test_overlapping_nightly_runs_are_serialised_by_the_store_lease(corpus: tupl
 
     from flows.auto_label import auto_label
     from imgclust.config import ClusterConfig, ReduceConfig
-    from imgclust.lock import LeaseHeldError
+    from imgclust.io.lock import LeaseHeldError
 
     source, _ = corpus
     src = tmp_path / "src"

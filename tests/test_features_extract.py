@@ -18,12 +18,13 @@ import pyarrow as pa
 import pytest
 import torch
 
-from imgclust.backbones import create_backbone
 from imgclust.config import ExtractConfig, IngestConfig
 from imgclust.devices import resolve_device_name as resolve_device
 from imgclust.exceptions import CorruptArtifactError
-from imgclust.extract import extract_shard, shard_fingerprint
-from imgclust.features import (
+from imgclust.extract.backbones import create_backbone
+from imgclust.extract.images import decode_image
+from imgclust.extract.shard import extract_shard, shard_fingerprint
+from imgclust.io.features import (
     QUARANTINE_SCHEMA,
     count_features,
     done_shards,
@@ -37,9 +38,8 @@ from imgclust.features import (
     quarantine_path,
     read_marker,
 )
-from imgclust.images import decode_image
-from imgclust.manifest import ShardSpec, ingest, plan_shards, read_manifest, read_shard_rows
-from imgclust.store import Store
+from imgclust.io.manifest import ShardSpec, ingest, plan_shards, read_manifest, read_shard_rows
+from imgclust.io.store import Store
 
 try:
     from helpers_images import gray_array, make_corpus, png_bytes, unreadable_works, write

@@ -9,12 +9,12 @@ import pytest
 from conftest import requires_fashion, write_bad_files, write_fashion_corpus
 
 from imgclust.config import ClusterConfig, ExtractConfig, PipelineConfig, ReduceConfig
-from imgclust.features import done_shards, quarantine_path
-from imgclust.labels import read_labels
-from imgclust.manifest import read_manifest
-from imgclust.model import current_model_id
-from imgclust.store import Store
-from imgclust.verify import verify_store
+from imgclust.io.features import done_shards, quarantine_path
+from imgclust.io.manifest import read_manifest
+from imgclust.io.store import Store
+from imgclust.models.labels import read_labels
+from imgclust.models.model import current_model_id
+from imgclust.models.verify import verify_store
 
 pytestmark = [pytest.mark.integration, requires_fashion]
 

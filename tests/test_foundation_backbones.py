@@ -19,7 +19,9 @@ import pytest
 import torch
 from PIL import Image
 
-from imgclust.backbones import (
+from imgclust.config import ExtractConfig, IngestConfig
+from imgclust.exceptions import ConfigError, WeightsNotFoundError
+from imgclust.extract.backbones import (
     Backbone,
     Preprocessing,
     backbone_infos,
@@ -28,22 +30,20 @@ from imgclust.backbones import (
     list_backbones,
     preprocess_image,
 )
-from imgclust.backbones.openclip_nets import (
+from imgclust.extract.backbones.openclip_nets import (
     OPENCLIP_ENTRIES,
     TINY_CLIP_KWARGS,
     OpenClipEntry,
     register_openclip_backbone,
 )
-from imgclust.backbones.timm_nets import TIMM_ENTRIES
-from imgclust.backbones.torchvision_nets import CHECKPOINT_FILES
-from imgclust.config import ExtractConfig, IngestConfig
-from imgclust.exceptions import ConfigError, WeightsNotFoundError
-from imgclust.extract import extract_shard, shard_fingerprint
-from imgclust.features import embeddings_of, feature_path, read_marker
-from imgclust.gpu_pipeline import preprocess_on_device
-from imgclust.images import decode_image
-from imgclust.manifest import ingest, plan_shards, read_manifest
-from imgclust.store import Store
+from imgclust.extract.backbones.timm_nets import TIMM_ENTRIES
+from imgclust.extract.backbones.torchvision_nets import CHECKPOINT_FILES
+from imgclust.extract.gpu_pipeline import preprocess_on_device
+from imgclust.extract.images import decode_image
+from imgclust.extract.shard import extract_shard, shard_fingerprint
+from imgclust.io.features import embeddings_of, feature_path, read_marker
+from imgclust.io.manifest import ingest, plan_shards, read_manifest
+from imgclust.io.store import Store
 
 timm = pytest.importorskip("timm")  # the `test` extra installs timm and open_clip_torch
 open_clip = pytest.importorskip("open_clip")

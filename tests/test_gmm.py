@@ -8,10 +8,10 @@ import pytest
 from sklearn.metrics import adjusted_rand_score
 from sklearn.mixture import GaussianMixture
 
-from imgclust.cluster import FaissKMeans
+from imgclust.cluster.classic import FaissKMeans
+from imgclust.cluster.gmm import GaussianMixtureClusterer
 from imgclust.estimator import load_estimator
 from imgclust.exceptions import ConfigError, NotFittedError
-from imgclust.gmm import GaussianMixtureClusterer
 
 
 def _unequal(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -70,7 +70,7 @@ def test_errors_are_clear() -> None:
 def test_consensus_mixture_is_the_m_step_of_the_consensus_partition(cov: str, tmp_path: Path) -> None:
     """consensus_runs=R: labels are the evidence-accumulation consensus of R single EM runs (seeds
     0..R-1), and the mixture's parameters are that partition's weights, means and covariances."""
-    from imgclust.consensus import consensus_labels
+    from imgclust.cluster.consensus import consensus_labels
 
     X, y = _unequal(2)
     runs = [GaussianMixtureClusterer(n_clusters=3, covariance_type=cov, fit_sample=None, random_state=s).fit(X)

@@ -11,11 +11,16 @@ import torch
 from PIL import Image
 from sklearn.datasets import load_sample_images
 
-from imgclust.backbones import create_backbone
-from imgclust.backbones.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, preprocess_image
-from imgclust.features import embeddings_of
-from imgclust.gpu_pipeline import auto_batch_size, decode_batch, preprocess_on_device
-from imgclust.images import decode_image
+from imgclust.extract.backbones import create_backbone
+from imgclust.extract.backbones.preprocessing import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Preprocessing,
+    preprocess_image,
+)
+from imgclust.extract.gpu_pipeline import auto_batch_size, decode_batch, preprocess_on_device
+from imgclust.extract.images import decode_image
+from imgclust.io.features import embeddings_of
 
 
 def _jpeg(img: Image.Image, **kw: object) -> bytes:
@@ -58,7 +63,7 @@ def test_exif_orientation_on_device_matches_pil(photo: Image.Image, orientation:
     give PIL's ``exif_transpose`` of the same JPEG, pixel for pixel after the (identical) decode."""
     from PIL import ImageOps
 
-    from imgclust.gpu_pipeline import apply_exif_orientation
+    from imgclust.extract.gpu_pipeline import apply_exif_orientation
 
     small = photo.resize((40, 30))
     exif = small.getexif()
@@ -119,10 +124,10 @@ def test_extract_shard_device_decode_path_matches_the_cpu_path(tmp_path: Path) -
     from helpers_images import make_corpus
 
     from imgclust.config import ExtractConfig
-    from imgclust.extract import backbone_for, extract_shard, shard_fingerprint
-    from imgclust.features import feature_path, quarantine_path
-    from imgclust.manifest import ingest, plan_shards
-    from imgclust.store import Store
+    from imgclust.extract.shard import backbone_for, extract_shard, shard_fingerprint
+    from imgclust.io.features import feature_path, quarantine_path
+    from imgclust.io.manifest import ingest, plan_shards
+    from imgclust.io.store import Store
 
     expected = make_corpus(tmp_path / "src", n_png=20, n_jpeg=6, seed=3)
     out = {}

@@ -43,8 +43,8 @@ def test_extraction_runs_only_on_gpu_workers(tmp_path: Path, mixed_cluster: Any,
     from flows.extract_features import run_extraction
     from flows.runtime import GPU_TASKS_ENV
     from imgclust.config import ExtractConfig
-    from imgclust.manifest import ingest
-    from imgclust.store import Store
+    from imgclust.io.manifest import ingest
+    from imgclust.io.store import Store
 
     write_fashion_corpus(tmp_path / "images", 120, seed=5)
     ingest(Store(tmp_path / "store"), str(tmp_path / "images"))

@@ -16,9 +16,9 @@ from sklearn.datasets import load_digits
 from sklearn.decomposition import PCA
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
+from imgclust.cluster.hierarchy import ClusterTree, draw_tree
 from imgclust.estimator import load_estimator
 from imgclust.exceptions import ConfigError, NotFittedError
-from imgclust.hierarchy import ClusterTree, draw_tree
 
 
 def _clusters_of(X: np.ndarray, labels: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,4 @@
-"""Tests for imgclust.images: every fixture image is generated here, nothing is committed."""
+"""Tests for imgclust.extract.images: every fixture image is generated here, nothing is committed."""
 from __future__ import annotations
 
 import io
@@ -11,7 +11,7 @@ import pytest
 from PIL import Image, features
 
 from imgclust.exceptions import ConfigError, ImageDecodeError
-from imgclust.images import (
+from imgclust.extract.images import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,

@@ -8,13 +8,13 @@ import pytest
 import torch
 from sklearn.datasets import load_digits, make_blobs
 
-from imgclust.cluster import FaissKMeans
+from imgclust.cluster.classic import FaissKMeans
+from imgclust.cluster.kmeans_torch import TorchKMeans
 from imgclust.config import ClusterConfig, ReduceConfig
 from imgclust.estimator import load_estimator
 from imgclust.exceptions import ConfigError
-from imgclust.kmeans_torch import TorchKMeans
-from imgclust.model import fit_model
-from imgclust.pca import ExactPCA
+from imgclust.models.model import fit_model
+from imgclust.reduce.pca import ExactPCA
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ REPO = PACKAGE.parent
 
 def test_importing_every_library_module_pulls_in_neither_prefect_nor_dask() -> None:
     modules = sorted(m.name for m in pkgutil.walk_packages(imgclust.__path__, "imgclust."))
-    assert "imgclust.extract" in modules and "imgclust.model" in modules
+    assert "imgclust.extract.shard" in modules and "imgclust.models.model" in modules
     code = ("import importlib, sys\n"
             f"for m in {modules!r}: importlib.import_module(m)\n"
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('prefect', 'prefect_dask', 'dask', 'distributed'))\n"
@@ -48,7 +48,7 @@ def test_the_core_never_imports_the_deep_package() -> None:
     """imgclust/*.py outside deep/ (backbones/ included) must not import imgclust.deep, not even lazily:
     deep builds on the core, and reaches it through registration hooks (the ``imgclust.backbones`` entry points)."""
     core = [p for p in sorted(PACKAGE.rglob("*.py")) if "deep" not in p.relative_to(PACKAGE).parts[:1]]
-    assert PACKAGE / "backbones" / "registry.py" in core and PACKAGE / "kmeans_torch.py" in core
+    assert PACKAGE / "extract" / "backbones" / "registry.py" in core and PACKAGE / "cluster" / "kmeans_torch.py" in core
     bad = {str(p.relative_to(REPO)): hits for p in core if (hits := _deep_imports(p))}
     assert not bad, f"the core imports imgclust.deep: {bad}"
 
@@ -64,7 +64,7 @@ _FRESH = """
 import sys
 import numpy as np
 import torch
-from imgclust.backbones import create_backbone
+from imgclust.extract.backbones import create_backbone
 assert not any(m == "imgclust.deep" or m.startswith("imgclust.deep.") for m in sys.modules), "imported too early"
 backbone = create_backbone("deep:" + sys.argv[1])
 assert backbone is create_backbone("deep:" + sys.argv[1])  # cached per process
@@ -89,7 +89,7 @@ def test_a_fresh_process_builds_a_deep_backbone_without_importing_imgclust_deep(
     np.testing.assert_allclose(np.load(tmp_path / "feats.npy"), est.transform(images[:6]), rtol=1e-4, atol=1e-4)
 
 
-# ---- flows and tasks compose; the store layout is the library's (imgclust/layout.py) ----------------------
+# ---- flows and tasks compose; the store layout is the library's (imgclust/io/layout.py) ----------------------
 _STORE_DIRS = ("manifest", "features", "quarantine", "models", "labels", "near_duplicates", "novelty", "refine",
                "deep", "reports", "scratch", "locks")
 _STORE_FILES = ("CURRENT", "model.json", "metrics.json", "gate.json", "candidates.json", "train.npz",
@@ -125,12 +125,12 @@ def _store_internals(path: Path) -> list[str]:
 
 
 def test_flows_and_tasks_build_no_store_path_and_read_no_artifact() -> None:
-    """flows/ and tasks/ compose library calls: store paths come from imgclust.layout (through the library) and
-    stored artifacts are read and parsed by library functions (e.g. imgclust.model.n_clusters_of)."""
+    """flows/ and tasks/ compose library calls: store paths come from imgclust.io.layout (through the library) and
+    stored artifacts are read and parsed by library functions (e.g. imgclust.models.model.n_clusters_of)."""
     sources = sorted((REPO / "flows").glob("*.py")) + sorted((REPO / "tasks").glob("*.py"))
     assert REPO / "flows" / "refine.py" in sources and REPO / "tasks" / "cluster.py" in sources
     bad = {str(p.relative_to(REPO)): hits for p in sources if (hits := _store_internals(p))}
-    assert not bad, f"store internals outside the library (use imgclust.layout / library functions): {bad}"
+    assert not bad, f"store internals outside the library (use imgclust.io.layout / library functions): {bad}"
 
 
 def test_the_store_internals_check_sees_literals_fstrings_and_reads(tmp_path: Path) -> None:
@@ -154,7 +154,7 @@ def test_the_backfill_backbone_choice_is_the_registry() -> None:
     backbone registry holds."""
     from imgclust.config import BUILTIN_BACKBONES, BackfillParams
 
-    code = "from imgclust.backbones import list_backbones\nprint(','.join(list_backbones()))\n"
+    code = "from imgclust.extract.backbones import list_backbones\nprint(','.join(list_backbones()))\n"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert sorted(BUILTIN_BACKBONES) == out.stdout.strip().split(","), "update imgclust.config.BUILTIN_BACKBONES"
     assert BackfillParams.model_fields["extractor"].annotation is not None

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from sklearn.datasets import make_blobs
 
-from imgclust.cluster import FaissKMeans
+from imgclust.cluster.classic import FaissKMeans
 from imgclust.exceptions import ConfigError, CorruptArtifactError
-from imgclust.lineage import Lineage, initial_lineage, match_clusters
+from imgclust.models.lineage import Lineage, initial_lineage, match_clusters
 
 
 def _labels(*sizes: int) -> np.ndarray:

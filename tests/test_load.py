@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from imgclust.manifest import plan_shards
-from imgclust.store import Store
+from imgclust.io.manifest import plan_shards
+from imgclust.io.store import Store
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 

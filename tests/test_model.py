@@ -11,11 +11,11 @@ from sklearn.datasets import make_blobs
 
 from imgclust.config import ClusterConfig, ReduceConfig
 from imgclust.exceptions import CorruptArtifactError, StoreError
-from imgclust.features import embeddings_table, feature_path, marker_path
-from imgclust.labels import label_shard, read_labels
+from imgclust.io.features import embeddings_table, feature_path, marker_path
+from imgclust.io.store import Store
 from imgclust.metrics import ari
-from imgclust.model import ClusterModel, current_model_id, fit_from_store, fit_model, promote
-from imgclust.store import Store
+from imgclust.models.labels import label_shard, read_labels
+from imgclust.models.model import ClusterModel, current_model_id, fit_from_store, fit_model, promote
 
 
 def _blobs(seed: int = 0, n: int = 1200) -> tuple[np.ndarray, np.ndarray]:
@@ -148,7 +148,7 @@ def test_tampered_pickle_in_a_saved_model_is_refused(tmp_path: Path) -> None:
 def test_cluster_names_are_joined_into_labels() -> None:
     import pyarrow as pa
 
-    from imgclust.labels import LABELS_SCHEMA, with_names
+    from imgclust.models.labels import LABELS_SCHEMA, with_names
 
     table = pa.table({"image_id": ["a", "b", "c"], "cluster_id": pa.array([0, 3, -1], pa.int32()),
                       "distance": pa.array([0.1] * 3, pa.float32()), "confidence": pa.array([1.0] * 3, pa.float32()),

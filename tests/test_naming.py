@@ -22,17 +22,23 @@ import pytest
 import torch
 from PIL import Image
 
-from imgclust.backbones import clear_backbone_cache, create_backbone, list_backbones
-from imgclust.backbones.openclip_nets import TINY_CLIP_KWARGS, OpenClipEntry, register_openclip_backbone
-from imgclust.backbones.openclip_text import build_text_tower, check_same_weights, weights_digest
-from imgclust.backbones.weights import seeded_init
 from imgclust.config import ClusterConfig, ExtractConfig, IngestConfig, ReduceConfig
 from imgclust.exceptions import ConfigError
-from imgclust.extract import extract_shard
-from imgclust.labels import label_shard, read_labels
-from imgclust.manifest import ingest, plan_shards, read_manifest
-from imgclust.model import fit_from_store, promote
-from imgclust.naming import (
+from imgclust.extract.backbones import clear_backbone_cache, create_backbone, list_backbones
+from imgclust.extract.backbones.openclip_nets import (
+    TINY_CLIP_KWARGS,
+    OpenClipEntry,
+    register_openclip_backbone,
+)
+from imgclust.extract.backbones.openclip_text import build_text_tower, check_same_weights, weights_digest
+from imgclust.extract.backbones.weights import seeded_init
+from imgclust.extract.shard import extract_shard
+from imgclust.io.manifest import ingest, plan_shards, read_manifest
+from imgclust.io.sources import parent_name
+from imgclust.io.store import Store
+from imgclust.models.labels import label_shard, read_labels
+from imgclust.models.model import fit_from_store, promote
+from imgclust.models.naming import (
     SUGGESTION_COLUMNS,
     SUGGESTIONS_FILE,
     VOCABULARY_FILE,
@@ -45,9 +51,7 @@ from imgclust.naming import (
     suggestions_table,
     write_suggestions,
 )
-from imgclust.report import NAMES_FILE, ReportConfig, build_report, load_cluster_names
-from imgclust.sources import parent_name
-from imgclust.store import Store
+from imgclust.models.report import NAMES_FILE, ReportConfig, build_report, load_cluster_names
 from imgclust_cli.main import main
 
 open_clip = pytest.importorskip("open_clip")

@@ -10,11 +10,17 @@ import pytest
 from conftest import requires_fashion
 
 from imgclust.batches import as_batch_source
-from imgclust.datasets import load_fashion_mnist
+from imgclust.data.datasets import load_fashion_mnist
 from imgclust.estimator import load_estimator
 from imgclust.exceptions import ConfigError, NotFittedError
-from imgclust.novelty import NoveltyScorer, calibrate, min_calibration_rows, novelty_rows, projection_residual
-from imgclust.reduce import StreamingPCA
+from imgclust.models.novelty import (
+    NoveltyScorer,
+    calibrate,
+    min_calibration_rows,
+    novelty_rows,
+    projection_residual,
+)
+from imgclust.reduce.streaming import StreamingPCA
 
 HELD_OUT = (8, 9)  # bag, ankle boot: never fitted
 RATE = 0.05

@@ -17,14 +17,14 @@ from conftest import requires_fashion
 from PIL import Image
 
 from imgclust.config import ClusterConfig, ExtractConfig, PipelineConfig, ReduceConfig
-from imgclust.datasets import FASHION_CLASSES, load_fashion_mnist
-from imgclust.labels import read_labels
-from imgclust.manifest import read_manifest
-from imgclust.model import ClusterModel
-from imgclust.novelty import NoveltyScorer
-from imgclust.report import build_report
-from imgclust.sources import parent_name
-from imgclust.store import Store
+from imgclust.data.datasets import FASHION_CLASSES, load_fashion_mnist
+from imgclust.io.manifest import read_manifest
+from imgclust.io.sources import parent_name
+from imgclust.io.store import Store
+from imgclust.models.labels import read_labels
+from imgclust.models.model import ClusterModel
+from imgclust.models.novelty import NoveltyScorer
+from imgclust.models.report import build_report
 
 pytestmark = [pytest.mark.integration, requires_fashion]
 

@@ -13,10 +13,10 @@ from conftest import requires_fashion, write_fashion_corpus
 
 from imgclust.config import ClusterConfig, ExtractConfig, PipelineConfig, ReduceConfig
 from imgclust.exceptions import ConfigError
-from imgclust.labels import read_labels
-from imgclust.model import current_model_id
-from imgclust.store import Store
-from imgclust.verify import verify_store
+from imgclust.io.store import Store
+from imgclust.models.labels import read_labels
+from imgclust.models.model import current_model_id
+from imgclust.models.verify import verify_store
 
 pytestmark = [pytest.mark.integration, requires_fashion]
 

@@ -12,11 +12,11 @@ from sklearn.decomposition import PCA
 from imgclust.config import ClusterConfig, ReduceConfig
 from imgclust.estimator import load_estimator
 from imgclust.exceptions import ConfigError, CorruptArtifactError
-from imgclust.features import embeddings_table, feature_path, marker_path
-from imgclust.model import ClusterModel, fit_from_store, pca_statistics_path, write_pca_statistics
-from imgclust.pca import GEMM_ROWS, ExactPCA, ScatterStats, float32_scatter_bound, merge_all
-from imgclust.reduce import StreamingPCA
-from imgclust.store import Store
+from imgclust.io.features import embeddings_table, feature_path, marker_path
+from imgclust.io.store import Store
+from imgclust.models.model import ClusterModel, fit_from_store, pca_statistics_path, write_pca_statistics
+from imgclust.reduce.pca import GEMM_ROWS, ExactPCA, ScatterStats, float32_scatter_bound, merge_all
+from imgclust.reduce.streaming import StreamingPCA
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +200,7 @@ def test_build_clusters_flow_sums_statistics_on_dask_workers(tmp_path: Path, dig
 
     from flows.build_clusters import build_clusters
     from imgclust.config import ExtractConfig
-    from imgclust.extract import backbone_for
+    from imgclust.extract.shard import backbone_for
 
     key = backbone_for(ExtractConfig(extractor="pixels")).key()
     X = np.pad(np.repeat(digits, 2, axis=0), ((0, 0), (0, 784 - 64)))  # pixels-28-L is 784-d; zero-variance pad

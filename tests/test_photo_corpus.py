@@ -14,12 +14,8 @@ import pytest
 from helpers_photos import encode, photo_like, requires_photos, write
 from PIL import Image
 
-from imgclust.backbones.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, preprocess_image
 from imgclust.config import ClusterConfig, ExtractConfig, PipelineConfig, ReduceConfig
-from imgclust.exceptions import ConfigError, UnknownNameError
-from imgclust.images import decode_image
-from imgclust.labels import read_labels
-from imgclust.photos import (
+from imgclust.data.photos import (
     INSTALL_COMMAND,
     VARIANT_KINDS,
     PhotoCorpus,
@@ -28,8 +24,17 @@ from imgclust.photos import (
     build_photo_variant_corpus,
     find_system_photos,
 )
-from imgclust.store import Store
-from imgclust.verify import verify_store
+from imgclust.exceptions import ConfigError, UnknownNameError
+from imgclust.extract.backbones.preprocessing import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Preprocessing,
+    preprocess_image,
+)
+from imgclust.extract.images import decode_image
+from imgclust.io.store import Store
+from imgclust.models.labels import read_labels
+from imgclust.models.verify import verify_store
 
 RESNET_PREP = Preprocessing(224, "RGB", IMAGENET_MEAN, IMAGENET_STD, "short_side_center_crop")
 
@@ -39,7 +44,7 @@ def _digests(corpus: PhotoCorpus) -> dict[str, str]:
             for r in corpus.records}
 
 
-# ---- reduced-scale decode (imgclust.images) ------------------------------------------------------
+# ---- reduced-scale decode (imgclust.extract.images) ------------------------------------------------------
 def test_reduced_jpeg_decode_matches_a_full_decode_after_the_model_resize() -> None:
     data = encode(photo_like(seed=1, width=2400, height=1600), "JPEG", quality=90)
     full, reduced = decode_image(data), decode_image(data, target_side=224)
@@ -61,7 +66,7 @@ def test_reduced_decode_leaves_small_jpegs_and_other_formats_alone() -> None:
 # parent across exec: under pytest it starts at pytest's own size.
 _PEAK = """
 import sys
-from imgclust.images import decode_image
+from imgclust.extract.images import decode_image
 def hwm():
     return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
 data = open(sys.argv[1], "rb").read()

@@ -14,7 +14,7 @@ import pytest
 from helpers_images import gray_array, png_bytes, write
 
 from imgclust.config import ClusterConfig, ReduceConfig
-from imgclust.model import fit_model
+from imgclust.models.model import fit_model
 from imgclust.progress import Progress, timed, tracked
 
 REPO = Path(__file__).resolve().parents[1]
@@ -148,7 +148,7 @@ def test_library_logs_reach_the_prefect_run_logs_from_flow_process_and_workers(t
                                         limit=200, offset=len(logs)):
             logs += batch
     lib = [(g.name, g.message, g.task_run_id) for g in logs if g.name.startswith("imgclust")]
-    flow_process = [m for n, m, _ in lib if n == "imgclust.model"]
+    flow_process = [m for n, m, _ in lib if n == "imgclust.models.model"]
     assert any("fit: IncrementalPCA pass: done 12/12 rows" in m for m in flow_process), lib
-    worker = [(m, t) for n, m, t in lib if n == "imgclust.extract"]
+    worker = [(m, t) for n, m, t in lib if n == "imgclust.extract.shard"]
     assert any(re.search(r"shard \S+: 12 features, 1 quarantined", m) and t is not None for m, t in worker), lib

@@ -6,7 +6,7 @@ import math
 import pytest
 
 from imgclust.exceptions import ConfigError
-from imgclust.promotion import KNOWN_METRICS, GateConfig, GateDecision, decide
+from imgclust.models.promotion import KNOWN_METRICS, GateConfig, GateDecision, decide
 
 SIL = GateConfig()  # internal_silhouette, higher is better, tolerance 0.02
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imgclust.datasets import load_digits_images, write_image_folder
+from imgclust.data.datasets import load_digits_images, write_image_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,7 +12,7 @@ from sklearn.decomposition import PCA
 
 from imgclust.batches import as_batch_source
 from imgclust.exceptions import ConfigError
-from imgclust.reduce import StreamingPCA, UMAPReducer, rechunk
+from imgclust.reduce.streaming import StreamingPCA, UMAPReducer, rechunk
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +90,7 @@ def test_variance_target_picks_smallest_k(digits: np.ndarray) -> None:
 
 
 def test_variance_target_unreachable_keeps_all_and_warns(digits: np.ndarray, caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="imgclust.reduce"):
+    with caplog.at_level(logging.WARNING, logger="imgclust.reduce.streaming"):
         est = StreamingPCA(variance_target=0.99, max_components=5, batch_size=500).fit(digits)
     assert est.n_components_ == 5 and est.variance_target_met_ is False
     assert "below variance_target" in caplog.text

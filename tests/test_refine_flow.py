@@ -9,9 +9,9 @@ import pytest
 from conftest import requires_fashion, write_fashion_corpus
 
 from imgclust.config import ClusterConfig, ExtractConfig, PipelineConfig, ReduceConfig
-from imgclust.labels import read_labels
-from imgclust.store import Store
-from imgclust.verify import verify_store
+from imgclust.io.store import Store
+from imgclust.models.labels import read_labels
+from imgclust.models.verify import verify_store
 
 pytestmark = [pytest.mark.integration, requires_fashion]
 

@@ -14,11 +14,12 @@ from PIL import Image
 
 from imgclust.config import ClusterConfig, ExtractConfig, IngestConfig, ReduceConfig
 from imgclust.exceptions import ConfigError, CorruptArtifactError
-from imgclust.extract import extract_shard
-from imgclust.labels import evaluate, label_shard, read_labels
-from imgclust.manifest import ingest, plan_shards, read_manifest
-from imgclust.model import fit_from_store
-from imgclust.report import (
+from imgclust.extract.shard import extract_shard
+from imgclust.io.manifest import ingest, plan_shards, read_manifest
+from imgclust.io.store import Store
+from imgclust.models.labels import evaluate, label_shard, read_labels
+from imgclust.models.model import fit_from_store
+from imgclust.models.report import (
     GAP,
     MISSING_RGB,
     NAMES_FILE,
@@ -28,7 +29,6 @@ from imgclust.report import (
     pca_2d,
     write_cluster_names_template,
 )
-from imgclust.store import Store
 
 DAY = dt.date(2026, 11, 24)
 SEED = 1234

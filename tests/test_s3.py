@@ -31,13 +31,19 @@ import pytest
 from conftest import requires_fashion, swap_env, write_bad_files, write_fashion_corpus
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from imgclust import storage
 from imgclust.estimator import load_estimator
 from imgclust.exceptions import ConfigError, StoreError
-from imgclust.features import done_shards, embeddings_table, feature_path, iter_feature_batches, marker_path
-from imgclust.reduce import StreamingPCA
-from imgclust.sources import hash_files, list_source, read_uri
-from imgclust.store import Store
+from imgclust.io import storage as storage
+from imgclust.io.features import (
+    done_shards,
+    embeddings_table,
+    feature_path,
+    iter_feature_batches,
+    marker_path,
+)
+from imgclust.io.sources import hash_files, list_source, read_uri
+from imgclust.io.store import Store
+from imgclust.reduce.streaming import StreamingPCA
 
 pytestmark = pytest.mark.integration
 
@@ -405,10 +411,10 @@ def e2e(s3_env: str, s3_dask_address: str, tmp_path_factory: pytest.TempPathFact
 
 @requires_fashion
 def test_pipeline_auto_label_recluster_report_with_source_and_store_on_s3(e2e: dict[str, Any]) -> None:
-    from imgclust.labels import read_labels
-    from imgclust.manifest import read_manifest
-    from imgclust.model import current_model_id
-    from imgclust.verify import verify_store
+    from imgclust.io.manifest import read_manifest
+    from imgclust.models.labels import read_labels
+    from imgclust.models.model import current_model_id
+    from imgclust.models.verify import verify_store
 
     store = Store(e2e["store"])
     first, nightly = e2e["results"]["pipeline"], e2e["results"]["auto_label"]
@@ -451,7 +457,7 @@ def test_no_credential_in_store_objects_logs_or_artifacts(e2e: dict[str, Any]) -
         if k.endswith(".parquet"):  # also the decoded key-value metadata (in case it were compressed)
             meta = pq.ParquetFile(io.BytesIO(body)).schema_arrow.metadata or {}
             assert not any(SECRET.encode() in v or KEY_ID.encode() in v for v in meta.values())
-    assert any(line.startswith("imgclust.extract ") for line in e2e["api_logs"])  # worker-side library logs
+    assert any(line.startswith("imgclust.extract.shard ") for line in e2e["api_logs"])  # worker-side library logs
     assert sum('"type": "table"' in a or '"type": "markdown"' in a for a in e2e["api_artifacts"]) >= 4
     assert any(f"s3://{BUCKET}/" in line for line in e2e["local_logs"] + e2e["api_logs"])
     texts = e2e["local_logs"] + e2e["api_logs"] + e2e["api_artifacts"] + [json.dumps(e2e["results"], default=str)]

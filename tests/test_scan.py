@@ -1,4 +1,4 @@
-"""imgclust.scan: SCAN's loss by hand, neighbour mining, the fitted head and its vote, save/load, errors; and
+"""imgclust.cluster.scan: SCAN's loss by hand, neighbour mining, the fitted head and its vote, save/load, errors; and
 ``clusterer="scan"`` inside the deep methods."""
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ import torch
 from conftest import fashion_test_subset
 from sklearn.metrics import adjusted_rand_score
 
+from imgclust.cluster.scan import ScanClusterer, nearest_neighbours, scan_loss, whitening
 from imgclust.deep.contrastive import ContrastiveClusterer
 from imgclust.deep.methods import load_deep
 from imgclust.estimator import Estimator, load_estimator
 from imgclust.exceptions import ConfigError, NotFittedError
-from imgclust.scan import ScanClusterer, nearest_neighbours, scan_loss, whitening
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -52,7 +52,7 @@ def test_nearest_neighbours_drop_the_row_itself() -> None:
 
 
 def test_whitening_gives_identity_covariance_and_drops_empty_directions(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("imgclust.scan._COV_CHUNK", 64)  # the covariance summed over several blocks
+    monkeypatch.setattr("imgclust.cluster.scan._COV_CHUNK", 64)  # the covariance summed over several blocks
     rng = np.random.default_rng(0)
     X = rng.standard_normal((500, 3)) @ np.array([[3.0, 0.0, 0.0], [1.0, 0.5, 0.0], [0.0, 0.2, 0.1]]) + 7.0
     mean, W = whitening(X)
@@ -112,7 +112,7 @@ def _vote_by_hand(est: ScanClusterer, queries: np.ndarray, space: Any) -> np.nda
 
 
 def test_the_fit_and_the_vote_use_whitened_neighbours(monkeypatch: pytest.MonkeyPatch) -> None:
-    import imgclust.scan
+    import imgclust.cluster.scan
 
     mined: list[np.ndarray] = []
 
@@ -120,7 +120,7 @@ def test_the_fit_and_the_vote_use_whitened_neighbours(monkeypatch: pytest.Monkey
         mined.append(rows.copy())
         return nearest_neighbours(rows, k, queries)
 
-    monkeypatch.setattr(imgclust.scan, "nearest_neighbours", spy)
+    monkeypatch.setattr(imgclust.cluster.scan, "nearest_neighbours", spy)
     X, _ = _nuisance(seed=1)
     est = ScanClusterer(n_clusters=2, n_neighbors=10, heads=2, epochs=5, random_state=0, whiten=True).fit(X)
     unit_rows = (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float32)

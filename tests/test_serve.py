@@ -30,8 +30,8 @@ from helpers_prefect import (
     wait_for,
 )
 
-from imgclust.manifest import list_parts
-from imgclust.store import Store
+from imgclust.io.manifest import list_parts
+from imgclust.io.store import Store
 
 pytestmark = [pytest.mark.integration, requires_fashion]
 

@@ -16,15 +16,15 @@ import pyarrow as pa
 import pytest
 from helpers_images import gray_array, jpeg_bytes, png_bytes, truncated_jpeg_bytes, write
 
-from imgclust.capping import cap_to_data, check_enough_rows
 from imgclust.config import ClusterConfig, ExtractConfig, PipelineConfig, ReduceConfig
 from imgclust.exceptions import ConfigError
-from imgclust.features import done_shards, quarantine_path
-from imgclust.labels import label_shard, read_labels
-from imgclust.model import ClusterModel, current_model_id, fit_from_store, fit_model
-from imgclust.recluster import refit_with_lineage
-from imgclust.store import Store
-from imgclust.verify import verify_store
+from imgclust.io.features import done_shards, quarantine_path
+from imgclust.io.store import Store
+from imgclust.models.capping import cap_to_data, check_enough_rows
+from imgclust.models.labels import label_shard, read_labels
+from imgclust.models.model import ClusterModel, current_model_id, fit_from_store, fit_model
+from imgclust.models.recluster import refit_with_lineage
+from imgclust.models.verify import verify_store
 
 N_VALID = 17
 BROKEN = {  # file name -> the quarantine error_kind it must get

@@ -1,4 +1,4 @@
-"""Tests for imgclust.sources and imgclust.manifest on real files in tmp_path."""
+"""Tests for imgclust.io.sources and imgclust.io.manifest on real files in tmp_path."""
 from __future__ import annotations
 
 import datetime as dt
@@ -11,7 +11,7 @@ import pytest
 
 from imgclust.config import IngestConfig
 from imgclust.exceptions import ConfigError, CorruptArtifactError, StoreError
-from imgclust.manifest import (
+from imgclust.io.manifest import (
     MANIFEST_SCHEMA,
     UNREADABLE_PREFIX,
     ShardSpec,
@@ -24,8 +24,8 @@ from imgclust.manifest import (
     read_manifest,
     read_shard_rows,
 )
-from imgclust.sources import content_id, hash_files, list_source, parent_name, read_uri, relative_name
-from imgclust.store import Store
+from imgclust.io.sources import content_id, hash_files, list_source, parent_name, read_uri, relative_name
+from imgclust.io.store import Store
 
 try:
     from helpers_images import gray_array, png_bytes, unreadable_works, write

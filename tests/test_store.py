@@ -1,4 +1,4 @@
-"""Tests for imgclust.store on a local root (S3 through moto is covered by the integration tests)."""
+"""Tests for imgclust.io.store on a local root (S3 through moto is covered by the integration tests)."""
 from __future__ import annotations
 
 import json
@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 
 from imgclust.exceptions import CorruptArtifactError, StoreError
-from imgclust.store import Store
+from imgclust.io.store import Store
 
 
 def _table(seed: int, n: int = 2000) -> pa.Table:

@@ -32,8 +32,8 @@ from conftest import requires_fashion, write_fashion_corpus
 from helpers_prefect import Proc, api_post, clean_env, free_port, start_server, tail, wait_for
 from PIL import Image
 
-from imgclust.model import load_gate_decision
-from imgclust.store import Store
+from imgclust.io.store import Store
+from imgclust.models.model import load_gate_decision
 
 pytestmark = [pytest.mark.integration, requires_fashion]
 

@@ -29,11 +29,11 @@ import pytest
 import torch
 from torch import nn
 
-from imgclust.backbones import clear_backbone_cache, create_backbone
-from imgclust.backbones.download import probe_url
-from imgclust.backbones.pretrained import choose_default_extractor, published_weights
-from imgclust.backbones.weights import build_with_weights, parse_weights
 from imgclust.exceptions import ConfigError, WeightsDownloadError, WeightsNotFoundError
+from imgclust.extract.backbones import clear_backbone_cache, create_backbone
+from imgclust.extract.backbones.download import probe_url
+from imgclust.extract.backbones.pretrained import choose_default_extractor, published_weights
+from imgclust.extract.backbones.weights import build_with_weights, parse_weights
 from imgclust_cli.main import _pipeline_config, _print_summary, build_parser, main
 
 timm = pytest.importorskip("timm")  # the `test` extra installs timm (and huggingface_hub with it)

@@ -12,7 +12,7 @@
 - :mod:`imgclust.deep.training` (seeding, exact-resume checkpoints, the training loop),
   :mod:`imgclust.deep.networks`, :mod:`imgclust.deep.losses`: building blocks for other methods.
 - :mod:`imgclust.deep.backbone`: a trained encoder as a ``deep:<folder>`` feature extractor, registered
-  with :mod:`imgclust.backbones` through the ``imgclust.backbones`` entry point.
+  with :mod:`imgclust.extract.backbones` through the ``imgclust.backbones`` entry point.
 
 This module only re-exports.
 """

@@ -1,7 +1,7 @@
 """Autoencoder + k-means image clustering (ASCAE / SCAE, the ConvAE of neighbour consistency; N2D as an option).
 
 :class:`AutoencoderClusterer` trains a convolutional autoencoder on the images, embeds them with
-the encoder and clusters the embeddings with :class:`~imgclust.cluster.FaissKMeans`:
+the encoder and clusters the embeddings with :class:`~imgclust.cluster.classic.FaissKMeans`:
 
 - ``arch="ascae"`` / ``"scae"``: the asymmetric / symmetric strided conv AEs of the ASCAE paper
   ("基于无监督学习视觉特征的深度聚类方法" (Deep clustering based on unsupervised learning of visual features), Journal of Nanjing University of Aeronautics & Astronautics 53(5), 2021), trained
@@ -71,14 +71,14 @@ class AutoencoderClusterer(EmbeddingClusterer):
     umap_components : ``None`` (k-means on the embeddings) or the UMAP output size (N2D uses k).
     umap_neighbors : UMAP ``n_neighbors`` (N2D uses 20).
     clusterer : ``"kmeans"`` (default; the ASCAE and Qian et al. papers) or ``"gmm"`` (full-covariance Gaussian
-        mixture, N2D's last stage; meant for UMAP coordinates, see :mod:`imgclust.gmm`) or ``"scan"``
-        (SCAN's neighbour-consistency head on the embeddings, :mod:`imgclust.scan`; needs ``umap_components=None``).
+        mixture, N2D's last stage; meant for UMAP coordinates, see :mod:`imgclust.cluster.gmm`) or ``"scan"``
+        (SCAN's neighbour-consistency head on the embeddings, :mod:`imgclust.cluster.scan`; needs ``umap_components=None``).
     kmeans_redo : k-means restarts (k-means++ init), the lowest inertia wins (the paper: 50).
     spherical : k-means on L2-normalised embeddings (cosine k-means; rows are normalised for
         training and prediction). ``None`` (default): :data:`ARCH_DEFAULTS` (on for ASCAE/SCAE, whose
         paper clusters raw F: pass ``False`` for that). Ignored by the GMM.
     consensus_runs : GMM only: EM runs combined by evidence accumulation into the final mixture
-        (:class:`~imgclust.gmm.GaussianMixtureClusterer`); 1 = plain EM.
+        (:class:`~imgclust.cluster.gmm.GaussianMixtureClusterer`); 1 = plain EM.
     training : :class:`~imgclust.deep.training.TrainingConfig`: ``epochs`` (default 50; Qian et al. train
         500, the default is sized for a CPU), ``batch_size`` (256), ``lr`` (Adam, 1e-3), ``seed``, ``device``,
         ``checkpoint_dir`` / ``checkpoint_every`` (exact-resume checkpoints every that many steps and at the

@@ -3,7 +3,7 @@
 So the normal extract -> reduce -> cluster -> label path can use an encoder trained by
 ``flows/refine.py``: ``ExtractConfig(extractor="deep:s3://bucket/store/deep/<run>")``. The backbone registry
 does not import this package: :func:`register` is declared in ``pyproject.toml`` under the
-``imgclust.backbones`` entry points, and :func:`imgclust.backbones.registry.create_backbone` calls it the first
+``imgclust.backbones`` entry points, and :func:`imgclust.extract.backbones.registry.create_backbone` calls it the first
 time a process meets the ``deep:`` prefix.
 """
 from __future__ import annotations
@@ -15,10 +15,10 @@ import fsspec
 import torch
 from torch import nn
 
-from imgclust.backbones.base import Backbone, ModuleBackbone
-from imgclust.backbones.preprocessing import Preprocessing
-from imgclust.backbones.registry import register_prefix
 from imgclust.exceptions import ConfigError
+from imgclust.extract.backbones.base import Backbone, ModuleBackbone
+from imgclust.extract.backbones.preprocessing import Preprocessing
+from imgclust.extract.backbones.registry import register_prefix
 
 log = logging.getLogger(__name__)
 
@@ -59,5 +59,5 @@ DEEP_PREFIX = "deep:"
 
 
 def register() -> None:
-    """Entry-point hook (group ``imgclust.backbones``): resolve ``deep:<location>`` with :func:`deep_backbone`."""
+    """Entry-point hook (group ``imgclust.extract.backbones``): resolve ``deep:<location>`` with :func:`deep_backbone`."""
     register_prefix(DEEP_PREFIX, deep_backbone)

@@ -152,7 +152,7 @@ class ContrastiveClusterer(EmbeddingClusterer):
     umap_neighbors, clusterer, consensus_runs, kmeans_redo : the clustering stages
         (:class:`~imgclust.deep.embedding.EmbeddingClusterer`; default the N2D recipe of ``n2d``).
         ``clusterer="scan"`` with ``umap_components=None``: SCAN's neighbour-consistency head on the
-        representation itself (:mod:`imgclust.scan`; Van Gansbeke et al., 2020, "SCAN: Learning to Classify
+        representation itself (:mod:`imgclust.cluster.scan`; Van Gansbeke et al., 2020, "SCAN: Learning to Classify
         Images without Labels"). On a Fashion-MNIST *train* subset it beat UMAP + GMM with the ResNet-18 encoder
         but not with the small one, so the default stays UMAP + GMM
     training : :class:`~imgclust.deep.training.TrainingConfig` (defaults: 20 epochs, batch 256 (at least 2),

@@ -1,6 +1,6 @@
 """Training images for the deep methods, sampled from the store's manifest.
 
-Images are decoded with the same code as extraction (:func:`imgclust.images.decode_image`) and
+Images are decoded with the same code as extraction (:func:`imgclust.extract.images.decode_image`) and
 resized (squash) to ``size x size``; undecodable ones are skipped and counted (they are already
 quarantined by extraction).
 """
@@ -15,10 +15,10 @@ import numpy as np
 from PIL import Image
 
 from imgclust.exceptions import ConfigError, ImageDecodeError, StoreError
-from imgclust.images import decode_image
-from imgclust.manifest import read_manifest
-from imgclust.sources import read_uri
-from imgclust.store import Store
+from imgclust.extract.images import decode_image
+from imgclust.io.manifest import read_manifest
+from imgclust.io.sources import read_uri
+from imgclust.io.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from imgclust.cluster import FaissKMeans
+from imgclust.cluster.classic import FaissKMeans
+from imgclust.cluster.gmm import GaussianMixtureClusterer
 from imgclust.deep.autoencoder import AutoencoderClusterer
 from imgclust.deep.base import DeepEstimator
 from imgclust.deep.losses import kl_clustering_loss, student_t, target_distribution
@@ -33,7 +34,6 @@ from imgclust.deep.networks import build_network
 from imgclust.deep.training import TrainingConfig, encode_batched, optimise, to_float_images
 from imgclust.devices import mixed_precision
 from imgclust.exceptions import ConfigError
-from imgclust.gmm import GaussianMixtureClusterer
 from imgclust.validation import check_int
 
 logger = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def initial_centroids(emb: np.ndarray, *, init: str, n_clusters: int, kmeans_red
     - ``"umap"``: the N2D partition (McConville et al., "N2D: (Not Too) Deep Clustering via
       Clustering the Local Manifold of an Autoencoded Embedding", ICPR 2020): UMAP of the
       embeddings (:data:`UMAP_INIT`, seeded), a full-covariance Gaussian mixture there (N2D's
-      clusterer, :mod:`imgclust.gmm`), and each centroid is the mean *embedding* of its cluster. N2D's point is that the local manifold separates the classes
+      clusterer, :mod:`imgclust.cluster.gmm`), and each centroid is the mean *embedding* of its cluster. N2D's point is that the local manifold separates the classes
       better than the raw embedding; the fine-tuning then starts from that partition instead of a
       worse one of the same embedding. Costs one UMAP fit.
     """
@@ -61,7 +61,7 @@ def initial_centroids(emb: np.ndarray, *, init: str, n_clusters: int, kmeans_red
         raise ConfigError(f"init must be one of {list(CENTROID_INITS)}, got {init!r}")
     if init == "kmeans":
         return FaissKMeans(n_clusters=n_clusters, n_redo=kmeans_redo, seed=seed).fit(emb).cluster_centers_.copy()
-    from imgclust.reduce import UMAPReducer  # lazy: umap + numba take seconds to import
+    from imgclust.reduce.streaming import UMAPReducer  # lazy: umap + numba take seconds to import
 
     if emb.shape[0] <= UMAP_INIT["n_neighbors"]:
         raise ConfigError(f"init='umap' needs more than {UMAP_INIT['n_neighbors']} images, got {emb.shape[0]}; "

@@ -5,8 +5,8 @@ Features", ECCV 2018. Every epoch:
 
 1. embed all images with the CNN (eval mode), PCA-reduce, whiten and L2-normalise the features
    (the paper: 4096 -> 256 dims with faiss ``PCAMatrix(eigen_power=-0.5)``; here
-   :class:`~imgclust.reduce.StreamingPCA` with ``whiten`` and ``l2_normalize_output``);
-2. k-means (:class:`~imgclust.cluster.FaissKMeans`) into ``n_pseudo`` clusters -> pseudo-labels;
+   :class:`~imgclust.reduce.streaming.StreamingPCA` with ``whiten`` and ``l2_normalize_output``);
+2. k-means (:class:`~imgclust.cluster.classic.FaissKMeans`) into ``n_pseudo`` clusters -> pseudo-labels;
    the paper over-clusters (k = 10,000 for ImageNet's 1,000 classes), so ``n_pseudo`` defaults to
    ``10 * n_clusters``;
 3. avoid trivial solutions (paper §3.4): an empty cluster is re-seeded by splitting the largest one
@@ -35,14 +35,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from imgclust.cluster import FaissKMeans
+from imgclust.cluster.classic import FaissKMeans
 from imgclust.deep.base import DeepEstimator
 from imgclust.deep.networks import build_network, input_geometry
 from imgclust.deep.training import TrainingConfig, encode_batched, optimise, random_affine, to_float_images
 from imgclust.devices import mixed_precision
 from imgclust.exceptions import ConfigError
 from imgclust.metrics import nmi
-from imgclust.reduce import StreamingPCA
+from imgclust.reduce.streaming import StreamingPCA
 from imgclust.validation import check_int
 
 logger = logging.getLogger(__name__)

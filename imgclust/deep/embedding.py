@@ -18,18 +18,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from imgclust.capping import FitSizes, cap_embedding_fit
-from imgclust.cluster import FaissKMeans
-from imgclust.clusterers import ClusterFitInput, clusterer_spec
+from imgclust.cluster.classic import FaissKMeans
+from imgclust.cluster.gmm import GaussianMixtureClusterer
+from imgclust.cluster.registry import ClusterFitInput, clusterer_spec
+from imgclust.cluster.scan import ScanClusterer
 from imgclust.config import ClusterConfig
 from imgclust.deep.base import DeepEstimator
 from imgclust.deep.networks import build_network
 from imgclust.deep.training import encode_batched, optimise, to_float_images
 from imgclust.devices import mixed_precision
 from imgclust.exceptions import ConfigError
-from imgclust.gmm import GaussianMixtureClusterer
-from imgclust.reduce import UMAPReducer
-from imgclust.scan import ScanClusterer
+from imgclust.models.capping import FitSizes, cap_embedding_fit
+from imgclust.reduce.streaming import UMAPReducer
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +37,8 @@ __all__ = ["EmbeddingClusterer", "CLUSTERERS"]
 
 E = TypeVar("E", bound="EmbeddingClusterer")
 CLUSTERERS = ("kmeans", "gmm", "scan")
-"""What clusters the (UMAP-mapped) embeddings: FaissKMeans, :class:`~imgclust.gmm.GaussianMixtureClusterer`, or
-(embeddings only, no UMAP) :class:`~imgclust.scan.ScanClusterer`, SCAN's neighbour-consistency head."""
+"""What clusters the (UMAP-mapped) embeddings: FaissKMeans, :class:`~imgclust.cluster.gmm.GaussianMixtureClusterer`, or
+(embeddings only, no UMAP) :class:`~imgclust.cluster.scan.ScanClusterer`, SCAN's neighbour-consistency head."""
 
 
 class EmbeddingClusterer(DeepEstimator):
@@ -162,7 +162,7 @@ class EmbeddingClusterer(DeepEstimator):
 
     def _sizes(self, emb: np.ndarray) -> FitSizes:
         """UMAP and SCAN sizes for the ``(N, D)`` embeddings, capped to what N rows support
-        (:func:`imgclust.capping.cap_to_data`, one warning when something is capped); fewer rows than
+        (:func:`imgclust.models.capping.cap_to_data`, one warning when something is capped); fewer rows than
         ``n_clusters`` raise :class:`ConfigError`."""
         sizes = cap_embedding_fit(emb.shape[0], emb.shape[1], umap_components=self.umap_components,
                                   umap_neighbors=self.umap_neighbors, method=self.clusterer,

@@ -7,7 +7,7 @@ Fashion-MNIST's upper-body garments (T-shirt / pullover / coat / shirt) differen
 each view is mapped by its own UMAP (``n_clusters``-d, ``umap_neighbors`` neighbours, min_dist 0:
 McConville et al., ICPR 2020) and clustered by ``gmm_runs`` single EM runs of a full-covariance GMM.
 All those partitions are pooled into one co-association matrix and cut by average linkage with the
-outlier-aware cut of :func:`~imgclust.consensus.consensus_labels` (Fred & Jain, TPAMI 2005): the split
+outlier-aware cut of :func:`~imgclust.cluster.consensus.consensus_labels` (Fred & Jain, TPAMI 2005): the split
 inside the garment blob that most (encoder, map, EM) runs agree on wins, not one encoder's.
 
 The views and their number were chosen on a Fashion-MNIST *train* subset (``benchmarks/view_ensemble.py``);
@@ -16,7 +16,7 @@ merges and splits.
 
 Prediction for new images: each view through its encoder and fitted UMAP (``transform``), the
 coordinates concatenated, and the Gaussian mixture estimated from the consensus partition in that joint
-space (:meth:`~imgclust.gmm.GaussianMixtureClusterer.fit_labels`).
+space (:meth:`~imgclust.cluster.gmm.GaussianMixtureClusterer.fit_labels`).
 """
 from __future__ import annotations
 
@@ -28,15 +28,15 @@ from typing import Any, ClassVar, Literal, cast
 import numpy as np
 import torch
 
-from imgclust.consensus import MAX_CONSENSUS_ROWS, MIN_CLUSTER_FRACTION, consensus_labels
+from imgclust.cluster.consensus import MAX_CONSENSUS_ROWS, MIN_CLUSTER_FRACTION, consensus_labels
+from imgclust.cluster.gmm import GaussianMixtureClusterer
 from imgclust.deep.autoencoder import AutoencoderClusterer
 from imgclust.deep.base import DeepEstimator
 from imgclust.deep.networks import ASCAE_F_DIM, MultiViewNet, build_network, input_geometry
 from imgclust.deep.training import TrainingConfig, to_float_images
 from imgclust.devices import resolve_device
 from imgclust.exceptions import ConfigError
-from imgclust.gmm import GaussianMixtureClusterer
-from imgclust.reduce import StreamingPCA, UMAPReducer
+from imgclust.reduce.streaming import StreamingPCA, UMAPReducer
 from imgclust.validation import check_int
 
 logger = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class MultiViewClusterer(DeepEstimator):
         0..255 pixels)
     umap_neighbors : each view's UMAP ``n_neighbors`` (N2D: 20)
     gmm_runs : single EM runs per view (seeds 0..gmm_runs-1) pooled into the consensus
-    min_cluster_fraction : the consensus cut's outlier threshold (:func:`~imgclust.consensus.consensus_labels`)
+    min_cluster_fraction : the consensus cut's outlier threshold (:func:`~imgclust.cluster.consensus.consensus_labels`)
     training : :class:`~imgclust.deep.training.TrainingConfig` of each SCAE (as :class:`AutoencoderClusterer`'s,
         default 20 epochs), except: member ``i``'s encoder and UMAP use seed ``seed * members + i`` (the pixel
         UMAP uses ``seed``), and member ``i`` checkpoints in ``checkpoint_dir/member<i>`` (resume after a crash

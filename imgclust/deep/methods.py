@@ -33,7 +33,7 @@ N2D: dict[str, Any] = {"arch": "convae", "umap_components": None, "umap_neighbor
                        "consensus_runs": N2D_CONSENSUS_RUNS}
 """``n2d``: the ConvAE embedding (size k), UMAP to k dims (20 neighbours, min_dist 0) and a full-covariance
 GMM, McConville et al.'s recipe (``umap_components=None`` here means k). Ours: the GMM is the
-evidence-accumulation consensus of 8 EM runs (:class:`~imgclust.gmm.GaussianMixtureClusterer`), chosen on
+evidence-accumulation consensus of 8 EM runs (:class:`~imgclust.cluster.gmm.GaussianMixtureClusterer`), chosen on
 a Fashion-MNIST *train* subset."""
 N2D_RECIPES: dict[str, dict[str, Any]] = {"n2d": N2D, "n2d-scae": {**N2D, "arch": "scae"}}
 """Methods that cluster UMAP coordinates of an encoder's features with the GMM consensus: ``n2d`` (ConvAE
@@ -138,7 +138,7 @@ def refit_recipe(method: str, k: int | str, seed: int,
     k-means on the embeddings (what its own ``labels_`` come from), cosine k-means for ASCAE/SCAE
     (their :data:`~imgclust.deep.autoencoder.ARCH_DEFAULTS`). A method trained with ``options``
     ``{"clusterer": "scan"}`` is refitted with SCAN's head on the features, neighbours found after whitening as
-    in training (:mod:`imgclust.scan`)."""
+    in training (:mod:`imgclust.cluster.scan`)."""
     if (options or {}).get("clusterer") == "scan":
         return (ReduceConfig(method="none", n_components=None),
                 ClusterConfig(method="scan", k=k, seed=seed, scan_whiten=True))

@@ -6,13 +6,13 @@ import os
 import time
 from typing import Any, Literal
 
-from imgclust import layout
 from imgclust.deep.data import load_training_set, sample_store_images, save_training_set
 from imgclust.deep.methods import create_deep
-from imgclust.manifest import read_manifest
+from imgclust.io import layout as layout
+from imgclust.io.manifest import read_manifest
+from imgclust.io.sources import parent_name
+from imgclust.io.store import Store
 from imgclust.metrics import supervised_metrics
-from imgclust.sources import parent_name
-from imgclust.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Clustering methods, their registry, choosing k and the cluster tree."""

@@ -1,0 +1,1 @@
+"""Offline labelled images and photographs for the demo, tests and benchmarks."""

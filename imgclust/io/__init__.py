@@ -1,0 +1,1 @@
+"""Where images, manifests, features and models live: the store and its layout, sources, locks."""

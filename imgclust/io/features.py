@@ -1,0 +1,121 @@
+"""Feature and quarantine shards in the store, and streaming readers over them.
+
+``features/<key>/shard-<id>.parquet``: ``image_id`` string, ``embedding`` fixed_size_list<float32>[D],
+with the extractor identity in the file's key-value metadata. ``shard-<id>.json`` is the done-marker,
+written last: a shard without a marker does not exist for readers. Paths: :mod:`imgclust.io.layout`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from imgclust.exceptions import CorruptArtifactError, StoreError
+from imgclust.io.layout import feature_markers_glob, feature_path, marker_path, shard_id_of
+from imgclust.io.layout import quarantine_path as quarantine_path  # re-exported: the paths' old home
+from imgclust.io.store import Store
+
+log = logging.getLogger(__name__)
+
+QUARANTINE_SCHEMA = pa.schema(
+    [("image_id", pa.string()), ("uri", pa.string()), ("error_kind", pa.string()), ("message", pa.string())]
+)
+
+
+def features_schema(dim: int, metadata: dict[str, str] | None = None) -> pa.Schema:
+    """Arrow schema of a feature shard with embedding dimension ``dim``."""
+    return pa.schema(
+        [("image_id", pa.string()), ("embedding", pa.list_(pa.float32(), dim))],
+        metadata={k.encode(): v.encode() for k, v in (metadata or {}).items()},
+    )
+
+
+def embeddings_table(ids: list[str], emb: np.ndarray, metadata: dict[str, str] | None = None) -> pa.Table:
+    """Build a feature table from ids and an (N, D) float32 array (zero-copy into the list column)."""
+    emb = np.ascontiguousarray(emb, dtype=np.float32)
+    if emb.ndim != 2 or emb.shape[0] != len(ids):
+        raise ValueError(f"embeddings must be ({len(ids)}, D), got {emb.shape}")
+    values = pa.array(emb.reshape(-1), type=pa.float32())
+    col = pa.FixedSizeListArray.from_arrays(values, emb.shape[1])
+    return pa.Table.from_arrays([pa.array(ids, type=pa.string()), col], schema=features_schema(emb.shape[1], metadata))
+
+
+def embeddings_of(table: pa.Table | pa.RecordBatch) -> np.ndarray:
+    """(N, D) float32 view of the ``embedding`` column (flatten() respects slice offsets)."""
+    col = table.column("embedding")
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    dim = arr.type.list_size
+    return np.asarray(arr.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, dim)
+
+
+@dataclass(frozen=True)
+class DoneMarker:
+    """Content of a shard's done-marker."""
+
+    shard_id: str
+    fingerprint: str
+    n_features: int
+    n_quarantined: int
+    n_input: int
+    seconds: dict[str, float]
+    error_kinds: dict[str, int]
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> DoneMarker:
+        """Raises KeyError / TypeError when ``obj`` is not a complete, well-typed marker."""
+        marker = cls(**{f: obj[f] for f in cls.__dataclass_fields__})
+        counts = (marker.n_features, marker.n_quarantined, marker.n_input)
+        if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts):
+            raise TypeError(f"counts must be non-negative ints, got {counts}")
+        if not isinstance(marker.fingerprint, str) or not isinstance(marker.shard_id, str):
+            raise TypeError("shard_id and fingerprint must be strings")
+        if not isinstance(marker.seconds, dict) or not isinstance(marker.error_kinds, dict):
+            raise TypeError("seconds and error_kinds must be objects")
+        return marker
+
+
+def read_marker(store: Store, key: str, shard_id: str) -> DoneMarker | None:
+    """The shard's marker, or None when the shard is not done. A corrupt marker raises."""
+    rel = marker_path(key, shard_id)
+    try:
+        raw = store.read_bytes(rel)
+    except StoreError:
+        return None
+    try:
+        return DoneMarker.from_json(json.loads(raw))
+    except (ValueError, KeyError, TypeError) as err:  # ValueError: bad JSON or bytes that are not UTF-8
+        raise CorruptArtifactError(f"done-marker {store.uri(rel)} is corrupt ({err}); delete it to redo the shard") from err
+
+
+def done_shards(store: Store, key: str) -> list[str]:
+    """Shard ids of ``key`` that have a done-marker (sorted)."""
+    out = []
+    for rel in store.glob(feature_markers_glob(key)):
+        out.append(shard_id_of(rel))
+    return out
+
+
+def feature_dim(store: Store, key: str, shard_id: str) -> int:
+    schema = store.read_parquet(feature_path(key, shard_id), columns=["embedding"]).schema
+    return int(schema.field("embedding").type.list_size)
+
+
+def iter_feature_batches(store: Store, key: str, shard_ids: list[str] | None = None,
+                         batch_size: int = 65536) -> Iterator[tuple[list[str], np.ndarray]]:
+    """Stream ``(image_ids, (n, D) float32)`` over done shards; memory is bounded by ``batch_size`` rows."""
+    for sid in shard_ids if shard_ids is not None else done_shards(store, key):
+        for batch in store.iter_parquet_batches(feature_path(key, sid), batch_size=batch_size):
+            yield batch.column("image_id").to_pylist(), embeddings_of(batch)
+
+
+def count_features(store: Store, key: str, shard_ids: list[str] | None = None) -> int:
+    total = 0
+    for sid in shard_ids if shard_ids is not None else done_shards(store, key):
+        marker = read_marker(store, key, sid)
+        total += marker.n_features if marker else 0
+    return total

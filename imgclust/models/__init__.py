@@ -1,0 +1,1 @@
+"""Model versions: fit, label, lineage, recluster, promotion, novelty, reports, verification."""

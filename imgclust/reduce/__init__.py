@@ -1,0 +1,1 @@
+"""Dimensionality reduction: streaming and exact PCA, UMAP."""
