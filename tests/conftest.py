@@ -1,6 +1,7 @@
 """Session fixtures: a real Prefect API (test harness), a real Dask LocalCluster, real image corpora."""
 from __future__ import annotations
 
+import ast
 import os
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -164,3 +165,14 @@ def extract_fit_label(store: Store, extract: ExtractConfig, *, reduce: ReduceCon
     for sid in done_shards(store, key):
         label_shard(store, model.model_id, key, sid)
     return key, model
+
+
+def registered_classes() -> set[str]:
+    """Names of the classes decorated with ``@register_estimator`` anywhere in ``imgclust/``."""
+    names: set[str] = set()
+    for path in (Path(__file__).resolve().parents[1] / "imgclust").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ClassDef) and any(
+                    getattr(d, "id", getattr(d, "attr", None)) == "register_estimator" for d in node.decorator_list):
+                names.add(node.name)
+    return names

@@ -9,7 +9,7 @@ from typing import Any
 import fsspec
 import numpy as np
 import pytest
-from conftest import uneven_source
+from conftest import registered_classes, uneven_source
 from sklearn.cluster import KMeans
 from sklearn.datasets import load_digits, make_blobs
 from sklearn.metrics import adjusted_rand_score
@@ -22,8 +22,13 @@ from imgclust.cluster.classic import (
     create_clusterer,
     list_clusterers,
 )
+from imgclust.cluster.gmm import GaussianMixtureClusterer
+from imgclust.cluster.kmeans_torch import TorchKMeans
+from imgclust.cluster.scan import ScanClusterer
 from imgclust.estimator import Estimator, list_estimators, load_estimator
 from imgclust.exceptions import ConfigError, CorruptArtifactError, NotFittedError, UnknownNameError
+from imgclust.models.novelty import NoveltyScorer
+from imgclust.reduce.pca import ExactPCA
 from imgclust.reduce.streaming import StreamingPCA, UMAPReducer
 
 
@@ -189,6 +194,10 @@ def _transform_out(est: Any, X: np.ndarray) -> np.ndarray:
     return est.transform(X)
 
 
+def _score_out(est: Any, X: np.ndarray) -> np.ndarray:
+    return est.score(X)
+
+
 CASES: dict[str, tuple[Callable[[], Estimator], Callable[[Any, np.ndarray], np.ndarray]]] = {
     "pca": (lambda: StreamingPCA(n_components=4, batch_size=256), _transform_out),
     "umap": (lambda: UMAPReducer(n_components=2, n_neighbors=10, fit_sample=300), _transform_out),
@@ -196,7 +205,19 @@ CASES: dict[str, tuple[Callable[[], Estimator], Callable[[Any, np.ndarray], np.n
     "kmeans_distances": (lambda: FaissKMeans(n_clusters=4, seed=1, spherical=True), _transform_out),
     "hdbscan": (lambda: HDBSCANClusterer(min_cluster_size=20, fit_sample=400), _labels_out),
     "agglomerative": (lambda: AgglomerativeClusterer(n_clusters=4), _labels_out),
+    "exact_pca": (lambda: ExactPCA(n_components=4), _transform_out),
+    "gmm": (lambda: GaussianMixtureClusterer(n_clusters=4, random_state=1), _labels_out),
+    "torch_kmeans": (lambda: TorchKMeans(n_clusters=4, seed=1, device="cpu"), _labels_out),
+    "scan": (lambda: ScanClusterer(n_clusters=4, n_neighbors=5, epochs=5, heads=2, random_state=1), _labels_out),
+    "novelty": (lambda: NoveltyScorer(k=5, n_reference=300, n_calibration=200, seed=1), _score_out),
 }
+NOT_IN_BATTERY = {"ClusterTree": "fits cluster means and sizes, not rows: tests/test_hierarchy.py"}
+
+
+def test_the_battery_covers_every_registered_estimator() -> None:
+    """Every estimator class of the package (``@register_estimator`` in ``imgclust/``) runs the battery."""
+    covered = {type(make()).__name__ for make, _ in CASES.values()}
+    assert registered_classes() == covered | set(NOT_IN_BATTERY), registered_classes() ^ covered
 
 
 @pytest.fixture(scope="module")
@@ -257,7 +278,7 @@ def test_contract_fit_returns_self_same_seed_same_result_dtypes(name: str, fitte
         assert adjusted_rand_score(first, raw) == 1.0
     else:
         np.testing.assert_array_equal(a, b)
-    assert a.dtype == (np.float32 if out is _transform_out else np.int64)
+    assert a.dtype == (np.float32 if out in (_transform_out, _score_out) else np.int64)
     assert out(again, X_new.astype(np.float64)).dtype == a.dtype  # float64 input is cast, output stays
 
 
