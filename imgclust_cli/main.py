@@ -328,7 +328,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    try:
+        parser = build_parser()  # the --method choices import the modules named in IMGCLUST_PLUGINS
+    except ImgclustError as err:
+        print(f"imgclust: error: {err}", file=sys.stderr)
+        return 2
     a = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if a.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -76,10 +76,13 @@ def test_the_toy_method_is_known_to_the_configuration() -> None:
         clusterer_spec("nope")
 
 
-def test_a_plugin_module_that_does_not_import_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_plugin_module_that_does_not_import_is_named(monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv(PLUGINS_ENV, "no_such_module_here")
     with pytest.raises(ConfigError, match="no_such_module_here"):
         clusterer_spec("still-unknown")
+    assert main(["run", "src", "--store", "store"]) == 2  # one line, before any work
+    assert "IMGCLUST_PLUGINS names 'no_such_module_here'" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
