@@ -51,13 +51,13 @@ class _WorkerEnv(WorkerPlugin):
         self.saved: dict[str, str | None] = {}
 
     def setup(self, worker: Any) -> None:
-        from imgclust import storage
+        from imgclust.io import storage
 
         self.saved = swap_env(self.env)
         storage.clear_cache()
 
     def teardown(self, worker: Any) -> None:
-        from imgclust import storage
+        from imgclust.io import storage
 
         swap_env(self.saved)
         storage.clear_cache()
@@ -435,7 +435,7 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultProxy]:
 
     from moto.server import ThreadedMotoServer
 
-    from imgclust import storage
+    from imgclust.io import storage
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
     with socket.socket() as s:
@@ -499,7 +499,7 @@ def test_transient_s3_errors_are_retried_with_backoff(proxy: FaultProxy) -> None
 
 def _upload_corpus(source: Path, prefix: str, n_good: int) -> int:
     """The first ``n_good`` PNGs of ``source`` plus its bad files, uploaded to ``s3://BUCKET/prefix``."""
-    from imgclust import storage
+    from imgclust.io import storage
 
     good = sorted(p for p in source.rglob("*.png") if p.parent.name != "bad")[:n_good]
     files = good + sorted((source / "bad").iterdir())
