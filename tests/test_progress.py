@@ -135,7 +135,7 @@ def test_library_logs_reach_the_prefect_run_logs_from_flow_process_and_workers(t
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     terminal = proc.stdout + proc.stderr
-    assert re.search(r"imgclust\.extract - shard \S+: 12 features, 1 quarantined", terminal), terminal[-5000:]
+    assert re.search(r"imgclust\.extract\.shard - shard \S+: 12 features, 1 quarantined", terminal), terminal[-5000:]
     assert "fit: IncrementalPCA pass: done 12/12 rows" in terminal
 
     with get_client(sync_client=True) as client:
