@@ -18,7 +18,7 @@ os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
 os.environ.setdefault("NUMBA_NUM_THREADS", "1")
 # Hermetic: no test downloads weights from the internet, whatever the machine can reach (`imgclust run`'s
 # default extractor would otherwise pick a downloadable model there). The download tests unset it and serve
-# their checkpoints on loopback (tests/test_weights_download.py).
+# their checkpoints on loopback (tests/extract/test_weights_download.py).
 os.environ["IMGCLUST_OFFLINE"] = "1"
 
 from imgclust.data.datasets import FASHION_CLASSES, fashion_mnist_available, load_fashion_mnist  # noqa: E402

@@ -17,7 +17,7 @@ os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 import torch  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent / "deep"))
 
 from test_deep_core import _blobs_images, _tiny_ae  # noqa: E402
 

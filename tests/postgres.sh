@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# A throwaway PostgreSQL database for tests/test_week.py's PostgreSQL run (Prefect's production database).
+# A throwaway PostgreSQL database for tests/flows/test_week.py's PostgreSQL run (Prefect's production database).
 # Debian's postgresql package (installed when missing, as root); prints the SQLAlchemy URL to pass as
 # IMGCLUST_TEST_POSTGRES_URL, e.g.:
-#   IMGCLUST_TEST_POSTGRES_URL=$(bash tests/postgres.sh) .venv/bin/python -m pytest tests/test_week.py -m slow -k postgres
+#   IMGCLUST_TEST_POSTGRES_URL=$(bash tests/postgres.sh) .venv/bin/python -m pytest tests/flows/test_week.py -m slow -k postgres
 set -euo pipefail
 if ! command -v pg_ctlcluster >/dev/null; then
   apt-get update -qq >&2 && apt-get install -y -qq postgresql >&2

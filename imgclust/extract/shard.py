@@ -47,7 +47,7 @@ from imgclust.progress import Progress
 log = logging.getLogger(__name__)
 
 
-# Test-only fault hook (tests/test_faults.py). Unset in production: one dict lookup per shard.
+# Test-only fault hook (tests/flows/test_faults.py). Unset in production: one dict lookup per shard.
 # JSON {"action": "kill" | "sleep", "shard": <fnmatch pattern>, "once": <marker file, optional>,
 # "seconds": <for sleep>}. "kill" SIGKILLs the worker process after the shard's first batch is embedded
 # (mid-shard, nothing written yet); "once" makes it fire only where that file can still be created.

@@ -159,7 +159,7 @@ def _child_fit(out: Path, *ck: object, crash: int | None = None) -> int:
     env = {k: v for k, v in os.environ.items() if k != CRASH_ENV}
     if crash is not None:
         env[CRASH_ENV] = str(crash)
-    helper = Path(__file__).with_name("helpers_resume.py")
+    helper = Path(__file__).resolve().parents[1] / "helpers_resume.py"
     proc = subprocess.run([sys.executable, str(helper), str(out), *map(str, ck)], env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode in (0, 3), proc.stderr[-3000:]

@@ -211,7 +211,7 @@ CASES: dict[str, tuple[Callable[[], Estimator], Callable[[Any, np.ndarray], np.n
     "scan": (lambda: ScanClusterer(n_clusters=4, n_neighbors=5, epochs=5, heads=2, random_state=1), _labels_out),
     "novelty": (lambda: NoveltyScorer(k=5, n_reference=300, n_calibration=200, seed=1), _score_out),
 }
-NOT_IN_BATTERY = {"ClusterTree": "fits cluster means and sizes, not rows: tests/test_hierarchy.py"}
+NOT_IN_BATTERY = {"ClusterTree": "fits cluster means and sizes, not rows: tests/cluster/test_hierarchy.py"}
 
 
 def test_the_battery_covers_every_registered_estimator() -> None:

@@ -39,7 +39,7 @@ from imgclust_cli.main import _pipeline_config, _print_summary, build_parser, ma
 timm = pytest.importorskip("timm")  # the `test` extra installs timm (and huggingface_hub with it)
 import huggingface_hub  # noqa: E402,F401  (imported now: it reads HF_HUB_OFFLINE once, at import)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TEST_VIT_REPO = "timm/test_vit.r160_in1k"
 COMMIT = hashlib.sha1(b"imgclust-test-commit").hexdigest()
 

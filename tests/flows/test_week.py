@@ -13,7 +13,7 @@
 
 About 6-8 minutes on 2 cores: ``make test`` runs it (CI). PostgreSQL (Prefect's production database) once:
 ``bash tests/postgres.sh`` prints a URL; ``IMGCLUST_TEST_POSTGRES_URL=<url> .venv/bin/python -m pytest
-tests/test_week.py -m slow -k postgres``.
+tests/flows/test_week.py -m slow -k postgres``.
 """
 from __future__ import annotations
 

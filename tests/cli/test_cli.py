@@ -219,7 +219,7 @@ def test_cli_modules_do_not_import_each_other() -> None:
     registration), and no module imports main.py: no import cycle."""
     import re
 
-    package = Path(__file__).resolve().parents[1] / "imgclust_cli"
+    package = Path(__file__).resolve().parents[2] / "imgclust_cli"
     imports = {p.stem: set(re.findall(r"^\s*(?:from|import) imgclust_cli\.(\w+)", p.read_text(), re.M))
                for p in package.glob("*.py")}
     assert imports["common"] == set()

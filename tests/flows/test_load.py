@@ -9,7 +9,7 @@ import pytest
 from imgclust.io.manifest import plan_shards
 from imgclust.io.store import Store
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 import load  # noqa: E402
 import plan_shards as plan_bench  # noqa: E402

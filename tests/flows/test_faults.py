@@ -39,7 +39,7 @@ from imgclust.models.verify import verify_store
 pytestmark = pytest.mark.integration
 
 DAY = dt.date(2026, 11, 3)
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EXTRACT = ExtractConfig(extractor="pixels", shard_size=40, batch_size=16, decode_threads=2)
 
 
