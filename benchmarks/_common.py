@@ -1,4 +1,5 @@
-"""Shared by the benchmark scripts: logging, Fashion-MNIST splits, ``NAME:IMAGES`` lists and Markdown tables.
+"""Shared by the benchmark scripts: logging, Fashion-MNIST splits, ``--quick`` and the quiet-machine options,
+``NAME:IMAGES`` lists and Markdown tables.
 
 The scripts run as ``python benchmarks/NAME.py``, so this folder is on ``sys.path`` and they import it as
 ``from _common import ...`` (like :mod:`quiet`).
@@ -10,9 +11,10 @@ import logging
 from collections.abc import Iterable, Sequence
 
 import numpy as np
+from quiet import add_quiet_args
 
-__all__ = ["fashion_mnist_splits", "markdown_head", "markdown_row", "markdown_table", "parse_image_counts",
-           "setup_logging"]
+__all__ = ["fashion_mnist_splits", "markdown_head", "markdown_row", "markdown_table", "parse_benchmark_args",
+           "parse_image_counts", "setup_logging"]
 
 
 def setup_logging(quiet: Sequence[str] = ("imgclust", "numba", "umap")) -> None:
@@ -30,6 +32,15 @@ def fashion_mnist_splits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
     x_train, y_train = load_fashion_mnist("train")
     x_test, y_test = load_fashion_mnist("test")
     return x_train, y_train, x_test, y_test
+
+
+def parse_benchmark_args(parser: argparse.ArgumentParser, argv: list[str] | None, *,
+                         quick: str) -> argparse.Namespace:
+    """``parser``'s arguments from ``argv``, after adding its last options: ``--quick`` (help
+    ``"smoke run: <quick>"``) and the quiet-machine ``--max-busy`` / ``--max-wait`` (:func:`quiet.add_quiet_args`)."""
+    parser.add_argument("--quick", action="store_true", help=f"smoke run: {quick}")
+    add_quiet_args(parser)
+    return parser.parse_args(argv)
 
 
 def parse_image_counts(parser: argparse.ArgumentParser, spec: str, *, example: str,

@@ -24,8 +24,8 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from _common import parse_image_counts
-from quiet import add_quiet_args, wait_for_quiet
+from _common import parse_benchmark_args, parse_image_counts
+from quiet import wait_for_quiet
 
 log = logging.getLogger("benchmarks.foundation_cpu")
 
@@ -39,9 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "the first is the reference of the ratio column")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0, help="seed of the image crops and of the random weights")
-    p.add_argument("--quick", action="store_true", help="smoke run: batch 4, 8 images per backbone")
-    add_quiet_args(p)
-    args = p.parse_args(argv)
+    args = parse_benchmark_args(p, argv, quick="batch 4, 8 images per backbone")
     if args.quick:
         args.batch_size = 4
     args.backbones = parse_image_counts(p, args.backbones, example="resnet50:96,clip-vitb32:96",

@@ -28,7 +28,8 @@ import time
 from collections.abc import Callable, Iterator
 
 import numpy as np
-from quiet import add_quiet_args, wait_for_quiet
+from _common import parse_benchmark_args
+from quiet import wait_for_quiet
 
 from imgclust.reduce.pca import GEMM_ROWS, ScatterStats, float32_scatter_bound
 
@@ -40,9 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rows", type=int, default=262_144)
     p.add_argument("--dim", type=int, default=2048)
     p.add_argument("--batch", type=int, default=65_536, help="rows per block handed to ScatterStats.of")
-    p.add_argument("--quick", action="store_true", help="smoke run: 32,768 x 256")
-    add_quiet_args(p)
-    args = p.parse_args(argv)
+    args = parse_benchmark_args(p, argv, quick="32,768 x 256")
     if args.quick:
         args.rows, args.dim, args.batch = 32_768, 256, 16_384
     return args

@@ -11,18 +11,14 @@ import numpy as np
 import pytest
 import torch
 from conftest import fashion_test_subset
+from helpers_deep import assert_same_network, fit_crash_resume
 
-from imgclust.deep.contrastive import (
-    ContrastiveClusterer,
-    apply_tone_curve,
-    contrastive_view,
-    tone_curve_knots,
-)
+from imgclust.deep import contrastive
+from imgclust.deep.contrastive import ContrastiveClusterer
 from imgclust.deep.losses import nt_xent
 from imgclust.deep.methods import create_deep, load_deep
 from imgclust.deep.networks import ContrastiveNet, build_network
 from imgclust.deep.resnet import BasicBlock
-from imgclust.deep.training import CRASH_ENV, SimulatedCrash
 from imgclust.exceptions import ConfigError
 from imgclust.metrics import cluster_accuracy, nmi
 
@@ -69,56 +65,57 @@ def test_nt_xent_rejects_bad_input() -> None:
 def test_contrastive_view_keeps_shape_range_and_background() -> None:
     x = torch.rand(16, 1, 28, 28, generator=torch.Generator().manual_seed(1))
     torch.manual_seed(0)
-    out = contrastive_view(x)
+    out = contrastive.contrastive_view(x)
     assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1
-    assert not torch.equal(out, contrastive_view(x))  # fresh draws
+    assert not torch.equal(out, contrastive.contrastive_view(x))  # fresh draws
     torch.manual_seed(0)
-    torch.testing.assert_close(contrastive_view(x), out)  # reproducible from the torch RNG
+    torch.testing.assert_close(contrastive.contrastive_view(x), out)  # reproducible from the torch RNG
     # a flat grey image: any crop of it is flat; contrast and brightness keep it flat, within their ranges
     flat = torch.full((32, 3, 8, 8), 0.5)
-    views = contrastive_view(flat, min_crop_area=0.5, jitter=0.4, tone_curve="none")
+    views = contrastive.contrastive_view(flat, min_crop_area=0.5, jitter=0.4, tone_curve="none")
     per_image = views.flatten(1)
     torch.testing.assert_close(per_image.max(1).values, per_image.min(1).values)
     assert per_image.min() >= 0.5 * 0.6 - 0.2 - 1e-6 and per_image.max() <= 0.5 * 1.4 + 0.2 + 1e-6
     assert per_image[:, 0].std() > 0.05  # the jitter does vary between images
     # a tone curve maps one grey level to one grey level: still flat
     for kind in ("monotone", "random"):
-        per_image = contrastive_view(flat, min_crop_area=0.5, tone_curve=kind).flatten(1)
+        per_image = contrastive.contrastive_view(flat, min_crop_area=0.5, tone_curve=kind).flatten(1)
         torch.testing.assert_close(per_image.max(1).values, per_image.min(1).values)
         assert per_image.min() >= 0 and per_image.max() <= 1
     # the black background gets no brightness shift, and every tone curve keeps black black
     for kind in ("none", "monotone", "random"):
-        assert torch.equal(contrastive_view(torch.zeros(8, 1, 28, 28), tone_curve=kind), torch.zeros(8, 1, 28, 28))
+        black = torch.zeros(8, 1, 28, 28)
+        assert torch.equal(contrastive.contrastive_view(black, tone_curve=kind), torch.zeros_like(black))
 
 
 def test_apply_tone_curve_by_hand() -> None:
     # S = 4 pieces: knots are the outputs at 0, 0.25, 0.5, 0.75, 1; linear in between
     knots = torch.tensor([[0.0, 0.5, 0.6, 0.9, 1.0], [0.0, 1.0, 0.2, 0.2, 0.4]])
     x = torch.tensor([0.0, 0.125, 0.3, 0.5, 0.8, 1.0]).view(1, 1, 1, 6).expand(2, 2, 1, 6)  # two channels alike
-    out = apply_tone_curve(x, knots)
+    out = contrastive.apply_tone_curve(x, knots)
     torch.testing.assert_close(out[0, 0, 0], torch.tensor([0.0, 0.25, 0.52, 0.6, 0.92, 1.0]))
     torch.testing.assert_close(out[1, 0, 0], torch.tensor([0.0, 0.5, 0.84, 0.2, 0.24, 0.4]))
     torch.testing.assert_close(out[:, 1], out[:, 0])
     with pytest.raises(ConfigError, match="knots must be"):
-        apply_tone_curve(x, knots[:1])
+        contrastive.apply_tone_curve(x, knots[:1])
     with pytest.raises(ConfigError, match=r"images \(N, C, H, W\) and knots \(N, S \+ 1\)"):
-        apply_tone_curve(x, knots[0])
+        contrastive.apply_tone_curve(x, knots[0])
     with pytest.raises(ConfigError, match=r"images \(N, C, H, W\)"):
-        apply_tone_curve(x[:, 0], knots)
+        contrastive.apply_tone_curve(x[:, 0], knots)
 
 
 def test_tone_curve_knots() -> None:
     torch.manual_seed(0)
-    mono = tone_curve_knots(500, "monotone", 4)
+    mono = contrastive.tone_curve_knots(500, "monotone", 4)
     assert mono.shape == (500, 5) and (mono[:, 0] == 0).all()
     assert (mono.diff(dim=1) >= 0).all()  # keeps the order of grey levels
     assert (mono[:, -1] == 1).all()  # exactly: every curve maps white to white
-    rnd = tone_curve_knots(500, "random", 8)
+    rnd = contrastive.tone_curve_knots(500, "random", 8)
     assert rnd.shape == (500, 9) and (rnd[:, 0] == 0).all() and (rnd[:, 1:] >= 0.2).all() and (rnd <= 1).all()
     assert (rnd.diff(dim=1) < 0).any(dim=1).float().mean() > 0.9  # almost every curve reorders grey levels
     for bad in ("none", "gamma"):
         with pytest.raises(ConfigError, match="tone curve kind"):
-            tone_curve_knots(2, bad)
+            contrastive.tone_curve_knots(2, bad)
 
 
 def _check_contrastive_net(spec: dict[str, Any], embed_dim: int) -> ContrastiveNet:
@@ -203,20 +200,15 @@ def test_resume_after_a_crash_is_bit_identical(tmp_path: Path, monkeypatch: pyte
     x, _ = fashion_test_subset(200)  # 4 steps per epoch of 50; crash mid-epoch 2
     params = {"n_clusters": 4, "width": 4, "proj_dim": 8, "epochs": 3, "batch_size": 50, "umap_components": None,
               "clusterer": "kmeans", "kmeans_redo": 1, "device": "cpu", "seed": 3}
-    ref = ContrastiveClusterer.with_training(**params).fit(x)  # type: ignore[arg-type]
-    ckpt = {"checkpoint_dir": str(tmp_path), "checkpoint_every": 5}
-    monkeypatch.setenv(CRASH_ENV, "6")
-    with pytest.raises(SimulatedCrash):
-        ContrastiveClusterer.with_training(**params, **ckpt).fit(x)  # type: ignore[arg-type]
-    monkeypatch.delenv(CRASH_ENV)
-    res = ContrastiveClusterer.with_training(**params, **ckpt).fit(x)  # type: ignore[arg-type]
+    ref, res = fit_crash_resume(lambda **ckpt: ContrastiveClusterer.with_training(**params, **ckpt),  # type: ignore[arg-type]
+                                x, tmp_path, monkeypatch, crash_at=6, every=5)
     assert res.resumed_from_step_ == 5
-    for name, tensor in ref.network_.state_dict().items():
-        assert torch.equal(tensor, res.network_.state_dict()[name]), name
+    assert_same_network(ref, res)
     assert [h["loss"] for h in ref.history_] == [h["loss"] for h in res.history_]
     np.testing.assert_array_equal(ref.labels_, res.labels_)
     with pytest.raises(ConfigError, match="refusing to resume"):
-        ContrastiveClusterer.with_training(**{**params, "temperature": 0.2}, **ckpt).fit(x)  # type: ignore[arg-type]
+        ContrastiveClusterer.with_training(**{**params, "temperature": 0.2}, checkpoint_dir=str(tmp_path),  # type: ignore[arg-type]
+                                           checkpoint_every=5).fit(x)
 
 
 def test_simclr_method_fit_predict_save_load(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers_deep import assert_same_network, fit_crash_resume
 
 from imgclust.data.datasets import fashion_mnist_available, load_fashion_mnist
 from imgclust.deep import DEC, AutoencoderClusterer
@@ -20,7 +21,6 @@ from imgclust.deep.networks import ASCAE, SCAE, ConvAE, build_network
 from imgclust.deep.training import (
     CRASH_ENV,
     Checkpointer,
-    SimulatedCrash,
     TrainingConfig,
     batches,
     config_fingerprint,
@@ -206,16 +206,10 @@ def test_dec_resume_is_bit_identical(tmp_path: Path, monkeypatch: pytest.MonkeyP
     ae = _tiny_ae(epochs=1, augment=False).fit(x)
     params = {"n_clusters": 3, "pretrained": ae, "update_interval": 4, "tol": 0.0, "kmeans_redo": 1, "idec": True}
     training = TrainingConfig(max_iter=12, batch_size=16, device="cpu")
-    ref = DEC(**params, training=training).fit(x)  # type: ignore[arg-type]
-    resumable = replace(training, checkpoint_dir=str(tmp_path), checkpoint_every=5)
-    monkeypatch.setenv(CRASH_ENV, "7")
-    with pytest.raises(SimulatedCrash):
-        DEC(**params, training=resumable).fit(x)  # type: ignore[arg-type]
-    monkeypatch.delenv(CRASH_ENV)
-    res = DEC(**params, training=resumable).fit(x)  # type: ignore[arg-type]
+    ref, res = fit_crash_resume(lambda **ckpt: DEC(**params, training=replace(training, **ckpt)),  # type: ignore[arg-type]
+                                x, tmp_path, monkeypatch, crash_at=7, every=5)
     assert res.resumed_from_step_ == 5
-    for name, tensor in ref.network_.state_dict().items():
-        assert torch.equal(tensor, res.network_.state_dict()[name]), name
+    assert_same_network(ref, res)
     np.testing.assert_array_equal(ref.cluster_centers_, res.cluster_centers_)
     assert ref.refreshes_ == res.refreshes_
 

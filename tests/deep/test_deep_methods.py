@@ -8,19 +8,11 @@ import numpy as np
 import pytest
 import torch
 from conftest import fashion_test_subset, requires_fashion
+from helpers_deep import assert_same_network, fit_crash_resume
 
-from imgclust.deep import AutoencoderClusterer
+from imgclust.deep import AutoencoderClusterer, nnc
 from imgclust.deep.deepcluster import DeepCluster, reseed_empty_clusters, uniform_label_weights
-from imgclust.deep.nnc import (
-    NeighbourConsistency,
-    balance_loss,
-    nc_loss,
-    nearest_neighbours,
-    otsu_threshold,
-    sample_stability_loss,
-    stability_fq,
-)
-from imgclust.deep.training import CRASH_ENV, SimulatedCrash
+from imgclust.deep.nnc import NeighbourConsistency
 from imgclust.exceptions import ConfigError, NotFittedError
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -34,10 +26,10 @@ def test_nc_loss_by_hand() -> None:
     q = torch.tensor([[0.5, 0.25, 0.25], [0.2, 0.3, 0.5]], dtype=torch.float64)
     q_nb = torch.tensor([[0.25, 0.5, 0.25], [0.2, 0.3, 0.5]], dtype=torch.float64)
     # row 0: (ln 2)² + (-ln 2)² + 0; row 1: identical to its neighbour -> 0; mean over the 2 rows
-    assert math.isclose(float(nc_loss(q, q_nb)), math.log(2) ** 2, rel_tol=1e-12)
-    assert float(nc_loss(q, q)) == 0.0
+    assert math.isclose(float(nnc.nc_loss(q, q_nb)), math.log(2) ** 2, rel_tol=1e-12)
+    assert float(nnc.nc_loss(q, q)) == 0.0
     with pytest.raises(ConfigError):
-        nc_loss(q, q_nb[:1])
+        nnc.nc_loss(q, q_nb[:1])
 
 
 def _between_class_variance(v: np.ndarray, t: float) -> float:
@@ -51,19 +43,19 @@ def test_otsu_threshold_bimodal_and_degenerate() -> None:
     rng = np.random.default_rng(0)
     low, high = rng.normal(0.1, 0.01, 500), rng.normal(0.8, 0.02, 300)
     v = rng.permutation(np.concatenate([low, high]))
-    t = otsu_threshold(v)
+    t = nnc.otsu_threshold(v)
     assert low.max() < t <= high.min()
-    assert otsu_threshold(torch.from_numpy(v).float()) == pytest.approx(t, abs=1e-6)  # tensors accepted
-    assert otsu_threshold(np.full(7, 0.3)) == 0.3
+    assert nnc.otsu_threshold(torch.from_numpy(v).float()) == pytest.approx(t, abs=1e-6)  # tensors accepted
+    assert nnc.otsu_threshold(np.full(7, 0.3)) == 0.3
     with pytest.raises(ConfigError):
-        otsu_threshold(np.array([0.1, np.nan]))
+        nnc.otsu_threshold(np.array([0.1, np.nan]))
 
 
 def test_otsu_threshold_matches_brute_force() -> None:
     rng = np.random.default_rng(1)
     for trial in range(5):
         v = rng.random(1000) ** (1 + trial)  # skewed, no clear modes
-        t = otsu_threshold(v)
+        t = nnc.otsu_threshold(v)
         edges = np.linspace(v.min(), v.max(), 257)[1:-1]
         scores = np.array([_between_class_variance(v, e) for e in edges])
         assert _between_class_variance(v, t) == pytest.approx(scores.max(), rel=1e-12)  # same 256 bins, raw values
@@ -78,32 +70,32 @@ def test_sample_stability_loss_matches_numpy() -> None:
     q_np = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     lam = 0.8
     for t in (None, 0.3):
-        tt = otsu_threshold(q_np) if t is None else t
+        tt = nnc.otsu_threshold(q_np) if t is None else t
         fq = np.where(q_np < tt, np.abs(q_np - tt) / tt, np.abs(q_np - tt) / (1 - tt))
         sq = fq.mean(1) - lam * ((fq - fq.mean(1, keepdims=True)) ** 2).mean(1)
         q = torch.tensor(q_np, requires_grad=True)
-        loss = sample_stability_loss(q, lam, t=t)
+        loss = nnc.sample_stability_loss(q, lam, t=t)
         assert float(loss.detach()) == pytest.approx(1 - sq.mean(), rel=1e-10)
         loss.backward()
         assert q.grad is not None and torch.isfinite(q.grad).all()
     # fully certain rows are perfectly stable: fq = 1 everywhere, no variance -> loss 0
-    assert float(sample_stability_loss(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), t=0.5)) == 0.0
-    assert stability_fq(torch.tensor([0.5]), 0.5).item() == 0.0
+    assert float(nnc.sample_stability_loss(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), t=0.5)) == 0.0
+    assert nnc.stability_fq(torch.tensor([0.5]), 0.5).item() == 0.0
 
 
 def test_balance_loss_by_hand() -> None:
     # uniform mean: float32 log k + sum of k terms p log p (their |.| sum to log k); u = 2**-24, gamma_{k-1} for the
     # sum, ~5u per term (mean, log, product), u for log k: |error| <= (k + 5) u log k; 1e-7 was under one ulp of log 5
-    assert float(balance_loss(torch.full((4, 5), 0.2))) == pytest.approx(0.0, abs=(5 + 5) * 2**-24 * math.log(5))
+    assert float(nnc.balance_loss(torch.full((4, 5), 0.2))) == pytest.approx(0.0, abs=(5 + 5) * 2**-24 * math.log(5))
     collapsed = torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
-    assert float(balance_loss(collapsed)) == pytest.approx(math.log(3))  # everything in one cluster
+    assert float(nnc.balance_loss(collapsed)) == pytest.approx(math.log(3))  # everything in one cluster
     # two of three clusters used equally: log 3 - log 2
-    assert float(balance_loss(torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]))) == pytest.approx(math.log(1.5))
+    assert float(nnc.balance_loss(torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]))) == pytest.approx(math.log(1.5))
 
 
 def test_nearest_neighbours_excludes_self_even_with_duplicates() -> None:
     emb = np.array([[0.0, 0.0], [0.0, 0.0], [5.0, 5.0], [5.1, 5.0]], dtype=np.float32)
-    np.testing.assert_array_equal(nearest_neighbours(emb), [1, 0, 3, 2])
+    np.testing.assert_array_equal(nnc.nearest_neighbours(emb), [1, 0, 3, 2])
 
 
 # ----------------------------------------------------------------------------- DeepCluster pieces
@@ -184,16 +176,10 @@ def test_nnc_resume_is_bit_identical(tmp_path: Path, monkeypatch: pytest.MonkeyP
     x = fashion[0][:200]  # 4 steps per epoch of 50; crash mid-epoch 2, after a neighbour refresh at step 4
     params = {"n_clusters": 10, "pretrained": pretrained_ae, "max_iter": 8, "batch_size": 50, "knn_interval": 4,
               "kmeans_redo": 1, "device": "cpu"}
-    ref = NeighbourConsistency.with_training(**params).fit(x)  # type: ignore[arg-type]
-    ckpt = {"checkpoint_dir": str(tmp_path), "checkpoint_every": 5}
-    monkeypatch.setenv(CRASH_ENV, "6")
-    with pytest.raises(SimulatedCrash):
-        NeighbourConsistency.with_training(**params, **ckpt).fit(x)  # type: ignore[arg-type]
-    monkeypatch.delenv(CRASH_ENV)
-    res = NeighbourConsistency.with_training(**params, **ckpt).fit(x)  # type: ignore[arg-type]
+    ref, res = fit_crash_resume(lambda **ckpt: NeighbourConsistency.with_training(**params, **ckpt),  # type: ignore[arg-type]
+                                x, tmp_path, monkeypatch, crash_at=6, every=5)
     assert res.resumed_from_step_ == 5
-    for name, tensor in ref.network_.state_dict().items():
-        assert torch.equal(tensor, res.network_.state_dict()[name]), name
+    assert_same_network(ref, res)
     np.testing.assert_array_equal(ref.cluster_centers_, res.cluster_centers_)
     assert [h["loss"] for h in ref.history_] == [h["loss"] for h in res.history_]
     assert ref.refreshes_ == res.refreshes_
@@ -228,15 +214,9 @@ def test_deepcluster_fit_predict_save_load(tmp_path: Path, fashion: tuple[np.nda
 def test_deepcluster_resume_is_bit_identical(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                              fashion: tuple[np.ndarray, np.ndarray]) -> None:
     x = fashion[0][:200]  # 4 steps per epoch; checkpoints once per epoch; crash mid-epoch 2
-    ref = _dc(batch_size=50).fit(x)
-    monkeypatch.setenv(CRASH_ENV, "6")
-    with pytest.raises(SimulatedCrash):
-        _dc(batch_size=50, checkpoint_dir=str(tmp_path)).fit(x)
-    monkeypatch.delenv(CRASH_ENV)
-    res = _dc(batch_size=50, checkpoint_dir=str(tmp_path)).fit(x)
+    ref, res = fit_crash_resume(lambda **ckpt: _dc(batch_size=50, **ckpt), x, tmp_path, monkeypatch, crash_at=6)
     assert res.resumed_from_step_ == 4
-    for name, tensor in ref.network_.state_dict().items():
-        assert torch.equal(tensor, res.network_.state_dict()[name]), name
+    assert_same_network(ref, res)
     assert [h["loss"] for h in ref.history_] == [h["loss"] for h in res.history_]
     assert ref.assignments_ == res.assignments_
     np.testing.assert_array_equal(ref.labels_, res.labels_)

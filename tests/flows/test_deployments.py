@@ -45,7 +45,6 @@ pytestmark = [pytest.mark.integration, requires_fashion]
 
 log = logging.getLogger(__name__)
 
-REPO = Path(__file__).resolve().parents[2]
 DAY1, DAY2 = dt.date(2026, 11, 1), dt.date(2026, 11, 2)
 N1, N2 = 300, 30
 TZ = "Europe/Berlin"

@@ -7,7 +7,6 @@ Each test runs the real console script in a subprocess (its own session), with a
 from __future__ import annotations
 
 import datetime as dt
-import logging
 import subprocess
 import sys
 import time
@@ -35,7 +34,6 @@ from imgclust.io.store import Store
 
 pytestmark = [pytest.mark.integration, requires_fashion]
 
-log = logging.getLogger(__name__)
 DAY = dt.date(2026, 12, 1)
 IMGCLUST = [sys.executable, "-m", "imgclust_cli.main"]
 

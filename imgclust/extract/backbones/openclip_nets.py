@@ -21,14 +21,9 @@ import torch
 from torch import nn
 
 from imgclust.exceptions import ConfigError
+from imgclust.extract.backbones import library_entries
 from imgclust.extract.backbones.base import Backbone, ModuleBackbone
 from imgclust.extract.backbones.foundation import EmbeddingHead, package_version, preprocessing_from
-from imgclust.extract.backbones.library_entries import (
-    HubFile,
-    build_with_weights,
-    library_for,
-    register_entry,
-)
 from imgclust.extract.backbones.weights import WeightsSpec
 
 logger = logging.getLogger(__name__)
@@ -106,10 +101,10 @@ def build_clip(name: str, entry: OpenClipEntry, weights: WeightsSpec, seed: int
     Raises:
         ConfigError, WeightsNotFoundError, WeightsDownloadError: as :func:`build_openclip_backbone`.
     """
-    open_clip = library_for(name, weights, "open_clip", "open_clip_torch")
+    open_clip = library_entries.library_for(name, weights, "open_clip", "open_clip_torch")
     tag_cfg: dict[str, Any] = dict(open_clip.get_pretrained_cfg(entry.arch, entry.tag)) if entry.tag else {}
     quick_gelu = bool(tag_cfg.get("quick_gelu", False))
-    clip, weights_id = build_with_weights(
+    clip, weights_id = library_entries.build_with_weights(
         name, weights, seed, hub=_hub(entry), library="open_clip",
         pretrained_id=f"pretrained:open_clip:{_arch_tag(entry)}",
         create_random=lambda: _create(open_clip, entry, None, quick_gelu),
@@ -153,8 +148,9 @@ def build_openclip_backbone(*, name: str, weights: WeightsSpec, device: torch.de
     )
 
 
-def _hub(entry: OpenClipEntry) -> HubFile:
-    return HubFile(entry.hub_repo, entry.hub_files, f"open_clip {entry.arch} pretrained={entry.tag!r}")
+def _hub(entry: OpenClipEntry) -> library_entries.HubFile:
+    return library_entries.HubFile(entry.hub_repo, entry.hub_files,
+                                   f"open_clip {entry.arch} pretrained={entry.tag!r}")
 
 
 def _arch_tag(entry: OpenClipEntry) -> str:
@@ -173,9 +169,9 @@ _ENTRIES: dict[str, OpenClipEntry] = {}
 
 def register_openclip_backbone(name: str, entry: OpenClipEntry) -> None:
     """Register an open_clip image tower under ``name`` (how the built-ins are added; tests add tiny ones)."""
-    register_entry(name, build_openclip_backbone, entry, _ENTRIES, weights_source=_source(entry),
-                   description=f"{entry.paper}: {entry.dim}-d image embedding (image tower output), L2-normalised; "
-                               f"{entry.input_size} RGB (open_clip {entry.arch})")
+    library_entries.register_entry(name, build_openclip_backbone, entry, _ENTRIES, weights_source=_source(entry),
+                                   description=f"{entry.paper}: {entry.dim}-d image embedding (image tower output), "
+                                               f"L2-normalised; {entry.input_size} RGB (open_clip {entry.arch})")
 
 
 for _name, _entry in OPENCLIP_ENTRIES.items():

@@ -29,14 +29,9 @@ from typing import Any
 
 import torch
 
+from imgclust.extract.backbones import library_entries
 from imgclust.extract.backbones.base import Backbone, ModuleBackbone
 from imgclust.extract.backbones.foundation import EmbeddingHead, package_version, preprocessing_from
-from imgclust.extract.backbones.library_entries import (
-    HubFile,
-    build_with_weights,
-    library_for,
-    register_entry,
-)
 from imgclust.extract.backbones.weights import WeightsSpec
 
 logger = logging.getLogger(__name__)
@@ -124,9 +119,9 @@ def build_timm_backbone(*, name: str, weights: WeightsSpec, device: torch.device
         WeightsDownloadError: their download failed or did not verify.
     """
     entry = _ENTRIES[name]
-    timm = library_for(name, weights, "timm", "timm")
+    timm = library_entries.library_for(name, weights, "timm", "timm")
     overlay = dict(entry.data_overlay)
-    net, weights_id = build_with_weights(
+    net, weights_id = library_entries.build_with_weights(
         name, weights, seed, hub=_hub(entry), library="timm", pretrained_id=f"pretrained:hf-hub:{entry.hub_repo}",
         create_random=lambda: _create(timm, entry, overlay=overlay, pretrained=False),
         create_from=lambda path: _create(timm, entry, overlay={**overlay, "file": str(path), "source": "file"},
@@ -149,8 +144,8 @@ def build_timm_backbone(*, name: str, weights: WeightsSpec, device: torch.device
     )
 
 
-def _hub(entry: TimmEntry) -> HubFile:
-    return HubFile(entry.hub_repo, TIMM_HUB_FILES, f"timm {entry.model}")
+def _hub(entry: TimmEntry) -> library_entries.HubFile:
+    return library_entries.HubFile(entry.hub_repo, TIMM_HUB_FILES, f"timm {entry.model}")
 
 
 def _source(entry: TimmEntry) -> str:
@@ -163,9 +158,9 @@ _ENTRIES: dict[str, TimmEntry] = {}
 def register_timm_backbone(name: str, entry: TimmEntry) -> None:
     """Register a timm model under ``name`` (how the built-ins are added; tests add tiny ones)."""
     norm = ", L2-normalised" if entry.l2 and "L2" not in entry.embedding else ""
-    register_entry(name, build_timm_backbone, entry, _ENTRIES, weights_source=_source(entry),
-                   description=f"{entry.paper}: {entry.dim}-d {entry.embedding}{norm}; {entry.input_size} RGB "
-                               f"(timm {entry.model})")
+    library_entries.register_entry(name, build_timm_backbone, entry, _ENTRIES, weights_source=_source(entry),
+                                   description=f"{entry.paper}: {entry.dim}-d {entry.embedding}{norm}; "
+                                               f"{entry.input_size} RGB (timm {entry.model})")
 
 
 for _name, _entry in TIMM_ENTRIES.items():
