@@ -67,7 +67,7 @@ def build_store(root: Path, n: int, seed: int = 0, reuse: bool = False, reducer:
     import numpy as np
     import pyarrow as pa
 
-    from imgclust.config import ClusterConfig, ExtractConfig, ReduceConfig
+    from imgclust.config import ClusterConfig, ExtractConfig, Recipe, ReduceConfig
     from imgclust.data.datasets import load_fashion_mnist
     from imgclust.extract.shard import backbone_for, shard_fingerprint
     from imgclust.io.features import DoneMarker, embeddings_table, feature_path, marker_path
@@ -104,7 +104,8 @@ def build_store(root: Path, n: int, seed: int = 0, reuse: bool = False, reducer:
                 shard_id=spec.shard_id, fingerprint=fp, n_features=spec.size, n_quarantined=0, n_input=spec.size,
                 seconds={"wall": 0.0, "embed": 0.0}, error_kinds={})))
     t1 = time.perf_counter()
-    model = fit_from_store(store, key, reduce=ReduceConfig(method=reducer, n_components=50), cluster=ClusterConfig(k=10),
+    model = fit_from_store(store, key, recipe=Recipe(reduce=ReduceConfig(method=reducer, n_components=50),
+                                                     cluster=ClusterConfig(k=10)),
                            extract=cfg)
     promote(store, model.model_id)
     log.info("store %s: %d rows written in %.1fs, model %s fitted in %.1fs", root, n, t1 - t0, model.model_id,

@@ -152,7 +152,7 @@ def run_one(x_all: np.ndarray, y_all: np.ndarray, x_test: np.ndarray, y_test: np
             seed: int, args: argparse.Namespace
             ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]], float, dict[str, tuple]]:
     from imgclust.batches import as_batch_source
-    from imgclust.config import ClusterConfig, ReduceConfig
+    from imgclust.config import ClusterConfig, Recipe, ReduceConfig
     from imgclust.models.model import fit_model
 
     t0 = time.perf_counter()
@@ -162,8 +162,8 @@ def run_one(x_all: np.ndarray, y_all: np.ndarray, x_test: np.ndarray, y_test: np
     if args.fit_rows is not None and args.fit_rows < len(x_fit):
         x_fit = x_fit[np.sort(rng.choice(len(x_fit), args.fit_rows, replace=False))]
     model = fit_model(as_batch_source(x_fit, 8192), extractor_key="pixels-28-L",
-                      reduce=ReduceConfig(method="ipca", n_components=50, umap_components=10),
-                      cluster=ClusterConfig(method="gmm", k=8, fit_sample=args.umap_sample, seed=seed))
+                      recipe=Recipe(reduce=ReduceConfig(method="ipca", n_components=50, umap_components=10),
+                                    cluster=ClusterConfig(method="gmm", k=8, fit_sample=args.umap_sample, seed=seed)))
     assert model.reducer is not None
     fit_s = time.perf_counter() - t0
     perm = rng.permutation(len(x_fit))
@@ -247,8 +247,8 @@ def run_simclr(x_all: np.ndarray, y_all: np.ndarray, x_test: np.ndarray, y_test:
     est = create_deep("simclr", k=8, epochs=args.epochs, seed=seed, device="cpu").fit(x_all[fit_idx])
     train_s = time.perf_counter() - t0
     e_fit, e_test, e_unseen = (est.transform(x) for x in (x_all[fit_idx], x_test, x_all[unseen_idx]))
-    reduce, cluster = refit_recipe("simclr", 8, seed)
-    model = fit_model(as_batch_source(e_fit, 8192), extractor_key="deep:benchmark", reduce=reduce, cluster=cluster)
+    recipe = refit_recipe("simclr", 8, seed)
+    model = fit_model(as_batch_source(e_fit, 8192), extractor_key="deep:benchmark", recipe=recipe)
     fit_s = time.perf_counter() - t0
     perm = rng.permutation(len(fit_idx))
     cal_idx, ref_idx = perm[: args.calib], perm[args.calib: args.calib + args.refs]

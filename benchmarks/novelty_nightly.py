@@ -56,7 +56,7 @@ def fit_recipe(recipe: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np
     import torch
 
     from imgclust.batches import as_batch_source
-    from imgclust.config import ClusterConfig, ReduceConfig
+    from imgclust.config import ClusterConfig, Recipe, ReduceConfig
     from imgclust.models.model import fit_model
 
     t0 = time.perf_counter()
@@ -68,17 +68,17 @@ def fit_recipe(recipe: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np
     if recipe == "pixels":
         x_fit = x_train[known].reshape(len(known), -1).astype(np.float32) / 255.0
         model = fit_model(as_batch_source(x_fit, 8192), extractor_key="pixels-28-L",
-                          reduce=ReduceConfig(method="ipca", n_components=50, umap_components=10),
-                          cluster=ClusterConfig(method="gmm", k=8, fit_sample=20_000, seed=seed))
+                          recipe=Recipe(reduce=ReduceConfig(method="ipca", n_components=50, umap_components=10),
+                                        cluster=ClusterConfig(method="gmm", k=8, fit_sample=20_000, seed=seed)))
         feats = x_test.reshape(len(x_test), -1).astype(np.float32) / 255.0
         return model, feats, time.perf_counter() - t0
     from imgclust.deep.methods import create_deep, refit_recipe
 
     torch.set_num_threads(os.cpu_count() or 1)
     est = create_deep("simclr", k=8, epochs=args.epochs, seed=seed, device="cpu").fit(x_train[known])
-    reduce, cluster = refit_recipe("simclr", 8, seed)
+    recipe = refit_recipe("simclr", 8, seed)
     model = fit_model(as_batch_source(est.transform(x_train[known]), 8192), extractor_key="deep:benchmark",
-                      reduce=reduce, cluster=cluster)
+                      recipe=recipe)
     return model, est.transform(x_test), time.perf_counter() - t0
 
 

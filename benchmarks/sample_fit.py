@@ -42,14 +42,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def fit_and_assign(X: np.ndarray, fit_rows: int, frac: float, seed: int) -> dict[str, Any]:
     """Fit on ``fit_rows`` sampled rows of ``X`` (n, 784), assign all rows; timings and labels."""
-    from imgclust.config import ClusterConfig, ReduceConfig
+    from imgclust.config import ClusterConfig, Recipe, ReduceConfig
     from imgclust.models.model import fit_model
 
     mcs = max(5, round(frac * fit_rows))
     t0 = time.perf_counter()
     model = fit_model(lambda: iter([X]), extractor_key="pixels",
-                      reduce=ReduceConfig(method="pca", n_components=50, umap_components=10),
-                      cluster=ClusterConfig(method="hdbscan", min_cluster_size=mcs, fit_sample=fit_rows, seed=seed))
+                      recipe=Recipe(reduce=ReduceConfig(method="pca", n_components=50, umap_components=10),
+                                    cluster=ClusterConfig(method="hdbscan", min_cluster_size=mcs, fit_sample=fit_rows, seed=seed)))
     t1 = time.perf_counter()
     raw = np.concatenate([model.assign(X[i:i + 20_000]).raw for i in range(0, len(X), 20_000)])
     return {"fit_s": t1 - t0, "assign_s": time.perf_counter() - t1, "raw": raw, "mcs": mcs,

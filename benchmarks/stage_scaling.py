@@ -61,7 +61,7 @@ def write_corpus(folder: Path, n: int) -> None:
 
 
 def run_size(root: Path, n: int, extractor: str) -> dict[str, float]:
-    from imgclust.config import ClusterConfig, ExtractConfig, ReduceConfig
+    from imgclust.config import ClusterConfig, ExtractConfig, Recipe, ReduceConfig
     from imgclust.extract.shard import extract_shard
     from imgclust.io.manifest import ingest, plan_shards
     from imgclust.io.store import Store
@@ -83,7 +83,8 @@ def run_size(root: Path, n: int, extractor: str) -> dict[str, float]:
     paths = [write_pca_statistics(store, key, [sid], reduce) for sid in shard_ids]
     t["pca statistics"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    model = fit_from_store(store, key, reduce=reduce, cluster=ClusterConfig(k=10, n_redo=1), extract=cfg,
+    model = fit_from_store(store, key, recipe=Recipe(reduce=reduce,
+                                                     cluster=ClusterConfig(k=10, n_redo=1)), extract=cfg,
                            shard_ids=shard_ids, pca_statistics=paths)
     t["fit"] = time.perf_counter() - t0
     t0 = time.perf_counter()

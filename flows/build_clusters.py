@@ -8,7 +8,7 @@ from prefect import flow, unmapped
 from flows._gather import gather
 from flows.artifacts import publish_model_artifacts
 from flows.runtime import default_task_runner
-from imgclust.config import ClusterConfig, ExtractConfig, ReduceConfig
+from imgclust.config import ClusterConfig, ExtractConfig, Recipe, ReduceConfig
 from imgclust.models.promotion import GateConfig
 from tasks.cluster import evaluate_task, fit_model_task, gate_and_promote_task, label_shard_task
 from tasks.extract import done_shards_task, extractor_key_task
@@ -42,7 +42,8 @@ def run_build(store: str, extract: ExtractConfig, extractor_key: str, reduce: Re
     """Compose: fit -> label shards on Dask -> evaluate -> gate + promote -> artifacts."""
     shard_ids = done_shards_task(store, extractor_key)
     stats = pca_statistics(store, extractor_key, shard_ids, reduce)
-    model_id = fit_model_task(store, extractor_key, reduce, cluster, extract, shard_ids, stats)
+    recipe = Recipe(reduce=reduce, cluster=cluster)
+    model_id = fit_model_task(store, extractor_key, recipe, extract, shard_ids, stats)
     labeled = label_all(store, model_id, extractor_key, shard_ids)
     metrics = evaluate_task(store, model_id, extractor_key, truth)
     decision = gate_and_promote_task(store, model_id, gate or GateConfig())

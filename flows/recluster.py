@@ -9,12 +9,15 @@ from flows.artifacts import publish_model_artifacts
 from flows.build_clusters import label_all, pca_statistics
 from flows.runtime import default_task_runner
 from flows.store_lease import DEFAULT_LOCK_WAIT_SECONDS, store_writer
-from imgclust.config import ClusterConfig, ExtractConfig, ReduceConfig, check_recipe
-from imgclust.models.model import cluster_config_of, reduce_config_of
-from imgclust.models.novelty_night import cluster_config_for_novelty
+from imgclust.config import ClusterConfig, ExtractConfig, Recipe, ReduceConfig
 from imgclust.models.promotion import GateConfig
-from tasks._common import open_store
-from tasks.cluster import current_model_task, evaluate_task, gate_and_promote_task, refit_task
+from tasks.cluster import (
+    current_model_task,
+    evaluate_task,
+    gate_and_promote_task,
+    recluster_recipe_task,
+    refit_task,
+)
 from tasks.extract import done_shards_task, extractor_key_task
 from tasks.report import report_task
 
@@ -37,25 +40,19 @@ def recluster(store: str, reduce: ReduceConfig | None = None, cluster: ClusterCo
     get_run_logger().info("recluster of %s started by %s", store, reason)
     with store_writer(store, wait=lock_wait_seconds):
         previous, extract = current_model_task(store)
-        s = open_store(store)
-        reduce = reduce or reduce_config_of(s, previous)
-        if cluster is None:
-            cluster = cluster_config_of(s, previous)
-            if reason == "novelty":  # room for the candidate new clusters the nightly run reported
-                cluster = cluster_config_for_novelty(s, previous, cluster)
-        check_recipe(reduce, cluster)  # e.g. scan on a UMAP recipe: refused before any shard is read
+        # e.g. scan on a UMAP recipe is refused here, before any shard is read
+        recipe = recluster_recipe_task(store, previous, reduce, cluster, reason)
         key = extractor_key_task(extract)
-        return run_refit(store, key, extract, reduce, cluster, previous, truth=truth, gate=gate,
-                         min_overlap=min_overlap, trigger=reason)
+        return run_refit(store, key, extract, recipe, previous, truth=truth, gate=gate, min_overlap=min_overlap,
+                         trigger=reason)
 
 
-def run_refit(store: str, key: str, extract: ExtractConfig, reduce: ReduceConfig, cluster: ClusterConfig,
-              previous: str, *, truth: str, gate: GateConfig, min_overlap: float = 0.3,
-              trigger: str = "manual") -> dict[str, Any]:
+def run_refit(store: str, key: str, extract: ExtractConfig, recipe: Recipe, previous: str, *, truth: str,
+              gate: GateConfig, min_overlap: float = 0.3, trigger: str = "manual") -> dict[str, Any]:
     """Compose: refit with lineage -> relabel every shard -> evaluate -> gate -> promote -> report."""
     shard_ids = done_shards_task(store, key)
-    stats = pca_statistics(store, key, shard_ids, reduce)
-    model_id = refit_task(store, key, reduce, cluster, extract, previous, min_overlap, shard_ids, stats)
+    stats = pca_statistics(store, key, shard_ids, recipe.reduce)
+    model_id = refit_task(store, key, recipe, extract, previous, min_overlap, shard_ids, stats)
     labeled = label_all(store, model_id, key, shard_ids)
     metrics = evaluate_task(store, model_id, key, truth)
     decision = gate_and_promote_task(store, model_id, gate, trigger)

@@ -55,12 +55,12 @@ def refine(store: str, method: DeepMethod = RECOMMENDED_REFINE_METHOD,  # type: 
     trained = train_deep_task(store, run, train_rel, method, train_k, epochs, max_iter, device, seed, truth, options)
     extract = ExtractConfig(extractor=f"deep:{trained['deep_uri']}", batch_size=256,
                             device=device)  # type: ignore[arg-type]
-    reduce, cluster = refit_recipe(method, k, seed, options)
+    recipe = refit_recipe(method, k, seed, options)
     with store_writer(store, wait=lock_wait_seconds):
         previous, _ = current_model_task(store)  # CURRENT may have changed while training
         extraction = run_extraction(store, extract)
-        result = run_refit(store, extraction["extractor_key"], extract, reduce, cluster, previous, truth=truth,
-                           gate=gate, trigger=f"refine:{method}")
+        result = run_refit(store, extraction["extractor_key"], extract, recipe, previous, truth=truth, gate=gate,
+                           trigger=f"refine:{method}")
     create_markdown_artifact(key="refine-summary", markdown=(
         f"# Refine {method} {options or ''}\n\ntrained on {trained['n_train']} images in {trained['train_seconds']} s\n\n"
         f"training metrics: {trained.get('train_metrics')}\n\ncandidate {result['model_id']} promoted: "

@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from imgclust.cluster.registry import clusterer_spec, list_methods, option_owners
+from imgclust.cluster.registry import clusterer_spec, list_methods, method_options, option_owners
 from imgclust.exceptions import ConfigError, UnknownNameError
 
 _M = TypeVar("_M", bound=BaseModel)
@@ -162,6 +162,9 @@ class ClusterConfig(_Base):
     novelty_calibration: int = Field(
         5_000, ge=100, le=1_000_000, description="Fitted rows, apart from the references, that set the threshold.")
     seed: int = Field(0, ge=0, description="Random seed.")
+    options: dict[str, JsonValue] = Field(
+        default_factory=dict, description="Options of a method that declares its own options type (a plugin's "
+        "method, imgclust.cluster.registry): validated by it before any work.")
 
     @field_validator("method")
     @classmethod
@@ -176,6 +179,7 @@ class ClusterConfig(_Base):
     def _consistent(self) -> ClusterConfig:
         if self.k_max is not None and self.k_max < self.k_min:
             raise ValueError(f"k_max={self.k_max} is below k_min={self.k_min}")
+        method_options(self.method, self.options)  # a method's own typed options (a ConfigError is a ValueError)
         for name, owner in option_owners().items():  # fields only one method reads
             if name not in type(self).model_fields:
                 raise ValueError(f"method {owner!r} declares option {name!r}, which is not a ClusterConfig field")
@@ -187,6 +191,46 @@ class ClusterConfig(_Base):
             raise ValueError(f"novelty_calibration={self.novelty_calibration} cannot calibrate novelty_rate="
                              f"{self.novelty_rate}: it needs at least {needed} rows; raise one of them")
         return self
+
+
+class Recipe(_Base):
+    """How a model version clusters feature rows: ``reduce`` (PCA / IncrementalPCA / none, then UMAP when
+    ``reduce.umap_components`` is set) then ``cluster`` (a method of :mod:`imgclust.cluster.registry`).
+
+    The one typed recipe of the pipeline's model (:func:`imgclust.models.model.fit_model`), recluster (the CURRENT
+    model's recipe, :func:`imgclust.models.model.model_recipe`), refine's refit
+    (:func:`imgclust.deep.methods.refit_recipe`) and the deep estimators' last stage
+    (:meth:`imgclust.deep.embedding.EmbeddingClusterer.recipe`). Validated as a whole on construction
+    (:func:`check_recipe`: e.g. SCAN refuses UMAP coordinates)."""
+
+    reduce: ReduceConfig = ReduceConfig()
+    cluster: ClusterConfig = ClusterConfig()
+
+    @model_validator(mode="after")
+    def _compatible(self) -> Recipe:
+        check_recipe(self.reduce, self.cluster)  # a ConfigError is a ValueError: pydantic reports it
+        return self
+
+    @property
+    def k(self) -> int | None:
+        """The number of clusters asked for; None when the fit chooses it (``k="auto"``) or the method finds it."""
+        return fixed_k(self.cluster)
+
+    def with_cluster(self, **changes: Any) -> Recipe:
+        """This recipe with ``changes`` to its cluster step, validated (ConfigError when invalid)."""
+        return validated(Recipe, reduce=self.reduce, cluster=validated(
+            ClusterConfig, **{**self.cluster.model_dump(exclude_unset=True), **changes}))
+
+    def describe(self) -> str:
+        """One line, e.g. ``IPCA(50) -> UMAP(10) -> gmm k=10 (consensus of 8 EM runs)``."""
+        r, c = self.reduce, self.cluster
+        size = f"{r.n_components}" if r.n_components is not None else f"{r.variance_target:g} of the variance"
+        steps = [] if r.method == "none" else [f"{'IPCA' if r.method == 'ipca' else 'PCA'}({size})"]
+        if r.umap_components:
+            steps.append(f"UMAP({r.umap_components})")
+        k = "" if clusterer_spec(c.method).finds_k else f" k={c.k}"
+        runs = f" (consensus of {c.consensus_runs} EM runs)" if c.method == "gmm" and c.consensus_runs > 1 else ""
+        return " -> ".join([*steps, f"{c.method}{k}{runs}"])
 
 
 class RunnerConfig(_Base):
@@ -232,6 +276,11 @@ class PipelineConfig(_Base):
     def _scan_without_umap(self) -> PipelineConfig:
         check_recipe(self.reduce, self.cluster)  # a ConfigError is a ValueError: pydantic reports it
         return self
+
+    @property
+    def recipe(self) -> Recipe:
+        """The run's :class:`Recipe` (its ``reduce`` and ``cluster`` fields, which the run form shows apart)."""
+        return Recipe(reduce=self.reduce, cluster=self.cluster)
 
     @field_validator("source", "store")
     @classmethod

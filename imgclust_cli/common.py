@@ -98,6 +98,23 @@ def cluster_count(text: str) -> int | str:
         return text
 
 
+def method_option(text: str) -> tuple[str, Any]:
+    """``--cluster-option``'s ``NAME=VALUE``: the value read as JSON (``3``, ``true``, ``[1, 2]``), else as a string."""
+    name, sep, value = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE")
+    try:
+        return name.strip(), json.loads(value)
+    except json.JSONDecodeError:
+        return name.strip(), value
+
+
+def add_method_option_arg(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--cluster-option NAME=VALUE`` (repeatable): ``ClusterConfig.options``, a method's own typed options."""
+    p.add_argument("--cluster-option", type=method_option, action="append", default=[], metavar="NAME=VALUE",
+                   help="an option of a method that declares its own (a plugin's method); repeatable")
+
+
 def add_execution_args(p: argparse.ArgumentParser) -> None:
     """The ``execution`` options of every subcommand that runs Dask tasks; :func:`runner_config` reads them."""
     g = p.add_argument_group("execution")

@@ -30,6 +30,7 @@ from imgclust.config import (
 from imgclust.exceptions import ConfigError, ImgclustError
 from imgclust_cli.common import (
     add_execution_args,
+    add_method_option_arg,
     choices_of,
     cluster_count,
     default_of,
@@ -102,6 +103,7 @@ def _add_pipeline_args(p: argparse.ArgumentParser, *, source: bool = True) -> No
                         f"{default_of(ClusterConfig, 'consensus_runs')}; the demo's gmm: {DEMO_CONSENSUS})")
     g.add_argument("--scan-whiten", action="store_true",
                    help="scan: find neighbours after PCA whitening (helps learned representations, not pixels)")
+    add_method_option_arg(g)
     g.add_argument("--novelty-rate", type=float, default=default_of(ClusterConfig, "novelty_rate"),
                    help="target false-novel rate the model's novelty threshold is calibrated to (default "
                         "%(default)s); nightly runs can override it with `imgclust label --novelty-rate`")
@@ -120,7 +122,8 @@ def _pipeline_config(a: argparse.Namespace) -> tuple[PipelineConfig, RunnerConfi
     cluster = validated(ClusterConfig, method=a.method, k=a.k, k_min=a.k_min, k_max=a.k_max,
                         min_cluster_size=a.min_cluster_size, seed=a.seed,
                         backend=a.kmeans_backend, device=a.device, scan_whiten=a.scan_whiten,
-                        novelty_rate=a.novelty_rate, **given(consensus_runs=a.consensus))
+                        novelty_rate=a.novelty_rate, options=dict(a.cluster_option),
+                        **given(consensus_runs=a.consensus))
     runner = runner_config(a)
     if a.source and "://" not in a.source:
         from imgclust.io.sources import open_source
@@ -232,10 +235,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
     result = run_flow("flows.pipeline:pipeline", runner, config=cfg)
     _print_summary(result, {"demo corpus": f"{corpus['dataset']}: {corpus['images']} PNG files in {corpus['path']}",
                             "recipe": f"{cfg.extract.extractor} features (no pretrained weights exist offline) -> "
-                                      f"{cfg.reduce.method.upper()}({cfg.reduce.n_components}) -> "
-                                      f"{'UMAP(' + str(cfg.reduce.umap_components) + ') -> ' if cfg.reduce.umap_components else ''}"
-                                      f"{cfg.cluster.method} k={cfg.cluster.k}"
-                                      f"{f' (consensus of {cfg.cluster.consensus_runs} EM runs)' if cfg.cluster.consensus_runs > 1 else ''}"})
+                                      f"{cfg.recipe.describe()}"})
     if a.refine != "none":
         _demo_refine(a, args.store, cfg.cluster.k, runner)
     return 0

@@ -15,6 +15,7 @@ from imgclust.exceptions import ConfigError
 from imgclust.models.promotion import GateConfig
 from imgclust_cli.common import (
     add_execution_args,
+    add_method_option_arg,
     choices_of,
     cluster_count,
     date_arg,
@@ -58,6 +59,7 @@ def add_ops_parsers(sub: Any) -> None:
                         "splits and merges); without --method: the CURRENT recipe with this k")
     p.add_argument("--scan-whiten", action="store_true", help="with --method scan: neighbours after PCA whitening "
                    "(a CURRENT scan model's own setting is kept when no --method is given)")
+    add_method_option_arg(p)
     p.add_argument("--pca", type=int, default=None)
     p.add_argument("--umap", type=int, default=None)
     p.add_argument("--truth", default=_DEFAULT_TRUTH, choices=_TRUTHS)
@@ -162,18 +164,21 @@ def recluster_cluster_config(a: argparse.Namespace) -> ClusterConfig | None:
     if a.scan_whiten and a.method != "scan":  # a given method replaces CURRENT's recipe whole, so it must be scan
         raise ConfigError("--scan-whiten needs --method scan (a recipe given to recluster replaces the CURRENT one)")
     if a.method is not None:
-        return validated(ClusterConfig, **given(method=a.method, k=a.k, scan_whiten=a.scan_whiten or None))
+        return validated(ClusterConfig, **given(method=a.method, k=a.k, scan_whiten=a.scan_whiten or None,
+                                                options=dict(a.cluster_option) or None))
+    if a.cluster_option:
+        raise ConfigError("--cluster-option needs --method (a recipe given to recluster replaces the CURRENT one)")
     if a.k is None:
         return None
     from imgclust.io.store import Store
-    from imgclust.models.model import cluster_config_of, current_model_id
+    from imgclust.models.model import current_model_id, model_recipe
 
     store = Store(a.store)
     model_id = current_model_id(store)
     if model_id is None:
         raise ConfigError(f"--k without --method changes the CURRENT model's k, but {store.uri('models/CURRENT')} "
                           "does not exist; pass --method too")
-    return validated(ClusterConfig, **{**cluster_config_of(store, model_id).model_dump(), "k": a.k})
+    return validated(ClusterConfig, **{**model_recipe(store, model_id).cluster.model_dump(), "k": a.k})
 
 
 def cmd_recluster(a: argparse.Namespace) -> int:

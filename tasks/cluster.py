@@ -1,11 +1,11 @@
 """Model tasks: fit a model version from stored features, label shards, evaluate, gate, promote."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from prefect import get_run_logger, task
 
-from imgclust.config import ClusterConfig, ExtractConfig, ReduceConfig
+from imgclust.config import ClusterConfig, ExtractConfig, Recipe, ReduceConfig
 from imgclust.models.labels import evaluate, label_shard
 from imgclust.models.model import (
     current_model_id,
@@ -19,18 +19,17 @@ from imgclust.models.model import (
     save_metrics,
 )
 from imgclust.models.promotion import GateConfig, decide
-from imgclust.models.recluster import refit_with_lineage
+from imgclust.models.recluster import recluster_recipe, refit_with_lineage
 from tasks._common import open_store, retry_transient
 
 
 @task(name="fit-model", retries=1, retry_delay_seconds=10, retry_condition_fn=retry_transient)
-def fit_model_task(store: str, extractor_key: str, reduce: ReduceConfig, cluster: ClusterConfig,
-                   extract: ExtractConfig | None = None, shard_ids: list[str] | None = None,
-                   pca_statistics: list[str] | None = None) -> str:
-    """Fit reducer + clusterer on the stored features (exact PCA from ``pca_statistics`` when given);
-    returns the new model id."""
-    model = fit_from_store(open_store(store), extractor_key, reduce=reduce, cluster=cluster, extract=extract,
-                           shard_ids=shard_ids, pca_statistics=pca_statistics)
+def fit_model_task(store: str, extractor_key: str, recipe: Recipe, extract: ExtractConfig | None = None,
+                   shard_ids: list[str] | None = None, pca_statistics: list[str] | None = None) -> str:
+    """Fit ``recipe`` on the stored features (exact PCA from ``pca_statistics`` when given); returns the new model
+    id."""
+    model = fit_from_store(open_store(store), extractor_key, recipe=recipe, extract=extract, shard_ids=shard_ids,
+                           pca_statistics=pca_statistics)
     get_run_logger().info("fitted model %s with %d clusters", model.model_id, model.n_clusters)
     return model.model_id
 
@@ -79,6 +78,14 @@ def current_model_task(store: str) -> tuple[str, ExtractConfig]:
     return model_id, extract_config_of(s, model_id)
 
 
+@task(name="recluster-recipe", retries=2, retry_delay_seconds=[5, 30], retry_condition_fn=retry_transient)
+def recluster_recipe_task(store: str, previous_model_id: str, reduce: ReduceConfig | None,
+                          cluster: ClusterConfig | None, reason: Literal["schedule", "novelty", "manual"]) -> Recipe:
+    """The recipe a recluster refits: the previous model's, with what was given replacing it
+    (:func:`imgclust.models.recluster.recluster_recipe`)."""
+    return recluster_recipe(open_store(store), previous_model_id, reduce=reduce, cluster=cluster, reason=reason)
+
+
 @task(name="cluster-count")
 def cluster_count_task(store: str, model_id: str) -> int:
     """The number of clusters of a fitted model version."""
@@ -86,11 +93,11 @@ def cluster_count_task(store: str, model_id: str) -> int:
 
 
 @task(name="refit-with-lineage", retries=1, retry_delay_seconds=10, retry_condition_fn=retry_transient)
-def refit_task(store: str, extractor_key: str, reduce: ReduceConfig, cluster: ClusterConfig,
-               extract: ExtractConfig | None, previous_model_id: str | None, min_overlap: float = 0.3,
-               shard_ids: list[str] | None = None, pca_statistics: list[str] | None = None) -> str:
+def refit_task(store: str, extractor_key: str, recipe: Recipe, extract: ExtractConfig | None,
+               previous_model_id: str | None, min_overlap: float = 0.3, shard_ids: list[str] | None = None,
+               pca_statistics: list[str] | None = None) -> str:
     """Fit a new version on ``shard_ids`` (default all), inherit stable ids from the previous one; returns its id."""
-    model = refit_with_lineage(open_store(store), extractor_key, reduce=reduce, cluster=cluster, extract=extract,
+    model = refit_with_lineage(open_store(store), extractor_key, recipe=recipe, extract=extract,
                                previous_model_id=previous_model_id, min_overlap=min_overlap, shard_ids=shard_ids,
                                pca_statistics=pca_statistics)
     lineage = model.meta["lineage"]

@@ -151,6 +151,7 @@ def extract_fit_label(store: Store, extract: ExtractConfig, *, reduce: ReduceCon
                       cluster: ClusterConfig) -> tuple[str, ClusterModel]:
     """The nightly pipeline in this process on an ingested ``store``: extract every planned shard, fit a model on
     them, promote it and label every shard. Returns the extractor key and the model."""
+    from imgclust.config import Recipe
     from imgclust.extract.shard import extract_shard
     from imgclust.io.features import done_shards
     from imgclust.io.manifest import plan_shards
@@ -160,7 +161,7 @@ def extract_fit_label(store: Store, extract: ExtractConfig, *, reduce: ReduceCon
     key = ""
     for spec in plan_shards(store, shard_size=extract.shard_size):
         key = extract_shard(store, spec, extract)["extractor_key"]
-    model = fit_from_store(store, key, reduce=reduce, cluster=cluster, extract=extract)
+    model = fit_from_store(store, key, recipe=Recipe(reduce=reduce, cluster=cluster), extract=extract)
     promote(store, model.model_id)
     for sid in done_shards(store, key):
         label_shard(store, model.model_id, key, sid)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from helpers_images import gray_array, png_bytes, write
 
-from imgclust.config import ClusterConfig, ReduceConfig
+from imgclust.config import ClusterConfig, Recipe, ReduceConfig
 from imgclust.models.model import fit_model
 from imgclust.progress import Progress, timed, tracked
 
@@ -82,8 +82,8 @@ def test_gmm_consensus_with_umap_logs_every_stage_with_done_over_total(caplog: p
     X = (centres[rng.integers(0, 3, 300)] + rng.normal(0, 1, (300, 40))).astype(np.float32)
     with caplog.at_level(logging.INFO, logger="imgclust"):
         model = fit_model(lambda: iter([X[:150], X[150:]]), extractor_key="k",
-                          reduce=ReduceConfig(n_components=10, umap_components=3),
-                          cluster=ClusterConfig(method="gmm", k=3, consensus_runs=4, seed=2))
+                          recipe=Recipe(reduce=ReduceConfig(n_components=10, umap_components=3),
+                                        cluster=ClusterConfig(method="gmm", k=3, consensus_runs=4, seed=2)))
     assert model.n_clusters == 3
     text = "\n".join(_lines(caplog))
     for expected in (r"fit: IncrementalPCA pass: started \(300 rows\)",
@@ -105,10 +105,10 @@ def test_gmm_consensus_with_umap_logs_every_stage_with_done_over_total(caplog: p
 def test_kmeans_restarts_and_scan_epochs_report_progress(caplog: pytest.LogCaptureFixture) -> None:
     X = np.random.default_rng(1).normal(size=(200, 6)).astype(np.float32)
     with caplog.at_level(logging.INFO, logger="imgclust"):
-        fit_model(lambda: iter([X]), extractor_key="k", reduce=ReduceConfig(n_components=4),
-                  cluster=ClusterConfig(k=3, n_redo=3))
-        fit_model(lambda: iter([X]), extractor_key="k", reduce=ReduceConfig(n_components=4),
-                  cluster=ClusterConfig(method="scan", k=3))
+        fit_model(lambda: iter([X]), extractor_key="k", recipe=Recipe(reduce=ReduceConfig(n_components=4),
+                                                                      cluster=ClusterConfig(k=3, n_redo=3)))
+        fit_model(lambda: iter([X]), extractor_key="k", recipe=Recipe(reduce=ReduceConfig(n_components=4),
+                                                                      cluster=ClusterConfig(method="scan", k=3)))
     text = "\n".join(_lines(caplog))
     assert re.search(r"k-means restarts \(k=3, 200 rows\): 1/3 runs", text), text
     assert re.search(r"k-means restarts \(k=3, 200 rows\): done 3/3 runs", text), text

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from pydantic import BaseModel, ValidationError
 
 from imgclust.exceptions import ConfigError, UnknownNameError
 from imgclust.plugins import PLUGINS_ENV, load_plugins
@@ -57,6 +58,12 @@ class ClusterFitInput:
     sizes: FitSizes
     init: np.ndarray | None = None
 
+    @property
+    def options(self) -> Any:
+        """``config.options`` as the method's own typed options (:attr:`ClustererSpec.options_type`); None for a
+        method without them."""
+        return method_options(self.config.method, self.config.options)
+
 
 @dataclass(frozen=True)
 class FittedClusterer:
@@ -77,8 +84,12 @@ class ClustererSpec:
     ``finds_k``: it finds its own number of clusters (``k``, ``k_min``, ``k_max`` unused); ``accepts_umap``: False
     refuses UMAP coordinates; ``default_umap``: UMAP dimensions used when the recipe asks for none (None: no UMAP);
     ``options``: ``ClusterConfig`` fields only this method reads (setting one for another method is refused);
+    ``options_type``: the method's own options, a pydantic model: ``ClusterConfig.options`` (a JSON object, the CLI's
+    ``--cluster-option NAME=VALUE``) is validated by it before any work and reaches ``fit`` typed as
+    :attr:`ClusterFitInput.options`, so a method from a plugin adds its parameters without touching the core;
     ``sweep``: the clusterer :func:`imgclust.cluster.choose_k.choose_k` fits per k (``kmeans`` or ``gmm``); ``warm_starts``:
-    ``fit`` uses ``init`` centroids (a refit from the previous version)."""
+    ``fit`` uses ``init`` centroids (a refit from the previous version); ``estimator``: the name of the registered
+    estimator class ``fit`` returns (:func:`imgclust.estimator.register_estimator`; what the model version saves)."""
 
     name: str
     summary: str
@@ -89,6 +100,8 @@ class ClustererSpec:
     options: tuple[str, ...] = ()
     sweep: str = "kmeans"
     warm_starts: bool = False
+    options_type: type[BaseModel] | None = None
+    estimator: str | None = None
 
 
 _REGISTRY: dict[str, ClustererSpec] = {}
@@ -115,6 +128,22 @@ def list_methods() -> list[str]:
 def option_owners() -> dict[str, str]:
     """``ClusterConfig`` field -> the one method that reads it (from the specs' ``options``)."""
     return {name: spec.name for spec in _REGISTRY.values() for name in spec.options}
+
+
+def method_options(method: str, values: dict[str, Any]) -> Any:
+    """``values`` validated by ``method``'s :attr:`~ClustererSpec.options_type` (an instance of it, defaults filled);
+    None for a method without one. ConfigError naming the method and the bad option."""
+    spec = clusterer_spec(method)
+    if spec.options_type is None:
+        if values:
+            raise ConfigError(f"method {method!r} takes no options of its own (got {', '.join(sorted(values))}); "
+                              "set its ClusterConfig fields instead")
+        return None
+    try:
+        return spec.options_type.model_validate(values)
+    except ValidationError as err:
+        bad = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in err.errors())
+        raise ConfigError(f"bad options for method {method!r}: {bad}") from err
 
 
 def clusterer_spec(name: str) -> ClustererSpec:
@@ -194,13 +223,15 @@ HDBSCAN_UMAP_COMPONENTS = 10
 """UMAP dimensions HDBSCAN runs on when the recipe asks for none (density estimates need few dimensions)."""
 
 for _spec in (
-    ClustererSpec("kmeans", "Faiss k-means (torch backend on a GPU)", _fit_kmeans, warm_starts=True),
+    ClustererSpec("kmeans", "Faiss k-means (torch backend on a GPU)", _fit_kmeans, warm_starts=True,
+                  estimator="FaissKMeans"),
     ClustererSpec("hdbscan", "HDBSCAN on UMAP coordinates; finds its own number of clusters", _fit_hdbscan,
-                  finds_k=True, default_umap=HDBSCAN_UMAP_COMPONENTS),
-    ClustererSpec("agglomerative", "Ward agglomerative clustering of the sample", _fit_agglomerative),
+                  finds_k=True, default_umap=HDBSCAN_UMAP_COMPONENTS, estimator="HDBSCANClusterer"),
+    ClustererSpec("agglomerative", "Ward agglomerative clustering of the sample", _fit_agglomerative,
+                  estimator="AgglomerativeClusterer"),
     ClustererSpec("gmm", "full-covariance Gaussian mixture (N2D's clusterer)", _fit_gmm, options=("consensus_runs",),
-                  sweep="gmm"),
+                  sweep="gmm", estimator="GaussianMixtureClusterer"),
     ClustererSpec("scan", "SCAN's neighbour-consistency head on the features (no UMAP)", _fit_scan,
-                  accepts_umap=False, options=("scan_whiten",)),
+                  accepts_umap=False, options=("scan_whiten",), estimator="ScanClusterer"),
 ):
     register_clusterer(_spec)

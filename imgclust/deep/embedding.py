@@ -20,15 +20,16 @@ from torch import nn
 
 from imgclust.cluster.classic import FaissKMeans
 from imgclust.cluster.gmm import GaussianMixtureClusterer
-from imgclust.cluster.registry import ClusterFitInput, clusterer_spec
+from imgclust.cluster.registry import clusterer_spec
 from imgclust.cluster.scan import ScanClusterer
-from imgclust.config import ClusterConfig
+from imgclust.config import ClusterConfig, Recipe, ReduceConfig
 from imgclust.deep.base import DeepEstimator
 from imgclust.deep.networks import build_network
 from imgclust.deep.training import encode_batched, optimise, to_float_images
 from imgclust.devices import mixed_precision
 from imgclust.exceptions import ConfigError
 from imgclust.models.capping import FitSizes, cap_embedding_fit
+from imgclust.models.recipe import fit_clusters, fit_umap
 from imgclust.reduce.streaming import UMAPReducer
 
 logger = logging.getLogger(__name__)
@@ -134,27 +135,31 @@ class EmbeddingClusterer(DeepEstimator):
 
     # -- clustering
 
+    def recipe(self) -> Recipe:
+        """The last stage as a :class:`~imgclust.config.Recipe`: the embeddings as they are (no PCA), UMAP with
+        ``umap_components`` / ``umap_neighbors`` when set, then ``clusterer`` into ``n_clusters`` (SCAN in the
+        whitened space). Built without the pipeline's validation: these parameters are validated by the estimator
+        (:meth:`_validate_clusterer`; one cluster is allowed here)."""
+        reduce = ReduceConfig.model_construct(method="none", n_components=None, umap_components=self.umap_components,
+                                              umap_neighbors=self.umap_neighbors)
+        cluster = ClusterConfig.model_construct(method=self.clusterer, k=self.n_clusters, n_redo=self.kmeans_redo,
+                                                spherical=self._spherical(), consensus_runs=self.consensus_runs,
+                                                scan_whiten=True, seed=self.seed)
+        return Recipe.model_construct(reduce=reduce, cluster=cluster)
+
     def _fit_clusters(self, emb: np.ndarray) -> None:
-        """UMAP (optional) then k-means or a GMM on embeddings ``(N, embed_dim_)``; sets ``labels_``."""
+        """:meth:`recipe` on embeddings ``(N, embed_dim_)``, by the pipeline's implementation of its stages
+        (:mod:`imgclust.models.recipe`; UMAP fitted on every row); sets ``labels_``."""
         if not np.isfinite(emb).all():
             raise ConfigError(f"{type(self).__name__} produced NaN/inf embeddings (training diverged); lower lr "
                               "(or input_scale)")
-        feats = emb
-        sizes = self._sizes(emb)
-        self.umap_: UMAPReducer | None = None
-        if sizes.umap_components is not None:
-            self.umap_ = UMAPReducer(n_components=sizes.umap_components, n_neighbors=sizes.umap_neighbors,
-                                     min_dist=0.0, random_state=self.seed, fit_sample=None).fit(emb)
-            feats = self.umap_.embedding_
+        recipe, sizes = self.recipe(), self._sizes(emb)
+        self.umap_: UMAPReducer | None = fit_umap(emb, recipe, sizes, fit_sample=None)
+        feats = emb if self.umap_ is None else self.umap_.embedding_
         self.kmeans_: FaissKMeans | None = None
         self.gmm_: GaussianMixtureClusterer | None = None
         self.scan_: ScanClusterer | None = None
-        # the registry's fit of the method, as the pipeline's model runs it (SCAN in the whitened space)
-        config = ClusterConfig.model_construct(method=self.clusterer, k=self.n_clusters, n_redo=self.kmeans_redo,
-                                               spherical=self._spherical(), consensus_runs=self.consensus_runs,
-                                               scan_whiten=True, seed=self.seed)
-        fitted = clusterer_spec(self.clusterer).fit(ClusterFitInput(
-            sample=feats, stream=None, n_rows=feats.shape[0], k=self.n_clusters, config=config, sizes=sizes))
+        fitted = fit_clusters(feats, recipe, sizes).fitted
         setattr(self, f"{self.clusterer}_", fitted.estimator)
         self.labels_ = self._final_clusterer().predict(feats)
         logger.info("%s: %s on %s features %s -> %d clusters", type(self).__name__, self.clusterer,

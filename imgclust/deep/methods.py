@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import fsspec
 
-from imgclust.config import AUTO_K, ClusterConfig, ReduceConfig
+from imgclust.config import AUTO_K, ClusterConfig, Recipe, ReduceConfig
 from imgclust.deep.base import DeepEstimator
 from imgclust.exceptions import ConfigError, CorruptArtifactError, UnknownNameError
 
@@ -128,8 +128,7 @@ AUTO_K_UMAP_DIMS = 10
 as many dimensions as clusters (McConville et al. 2020), and 10 is that for the 10-class sets it was made on."""
 
 
-def refit_recipe(method: str, k: int | str, seed: int,
-                 options: dict[str, Any] | None = None) -> tuple[ReduceConfig, ClusterConfig]:
+def refit_recipe(method: str, k: int | str, seed: int, options: dict[str, Any] | None = None) -> Recipe:
     """How the pipeline clusters the features a trained ``method``'s encoder extracts (refine flow):
     ``n2d`` / ``n2d-scae`` / ``simclr`` as they were trained (UMAP to k dims with 20 neighbours, or
     :data:`AUTO_K_UMAP_DIMS` with ``k="auto"``, then the GMM consensus);
@@ -139,17 +138,17 @@ def refit_recipe(method: str, k: int | str, seed: int,
     (their :data:`~imgclust.deep.autoencoder.ARCH_DEFAULTS`). A method trained with ``options``
     ``{"clusterer": "scan"}`` is refitted with SCAN's head on the features, neighbours found after whitening as
     in training (:mod:`imgclust.cluster.scan`)."""
+    features = ReduceConfig(method="none", n_components=None)
     if (options or {}).get("clusterer") == "scan":
-        return (ReduceConfig(method="none", n_components=None),
-                ClusterConfig(method="scan", k=k, seed=seed, scan_whiten=True))
+        return Recipe(reduce=features, cluster=ClusterConfig(method="scan", k=k, seed=seed, scan_whiten=True))
     if method in N2D_RECIPES or method in ("n2d-ensemble", "simclr"):
         dims = AUTO_K_UMAP_DIMS if k == AUTO_K else max(2, int(k))
-        return (ReduceConfig(method="none", n_components=None, umap_components=dims, umap_neighbors=20),
-                ClusterConfig(method="gmm", k=k, seed=seed, consensus_runs=N2D_CONSENSUS_RUNS))
+        return Recipe(reduce=ReduceConfig(method="none", n_components=None, umap_components=dims, umap_neighbors=20),
+                      cluster=ClusterConfig(method="gmm", k=k, seed=seed, consensus_runs=N2D_CONSENSUS_RUNS))
     from imgclust.deep.autoencoder import ARCH_DEFAULTS
 
     spherical = bool(ARCH_DEFAULTS.get(method, {}).get("spherical", False))
-    return ReduceConfig(method="none", n_components=None), ClusterConfig(k=k, seed=seed, n_redo=5, spherical=spherical)
+    return Recipe(reduce=features, cluster=ClusterConfig(k=k, seed=seed, n_redo=5, spherical=spherical))
 
 
 def load_deep(location: str | os.PathLike[str]) -> DeepEstimator:

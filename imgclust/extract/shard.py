@@ -29,7 +29,6 @@ from imgclust.config import ExtractConfig
 from imgclust.devices import resolve_device_name
 from imgclust.exceptions import ConfigError, ImageDecodeError
 from imgclust.extract.backbones import Backbone, create_backbone
-from imgclust.extract.images import decode_image
 from imgclust.io.features import (
     QUARANTINE_SCHEMA,
     DoneMarker,
@@ -107,10 +106,7 @@ def _load(backbone: Backbone, image_id: str, uri: str, max_pixels: int,
           storage_options: dict[str, Any] | None) -> torch.Tensor:
     # rows with an ``unreadable-`` id failed to read at ingest; this second read either works or
     # raises OSError, which quarantines the row with its reason.
-    data = read_uri(uri, storage_options)
-    arr = decode_image(data, mode=backbone.preprocessing.mode, max_pixels=max_pixels,
-                       target_side=backbone.preprocessing.resize_size)
-    return backbone.preprocess(arr)
+    return backbone.decode(read_uri(uri, storage_options), max_pixels=max_pixels)
 
 
 def _ahead(rows: pa.Table, config: ExtractConfig, work: Callable[[str, str], Any]

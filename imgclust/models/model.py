@@ -29,18 +29,17 @@ from typing import Any
 
 import numpy as np
 
-from imgclust.batches import BatchSource, sample_rows
-from imgclust.cluster.choose_k import resolve_k
+from imgclust.batches import ArrayOrSource, BatchSource, as_batch_source, sample_rows
 from imgclust.cluster.classic import squared_distances
 from imgclust.cluster.hierarchy import ClusterTree
-from imgclust.cluster.registry import ClusterFitInput, clusterer_spec
-from imgclust.config import ClusterConfig, ExtractConfig, ReduceConfig, check_recipe, fixed_k
+from imgclust.config import ClusterConfig, ExtractConfig, Recipe, ReduceConfig
 from imgclust.estimator import Estimator, load_estimator
 from imgclust.exceptions import ConfigError, CorruptArtifactError, StoreError
 from imgclust.io import layout as layout
 from imgclust.io.store import Store
 from imgclust.models.capping import FitSizes, cap_to_data, check_enough_rows
 from imgclust.models.novelty import NoveltyScorer, kind_for, min_calibration_rows, novelty_rows, split_sizes
+from imgclust.models.recipe import fit_clusters, fit_umap
 from imgclust.progress import tracked
 from imgclust.reduce.pca import ExactPCA, LinearProjection, ScatterStats, merge_all
 from imgclust.reduce.streaming import StreamingPCA, UMAPReducer
@@ -56,6 +55,13 @@ _PARTS = ("reducer", "umap", "clusterer", "novelty", "tree")
 def new_model_id(now: dt.datetime | None = None) -> str:
     now = now or dt.datetime.now(dt.timezone.utc)
     return f"m{now:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
+
+
+def embed_rows(reducer: LinearProjection | None, umap: UMAPReducer | None, X: np.ndarray) -> np.ndarray:
+    """Features ``(n, D)`` -> the clustering space ``(n, d)``: the reducer's projection, then UMAP's transform (each
+    when present)."""
+    Z = reducer.transform(X) if reducer is not None else np.ascontiguousarray(X, np.float32)
+    return umap.transform(Z) if umap is not None else Z
 
 
 @dataclass
@@ -94,8 +100,7 @@ class ClusterModel:
 
     def embed(self, X: np.ndarray) -> np.ndarray:
         """Features (n, D) -> clustering space (n, d)."""
-        Z = self.reducer.transform(X) if self.reducer is not None else np.ascontiguousarray(X, np.float32)
-        return self.umap.transform(Z) if self.umap is not None else Z
+        return embed_rows(self.reducer, self.umap, X)
 
     def assign_embedded(self, Z: np.ndarray) -> Assignment:
         """Assign rows already in the clustering space (n, d)."""
@@ -234,28 +239,31 @@ WarmStart = Callable[[Callable[[np.ndarray], np.ndarray]], "np.ndarray | None"]
 """Given ``embed`` (features (n, D) -> clustering space (n, d)), return k-means init centroids (k, d) or None."""
 
 
-def fit_model(source: BatchSource, *, extractor_key: str, reduce: ReduceConfig, cluster: ClusterConfig,
-              model_id: str | None = None, warm_start: WarmStart | None = None,
-              reducer: LinearProjection | None = None, n_rows: int | None = None) -> ClusterModel:
-    """Fit reducer then clusterer on a stream of feature blocks (never all in memory at once).
+def fit_model(source: ArrayOrSource, *, extractor_key: str, recipe: Recipe, model_id: str | None = None,
+              warm_start: WarmStart | None = None, reducer: LinearProjection | None = None,
+              n_rows: int | None = None) -> ClusterModel:
+    """Fit ``recipe`` (reducer, optional UMAP, clusterer) on features ``(n, D)``: an array, or a stream of feature
+    blocks (never all in memory at once).
 
     Pass 1 fits the reducer: IncrementalPCA (``ipca``) or exact PCA from scatter statistics
     (``pca``), unless an already fitted ``reducer`` is given (e.g. exact PCA from statistics summed
-    on Dask workers, :func:`write_pca_statistics`). UMAP and HDBSCAN fit on a seeded sample of
-    ``cluster.fit_sample`` rows of the reduced stream; k-means trains on its own sample.
+    on Dask workers, :func:`write_pca_statistics`). The stages after it are :mod:`imgclust.models.recipe`'s: UMAP
+    and HDBSCAN fit on a seeded sample of ``cluster.fit_sample`` rows of the reduced stream; k-means trains on its
+    own sample.
 
     ``n_rows``: the rows of ``source`` when known (:func:`fit_from_store` reads the shards' Parquet footers);
     otherwise a pass counts them. The sizes that depend on them (PCA components, UMAP neighbours and dimensions,
     HDBSCAN's minimum cluster size, SCAN's neighbours) are capped to what the rows support
     (:func:`imgclust.models.capping.cap_to_data`): one warning, and ``capped`` in the model's metadata; fewer rows than
     ``cluster.k`` raise :class:`ConfigError`. ``k="auto"`` is resolved on the clustering sample
-    (:func:`resolve_k`); the sweep is kept in ``meta["k_sweep"]`` and the configuration asked (``"auto"``) in
-    ``meta["cluster"]``, so a refit chooses again. Each pass over the stream and each long step logs its progress
-    (:mod:`imgclust.progress`).
+    (:func:`imgclust.cluster.choose_k.resolve_k`); the sweep is kept in ``meta["k_sweep"]`` and the configuration
+    asked (``"auto"``) in ``meta["cluster"]``, so a refit chooses again. Each pass over the stream and each long
+    step logs its progress (:mod:`imgclust.progress`).
     """
-    check_recipe(reduce, cluster)
+    reduce, asked = recipe.reduce, recipe.cluster
+    source = as_batch_source(source) if isinstance(source, np.ndarray) else source
     n_rows, n_features = _source_shape(source, n_rows)
-    sizes = cap_to_data(reduce, cluster, n_rows=n_rows, n_features=n_features)
+    sizes = cap_to_data(reduce, asked, n_rows=n_rows, n_features=n_features)
     if sizes.capped:
         log.warning("%s", sizes.describe())
     if reducer is None and reduce.method == "ipca":
@@ -273,43 +281,26 @@ def fit_model(source: BatchSource, *, extractor_key: str, reduce: ReduceConfig, 
         for block in source():
             yield reducer.transform(block) if reducer is not None else block
 
-    umap: UMAPReducer | None = None
-    if sizes.umap_components:
-        umap = UMAPReducer(n_components=sizes.umap_components, n_neighbors=sizes.umap_neighbors,
-                           fit_sample=cluster.fit_sample, random_state=cluster.seed)
-        umap.fit(tracked(reduced, "fit: UMAP sample pass", n_rows, log))
+    umap = fit_umap(tracked(reduced, "fit: UMAP sample pass", n_rows, log), recipe, sizes,
+                    fit_sample=asked.fit_sample) if sizes.umap_components else None
 
     def final() -> Any:
         for block in reduced():
             yield umap.transform(block) if umap is not None else block
 
     sample = sample_rows(tracked(final, "fit: clustering sample pass" + (" (UMAP transform)" if umap else ""),
-                                 n_rows, log), cluster.fit_sample, cluster.seed).rows
-    asked = cluster
-    cluster, sweep = resolve_k(sample, cluster)
-    k = fixed_k(cluster) or 0  # 0: the method finds its own number
-    spec = clusterer_spec(cluster.method)
-    init = None
-    if spec.warm_starts and warm_start is not None:
-        def embed(X: np.ndarray) -> np.ndarray:
-            Z = reducer.transform(X) if reducer is not None else np.ascontiguousarray(X, np.float32)
-            return umap.transform(Z) if umap is not None else Z
-
-        init = warm_start(embed)
-        if init is not None and init.shape[0] != k:
-            log.info("no warm start: k=auto chose %d clusters, the previous model had %d", k, init.shape[0])
-            init = None
+                                 n_rows, log), asked.fit_sample, asked.seed).rows
+    start = (lambda: warm_start(lambda X: embed_rows(reducer, umap, X))) if warm_start is not None else None
     # without UMAP the stream is cheap and a method may pass over every row; with UMAP every pass pays a
     # transform, so it trains on the sample already drawn (fit_sample rows)
-    fitted = spec.fit(ClusterFitInput(
-        sample=sample, stream=tracked(final, f"fit: {spec.name} pass", n_rows, log) if umap is None else None,
-        n_rows=n_rows, k=k, config=cluster, sizes=sizes, init=init))
-    centroids = fitted.centroids
+    stage = fit_clusters(sample, recipe, sizes, n_rows=n_rows, warm_start=start, stream=tracked(
+        final, f"fit: {asked.method} pass", n_rows, log) if umap is None else None)
+    fitted, cluster, sweep = stage.fitted, stage.cluster, stage.sweep
+    k = fitted.centroids.shape[0]
     model = ClusterModel(model_id=model_id or new_model_id(), extractor_key=extractor_key, reducer=reducer,
                          umap=umap, clusterer=fitted.estimator,
-                         centroids=np.ascontiguousarray(centroids, np.float32),
-                         thresholds=np.full(centroids.shape[0], np.inf, np.float32),
-                         stable_ids=np.arange(centroids.shape[0], dtype=np.int32),
+                         centroids=np.ascontiguousarray(fitted.centroids, np.float32),
+                         thresholds=np.full(k, np.inf, np.float32), stable_ids=np.arange(k, dtype=np.int32),
                          meta={"reduce": reduce.model_dump(), "cluster": asked.model_dump(),
                                "capped": sizes.record(),
                                "created_at": dt.datetime.now(dt.timezone.utc).isoformat()})
@@ -464,14 +455,14 @@ def write_pca_statistics(store: Store, extractor_key: str, shard_ids: list[str],
     return rel
 
 
-def fit_from_store(store: Store, extractor_key: str, *, reduce: ReduceConfig, cluster: ClusterConfig,
+def fit_from_store(store: Store, extractor_key: str, *, recipe: Recipe,
                    extract: ExtractConfig | None = None, shard_ids: list[str] | None = None,
                    batch_size: int = 65536, save: bool = True, warm_start: WarmStart | None = None,
                    pca_statistics: list[str] | None = None) -> ClusterModel:
     """Fit a model on the done feature shards of ``extractor_key`` (streamed); save it unless ``save=False``.
 
     ``extract`` (the configuration that produced the features) is recorded in the model so that
-    nightly labeling extracts new images the same way. With ``reduce.method == "pca"``,
+    nightly labeling extracts new images the same way. With ``recipe.reduce.method == "pca"``,
     ``pca_statistics`` (paths written by :func:`write_pca_statistics` covering exactly ``shard_ids``)
     are merged instead of a pass over the features, and deleted once the model is saved (with
     ``save=False`` the caller deletes them with :func:`discard_pca_statistics` after saving).
@@ -485,7 +476,8 @@ def fit_from_store(store: Store, extractor_key: str, *, reduce: ReduceConfig, cl
     n_rows, n_quarantined = _row_counts(store, extractor_key, shards)
     quarantine = (f" ({n_quarantined} more were quarantined, their reasons are in "
                   f"{store.uri(layout.quarantine_dir(extractor_key))})" if n_quarantined else "")
-    check_enough_rows(n_rows, cluster, what=f"{n_rows} images have {extractor_key} features{quarantine}")
+    reduce = recipe.reduce
+    check_enough_rows(n_rows, recipe.cluster, what=f"{n_rows} images have {extractor_key} features{quarantine}")
     source = feature_source(store, extractor_key, shards, batch_size)
 
     reducer: LinearProjection | None = None
@@ -497,10 +489,10 @@ def fit_from_store(store: Store, extractor_key: str, *, reduce: ReduceConfig, cl
             raise StoreError(f"PCA statistics {store.uri(missing[0])} (and {len(missing) - 1} more) are gone; "
                              "re-run the flow: the statistics are recomputed")
         stats = merge_all(ScatterStats.from_bytes(store.read_bytes(p), where=store.uri(p)) for p in pca_statistics)
-        sizes = cap_to_data(reduce, cluster, n_rows=stats.n, n_features=stats.dim)
+        sizes = cap_to_data(reduce, recipe.cluster, n_rows=stats.n, n_features=stats.dim)
         reducer = _exact_pca(reduce, sizes).fit_stats(stats)
-    model = fit_model(source, extractor_key=extractor_key, reduce=reduce, cluster=cluster, warm_start=warm_start,
-                      reducer=reducer, n_rows=n_rows)
+    model = fit_model(source, extractor_key=extractor_key, recipe=recipe, warm_start=warm_start, reducer=reducer,
+                      n_rows=n_rows)
     model.meta["n_shards"] = len(shards)
     if extract is not None:
         model.meta["extract"] = extract.model_dump()
@@ -546,14 +538,11 @@ def extract_config_of(store: Store, model_id: str) -> ExtractConfig:
     return ExtractConfig(**info["extract"])
 
 
-def cluster_config_of(store: Store, model_id: str) -> ClusterConfig:
-    """The ClusterConfig a model was fitted with (recorded at fit time; fields added since take their defaults)."""
-    return ClusterConfig(**model_info(store, model_id)["cluster"])
-
-
-def reduce_config_of(store: Store, model_id: str) -> ReduceConfig:
-    """The ReduceConfig a model was fitted with (recorded at fit time; fields added since take their defaults)."""
-    return ReduceConfig(**model_info(store, model_id)["reduce"])
+def model_recipe(store: Store, model_id: str) -> Recipe:
+    """The :class:`~imgclust.config.Recipe` a model version was fitted with, as asked (``k="auto"`` stays auto, so a
+    refit chooses again); recorded at fit time, fields added since take their defaults."""
+    info = model_info(store, model_id)
+    return Recipe(reduce=ReduceConfig(**info["reduce"]), cluster=ClusterConfig(**info["cluster"]))
 
 
 def save_metrics(store: Store, model_id: str, metrics: dict[str, Any]) -> None:

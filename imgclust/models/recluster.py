@@ -8,16 +8,25 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
 
-from imgclust.config import ClusterConfig, ExtractConfig, ReduceConfig, fixed_k
+from imgclust.cluster.registry import clusterer_spec
+from imgclust.config import ClusterConfig, ExtractConfig, Recipe, ReduceConfig, validated
 from imgclust.io.features import done_shards, iter_feature_batches
 from imgclust.io.store import Store
 from imgclust.models.labels import read_labels
 from imgclust.models.lineage import Lineage, initial_lineage, match_clusters
-from imgclust.models.model import ClusterModel, WarmStart, discard_pca_statistics, fit_from_store
+from imgclust.models.model import (
+    ClusterModel,
+    WarmStart,
+    discard_pca_statistics,
+    fit_from_store,
+    model_recipe,
+)
+from imgclust.models.novelty_night import cluster_config_for_novelty
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +86,23 @@ def previous_means(store: Store, previous: ClusterModel, labels: pa.Table, extra
     return init
 
 
-def refit_with_lineage(store: Store, extractor_key: str, *, reduce: ReduceConfig, cluster: ClusterConfig,
+def recluster_recipe(store: Store, previous_model_id: str, *, reduce: ReduceConfig | None = None,
+                     cluster: ClusterConfig | None = None,
+                     reason: Literal["schedule", "novelty", "manual"] = "schedule") -> Recipe:
+    """The recipe a recluster refits: ``previous_model_id``'s (:func:`~imgclust.models.model.model_recipe`) with a
+    given ``reduce`` / ``cluster`` step replacing its own; a recluster started by the novelty event (``reason``)
+    keeping the previous cluster step makes room for the candidate new clusters of its newest night
+    (:func:`~imgclust.models.novelty_night.cluster_config_for_novelty`). ConfigError, before any work, when the
+    steps do not go together (e.g. SCAN on a UMAP recipe)."""
+    previous = model_recipe(store, previous_model_id)
+    if cluster is None:
+        cluster = previous.cluster
+        if reason == "novelty":  # room for the candidate new clusters the nightly run reported
+            cluster = cluster_config_for_novelty(store, previous_model_id, cluster)
+    return validated(Recipe, reduce=reduce or previous.reduce, cluster=cluster)
+
+
+def refit_with_lineage(store: Store, extractor_key: str, *, recipe: Recipe,
                        extract: ExtractConfig | None, previous_model_id: str | None, min_overlap: float = 0.3,
                        max_rows: int = 500_000, shard_ids: list[str] | None = None,
                        pca_statistics: list[str] | None = None) -> ClusterModel:
@@ -87,9 +112,10 @@ def refit_with_lineage(store: Store, extractor_key: str, *, reduce: ReduceConfig
     # the previous labels are read once: they seed the warm start and the lineage
     prev_labels = (read_labels(store, previous.model_id).select(["image_id", "cluster_id"])
                    if previous is not None else None)
-    warm = (previous_means(store, previous, prev_labels, extractor_key, fixed_k(cluster) or previous.n_clusters)
-            if previous is not None and prev_labels is not None and cluster.method == "kmeans" else None)
-    model = fit_from_store(store, extractor_key, reduce=reduce, cluster=cluster, extract=extract, save=False,
+    warm = (previous_means(store, previous, prev_labels, extractor_key, recipe.k or previous.n_clusters)
+            if previous is not None and prev_labels is not None and clusterer_spec(recipe.cluster.method).warm_starts
+            else None)
+    model = fit_from_store(store, extractor_key, recipe=recipe, extract=extract, save=False,
                            warm_start=warm, shard_ids=shard_ids, pca_statistics=pca_statistics)
     model.meta["warm_start_offered"] = warm is not None  # k-means init from the previous clusters
     lineage: Lineage
@@ -99,7 +125,7 @@ def refit_with_lineage(store: Store, extractor_key: str, *, reduce: ReduceConfig
         prev_lineage = previous.meta.get("lineage")
         next_id = int(prev_lineage["next_id"]) if prev_lineage else int(previous.stable_ids.max(initial=-1)) + 1
         retired = [int(i) for i in prev_lineage.get("retired", [])] if prev_lineage else []
-        prev_ids, new_raw = _shared_assignments(store, model, prev_labels, max_rows, cluster.seed)
+        prev_ids, new_raw = _shared_assignments(store, model, prev_labels, max_rows, recipe.cluster.seed)
         lineage = match_clusters(prev_ids, new_raw, prev_known_ids=[*previous.stable_ids.tolist(), *retired],
                                  min_overlap=min_overlap, next_id=next_id, n_new_clusters=model.n_clusters)
         log.info("lineage vs %s: %d inherited, %d new ids, %d retired, %d splits, %d merges", previous_model_id,

@@ -102,13 +102,14 @@ def test_the_report_shows_the_sweep_and_the_tree(auto_run: dict[str, Any]) -> No
 
 def test_hdbscan_noise_keeps_its_nearest_cluster_with_low_confidence(tmp_path: Path) -> None:
     from imgclust.batches import as_batch_source
-    from imgclust.config import ClusterConfig, ReduceConfig
+    from imgclust.config import ClusterConfig, Recipe, ReduceConfig
     from imgclust.models.model import NOISE_CONFIDENCE, fit_model
 
     images, _ = load_digits_images()
     X = images.reshape(len(images), -1).astype(np.float32) / 255.0
-    model = fit_model(as_batch_source(X, 512), extractor_key="pixels", reduce=ReduceConfig(n_components=20),
-                      cluster=ClusterConfig(method="hdbscan", min_cluster_size=15, seed=0))
+    model = fit_model(as_batch_source(X, 512), extractor_key="pixels",
+                      recipe=Recipe(reduce=ReduceConfig(n_components=20),
+                                    cluster=ClusterConfig(method="hdbscan", min_cluster_size=15, seed=0)))
     a = model.assign(X)
     noise = a.raw < 0
     assert noise.any() and model.meta["noise_share"] > 0
@@ -126,14 +127,15 @@ def test_hdbscan_noise_keeps_its_nearest_cluster_with_low_confidence(tmp_path: P
 def test_a_refit_with_another_k_keeps_ids_and_records_splits(auto_run: dict[str, Any]) -> None:
     """The next recluster chooses (or is given) another k: the clusters that persist keep their stable ids and the
     lineage says which old cluster split into which new ones."""
-    from imgclust.config import ClusterConfig, ExtractConfig, ReduceConfig
+    from imgclust.config import ClusterConfig, ExtractConfig, Recipe, ReduceConfig
     from imgclust.models.recluster import refit_with_lineage
 
     store = Store(auto_run["store"])
     previous = store.read_json(f"models/{auto_run['model_id']}/model.json")
     finer = previous["n_clusters"] + 3
-    model = refit_with_lineage(store, previous["extractor_key"], reduce=ReduceConfig(n_components=20),
-                               cluster=ClusterConfig(k=finer), extract=ExtractConfig(extractor="pixels"),
+    model = refit_with_lineage(store, previous["extractor_key"],
+                               recipe=Recipe(reduce=ReduceConfig(n_components=20),
+                                             cluster=ClusterConfig(k=finer)), extract=ExtractConfig(extractor="pixels"),
                                previous_model_id=auto_run["model_id"])
     lineage = model.meta["lineage"]
     assert model.n_clusters == finer

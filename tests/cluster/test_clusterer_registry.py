@@ -1,5 +1,5 @@
 """Adding a clustering method is one module plus its test: this file alone registers a toy method, ``bands``
-(k equal-count bands of the first feature coordinate), and runs it through ``imgclust run`` and
+(k equal-count bands of one feature coordinate, its own typed option ``feature``), and runs it through ``imgclust run`` and
 ``imgclust recluster`` on real PNG files, with the CLI's choices, the configuration's validation, the Dask workers
 (which import this module through ``IMGCLUST_PLUGINS``) and the saved model version all reading the one registry."""
 from __future__ import annotations
@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from pydantic import BaseModel, ConfigDict, Field
 
 from imgclust.cluster.classic import cluster_means
 from imgclust.cluster.registry import (
@@ -21,11 +22,12 @@ from imgclust.cluster.registry import (
     list_methods,
     register_clusterer,
 )
-from imgclust.config import ClusterConfig, ReduceConfig, check_recipe, fixed_k, validated
+from imgclust.config import ClusterConfig, Recipe, ReduceConfig, check_recipe, fixed_k, validated
 from imgclust.data.datasets import load_digits_images, write_image_folder
-from imgclust.estimator import Estimator, register_estimator
+from imgclust.estimator import Estimator, list_estimators, register_estimator
 from imgclust.exceptions import ConfigError, UnknownNameError
 from imgclust.io.store import Store
+from imgclust.models.model import fit_model
 from imgclust.plugins import PLUGINS_ENV
 from imgclust.validation import check_array
 from imgclust_cli.main import main
@@ -33,16 +35,17 @@ from imgclust_cli.main import main
 
 @register_estimator
 class BandsClusterer(Estimator):
-    """Toy clusterer: ``n_clusters`` equal-count bands of the first coordinate of ``X`` ``(n, d)``."""
+    """Toy clusterer: ``n_clusters`` equal-count bands of coordinate ``feature`` of ``X`` ``(n, d)``."""
 
     _array_attrs = ("edges_", "cluster_centers_")
 
-    def __init__(self, *, n_clusters: int = 2) -> None:
+    def __init__(self, *, n_clusters: int = 2, feature: int = 0) -> None:
         self.n_clusters = n_clusters
+        self.feature = feature
 
     def fit(self, X: np.ndarray) -> BandsClusterer:
         X = check_array(X)
-        self.edges_ = np.quantile(X[:, 0], np.linspace(0, 1, self.n_clusters + 1)[1:-1]).astype(np.float32)
+        self.edges_ = np.quantile(X[:, self.feature], np.linspace(0, 1, self.n_clusters + 1)[1:-1]).astype(np.float32)
         self.n_features_in_ = X.shape[1]
         self.cluster_centers_ = cluster_means(X, self.predict(X), self.n_clusters)
         return self
@@ -50,16 +53,23 @@ class BandsClusterer(Estimator):
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Band ``(n,)`` int64 of each row."""
         X = check_array(X, n_features=getattr(self, "n_features_in_", None))
-        return np.searchsorted(self.edges_, X[:, 0]).astype(np.int64)
+        return np.searchsorted(self.edges_, X[:, self.feature]).astype(np.int64)
+
+
+class BandsOptions(BaseModel):
+    """The toy method's own options: which coordinate it bands."""
+
+    model_config = ConfigDict(extra="forbid")
+    feature: int = Field(0, ge=0, description="The coordinate whose bands are the clusters.")
 
 
 def _fit_bands(fi: ClusterFitInput) -> FittedClusterer:
-    est = BandsClusterer(n_clusters=fi.k).fit(fi.sample)
+    est = BandsClusterer(n_clusters=fi.k, feature=fi.options.feature).fit(fi.sample)
     return FittedClusterer(est, est.cluster_centers_, est.predict(fi.sample))
 
 
-register_clusterer(ClustererSpec("bands", "toy: equal-count bands of the first coordinate", _fit_bands,
-                                 accepts_umap=False))
+register_clusterer(ClustererSpec("bands", "toy: equal-count bands of one coordinate", _fit_bands,
+                                 accepts_umap=False, options_type=BandsOptions, estimator="BandsClusterer"))
 
 
 def test_the_toy_method_is_known_to_the_configuration() -> None:
@@ -74,6 +84,37 @@ def test_the_toy_method_is_known_to_the_configuration() -> None:
         validated(ClusterConfig, method="nope")
     with pytest.raises(UnknownNameError, match="IMGCLUST_PLUGINS"):
         clusterer_spec("nope")
+
+
+def test_a_method_declares_its_own_typed_options() -> None:
+    """``ClusterConfig.options`` is validated by the method's options type before any work and reaches its fit typed;
+    a method without one refuses options."""
+    assert validated(ClusterConfig, method="bands", k=2, options={"feature": 1}).options == {"feature": 1}
+    with pytest.raises(ConfigError, match=r"bad options for method 'bands': feature: .*greater than or equal to 0"):
+        validated(ClusterConfig, method="bands", k=2, options={"feature": -1})
+    with pytest.raises(ConfigError, match=r"bad options for method 'bands': nope: Extra inputs"):
+        validated(ClusterConfig, method="bands", k=2, options={"nope": 1})
+    with pytest.raises(ConfigError, match="method 'kmeans' takes no options of its own"):
+        validated(ClusterConfig, method="kmeans", k=2, options={"feature": 1})
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(300, 3)).astype(np.float32)
+    model = fit_model(X, extractor_key="toy", recipe=Recipe(
+        reduce=ReduceConfig(method="none", n_components=None),
+        cluster=ClusterConfig(method="bands", k=2, options={"feature": 2})))
+    assert isinstance(model.clusterer, BandsClusterer) and model.clusterer.feature == 2
+    np.testing.assert_array_equal(model.assign(X).raw, (X[:, 2] > np.median(X[:, 2])).astype(np.int64))
+    assert model.meta["cluster"]["options"] == {"feature": 2}  # recorded: a recluster refits it the same way
+
+
+@pytest.mark.parametrize("name", ["kmeans", "hdbscan", "agglomerative", "gmm", "scan", "bands"])
+def test_each_method_returns_the_estimator_class_it_declares(name: str) -> None:
+    rng = np.random.default_rng(1)
+    X = np.concatenate([rng.normal(c, 0.1, size=(60, 2)) for c in (0, 3, 6)]).astype(np.float32)
+    recipe = Recipe(reduce=ReduceConfig(method="none", n_components=None),
+                    cluster=ClusterConfig(method=name, k=3, min_cluster_size=10 if name == "hdbscan" else None))
+    model = fit_model(X, extractor_key="toy", recipe=recipe)
+    assert type(model.clusterer).__name__ == clusterer_spec(name).estimator
+    assert clusterer_spec(name).estimator in list_estimators()  # what load_estimator finds when the model loads
 
 
 def test_a_plugin_module_that_does_not_import_is_named(monkeypatch: pytest.MonkeyPatch,
@@ -105,11 +146,12 @@ def test_the_toy_method_runs_through_run_and_recluster(tmp_path: Path, prefect_a
     write_image_folder(images[keep], labels[keep], [f"digit{c}" for c in range(10)], tmp_path / "src")
     store = tmp_path / "store"
     assert main(["run", str(tmp_path / "src"), "--store", str(store), "--extractor", "pixels", "--pca", "8",
-                 "--method", "bands", "--k", "3", "--workers", "1", "--json"]) == 0
+                 "--method", "bands", "--k", "3", "--cluster-option", "feature=1", "--workers", "1", "--json"]) == 0
     s = Store(store)
     first = s.read_bytes("models/CURRENT").decode().strip()
     info: dict[str, Any] = s.read_json(f"models/{first}/model.json")
     assert info["cluster"]["method"] == "bands" and info["n_clusters"] == 3
+    assert info["cluster"]["options"] == {"feature": 1}
     metrics = s.read_json(f"models/{first}/metrics.json")
     assert metrics["n_labeled"] == len(keep), metrics  # every image labelled by the workers
 
@@ -117,7 +159,11 @@ def test_the_toy_method_runs_through_run_and_recluster(tmp_path: Path, prefect_a
     second = s.read_bytes("models/CURRENT").decode().strip()
     info = s.read_json(f"models/{second}/model.json")
     assert second != first and info["cluster"]["method"] == "bands" and info["n_clusters"] == 4
+    assert info["cluster"]["options"] == {"feature": 1}  # CURRENT's recipe, its method's options kept
     assert info["parent_model"] == first and "lineage" in info
     capsys.readouterr()
     assert main(["run", str(tmp_path / "src"), "--store", str(store), "--method", "bands", "--umap", "5"]) == 2
     assert "does not accept UMAP" in capsys.readouterr().err
+    assert main(["run", str(tmp_path / "src"), "--store", str(store), "--method", "bands",
+                 "--cluster-option", "feature=-1"]) == 2  # refused before any work
+    assert "bad options for method 'bands'" in capsys.readouterr().err

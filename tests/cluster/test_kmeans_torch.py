@@ -10,7 +10,7 @@ from sklearn.datasets import load_digits, make_blobs
 
 from imgclust.cluster.classic import FaissKMeans
 from imgclust.cluster.kmeans_torch import TorchKMeans
-from imgclust.config import ClusterConfig, ReduceConfig
+from imgclust.config import ClusterConfig, Recipe, ReduceConfig
 from imgclust.estimator import load_estimator
 from imgclust.exceptions import ConfigError
 from imgclust.models.model import fit_model
@@ -69,8 +69,9 @@ def test_save_load_through_the_registry(tmp_path: Path, digits_pca: np.ndarray) 
 
 
 def test_model_uses_the_configured_backend(digits_pca: np.ndarray) -> None:
-    model = fit_model(lambda: iter([digits_pca]), extractor_key="k", reduce=ReduceConfig(method="none"),
-                      cluster=ClusterConfig(k=10, backend="torch", device="cpu", n_redo=1))
+    model = fit_model(lambda: iter([digits_pca]), extractor_key="k",
+                      recipe=Recipe(reduce=ReduceConfig(method="none"),
+                                    cluster=ClusterConfig(k=10, backend="torch", device="cpu", n_redo=1)))
     assert isinstance(model.clusterer, TorchKMeans)
 
 

@@ -53,18 +53,29 @@ def test_fine_tuning_methods_start_from_the_n2d_partition_and_accept_a_pretraine
 
 def test_refit_recipe_matches_how_each_method_clusters() -> None:
     """The refine flow refits a trained encoder's features as the method itself clusters them."""
+    from imgclust.deep.embedding import EmbeddingClusterer
     from imgclust.deep.methods import N2D, refit_recipe
 
     for method in ("n2d", "n2d-scae", "n2d-ensemble", "simclr"):
-        reduce, cluster = refit_recipe(method, 7, 3)
+        recipe = refit_recipe(method, 7, 3)
+        reduce, cluster = recipe.reduce, recipe.cluster
         assert (reduce.umap_components, reduce.umap_neighbors) == (7, 20)
         assert (cluster.method, cluster.k, cluster.seed, cluster.consensus_runs) == ("gmm", 7, 3, N2D["consensus_runs"])
+        est = create_deep(method, k=7, seed=3)
+        if isinstance(est, EmbeddingClusterer):  # the estimator's own last stage is the same recipe
+            own = est.recipe()
+            assert (own.reduce.method, own.reduce.umap_components, own.reduce.umap_neighbors) == \
+                (reduce.method, reduce.umap_components, reduce.umap_neighbors)
+            assert (own.cluster.method, own.cluster.k, own.cluster.seed, own.cluster.consensus_runs) == \
+                (cluster.method, cluster.k, cluster.seed, cluster.consensus_runs)
     for method, spherical in (("scae", True), ("ascae", True), ("convae", False), ("dec", False)):
-        reduce, cluster = refit_recipe(method, 7, 3)
-        assert reduce.umap_components is None and (cluster.method, cluster.spherical) == ("kmeans", spherical)
-    reduce, cluster = refit_recipe("simclr", 7, 3, {"clusterer": "scan", "encoder": "resnet18"})
-    assert reduce.umap_components is None and reduce.method == "none" and (cluster.method, cluster.k) == ("scan", 7)
-    assert cluster.scan_whiten  # refitted as it was trained: neighbours after whitening
+        recipe = refit_recipe(method, 7, 3)
+        assert recipe.reduce.umap_components is None
+        assert (recipe.cluster.method, recipe.cluster.spherical) == ("kmeans", spherical)
+    recipe = refit_recipe("simclr", 7, 3, {"clusterer": "scan", "encoder": "resnet18"})
+    assert recipe.reduce.umap_components is None and recipe.reduce.method == "none"
+    assert (recipe.cluster.method, recipe.cluster.k) == ("scan", 7)
+    assert recipe.cluster.scan_whiten  # refitted as it was trained: neighbours after whitening
     assert create_deep("simclr", k=7, clusterer="scan").umap_components is None  # SCAN needs the representation
     est = create_deep("n2d-scae", k=5, epochs=1, seed=0, device="cpu")
 

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pytest
 from helpers_images import gray_array, jpeg_bytes, png_bytes, truncated_jpeg_bytes, write
 
-from imgclust.config import ClusterConfig, ExtractConfig, PipelineConfig, ReduceConfig
+from imgclust.config import ClusterConfig, ExtractConfig, PipelineConfig, Recipe, ReduceConfig
 from imgclust.exceptions import ConfigError
 from imgclust.io.features import done_shards, quarantine_path
 from imgclust.io.store import Store
@@ -157,7 +157,7 @@ def test_every_recipe_fits_and_labels_the_17_images(small_run: SmallRun, method:
                                                     cluster: ClusterConfig, caplog: pytest.LogCaptureFixture) -> None:
     store, key = small_run.store(), small_run.key
     with caplog.at_level(logging.WARNING, logger="imgclust"):
-        model = fit_from_store(store, key, reduce=reduce, cluster=cluster)
+        model = fit_from_store(store, key, recipe=Recipe(reduce=reduce, cluster=cluster))
     assert len([r for r in caplog.records if "capped" in r.getMessage()]) == 1
     assert model.meta["capped"]["rows"] == 17 and model.meta["capped"]["values"]
     counts = [label_shard(store, model.model_id, key, s)["n"] for s in done_shards(store, key)]
@@ -169,8 +169,8 @@ def test_every_recipe_fits_and_labels_the_17_images(small_run: SmallRun, method:
 @pytest.mark.integration
 def test_recluster_refits_the_small_store_with_lineage(small_run: SmallRun) -> None:
     store = small_run.store()
-    model = refit_with_lineage(store, small_run.key, reduce=ReduceConfig(),
-                               cluster=ClusterConfig(k=10), extract=ExtractConfig(),
+    model = refit_with_lineage(store, small_run.key, recipe=Recipe(reduce=ReduceConfig(),
+                                                                   cluster=ClusterConfig(k=10)), extract=ExtractConfig(),
                                previous_model_id=small_run.model_id)
     assert model.meta["capped"]["values"]["reduce.n_components"] == {"asked": 50, "used": 16}
     assert model.meta["parent_model"] == small_run.model_id and model.n_clusters == 10
@@ -247,8 +247,9 @@ def test_k_is_never_capped_fewer_rows_than_k_is_refused() -> None:
 def test_fit_model_on_a_handful_of_rows_warns_once_and_records_it(n: int, caplog: pytest.LogCaptureFixture) -> None:
     X = np.random.default_rng(n).random((n, 64)).astype(np.float32)
     with caplog.at_level(logging.WARNING, logger="imgclust"):
-        model = fit_model(lambda: iter([X]), extractor_key="k", reduce=ReduceConfig(umap_components=4),
-                          cluster=ClusterConfig(method="gmm", k=2, consensus_runs=3))
+        model = fit_model(lambda: iter([X]), extractor_key="k",
+                          recipe=Recipe(reduce=ReduceConfig(umap_components=4),
+                                        cluster=ClusterConfig(method="gmm", k=2, consensus_runs=3)))
     warned = [r.getMessage() for r in caplog.records if "capped" in r.getMessage()]
     assert len(warned) == 1 and f"{n} rows of 64 features" in warned[0]
     assert model.meta["capped"]["values"]["reduce.n_components"] == {"asked": 50, "used": n - 1}

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import make_blobs
 
-from imgclust.config import ClusterConfig, ReduceConfig
+from imgclust.config import ClusterConfig, Recipe, ReduceConfig
 from imgclust.exceptions import CorruptArtifactError, StoreError
 from imgclust.io.features import embeddings_table, feature_path, marker_path
 from imgclust.io.store import Store
@@ -37,9 +37,10 @@ def test_fit_model_recovers_blobs_and_round_trips(tmp_path: Path, method: str, u
     X, y = _blobs(1)
     whiten = method == "scan-whiten"
     method = "scan" if whiten else method
-    model = fit_model(_source(X), extractor_key="k", reduce=ReduceConfig(n_components=8, umap_components=umap),
-                      cluster=ClusterConfig(method=method, k=4, min_cluster_size=40, fit_sample=1000, seed=2,
-                                            consensus_runs=runs, scan_whiten=whiten))
+    model = fit_model(_source(X), extractor_key="k",
+                      recipe=Recipe(reduce=ReduceConfig(n_components=8, umap_components=umap),
+                                    cluster=ClusterConfig(method=method, k=4, min_cluster_size=40, fit_sample=1000, seed=2,
+                                            consensus_runs=runs, scan_whiten=whiten)))
     if method == "gmm":
         assert model.clusterer.get_params()["consensus_runs"] == runs
     if method == "scan":
@@ -76,10 +77,12 @@ def test_scan_refuses_umap_before_any_work() -> None:
     from imgclust.config import PipelineConfig, validated
     from imgclust.exceptions import ConfigError
 
-    X, _ = _blobs(1)
+    scan_after_umap = {"reduce": ReduceConfig(n_components=8, umap_components=4),
+                       "cluster": ClusterConfig(method="scan", k=4)}
     with pytest.raises(ConfigError, match="drop reduce.umap_components"):
-        fit_model(_source(X), extractor_key="k", reduce=ReduceConfig(n_components=8, umap_components=4),
-                  cluster=ClusterConfig(method="scan", k=4))
+        validated(Recipe, **scan_after_umap)
+    with pytest.raises(ValueError, match="drop reduce.umap_components"):  # pydantic's error wraps the ConfigError
+        Recipe(**scan_after_umap)  # so no model can be fitted with such a recipe
     with pytest.raises(ConfigError, match="drop reduce.umap_components"):
         validated(PipelineConfig, source="s", store="t", reduce=ReduceConfig(umap_components=4),
                   cluster=ClusterConfig(method="scan"))
@@ -87,8 +90,9 @@ def test_scan_refuses_umap_before_any_work() -> None:
 
 def test_far_away_points_are_novel_and_members_mostly_not() -> None:
     X, _ = _blobs(2)
-    model = fit_model(_source(X), extractor_key="k", reduce=ReduceConfig(method="none", n_components=None),
-                      cluster=ClusterConfig(k=4, novelty_quantile=0.99, seed=0))
+    model = fit_model(_source(X), extractor_key="k",
+                      recipe=Recipe(reduce=ReduceConfig(method="none", n_components=None),
+                                    cluster=ClusterConfig(k=4, novelty_quantile=0.99, seed=0)))
     assert model.assign(X).is_novel.mean() < 0.03
     far = X[:20] + 1000.0
     out = model.assign(far)
@@ -113,7 +117,8 @@ def test_fit_from_store_labels_every_row_once(tmp_path: Path) -> None:
         sl = slice(s * 300, (s + 1) * 300)
         store.write_parquet(feature_path("k", f"s{s}"), embeddings_table(ids[sl], X[sl]))
         store.write_json(marker_path("k", f"s{s}"), {"shard_id": f"s{s}"})
-    model = fit_from_store(store, "k", reduce=ReduceConfig(n_components=6), cluster=ClusterConfig(k=4, seed=1))
+    model = fit_from_store(store, "k", recipe=Recipe(reduce=ReduceConfig(n_components=6),
+                                                     cluster=ClusterConfig(k=4, seed=1)))
     promote(store, model.model_id)
     assert current_model_id(store) == model.model_id
     day = dt.date(2026, 11, 24)
@@ -128,13 +133,14 @@ def test_fit_from_store_labels_every_row_once(tmp_path: Path) -> None:
 
 def test_fit_from_store_without_features_says_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="run extraction first"):
-        fit_from_store(Store(tmp_path), "nothing", reduce=ReduceConfig(), cluster=ClusterConfig())
+        fit_from_store(Store(tmp_path), "nothing", recipe=Recipe(reduce=ReduceConfig(),
+                                                                 cluster=ClusterConfig()))
 
 
 def test_tampered_pickle_in_a_saved_model_is_refused(tmp_path: Path) -> None:
     X, _ = _blobs(4, n=600)
-    model = fit_model(_source(X), extractor_key="k", reduce=ReduceConfig(n_components=6),
-                      cluster=ClusterConfig(method="hdbscan", min_cluster_size=30, fit_sample=600, seed=0))
+    model = fit_model(_source(X), extractor_key="k", recipe=Recipe(reduce=ReduceConfig(n_components=6),
+                                                                   cluster=ClusterConfig(method="hdbscan", min_cluster_size=30, fit_sample=600, seed=0)))
     store = Store(tmp_path)
     model.save(store)
     pkl = tmp_path / "models" / model.model_id / "clusterer" / "object.pkl"

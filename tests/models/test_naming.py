@@ -22,7 +22,7 @@ import pytest
 import torch
 from PIL import Image
 
-from imgclust.config import ClusterConfig, ExtractConfig, IngestConfig, ReduceConfig
+from imgclust.config import ClusterConfig, ExtractConfig, IngestConfig, Recipe, ReduceConfig
 from imgclust.exceptions import ConfigError
 from imgclust.extract.backbones import clear_backbone_cache, create_backbone, list_backbones
 from imgclust.extract.backbones.openclip_nets import (
@@ -123,7 +123,8 @@ def _build_store(root: Path, src: Path, extract: ExtractConfig) -> tuple[Store, 
     ingest(store, str(src), config=IngestConfig(hash_threads=2), date=DAY)
     specs = plan_shards(store, shard_size=10)
     key = [extract_shard(store, spec, extract) for spec in specs][0]["extractor_key"]
-    model = fit_from_store(store, key, reduce=ReduceConfig(n_components=6), cluster=ClusterConfig(k=3, seed=0),
+    model = fit_from_store(store, key, recipe=Recipe(reduce=ReduceConfig(n_components=6),
+                                                     cluster=ClusterConfig(k=3, seed=0)),
                            extract=extract)
     for spec in specs:
         label_shard(store, model.model_id, key, spec.shard_id, date=DAY)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgclust.config import ClusterConfig, ExtractConfig, IngestConfig, ReduceConfig
+from imgclust.config import ClusterConfig, ExtractConfig, IngestConfig, Recipe, ReduceConfig
 from imgclust.exceptions import ConfigError, CorruptArtifactError
 from imgclust.extract.shard import extract_shard
 from imgclust.io.manifest import ingest, plan_shards, read_manifest
@@ -57,7 +57,8 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     cfg = ExtractConfig(extractor="pixels", device="cpu", decode_threads=1)
     specs = plan_shards(store, shard_size=20)
     key = [extract_shard(store, spec, cfg) for spec in specs][0]["extractor_key"]
-    model = fit_from_store(store, key, reduce=ReduceConfig(n_components=8), cluster=ClusterConfig(k=3, seed=0))
+    model = fit_from_store(store, key, recipe=Recipe(reduce=ReduceConfig(n_components=8),
+                                                     cluster=ClusterConfig(k=3, seed=0)))
     for spec in specs:
         label_shard(store, model.model_id, key, spec.shard_id, date=DAY)
     return {"store": store, "model_id": model.model_id, "key": key, "src": src}

@@ -9,7 +9,7 @@ from scipy.linalg import subspace_angles
 from sklearn.datasets import load_digits
 from sklearn.decomposition import PCA
 
-from imgclust.config import ClusterConfig, ReduceConfig
+from imgclust.config import ClusterConfig, Recipe, ReduceConfig
 from imgclust.estimator import load_estimator
 from imgclust.exceptions import ConfigError, CorruptArtifactError
 from imgclust.io.features import embeddings_table, feature_path, marker_path
@@ -183,14 +183,16 @@ def test_statistics_per_shard_group_give_the_single_pass_model(tmp_path: Path, d
     paths = [write_pca_statistics(store, "k", g, reduce) for g in (shards[:3], shards[3:7], shards[7:])]
     assert paths[0] == pca_statistics_path("k", shards[:3], reduce)  # deterministic: a retry overwrites it
     cluster = ClusterConfig(k=10, n_redo=1, seed=0)
-    merged = fit_from_store(store, "k", reduce=reduce, cluster=cluster, shard_ids=shards, pca_statistics=paths)
-    single = fit_from_store(store, "k", reduce=reduce, cluster=cluster, save=False)
+    merged = fit_from_store(store, "k", recipe=Recipe(reduce=reduce,
+                                                      cluster=cluster), shard_ids=shards, pca_statistics=paths)
+    single = fit_from_store(store, "k", recipe=Recipe(reduce=reduce, cluster=cluster), save=False)
     assert merged.reducer is not None and single.reducer is not None
     _assert_same_axes(merged.reducer.components_, single.reducer.components_,
                       _axis_angle_bounds(digits, 200, 12) + _axis_angle_bounds(digits, len(digits), 12))
     assert not any(store.exists(p) for p in paths)  # scratch statistics are removed once the model is saved
     with pytest.raises(ConfigError, match="use 'pca'"):
-        fit_from_store(store, "k", reduce=ReduceConfig(n_components=5), cluster=cluster, pca_statistics=paths)
+        fit_from_store(store, "k", recipe=Recipe(reduce=ReduceConfig(n_components=5),
+                                                 cluster=cluster), pca_statistics=paths)
 
 
 @pytest.mark.integration

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,8 +20,9 @@ import torch
 from torch import nn
 
 from imgclust.devices import mixed_precision
-from imgclust.exceptions import ConfigError
+from imgclust.exceptions import ConfigError, ImageDecodeError
 from imgclust.extract.backbones.preprocessing import Preprocessing, preprocess_image
+from imgclust.extract.images import DEFAULT_MAX_PIXELS, decode_image
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -113,6 +117,34 @@ class Backbone(ABC):
     def preprocess(self, image: np.ndarray) -> torch.Tensor:
         """uint8 ``(H, W)`` or ``(H, W, 3)`` -> float32 ``(C, S, S)`` normalised (see ``preprocess_image``)."""
         return preprocess_image(image, self.preprocessing)
+
+    def decode(self, data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> torch.Tensor:
+        """Encoded image bytes -> float32 ``(C, S, S)``: :func:`~imgclust.extract.images.decode_image` in this
+        backbone's mode (large JPEGs decoded at a reduced scale near its resize side), then :meth:`preprocess`.
+        Raises :class:`~imgclust.exceptions.ImageDecodeError` with the reason a file cannot be used."""
+        prep = self.preprocessing
+        return self.preprocess(decode_image(data, mode=prep.mode, max_pixels=max_pixels, target_side=prep.resize_size))
+
+    def embed_files(self, paths: Iterable[str | os.PathLike[str]], *, batch_size: int = 64) -> np.ndarray:
+        """Embed local image files, in the order given: float32 ``(n, D)``.
+
+        For a folder in a script or a notebook; a corpus goes through the pipeline instead
+        (:func:`imgclust.extract.shard.extract_shard`), which quarantines a bad file with its reason where this raises
+        :class:`~imgclust.exceptions.ImageDecodeError` naming it."""
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        blocks, batch = [], []
+        for path in paths:
+            try:
+                batch.append(self.decode(Path(path).read_bytes()))
+            except ImageDecodeError as err:
+                raise ImageDecodeError(err.kind, f"{path}: {err.message}") from err
+            if len(batch) == batch_size:
+                blocks.append(self.embed(torch.stack(batch)))
+                batch = []
+        if batch:
+            blocks.append(self.embed(torch.stack(batch)))
+        return np.concatenate(blocks) if blocks else np.zeros((0, self.dim), np.float32)
 
     def embed(self, batch: torch.Tensor) -> np.ndarray:
         """Embed a batch of preprocessed images.
