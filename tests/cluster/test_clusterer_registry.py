@@ -106,15 +106,13 @@ def test_a_method_declares_its_own_typed_options() -> None:
     assert model.meta["cluster"]["options"] == {"feature": 2}  # recorded: a recluster refits it the same way
 
 
-@pytest.mark.parametrize("name", ["kmeans", "hdbscan", "agglomerative", "gmm", "scan", "bands"])
-def test_each_method_returns_the_estimator_class_it_declares(name: str) -> None:
-    rng = np.random.default_rng(1)
-    X = np.concatenate([rng.normal(c, 0.1, size=(60, 2)) for c in (0, 3, 6)]).astype(np.float32)
-    recipe = Recipe(reduce=ReduceConfig(method="none", n_components=None),
-                    cluster=ClusterConfig(method=name, k=3, min_cluster_size=10 if name == "hdbscan" else None))
+def test_a_method_returns_the_estimator_class_it_declares() -> None:
+    """(The built-in methods are checked where tests/models/test_model.py fits each of them.)"""
+    X = np.random.default_rng(1).normal(size=(90, 2)).astype(np.float32)
+    recipe = Recipe(reduce=ReduceConfig(method="none", n_components=None), cluster=ClusterConfig(method="bands", k=3))
     model = fit_model(X, extractor_key="toy", recipe=recipe)
-    assert type(model.clusterer).__name__ == clusterer_spec(name).estimator
-    assert clusterer_spec(name).estimator in list_estimators()  # what load_estimator finds when the model loads
+    assert type(model.clusterer).__name__ == clusterer_spec("bands").estimator
+    assert {spec.estimator for spec in map(clusterer_spec, list_methods())} <= set(list_estimators())  # loadable
 
 
 def test_a_plugin_module_that_does_not_import_is_named(monkeypatch: pytest.MonkeyPatch,

@@ -166,7 +166,7 @@ def _child_fit(out: Path, *ck: object, crash: int | None = None) -> int:
     return proc.returncode
 
 
-@pytest.mark.parametrize("every,crash", [(2, 5), (3, 3)])  # resume mid-epoch / at an epoch boundary
+@pytest.mark.parametrize("every,crash", [(2, 5), pytest.param(3, 3, marks=pytest.mark.slow)])  # mid-epoch / boundary
 def test_checkpoint_resume_is_bit_identical(tmp_path: Path, every: int, crash: int) -> None:
     """Reference, crashed and resumed fits each in a fresh process, like a real crash and restart."""
     ck = tmp_path / "ck"

@@ -87,7 +87,7 @@ def test_recluster_k_alone_keeps_the_current_recipe(ops: dict[str, Any], tmp_pat
 
     def args(**kw: Any) -> argparse.Namespace:
         return argparse.Namespace(**{"store": str(ops["store"]), "method": None, "k": None, "scan_whiten": False,
-                                     **kw})
+                                     "cluster_option": [], **kw})
 
     store = Store(ops["store"])
     current = store.read_json(f"models/{current_model_id(store)}/model.json")["cluster"]
@@ -99,6 +99,10 @@ def test_recluster_k_alone_keeps_the_current_recipe(ops: dict[str, Any], tmp_pat
         ClusterConfig(method="scan", k=6, scan_whiten=True)
     with pytest.raises(ConfigError, match="does not exist; pass --method"):
         recluster_cluster_config(args(store=str(tmp_path / "empty"), k=5))
+    with pytest.raises(ConfigError, match="--cluster-option needs --method"):  # options belong to a given method
+        recluster_cluster_config(args(k=5, cluster_option=[("feature", 1)]))
+    with pytest.raises(ConfigError, match="method 'kmeans' takes no options of its own"):
+        recluster_cluster_config(args(method="kmeans", k=5, cluster_option=[("feature", 1)]))
 
 
 def test_recluster_keeps_stable_ids_and_relabels_everything(ops: dict[str, Any]) -> None:

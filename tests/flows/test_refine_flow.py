@@ -16,7 +16,8 @@ from imgclust.models.verify import verify_store
 pytestmark = [pytest.mark.integration, requires_fashion]
 
 
-@pytest.mark.parametrize("method,options,k", [("convae", None, 10), ("n2d", None, 10), ("n2d-ensemble", None, 10),
+@pytest.mark.parametrize("method,options,k", [("convae", None, 10), ("n2d", None, 10),
+                                              pytest.param("n2d-ensemble", None, 10, marks=pytest.mark.slow),
                                               ("simclr", None, "auto"), ("simclr", {"clusterer": "scan"}, 10)])
 def test_refine_trains_extracts_refits_and_gates(tmp_path: Path, dask_address: str, method: str,
                                                  options: dict[str, Any] | None, k: int | str) -> None:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import make_blobs
 
+from imgclust.cluster.registry import clusterer_spec
 from imgclust.config import ClusterConfig, Recipe, ReduceConfig
 from imgclust.exceptions import CorruptArtifactError, StoreError
 from imgclust.io.features import embeddings_table, feature_path, marker_path
@@ -39,8 +40,9 @@ def test_fit_model_recovers_blobs_and_round_trips(tmp_path: Path, method: str, u
     method = "scan" if whiten else method
     model = fit_model(_source(X), extractor_key="k",
                       recipe=Recipe(reduce=ReduceConfig(n_components=8, umap_components=umap),
-                                    cluster=ClusterConfig(method=method, k=4, min_cluster_size=40, fit_sample=1000, seed=2,
-                                            consensus_runs=runs, scan_whiten=whiten)))
+                                    cluster=ClusterConfig(method=method, k=4, min_cluster_size=40, fit_sample=1000,
+                                                          seed=2, consensus_runs=runs, scan_whiten=whiten)))
+    assert type(model.clusterer).__name__ == clusterer_spec(method).estimator  # the class its registry entry declares
     if method == "gmm":
         assert model.clusterer.get_params()["consensus_runs"] == runs
     if method == "scan":
