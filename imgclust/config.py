@@ -216,19 +216,18 @@ class Recipe(_Base):
         """The number of clusters asked for; None when the fit chooses it (``k="auto"``) or the method finds it."""
         return fixed_k(self.cluster)
 
-    def with_cluster(self, **changes: Any) -> Recipe:
-        """This recipe with ``changes`` to its cluster step, validated (ConfigError when invalid)."""
-        return validated(Recipe, reduce=self.reduce, cluster=validated(
-            ClusterConfig, **{**self.cluster.model_dump(exclude_unset=True), **changes}))
-
     def describe(self) -> str:
         """One line, e.g. ``IPCA(50) -> UMAP(10) -> gmm k=10 (consensus of 8 EM runs)``."""
         r, c = self.reduce, self.cluster
-        size = f"{r.n_components}" if r.n_components is not None else f"{r.variance_target:g} of the variance"
-        steps = [] if r.method == "none" else [f"{'IPCA' if r.method == 'ipca' else 'PCA'}({size})"]
-        if r.umap_components:
-            steps.append(f"UMAP({r.umap_components})")
-        k = "" if clusterer_spec(c.method).finds_k else f" k={c.k}"
+        spec = clusterer_spec(c.method)
+        steps = []
+        if r.method != "none":
+            size = f"{r.n_components}" if r.n_components is not None else f"{r.variance_target:g} of the variance"
+            steps.append(f"{'IPCA' if r.method == 'ipca' else 'PCA'}({size})")
+        umap = r.umap_components or spec.default_umap
+        if umap:
+            steps.append(f"UMAP({umap})")
+        k = "" if spec.finds_k else f" k={c.k}"
         runs = f" (consensus of {c.consensus_runs} EM runs)" if c.method == "gmm" and c.consensus_runs > 1 else ""
         return " -> ".join([*steps, f"{c.method}{k}{runs}"])
 
