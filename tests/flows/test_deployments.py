@@ -218,6 +218,7 @@ def test_nightly_deployment_labels_exactly_the_day2_images(served: dict[str, Any
     assert all(_parquet_mtimes(served["store"]).get(p) == m for p, m in before.items())
 
 
+@pytest.mark.slow  # about a minute; the backfill flow's idempotency is in the default suite (test_operations.py)
 def test_backfill_deployment_is_idempotent(served: dict[str, Any]) -> None:
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings

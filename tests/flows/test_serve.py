@@ -111,6 +111,7 @@ def test_own_server_killed_is_restarted_and_serves_again(own_server: dict[str, A
     assert len(list_parts(Store(str(own_server["store"])))) == 1  # nothing new to ingest: idempotent
 
 
+@pytest.mark.slow  # about 40 s: waits out the grace period on a killed server (make test-slow)
 def test_external_server_lost_exits_3_within_grace(tmp_path: Path) -> None:
     port, logs = free_port(), tmp_path / "logs"
     logs.mkdir()
