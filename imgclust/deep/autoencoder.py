@@ -55,7 +55,8 @@ class AutoencoderClusterer(EmbeddingClusterer):
     Parameters
     ----------
     arch : ``"convae"`` (Qian et al., 2025), ``"ascae"`` or ``"scae"`` (the ASCAE paper).
-    n_clusters : k; also the D2 width of ASCAE/SCAE.
+    n_clusters : k; also the D2 width of ASCAE/SCAE. ``"auto"`` (ConvAE with ``embed_dim`` set, whose network does not
+        depend on k): the last stage chooses k by the sweep of :mod:`imgclust.cluster.choose_k`.
     embed_dim : ConvAE embedding size; ``None`` = ``n_clusters`` (as in Qian et al., 2025). ASCAE/SCAE
         always cluster their 50-d F layer.
     lam : λ of the ASCAE loss (20 in the paper, for raw 0..255 pixels); ignored by ConvAE.
@@ -87,7 +88,8 @@ class AutoencoderClusterer(EmbeddingClusterer):
     Attributes
     ----------
     network_ : the trained module (eval mode); network_spec_ : its JSON spec
-    labels_ : (N,) int64 cluster of each training image; cluster_centers_ : (k, D) float32 in the
+    labels_ : (N,) int64 cluster of each training image; n_clusters_ : k fitted (chosen when ``n_clusters="auto"``,
+        whose sweep is ``k_sweep_``); cluster_centers_ : (k, D) float32 in the
         space the clusterer ran in (embeddings, or UMAP coordinates): centroids, or GMM means
     kmeans_ : FaissKMeans | None (clusterer="kmeans"); gmm_ : GaussianMixtureClusterer | None
         (clusterer="gmm"); umap_ : UMAPReducer | None
@@ -97,7 +99,7 @@ class AutoencoderClusterer(EmbeddingClusterer):
 
     _training_defaults: ClassVar[dict[str, Any]] = {**EmbeddingClusterer._training_defaults, "epochs": 50}
 
-    def __init__(self, *, arch: Literal["ascae", "scae", "convae"] = "convae", n_clusters: int = 10,
+    def __init__(self, *, arch: Literal["ascae", "scae", "convae"] = "convae", n_clusters: int | Literal["auto"] = 10,
                  embed_dim: int | None = None, lam: float = 20.0, input_scale: float | None = None, init: Literal["paper", "torch"] = "paper",
                  augment: bool | None = None, umap_components: int | None = None, umap_neighbors: int = 20,
                  clusterer: Literal["kmeans", "gmm", "scan"] = "kmeans", kmeans_redo: int = 10, spherical: bool | None = None,
@@ -121,7 +123,7 @@ class AutoencoderClusterer(EmbeddingClusterer):
         super()._validate_params()
         if self.arch not in ARCHS:
             raise ConfigError(f"arch must be one of {list(ARCHS)}, got {self.arch!r}")
-        check_int("n_clusters", self.n_clusters, minimum=1)
+        self._validate_n_clusters(auto=self.arch == "convae" and self.embed_dim is not None)
         check_int("embed_dim", self.embed_dim, minimum=1, allow_none=True)
         check_int("kmeans_redo", self.kmeans_redo, minimum=1)
         check_int("consensus_runs", self.consensus_runs, minimum=1)

@@ -131,7 +131,8 @@ class ContrastiveClusterer(EmbeddingClusterer):
 
     Parameters
     ----------
-    n_clusters : k
+    n_clusters : k, or ``"auto"``: training does not depend on k, and the last stage chooses it on the UMAP
+        coordinates by the sweep of :mod:`imgclust.cluster.choose_k` (``n_clusters_`` and ``k_sweep_`` say what it chose)
     width : encoder width (``"small"``: channels ``width, 2·width, 4·width``, representation ``4·width``;
         ``"resnet18"``: stages ``width .. 8·width``, representation ``8·width``)
     encoder : ``"small"`` (default; the encoder the other defaults were chosen with) or ``"resnet18"``,
@@ -162,7 +163,7 @@ class ContrastiveClusterer(EmbeddingClusterer):
 
     Attributes
     ----------
-    network_, network_spec_, labels_ ``(N,)``, umap_, gmm_ / kmeans_ / scan_, history_ (one row per epoch),
+    network_, network_spec_, labels_ ``(N,)``, n_clusters_, k_sweep_, umap_, gmm_ / kmeans_ / scan_, history_ (one row per epoch),
     resumed_from_step_, embed_dim_ (``4·width``, or ``8·width`` for ResNet-18), input_shape_, input_scale_ (1/255)
     """
 
@@ -170,7 +171,7 @@ class ContrastiveClusterer(EmbeddingClusterer):
     """A ``simclr`` model saved before the tone curve existed was trained without one."""
     _min_batch = 2
 
-    def __init__(self, *, n_clusters: int = 10, width: int = 32, encoder: str = "small", proj_dim: int = 64,
+    def __init__(self, *, n_clusters: int | Literal["auto"] = 10, width: int = 32, encoder: str = "small", proj_dim: int = 64,
                  weight_decay: float = 1e-6, temperature: float = 0.5,
                  min_crop_area: float = 0.3, jitter: float = 0.4, tone_curve: str = "monotone", tone_segments: int = 4,
                  umap_components: int | None = 10,
@@ -195,7 +196,8 @@ class ContrastiveClusterer(EmbeddingClusterer):
 
     def _validate_params(self) -> None:
         super()._validate_params()
-        for name, minimum in (("n_clusters", 1), ("width", 1), ("proj_dim", 1), ("umap_neighbors", 2),
+        self._validate_n_clusters(auto=True)
+        for name, minimum in (("width", 1), ("proj_dim", 1), ("umap_neighbors", 2),
                               ("consensus_runs", 1), ("kmeans_redo", 1), ("tone_segments", 1)):
             check_int(name, getattr(self, name), minimum=minimum)
         check_int("umap_components", self.umap_components, minimum=1, allow_none=True)

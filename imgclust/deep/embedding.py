@@ -12,7 +12,7 @@ Too) Deep Clustering via Clustering the Local Manifold of an Autoencoded Embeddi
 from __future__ import annotations
 
 import logging
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import numpy as np
 import torch
@@ -22,7 +22,7 @@ from imgclust.cluster.classic import FaissKMeans
 from imgclust.cluster.gmm import GaussianMixtureClusterer
 from imgclust.cluster.registry import clusterer_spec
 from imgclust.cluster.scan import ScanClusterer
-from imgclust.config import ClusterConfig, Recipe, ReduceConfig
+from imgclust.config import AUTO_K, ClusterConfig, Recipe, ReduceConfig, fixed_k
 from imgclust.deep.base import DeepEstimator
 from imgclust.deep.networks import build_network
 from imgclust.deep.training import encode_batched, optimise, to_float_images
@@ -31,6 +31,7 @@ from imgclust.exceptions import ConfigError
 from imgclust.models.capping import FitSizes, cap_embedding_fit
 from imgclust.models.recipe import fit_clusters, fit_umap
 from imgclust.reduce.streaming import UMAPReducer
+from imgclust.validation import check_int
 
 logger = logging.getLogger(__name__)
 
@@ -45,27 +46,30 @@ CLUSTERERS = ("kmeans", "gmm", "scan")
 class EmbeddingClusterer(DeepEstimator):
     """Base: cluster an encoder's embeddings, optionally through UMAP, with k-means or a GMM.
 
-    Subclasses define the parameters ``n_clusters``, ``umap_components`` (``None`` = no UMAP),
+    Subclasses define the parameters ``n_clusters`` (an int, or ``"auto"`` where the network does not depend on it:
+    the last stage then chooses k by the sweep of :mod:`imgclust.cluster.choose_k`), ``umap_components`` (``None`` = no UMAP),
     ``umap_neighbors``, ``clusterer`` (one of :data:`CLUSTERERS`), ``kmeans_redo``, ``consensus_runs`` and
     ``training`` (:class:`~imgclust.deep.training.TrainingConfig`, counted in epochs), and the hooks :meth:`_validate_params`, :meth:`network_spec`, :meth:`_input_scale`, :meth:`_batch_loss`
     (and optionally :meth:`_spherical`, :meth:`_fingerprint_params`, :meth:`_optimizer`).
 
     Attributes set by ``fit``: ``network_`` (eval mode), ``network_spec_``, ``history_`` (one row per
     epoch), ``resumed_from_step_``, ``input_shape_``, ``input_scale_``, ``embed_dim_``; by
-    :meth:`_fit_clusters`: ``labels_`` ``(N,)`` int64, ``umap_`` (UMAPReducer | None), ``kmeans_`` /
-    ``gmm_`` / ``scan_`` (whichever ``clusterer`` names; the others are ``None``).
+    :meth:`_fit_clusters`: ``labels_`` ``(N,)`` int64, ``n_clusters_`` (the number of clusters fitted: ``n_clusters``,
+    or the chosen one), ``k_sweep_`` (``n_clusters="auto"``: the sweep as
+    :meth:`~imgclust.cluster.choose_k.KSweep.to_json` writes it, else ``None``), ``umap_`` (UMAPReducer | None),
+    ``kmeans_`` / ``gmm_`` / ``scan_`` (whichever ``clusterer`` names; the others are ``None``).
     """
 
     _sub_estimators: ClassVar[dict[str, str]] = {"kmeans": "kmeans_", "gmm": "gmm_", "scan": "scan_", "umap": "umap_"}
 
-    _meta_attrs = (*DeepEstimator._meta_attrs, "history_")
+    _meta_attrs = (*DeepEstimator._meta_attrs, "history_", "n_clusters_", "k_sweep_")
     _tensor_attrs = ("labels_",)
     _resumable_params: ClassVar[tuple[str, ...]] = (
         *DeepEstimator._resumable_params, "kmeans_redo", "umap_components", "umap_neighbors", "clusterer",
         "consensus_runs", "spherical")
     """The clustering stages do not change the training trajectory either."""
 
-    n_clusters: int
+    n_clusters: int | Literal["auto"]
     umap_components: int | None
     umap_neighbors: int
     clusterer: str
@@ -85,6 +89,16 @@ class EmbeddingClusterer(DeepEstimator):
         """The scalar training loss of the batch ``x[idx]`` (``x`` all images ``(N, C, H, W)``, CPU; ``idx``
         ``(b,)``), augmentation included; it runs under :func:`~imgclust.devices.mixed_precision`."""
         raise NotImplementedError
+
+    def _validate_n_clusters(self, *, auto: bool) -> None:
+        """ConfigError unless ``n_clusters`` is an int >= 1, or ``"auto"`` when ``auto`` (the network does not
+        depend on it)."""
+        if self.n_clusters == AUTO_K and not auto:
+            raise ConfigError(f"{type(self).__name__}: n_clusters='auto' needs a network that does not depend on k "
+                              "(simclr, or ConvAE with embed_dim set); give k, or choose it first with "
+                              "imgclust.cluster.choose_k.choose_k on another representation")
+        if self.n_clusters != AUTO_K:
+            check_int("n_clusters", self.n_clusters, minimum=1)
 
     def _validate_clusterer(self) -> None:
         """ConfigError unless ``clusterer`` is one of :data:`CLUSTERERS` and fits ``umap_components``."""
@@ -159,19 +173,20 @@ class EmbeddingClusterer(DeepEstimator):
         self.kmeans_: FaissKMeans | None = None
         self.gmm_: GaussianMixtureClusterer | None = None
         self.scan_: ScanClusterer | None = None
-        fitted = fit_clusters(feats, recipe, sizes).fitted
-        setattr(self, f"{self.clusterer}_", fitted.estimator)
+        stage = fit_clusters(feats, recipe, sizes)
+        setattr(self, f"{self.clusterer}_", stage.fitted.estimator)
+        self.n_clusters_: int = int(fixed_k(stage.cluster) or 0)
+        self.k_sweep_: dict[str, Any] | None = None if stage.sweep is None else stage.sweep.to_json()
         self.labels_ = self._final_clusterer().predict(feats)
-        logger.info("%s: %s on %s features %s -> %d clusters", type(self).__name__, self.clusterer,
-                    "UMAP" if self.umap_ is not None else "embedding", feats.shape, self.n_clusters)
+        logger.info("%s: %s on %s features %s -> %d clusters%s", type(self).__name__, self.clusterer,
+                    "UMAP" if self.umap_ is not None else "embedding", feats.shape, self.n_clusters_,
+                    "" if stage.sweep is None else f" (k=auto: {stage.sweep.reason})")
 
     def _sizes(self, emb: np.ndarray) -> FitSizes:
-        """UMAP and SCAN sizes for the ``(N, D)`` embeddings, capped to what N rows support
+        """UMAP and SCAN sizes for the ``(N, D)`` embeddings and :meth:`recipe`, capped to what N rows support
         (:func:`imgclust.models.capping.cap_to_data`, one warning when something is capped); fewer rows than
         ``n_clusters`` raise :class:`ConfigError`."""
-        sizes = cap_embedding_fit(emb.shape[0], emb.shape[1], umap_components=self.umap_components,
-                                  umap_neighbors=self.umap_neighbors, method=self.clusterer,
-                                  n_clusters=self.n_clusters)
+        sizes = cap_embedding_fit(emb.shape[0], emb.shape[1], self.recipe())
         if sizes.capped:
             logger.warning("%s: %s", type(self).__name__, sizes.describe())
         return sizes

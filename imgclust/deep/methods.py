@@ -44,7 +44,18 @@ _CLASSES = {"AutoencoderClusterer": "imgclust.deep.autoencoder", "DEC": "imgclus
             "NeighbourConsistency": "imgclust.deep.nnc", "DeepCluster": "imgclust.deep.deepcluster"}
 
 
-def create_deep(method: str, *, k: int, epochs: int = 20, max_iter: int = 2000, seed: int = 0,
+AUTO_K_UMAP_DIMS = 10
+"""UMAP dimensions of the N2D-style refits when k is chosen after the embedding (``k="auto"``); N2D embeds into
+as many dimensions as clusters (McConville et al. 2020), and 10 is that for the 10-class sets it was made on."""
+
+
+AUTO_K_METHODS = ("simclr", "convae", "n2d")
+"""Methods whose network does not depend on k, so ``create_deep(method, k="auto")`` trains first and the last stage
+chooses k (:mod:`imgclust.cluster.choose_k`); ``convae`` / ``n2d`` then embed into :data:`AUTO_K_UMAP_DIMS`
+dims (their embedding is k-wide when k is given)."""
+
+
+def create_deep(method: str, *, k: int | Literal["auto"], epochs: int = 20, max_iter: int = 2000, seed: int = 0,
                 device: str = "auto", checkpoint_dir: str | None = None, **extra: Any) -> DeepEstimator:
     """The estimator for ``method`` with the project's defaults; ``extra`` overrides parameters.
 
@@ -59,9 +70,24 @@ def create_deep(method: str, *, k: int, epochs: int = 20, max_iter: int = 2000, 
     papers' k-means on the embedding: on a Fashion-MNIST *train* subset (used once to choose this,
     never the test split) the N2D start partition was more accurate than k-means on the same ConvAE
     embedding, and DEC kept that lead. Pass ``init="kmeans"`` for the papers' initialisation.
+
+    ``k="auto"`` (methods of :data:`AUTO_K_METHODS`, whose training does not depend on k): the encoder trains, then
+    the last stage chooses k on its (UMAP-mapped, :data:`AUTO_K_UMAP_DIMS` dims) embeddings by the pipeline's sweep;
+    the fitted estimator's ``n_clusters_`` is the chosen k and ``k_sweep_`` the sweep. The other methods train with
+    k (a clustering loss, pseudo-labels or k-wide layers) and raise :class:`ConfigError`.
     """
     if method not in DEEP_METHODS:
         raise UnknownNameError(f"unknown deep method {method!r}; choose one of {', '.join(DEEP_METHODS)}")
+    dims: int | Literal["auto"] = k
+    if k == AUTO_K:
+        if method not in AUTO_K_METHODS:
+            raise ConfigError(f"deep method {method!r} trains with k (it cannot choose it afterwards); give k, or "
+                              f"use one of {', '.join(AUTO_K_METHODS)} with k='auto', or let the pipeline choose k "
+                              "(imgclust run without --k) and refine that model (imgclust refine trains with its k "
+                              "and chooses again on the refit)")
+        dims = AUTO_K_UMAP_DIMS
+        if method in ("convae", "n2d"):
+            extra = {"embed_dim": AUTO_K_UMAP_DIMS, **extra}
     common: dict[str, Any] = {"seed": seed, "device": device, "checkpoint_dir": checkpoint_dir}
     pretrain: dict[str, Any] = {"arch": "convae", "epochs": epochs}
     if method == "n2d-ensemble":
@@ -72,13 +98,13 @@ def create_deep(method: str, *, k: int, epochs: int = 20, max_iter: int = 2000, 
         from imgclust.deep.contrastive import ContrastiveClusterer
 
         return ContrastiveClusterer.with_training(n_clusters=k, epochs=epochs,
-                                                  **_with_clusterer({"umap_components": k, **common}, extra))
+                                                  **_with_clusterer({"umap_components": dims, **common}, extra))
     if method in ("ascae", "scae", "convae", *N2D_RECIPES):
         from imgclust.deep.autoencoder import AutoencoderClusterer
 
         arch: dict[str, Any] = {"arch": method}
         if method in N2D_RECIPES:
-            arch = {**N2D_RECIPES[method], "umap_components": k}
+            arch = {**N2D_RECIPES[method], "umap_components": dims}
         return AutoencoderClusterer.with_training(n_clusters=k, epochs=epochs,
                                                   **_with_clusterer({**arch, **common}, extra))
     finetune: dict[str, Any] = {"init": "umap", "autoencoder": pretrain, **common, **extra}
@@ -110,7 +136,7 @@ OWN_ARGUMENTS = ("k", "n_clusters", "epochs", "max_iter", "seed", "device", "che
 """What the refine flow sets itself (its own parameters / CLI flags), so ``options`` may not name them."""
 
 
-def check_deep_options(method: str, k: int, options: dict[str, Any] | None) -> None:
+def check_deep_options(method: str, k: int | Literal["auto"], options: dict[str, Any] | None) -> None:
     """ConfigError, before any work, unless ``create_deep(method, k=k, **options)`` builds a valid estimator
     (unknown option names, names the refine flow sets itself, bad values)."""
     clash = sorted(set(options or {}) & set(OWN_ARGUMENTS))
@@ -121,11 +147,6 @@ def check_deep_options(method: str, k: int, options: dict[str, Any] | None) -> N
         create_deep(method, k=k, **(options or {}))._validate_params()
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"bad options for deep method {method!r}: {exc}; see its class's parameters") from exc
-
-
-AUTO_K_UMAP_DIMS = 10
-"""UMAP dimensions of the N2D-style refits when k is chosen after the embedding (``k="auto"``); N2D embeds into
-as many dimensions as clusters (McConville et al. 2020), and 10 is that for the 10-class sets it was made on."""
 
 
 def refit_recipe(method: str, k: int | str, seed: int, options: dict[str, Any] | None = None) -> Recipe:

@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 from imgclust.cluster.density import MIN_ROWS as DENSITY_MIN_ROWS
 from imgclust.cluster.registry import clusterer_spec
-from imgclust.config import ClusterConfig, ReduceConfig, fixed_k
+from imgclust.config import ClusterConfig, Recipe, ReduceConfig, fixed_k
 from imgclust.exceptions import ConfigError
 
 __all__ = ["FitSizes", "PCA_MAX_COMPONENTS", "cap_embedding_fit", "cap_to_data",
@@ -145,13 +145,10 @@ def cap_to_data(reduce: ReduceConfig, cluster: ClusterConfig, *, n_rows: int, n_
                     scan_neighbors=scan_neighbors, capped=capped)
 
 
-def cap_embedding_fit(n_rows: int, n_features: int, *, umap_components: int | None, umap_neighbors: int,
-                      method: str, n_clusters: int) -> FitSizes:
-    """:func:`cap_to_data` for the deep methods' own clustering of their embeddings ``(n_rows, n_features)``: UMAP
-    (``umap_components``, None = none) fitted on every row, then ``method`` (kmeans, gmm or scan) into
-    ``n_clusters``. The methods validate these parameters themselves (one cluster is allowed there), so the
-    configuration objects are built without the pipeline's validation."""
-    reduce = ReduceConfig.model_construct(method="none", n_components=None, umap_components=umap_components,
-                                          umap_neighbors=umap_neighbors)
-    cluster = ClusterConfig.model_construct(method=cast(Any, method), k=n_clusters, fit_sample=n_rows)
-    return cap_to_data(reduce, cluster, n_rows=n_rows, n_features=n_features)
+def cap_embedding_fit(n_rows: int, n_features: int, recipe: Recipe) -> FitSizes:
+    """:func:`cap_to_data` for a deep method's own clustering of its embeddings ``(n_rows, n_features)``: ``recipe``
+    (no linear reduction; UMAP, when it has one, fitted on every row). The methods validate their recipe's
+    parameters themselves (one cluster is allowed there), so it comes unvalidated and every row is the clustering
+    sample."""
+    cluster = recipe.cluster.model_copy(update={"fit_sample": n_rows})
+    return cap_to_data(recipe.reduce, cluster, n_rows=n_rows, n_features=n_features)
