@@ -28,6 +28,10 @@ same pair, seed, encoder and epochs (the log says which).
 
     PYTHONPATH=. .venv/bin/python benchmarks/novelty_representation.py --pairs 0-6,5-7,8-9
     PYTHONPATH=. .venv/bin/python benchmarks/novelty_representation.py --pairs 0-6 --encoder resnet18 --epochs 20
+    python benchmarks/novelty_representation.py --encoder resnet18 --epochs 50 --device cuda   # on a GPU machine
+
+The representations are computed on the CPU whatever ``--device`` (the scores do not depend on it beyond float
+rounding).
 """
 from __future__ import annotations
 
@@ -57,6 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--encoder", choices=("small", "resnet18"), default="small")
     p.add_argument("--epochs", type=int, default=10, help="simclr training epochs (default %(default)s, the demo's)")
+    p.add_argument("--device", default="cpu", help="where the encoder trains and embeds: cpu or cuda (default %(default)s)")
     p.add_argument("--rate", type=float, default=0.05, help="target false-novel rate (default %(default)s)")
     p.add_argument("--cache", type=Path, default=Path("/tmp/imgclust-novelty-encoders"),
                    help="trained encoders are saved and reused here (default %(default)s)")
@@ -103,7 +108,7 @@ def trained_encoder(x: np.ndarray, held: tuple[int, int], args: argparse.Namespa
         return ContrastiveClusterer.load(folder)
     t0 = time.perf_counter()
     options = {} if args.encoder == "small" else {"encoder": args.encoder}
-    est = create_deep("simclr", k=8, epochs=args.epochs, seed=args.seed, device="cpu", **options).fit(x)
+    est = create_deep("simclr", k=8, epochs=args.epochs, seed=args.seed, device=args.device, **options).fit(x)
     log.info("pair %s: %s encoder trained on %d images in %.0f s (%d epochs)", held, args.encoder, len(x),
              time.perf_counter() - t0, args.epochs)
     est.save(folder)
@@ -114,7 +119,7 @@ def representations(est: object, x: np.ndarray, small: bool) -> dict[str, np.nda
     """``{"h": pooled output (n, d), "h-flip": the same of the mirrored images, "layer-L": (n, 2 c) ...}``."""
     import torch
 
-    net = est.network_.eval()  # type: ignore[attr-defined]
+    net = est.network_.eval().cpu()  # type: ignore[attr-defined]
     maps: dict[str, torch.Tensor] = {}
     hooks = [net.encoder[i].register_forward_hook(lambda _m, _i, o, name=name: maps.__setitem__(name, o))
              for name, i in (LAYERS.items() if small else ())]
