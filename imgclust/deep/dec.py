@@ -19,14 +19,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 from torch import nn
 
+from imgclust.cluster.choose_k import KSweep, resolve_k
 from imgclust.cluster.classic import FaissKMeans
 from imgclust.cluster.gmm import GaussianMixtureClusterer
+from imgclust.config import AUTO_K, ClusterConfig, fixed_k
 from imgclust.deep.autoencoder import AutoencoderClusterer
 from imgclust.deep.base import DeepEstimator
 from imgclust.deep.losses import kl_clustering_loss, student_t, target_distribution
@@ -46,8 +48,11 @@ UMAP_INIT = {"n_components": 10, "n_neighbors": 20, "min_dist": 0.0}
 """N2D's UMAP settings (McConville et al., ICPR 2020: n_components = k = 10, 20 neighbours, min_dist 0)."""
 
 
-def initial_centroids(emb: np.ndarray, *, init: str, n_clusters: int, kmeans_redo: int, seed: int) -> np.ndarray:
-    """Initial centroids ``(k, d)`` float32 in the space of the pretrained embeddings ``emb`` ``(N, d)``.
+def initial_centroids(emb: np.ndarray, *, init: str, n_clusters: int | Literal["auto"], kmeans_redo: int,
+                      seed: int) -> tuple[np.ndarray, KSweep | None]:
+    """Initial centroids ``(k, d)`` float32 in the space of the pretrained embeddings ``emb`` ``(N, d)``, and
+    (``n_clusters="auto"``) the sweep of :func:`~imgclust.cluster.choose_k.resolve_k` that chose k in the space
+    the partition is found in (k-means on the embeddings, or the GMM on their UMAP coordinates); None otherwise.
 
     - ``"kmeans"``: k-means on the embeddings (DEC, Xie et al. 2016 §3.2; stage 2 of Qian et al., 2025).
     - ``"umap"``: the N2D partition (McConville et al., "N2D: (Not Too) Deep Clustering via
@@ -60,22 +65,34 @@ def initial_centroids(emb: np.ndarray, *, init: str, n_clusters: int, kmeans_red
     if init not in CENTROID_INITS:
         raise ConfigError(f"init must be one of {list(CENTROID_INITS)}, got {init!r}")
     if init == "kmeans":
-        return FaissKMeans(n_clusters=n_clusters, n_redo=kmeans_redo, seed=seed).fit(emb).cluster_centers_.copy()
+        k, sweep = _resolve(emb, "kmeans", n_clusters, seed)
+        return FaissKMeans(n_clusters=k, n_redo=kmeans_redo, seed=seed).fit(emb).cluster_centers_.copy(), sweep
     from imgclust.reduce.streaming import UMAPReducer  # lazy: umap + numba take seconds to import
 
     if emb.shape[0] <= UMAP_INIT["n_neighbors"]:
         raise ConfigError(f"init='umap' needs more than {UMAP_INIT['n_neighbors']} images, got {emb.shape[0]}; "
                           "use init='kmeans'")
     u = UMAPReducer(**UMAP_INIT, random_state=seed, fit_sample=None).fit(emb).embedding_  # type: ignore[arg-type]
-    labels = GaussianMixtureClusterer(n_clusters=n_clusters, fit_sample=None, random_state=seed).fit(u).predict(u)
-    counts = np.bincount(labels, minlength=n_clusters)
+    k, sweep = _resolve(u, "gmm", n_clusters, seed)
+    labels = GaussianMixtureClusterer(n_clusters=k, fit_sample=None, random_state=seed).fit(u).predict(u)
+    counts = np.bincount(labels, minlength=k)
     if (counts == 0).any():
         raise ConfigError(f"the mixture on the UMAP coordinates left cluster(s) {np.flatnonzero(counts == 0).tolist()} "
                           "empty, so they have no mean; use init='kmeans'")
-    sums = np.zeros((n_clusters, emb.shape[1]), dtype=np.float64)
+    sums = np.zeros((k, emb.shape[1]), dtype=np.float64)
     np.add.at(sums, labels, emb.astype(np.float64))
     logger.info("initial centroids: embedding means of the N2D (UMAP + GMM) partition, sizes %s", counts.tolist())
-    return (sums / counts[:, None]).astype(np.float32)
+    return (sums / counts[:, None]).astype(np.float32), sweep
+
+
+def _resolve(rows: np.ndarray, method: Literal["kmeans", "gmm"], n_clusters: int | Literal["auto"],
+             seed: int) -> tuple[int, KSweep | None]:
+    """``n_clusters`` as given, or chosen on ``rows`` ``(N, d)`` by the pipeline's sweep with ``method``."""
+    if n_clusters != AUTO_K:
+        return int(n_clusters), None
+    cluster, sweep = resolve_k(rows, ClusterConfig(method=method, k=AUTO_K, seed=seed))
+    logger.info("initial centroids: k=auto chose %s", sweep.reason if sweep else fixed_k(cluster))
+    return int(fixed_k(cluster) or 0), sweep
 
 
 class ClusteringModule(nn.Module):
@@ -112,7 +129,7 @@ class FineTuner(DeepEstimator):
     ``pretrained``, ``autoencoder``, ``init``, ``kmeans_redo`` and ``training`` (counted in ``max_iter``
     steps), the set-up (:meth:`_start`), the end (:meth:`_finish`) and the prediction."""
 
-    _meta_attrs = (*DeepEstimator._meta_attrs, "history_", "refreshes_", "n_iter_")
+    _meta_attrs = (*DeepEstimator._meta_attrs, "history_", "refreshes_", "n_iter_", "n_clusters_", "k_sweep_")
     _tensor_attrs = ("cluster_centers_", "labels_")
     _unsaved_params = ("pretrained",)
     _steps = "max_iter"
@@ -123,7 +140,7 @@ class FineTuner(DeepEstimator):
 
     cluster_centers_: np.ndarray
 
-    def __init__(self, *, n_clusters: int, alpha: float, pretrained: AutoencoderClusterer | None,
+    def __init__(self, *, n_clusters: int | Literal["auto"], alpha: float, pretrained: AutoencoderClusterer | None,
                  autoencoder: dict[str, Any] | None, init: str, kmeans_redo: int,
                  training: TrainingConfig | None) -> None:
         self.n_clusters, self.alpha, self.init, self.kmeans_redo = n_clusters, alpha, init, kmeans_redo
@@ -132,8 +149,15 @@ class FineTuner(DeepEstimator):
 
     def _validate_params(self) -> None:
         super()._validate_params()
-        for name in ("n_clusters", "kmeans_redo"):
-            check_int(name, getattr(self, name), minimum=1)
+        if self.n_clusters != AUTO_K:
+            check_int("n_clusters", self.n_clusters, minimum=1)
+        elif self.pretrained is None:
+            ae = {**self._ae_defaults, **(self.autoencoder or {})}
+            if ae.get("arch", "convae") != "convae" or ae.get("embed_dim") is None:
+                raise ConfigError(f"{type(self).__name__}: n_clusters='auto' needs an autoencoder whose network does not "
+                                  "depend on k: autoencoder={'arch': 'convae', 'embed_dim': D, ...} (create_deep sets "
+                                  "it), or a pretrained one")
+        check_int("kmeans_redo", self.kmeans_redo, minimum=1)
         if not self.alpha > 0:
             raise ConfigError(f"alpha must be > 0, got {self.alpha}")
         if self.pretrained is not None and not isinstance(self.pretrained, AutoencoderClusterer):
@@ -167,8 +191,10 @@ class FineTuner(DeepEstimator):
         net.load_state_dict(ae.network_.state_dict())
         net.to(device)
         infer = max(self.batch_size, 1024)
-        mu0 = initial_centroids(encode_batched(net, x, batch_size=infer, device=device), init=self.init,
-                                n_clusters=self.n_clusters, kmeans_redo=self.kmeans_redo, seed=self.seed)
+        mu0, sweep = initial_centroids(encode_batched(net, x, batch_size=infer, device=device), init=self.init,
+                                       n_clusters=self.n_clusters, kmeans_redo=self.kmeans_redo, seed=self.seed)
+        self.n_clusters_: int = int(mu0.shape[0])
+        self.k_sweep_: dict[str, Any] | None = None if sweep is None else sweep.to_json()
         model = ClusteringModule(net, torch.from_numpy(mu0)).to(device)
         opt = torch.optim.Adam(model.parameters(), lr=self.lr)  # decoder params without grad: Adam skips them
         return FineTuning(ae=ae, x=x, device=device, generator=gen, net=net, model=model, opt=opt, infer=infer,
@@ -209,7 +235,8 @@ class DEC(FineTuner):
 
     Parameters
     ----------
-    n_clusters : k.
+    n_clusters : k, or ``"auto"``: chosen on the pretrained embedding where the initial centroids are placed
+        (:func:`initial_centroids`); ``n_clusters_`` is the number fitted, ``k_sweep_`` the sweep.
     idec : keep the decoder and add its reconstruction loss (IDEC) instead of pure KL (DEC).
     gamma : weight of the KL term in IDEC's ``L_rec + gamma * KL`` (0.1 in the paper).
     alpha : Student-t degrees of freedom (1 in DEC).
@@ -238,7 +265,7 @@ class DEC(FineTuner):
                                                     "device": "auto", "checkpoint_every": 500}
     _tag = "DEC"
 
-    def __init__(self, *, n_clusters: int = 10, idec: bool = False, gamma: float = 0.1, alpha: float = 1.0,
+    def __init__(self, *, n_clusters: int | Literal["auto"] = 10, idec: bool = False, gamma: float = 0.1, alpha: float = 1.0,
                  update_interval: int = 140, tol: float = 0.001, pretrained: AutoencoderClusterer | None = None,
                  autoencoder: dict[str, Any] | None = None, init: str = "kmeans", kmeans_redo: int = 20,
                  training: TrainingConfig | None = None) -> None:

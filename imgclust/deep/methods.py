@@ -49,10 +49,11 @@ AUTO_K_UMAP_DIMS = 10
 as many dimensions as clusters (McConville et al. 2020), and 10 is that for the 10-class sets it was made on."""
 
 
-AUTO_K_METHODS = ("simclr", "convae", "n2d")
-"""Methods whose network does not depend on k, so ``create_deep(method, k="auto")`` trains first and the last stage
-chooses k (:mod:`imgclust.cluster.choose_k`); ``convae`` / ``n2d`` then embed into :data:`AUTO_K_UMAP_DIMS`
-dims (their embedding is k-wide when k is given)."""
+AUTO_K_METHODS = ("simclr", "convae", "n2d", "dec", "idec", "nnc")
+"""Methods whose network does not depend on k, so ``create_deep(method, k="auto")`` chooses k with the pipeline's
+sweep (:mod:`imgclust.cluster.choose_k`) on a trained embedding: after training (``simclr``, ``convae``, ``n2d``)
+or after pretraining, where the fine-tuners place their initial centroids (``dec``, ``idec``, ``nnc``). Their
+ConvAE then embeds into :data:`AUTO_K_UMAP_DIMS` dims (it is k-wide when k is given)."""
 
 
 def create_deep(method: str, *, k: int | Literal["auto"], epochs: int = 20, max_iter: int = 2000, seed: int = 0,
@@ -71,10 +72,10 @@ def create_deep(method: str, *, k: int | Literal["auto"], epochs: int = 20, max_
     never the test split) the N2D start partition was more accurate than k-means on the same ConvAE
     embedding, and DEC kept that lead. Pass ``init="kmeans"`` for the papers' initialisation.
 
-    ``k="auto"`` (methods of :data:`AUTO_K_METHODS`, whose training does not depend on k): the encoder trains, then
-    the last stage chooses k on its (UMAP-mapped, :data:`AUTO_K_UMAP_DIMS` dims) embeddings by the pipeline's sweep;
-    the fitted estimator's ``n_clusters_`` is the chosen k and ``k_sweep_`` the sweep. The other methods train with
-    k (a clustering loss, pseudo-labels or k-wide layers) and raise :class:`ConfigError`.
+    ``k="auto"`` (methods of :data:`AUTO_K_METHODS`, whose network does not depend on k): k is chosen by the
+    pipeline's sweep on the (UMAP-mapped, :data:`AUTO_K_UMAP_DIMS` dims) embeddings, after training or, for the
+    fine-tuners, after pretraining; the fitted estimator's ``n_clusters_`` is the chosen k and ``k_sweep_`` the
+    sweep. The others (k-wide layers or k pseudo-labels in training) raise :class:`ConfigError`.
     """
     if method not in DEEP_METHODS:
         raise UnknownNameError(f"unknown deep method {method!r}; choose one of {', '.join(DEEP_METHODS)}")
@@ -90,6 +91,8 @@ def create_deep(method: str, *, k: int | Literal["auto"], epochs: int = 20, max_
             extra = {"embed_dim": AUTO_K_UMAP_DIMS, **extra}
     common: dict[str, Any] = {"seed": seed, "device": device, "checkpoint_dir": checkpoint_dir}
     pretrain: dict[str, Any] = {"arch": "convae", "epochs": epochs}
+    if k == AUTO_K:
+        pretrain["embed_dim"] = AUTO_K_UMAP_DIMS
     if method == "n2d-ensemble":
         from imgclust.deep.ensemble import MultiViewClusterer
 

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -175,7 +175,8 @@ class NeighbourConsistency(FineTuner):
 
     Parameters
     ----------
-    n_clusters : k.
+    n_clusters : k, or ``"auto"`` (chosen where the initial centroids are placed, as for
+        :class:`~imgclust.deep.dec.DEC`).
     alpha : Student-t degrees of freedom (3 in the paper).
     lam : λ of the sample stability ``sq`` (0.8 in the paper).
     knn_interval : steps between recomputations of every sample's nearest neighbour on the full
@@ -219,7 +220,7 @@ class NeighbourConsistency(FineTuner):
     _ae_defaults: ClassVar[dict[str, Any]] = {"arch": "convae"}
     _tag = "NNC"
 
-    def __init__(self, *, n_clusters: int = 10, alpha: float = 3.0, lam: float = 0.8, knn_interval: int = 100,
+    def __init__(self, *, n_clusters: int | Literal["auto"] = 10, alpha: float = 3.0, lam: float = 0.8, knn_interval: int = 100,
                  balance: float = 1.0, pretrained: AutoencoderClusterer | None = None,
                  autoencoder: dict[str, Any] | None = None, init: str = "kmeans", kmeans_redo: int = 10,
                  training: TrainingConfig | None = None) -> None:
@@ -236,8 +237,9 @@ class NeighbourConsistency(FineTuner):
     def fit(self, images: Any, y: Any = None) -> NeighbourConsistency:
         """Fine-tune on images ``(N, H, W[, C])`` uint8 (N >= 2); ``y`` is ignored."""
         arr = self._begin_fit(images)
-        if arr.shape[0] < max(2, self.n_clusters):
-            raise ConfigError(f"NeighbourConsistency needs at least max(2, n_clusters) = {max(2, self.n_clusters)} "
+        need = 2 if self.n_clusters == "auto" else max(2, self.n_clusters)
+        if arr.shape[0] < need:
+            raise ConfigError(f"NeighbourConsistency needs at least max(2, n_clusters) = {need} "
                               f"images, got {arr.shape[0]}")
         ft = self._start(arr)
         net, model, x, device = ft.net, ft.model, ft.x, ft.device

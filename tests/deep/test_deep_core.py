@@ -298,7 +298,8 @@ def test_initial_centroids_kmeans_and_errors() -> None:
     x, _ = _blobs_images(n_per=12)
     ae = _tiny_ae(epochs=1, augment=False).fit(x)
     emb = ae.transform(x)
-    km = initial_centroids(emb, init="kmeans", n_clusters=3, kmeans_redo=1, seed=1)
+    km, sweep = initial_centroids(emb, init="kmeans", n_clusters=3, kmeans_redo=1, seed=1)
+    assert sweep is None  # k given
     np.testing.assert_allclose(km, ae.kmeans_.cluster_centers_, rtol=1e-5, atol=1e-6)  # same seed, same k-means
     with pytest.raises(ConfigError, match="init must be"):
         initial_centroids(emb, init="pretrained", n_clusters=3, kmeans_redo=1, seed=0)
@@ -313,7 +314,7 @@ def test_initial_centroids_umap_are_means_of_the_n2d_partition() -> None:
     x, y = _blobs_images(n_per=20)
     ae = _tiny_ae(epochs=3, augment=False).fit(x)
     emb = ae.transform(x)
-    mu = initial_centroids(emb, init="umap", n_clusters=3, kmeans_redo=1, seed=0)
+    mu, _ = initial_centroids(emb, init="umap", n_clusters=3, kmeans_redo=1, seed=0)
     assert mu.shape == (3, emb.shape[1]) and mu.dtype == np.float32
     near = ((emb[:, None, :] - mu[None]) ** 2).sum(-1).argmin(1)
     assert cluster_accuracy(y, near) > 0.9  # three easy blobs: the means separate them
