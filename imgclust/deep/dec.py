@@ -90,8 +90,7 @@ def _resolve(rows: np.ndarray, method: Literal["kmeans", "gmm"], n_clusters: int
     """``n_clusters`` as given, or chosen on ``rows`` ``(N, d)`` by the pipeline's sweep with ``method``."""
     if n_clusters != AUTO_K:
         return int(n_clusters), None
-    cluster, sweep = resolve_k(rows, ClusterConfig(method=method, k=AUTO_K, seed=seed))
-    logger.info("initial centroids: k=auto chose %s", sweep.reason if sweep else fixed_k(cluster))
+    cluster, sweep = resolve_k(rows, ClusterConfig(method=method, k=AUTO_K, seed=seed))  # logs its choice
     return int(fixed_k(cluster) or 0), sweep
 
 
@@ -152,11 +151,12 @@ class FineTuner(DeepEstimator):
         if self.n_clusters != AUTO_K:
             check_int("n_clusters", self.n_clusters, minimum=1)
         elif self.pretrained is None:
-            ae = {**self._ae_defaults, **(self.autoencoder or {})}
-            if ae.get("arch", "convae") != "convae" or ae.get("embed_dim") is None:
+            try:  # the autoencoder's own rule: with "auto", only a network free of k
+                self._new_autoencoder()._validate_params()
+            except ConfigError as exc:
                 raise ConfigError(f"{type(self).__name__}: n_clusters='auto' needs an autoencoder whose network does not "
                                   "depend on k: autoencoder={'arch': 'convae', 'embed_dim': D, ...} (create_deep sets "
-                                  "it), or a pretrained one")
+                                  f"it), or a pretrained one ({exc})") from exc
         check_int("kmeans_redo", self.kmeans_redo, minimum=1)
         if not self.alpha > 0:
             raise ConfigError(f"alpha must be > 0, got {self.alpha}")
@@ -169,13 +169,18 @@ class FineTuner(DeepEstimator):
         if self.init not in CENTROID_INITS:
             raise ConfigError(f"init must be one of {list(CENTROID_INITS)}, got {self.init!r}")
 
+    def _new_autoencoder(self) -> AutoencoderClusterer:
+        """The (unfitted) autoencoder ``autoencoder``'s params describe, with this estimator's k, seed and device."""
+        params = {**self._ae_defaults, "n_clusters": self.n_clusters, "seed": self.seed, "device": self.device,
+                  **(self.autoencoder or {})}
+        return AutoencoderClusterer.with_training(**params)
+
     def _pretrained(self, images: Any) -> AutoencoderClusterer:
         ae = self.pretrained
         if ae is None:
-            params = {**self._ae_defaults, "n_clusters": self.n_clusters, "seed": self.seed, "device": self.device,
-                      **(self.autoencoder or {})}
-            logger.info("%s: pretraining an autoencoder %s", self._tag, params)
-            return AutoencoderClusterer.with_training(**params).fit(images)
+            ae = self._new_autoencoder()
+            logger.info("%s: pretraining an autoencoder %s", self._tag, ae.get_params())
+            return ae.fit(images)
         if getattr(ae, "network_", None) is None:
             logger.info("%s: the given autoencoder is not fitted; fitting it on these images first", self._tag)
             ae.fit(images)

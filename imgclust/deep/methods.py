@@ -79,20 +79,18 @@ def create_deep(method: str, *, k: int | Literal["auto"], epochs: int = 20, max_
     """
     if method not in DEEP_METHODS:
         raise UnknownNameError(f"unknown deep method {method!r}; choose one of {', '.join(DEEP_METHODS)}")
-    dims: int | Literal["auto"] = k
+    common: dict[str, Any] = {"seed": seed, "device": device, "checkpoint_dir": checkpoint_dir}
+    pretrain: dict[str, Any] = {"arch": "convae", "epochs": epochs}
+    dims: int | Literal["auto"] = k  # UMAP dimensions of the N2D-style last stages
     if k == AUTO_K:
         if method not in AUTO_K_METHODS:
             raise ConfigError(f"deep method {method!r} trains with k (it cannot choose it afterwards); give k, or "
                               f"use one of {', '.join(AUTO_K_METHODS)} with k='auto', or let the pipeline choose k "
                               "(imgclust run without --k) and refine that model (imgclust refine trains with its k "
                               "and chooses again on the refit)")
-        dims = AUTO_K_UMAP_DIMS
+        dims = pretrain["embed_dim"] = AUTO_K_UMAP_DIMS  # the ConvAE's embedding is k-wide when k is given
         if method in ("convae", "n2d"):
             extra = {"embed_dim": AUTO_K_UMAP_DIMS, **extra}
-    common: dict[str, Any] = {"seed": seed, "device": device, "checkpoint_dir": checkpoint_dir}
-    pretrain: dict[str, Any] = {"arch": "convae", "epochs": epochs}
-    if k == AUTO_K:
-        pretrain["embed_dim"] = AUTO_K_UMAP_DIMS
     if method == "n2d-ensemble":
         from imgclust.deep.ensemble import MultiViewClusterer
 

@@ -45,6 +45,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 
+from imgclust.config import AUTO_K
 from imgclust.deep.autoencoder import AutoencoderClusterer
 from imgclust.deep.dec import FineTuner
 from imgclust.deep.losses import student_t
@@ -237,7 +238,7 @@ class NeighbourConsistency(FineTuner):
     def fit(self, images: Any, y: Any = None) -> NeighbourConsistency:
         """Fine-tune on images ``(N, H, W[, C])`` uint8 (N >= 2); ``y`` is ignored."""
         arr = self._begin_fit(images)
-        need = 2 if self.n_clusters == "auto" else max(2, self.n_clusters)
+        need = 2 if self.n_clusters == AUTO_K else max(2, self.n_clusters)
         if arr.shape[0] < need:
             raise ConfigError(f"NeighbourConsistency needs at least max(2, n_clusters) = {need} "
                               f"images, got {arr.shape[0]}")
