@@ -39,6 +39,15 @@ def as_batch_source(X: np.ndarray, batch_size: int = 65536) -> BatchSource:
     return source
 
 
+def columns_of(source: BatchSource, start: int, stop: int) -> BatchSource:
+    """The columns ``start:stop`` of every block ``(n_i, D)`` of ``source``, C-contiguous."""
+    def sliced() -> Iterator[np.ndarray]:
+        for block in source():
+            yield np.ascontiguousarray(block[:, start:stop])
+
+    return sliced
+
+
 def iter_blocks(data: ArrayOrSource, *, batch_size: int = 65536, n_features: int | None = None) -> Iterator[np.ndarray]:
     """Yield validated float32 blocks ``(n_i, D)`` from an array or a :data:`BatchSource`.
 

@@ -24,14 +24,17 @@ log = logging.getLogger(__name__)
 
 
 class _Encode(nn.Module):
-    """``network.encode`` as a module: (N, C, H, W) -> (N, d)."""
+    """What the extractor stores as a module: ``network.encode_with_statistics`` when the network has novelty
+    statistics (:meth:`imgclust.deep.base.DeepEstimator.extractor_features`), else ``network.encode``:
+    (N, C, H, W) -> (N, D)."""
 
     def __init__(self, network: nn.Module) -> None:
         super().__init__()
         self.network = network
+        self.method = "encode_with_statistics" if getattr(network, "statistics_dim", 0) else "encode"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.network.encode(x)  # type: ignore[operator, no-any-return]
+        return getattr(self.network, self.method)(x)  # type: ignore[no-any-return]
 
 
 def deep_backbone(location: str, device: torch.device) -> Backbone:
@@ -49,9 +52,11 @@ def deep_backbone(location: str, device: torch.device) -> Backbone:
     if shape[0] != shape[1]:
         raise ConfigError(f"deep extractor at {location} was trained on {shape[0]}x{shape[1]} images; only square "
                           "inputs are supported")
-    log.info("deep extractor %s (%s, %d-d) from %s", sha[:12], type(est).__name__, est.embed_dim_, location)
-    return ModuleBackbone(name="deep", module=_Encode(est.network_), dim=int(est.embed_dim_), preprocessing=prep,
-                          weights_id=f"file:sha256:{sha}", device=device,
+    dim, representation = est.extractor_dims()
+    log.info("deep extractor %s (%s, %d-d representation, %d columns of novelty statistics) from %s", sha[:12],
+             type(est).__name__, representation, dim - representation, location)
+    return ModuleBackbone(name="deep", module=_Encode(est.network_), dim=dim, representation_dim=representation,
+                          preprocessing=prep, weights_id=f"file:sha256:{sha}", device=device,
                           fingerprint_extra={"estimator": type(est).__name__})
 
 

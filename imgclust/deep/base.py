@@ -255,6 +255,25 @@ class DeepEstimator(Estimator):
         self.network_.to(device)
         return encode_batched(self.network_, x, batch_size=self._inference_batch(), device=device)
 
+    def extractor_features(self, images: Any) -> np.ndarray:
+        """What the ``deep:`` extractor (:mod:`imgclust.deep.backbone`) stores for images ``(N, H, W[, C])``:
+        float32 ``(N, extractor_dims()[0])``, the network's ``encode_with_statistics`` when it has one (the
+        representation, then the statistics the novelty score uses), else :meth:`transform`."""
+        if not getattr(self.network_, "statistics_dim", 0):
+            return self.transform(images)
+        x = self._to_tensor(images)
+        device = self._device()
+        self.network_.to(device)
+        return encode_batched(self.network_, x, batch_size=self._inference_batch(), device=device,
+                              method="encode_with_statistics")
+
+    def extractor_dims(self) -> tuple[int, int]:
+        """``(D, representation columns)`` of :meth:`extractor_features`: the first ``embed_dim_`` columns are the
+        representation a model clusters, the rest (when ``D > embed_dim_``) feed its novelty score."""
+        self._check_fitted("network_", "embed_dim_")
+        d = int(self.embed_dim_)
+        return d + int(getattr(self.network_, "statistics_dim", 0)), d
+
     def fit_predict(self, images: Any) -> np.ndarray:
         """``fit(images).labels_``: cluster labels ``(N,)`` int64 of the training images."""
         return self.fit(images).labels_

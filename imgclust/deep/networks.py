@@ -238,11 +238,25 @@ class ContrastiveNet(nn.Module):
                                          nn.AdaptiveAvgPool2d(1), nn.Flatten())
             self.embed_dim = 4 * width
         d = self.embed_dim
+        self.statistics_dim = 2 * d  # columns encode_with_statistics adds after the representation
         self.head = nn.Sequential(nn.Linear(d, d), nn.ReLU(inplace=True), nn.Linear(d, proj_dim))
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Images ``(N, C, H, W)`` -> unit-norm representations ``(N, embed_dim)``."""
         return F.normalize(self.encoder(x), dim=1)
+
+    def encode_with_statistics(self, x: torch.Tensor) -> torch.Tensor:
+        """Images ``(N, C, H, W)`` -> ``(N, embed_dim + statistics_dim)``: :meth:`encode`, then the last feature map's
+        per-channel mean (the pooled representation before normalisation) and spatial standard deviation.
+
+        The statistics are what the L2 normalisation and the average pool discard; a Gaussian on them scores
+        novelty (Lee, Lee, Lee & Shin, "A Simple Unified Framework for Detecting Out-of-Distribution Samples
+        and Adversarial Attacks", NeurIPS 2018). The first ``embed_dim`` columns equal :meth:`encode`'s.
+        """
+        *body, pool, flatten = self.encoder
+        fmap = nn.Sequential(*body)(x)
+        h = flatten(pool(fmap))  # the same modules as encoder(x), so encode's columns are unchanged
+        return torch.cat([F.normalize(h, dim=1), h, fmap.std(dim=(2, 3), unbiased=False)], dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Images ``(N, C, H, W)`` -> projections ``(N, proj_dim)`` (the contrastive loss's input)."""

@@ -213,18 +213,21 @@ def random_affine(x: torch.Tensor, *, max_rotation: float = 15.0, max_translatio
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def encode_batched(net: nn.Module, x: torch.Tensor, *, batch_size: int, device: torch.device) -> np.ndarray:
-    """``net.encode`` over images ``(N, C, H, W)`` in batches, eval mode, under ``inference_mode``.
+def encode_batched(net: nn.Module, x: torch.Tensor, *, batch_size: int, device: torch.device,
+                   method: str = "encode") -> np.ndarray:
+    """``net.<method>`` (``encode`` by default) over images ``(N, C, H, W)`` in batches, eval mode, under
+    ``inference_mode``.
 
     Returns float32 ``(N, d)`` on the CPU; the module's train/eval mode is restored afterwards.
     """
+    encode = getattr(net, method)
     was_training = net.training
     net.eval()
     out: list[np.ndarray] = []
     try:
         with torch.inference_mode():
             for start in range(0, x.shape[0], batch_size):
-                z = net.encode(x[start:start + batch_size].to(device))  # type: ignore[operator]
+                z = encode(x[start:start + batch_size].to(device))
                 out.append(z.float().cpu().numpy())
     finally:
         net.train(was_training)

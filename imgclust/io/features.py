@@ -1,7 +1,8 @@
 """Feature and quarantine shards in the store, and streaming readers over them.
 
 ``features/<key>/shard-<id>.parquet``: ``image_id`` string, ``embedding`` fixed_size_list<float32>[D],
-with the extractor identity in the file's key-value metadata. ``shard-<id>.json`` is the done-marker,
+with the extractor identity in the file's key-value metadata (``representation_dim``: the leading columns a model
+clusters, :func:`feature_layout`). ``shard-<id>.json`` is the done-marker,
 written last: a shard without a marker does not exist for readers. Paths: :mod:`imgclust.io.layout`.
 """
 from __future__ import annotations
@@ -100,9 +101,18 @@ def done_shards(store: Store, key: str) -> list[str]:
     return out
 
 
-def feature_dim(store: Store, key: str, shard_id: str) -> int:
-    schema = store.read_parquet(feature_path(key, shard_id), columns=["embedding"]).schema
-    return int(schema.field("embedding").type.list_size)
+def feature_layout(store: Store, key: str, shard_id: str) -> tuple[int, int]:
+    """``(D, representation columns)`` of a feature shard: the first ``representation_dim`` columns of the
+    ``embedding`` are what a model clusters, the rest (``deep:`` features) feed its novelty score. Shards
+    without the ``representation_dim`` metadata (written before it) are all representation."""
+    schema = store.parquet_schema(feature_path(key, shard_id), what="feature shard")
+    dim = int(schema.field("embedding").type.list_size)
+    raw = (schema.metadata or {}).get(b"representation_dim")
+    representation = dim if raw is None else int(raw)
+    if not 0 < representation <= dim:
+        raise CorruptArtifactError(f"{store.uri(feature_path(key, shard_id))} says representation_dim="
+                                   f"{representation} for {dim}-d embeddings; re-extract it")
+    return dim, representation
 
 
 def iter_feature_batches(store: Store, key: str, shard_ids: list[str] | None = None,

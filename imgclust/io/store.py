@@ -196,6 +196,10 @@ class Store:
         except (pa.ArrowException, OSError) as err:
             raise CorruptArtifactError(f"{self.uri(rel)} is not a readable Parquet file: {err}") from err
 
+    def parquet_schema(self, rel: str, what: str = "Parquet file") -> pa.Schema:
+        """Arrow schema, with the file's key/value metadata, of a fetched file (errors as :meth:`read_parquet`)."""
+        return self._parquet_file(rel, None, what).schema_arrow
+
     def parquet_num_rows(self, rel: str, what: str = "Parquet file") -> int:
         """Row count from the footer of a fetched file (errors as :meth:`read_parquet`)."""
         return int(self._parquet_file(rel, None, what).metadata.num_rows)

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from imgclust.batches import ArrayOrSource, BatchSource, as_batch_source, sample_rows
+from imgclust.batches import ArrayOrSource, BatchSource, as_batch_source, columns_of, sample_rows
 from imgclust.cluster.classic import squared_distances
 from imgclust.cluster.hierarchy import ClusterTree
 from imgclust.config import ClusterConfig, ExtractConfig, Recipe, ReduceConfig
@@ -38,7 +38,7 @@ from imgclust.exceptions import ConfigError, CorruptArtifactError, StoreError
 from imgclust.io import layout as layout
 from imgclust.io.store import Store
 from imgclust.models.capping import FitSizes, cap_to_data, check_enough_rows
-from imgclust.models.novelty import NoveltyScorer, kind_for, min_calibration_rows, novelty_rows, split_sizes
+from imgclust.models.novelty import NoveltyScorer, fit_novelty, novelty_rows
 from imgclust.models.recipe import fit_clusters, fit_umap
 from imgclust.progress import tracked
 from imgclust.reduce.pca import ExactPCA, LinearProjection, ScatterStats, merge_all
@@ -98,9 +98,34 @@ class ClusterModel:
     def n_clusters(self) -> int:
         return int(self.centroids.shape[0])
 
+    @property
+    def representation_dim(self) -> int | None:
+        """The leading feature columns the model clusters when its features carry novelty statistics after
+        them (``deep:`` extractors, :func:`~imgclust.io.features.feature_layout`); None: every column."""
+        r = self.meta.get("representation_dim")
+        return None if r is None else int(r)
+
+    def representation(self, X: np.ndarray) -> np.ndarray:
+        """Features (n, D) -> the columns the model clusters (n, D') (:attr:`representation_dim`).
+
+        A model fitted on features without statistics refuses wider rows with a :class:`ConfigError` that says
+        to refit (its extractor now appends statistics, e.g. a ``simclr`` model fitted before the ``deep:``
+        extractor stored them)."""
+        r = self.representation_dim
+        if r is not None:
+            return X[:, :r]
+        first = next((p for p in (self.reducer, self.umap, self.clusterer) if p is not None), None)
+        width = getattr(first, "n_features_in_", None)
+        if width is not None and X.ndim == 2 and X.shape[1] > int(width):
+            raise ConfigError(f"model {self.model_id} was fitted on {width}-column features ({self.extractor_key}); "
+                              f"these rows have {X.shape[1]} columns: the extractor's output changed since (a "
+                              "`deep:` extractor of a contrastive encoder now stores novelty statistics after the "
+                              "representation). Refit on the new features: `imgclust recluster` or the refine flow")
+        return X
+
     def embed(self, X: np.ndarray) -> np.ndarray:
         """Features (n, D) -> clustering space (n, d)."""
-        return embed_rows(self.reducer, self.umap, X)
+        return embed_rows(self.reducer, self.umap, self.representation(X))
 
     def assign_embedded(self, Z: np.ndarray) -> Assignment:
         """Assign rows already in the clustering space (n, d)."""
@@ -151,7 +176,10 @@ class ClusterModel:
             raise StoreError(f"model {self.model_id} has no novelty score (fitted before it or on too few rows)")
         if self.novelty.kind == "knn" and self.novelty.residual:
             assert self.reducer is not None  # kind_for chose the residual only with a reducer
-            return novelty_rows(self.reducer, X)
+            return novelty_rows(self.reducer, self.representation(X))
+        r = self.representation_dim
+        if self.novelty.kind == "mahalanobis" and r is not None:
+            return np.ascontiguousarray(X[:, r:], np.float32)  # the novelty statistics after the representation
         return np.ascontiguousarray(X, np.float32)
 
     def novelty_threshold(self, rate: float | None = None) -> float:
@@ -241,7 +269,7 @@ WarmStart = Callable[[Callable[[np.ndarray], np.ndarray]], "np.ndarray | None"]
 
 def fit_model(source: ArrayOrSource, *, extractor_key: str, recipe: Recipe, model_id: str | None = None,
               warm_start: WarmStart | None = None, reducer: LinearProjection | None = None,
-              n_rows: int | None = None) -> ClusterModel:
+              n_rows: int | None = None, representation_dim: int | None = None) -> ClusterModel:
     """Fit ``recipe`` (reducer, optional UMAP, clusterer) on features ``(n, D)``: an array, or a stream of feature
     blocks (never all in memory at once).
 
@@ -259,10 +287,22 @@ def fit_model(source: ArrayOrSource, *, extractor_key: str, recipe: Recipe, mode
     (:func:`imgclust.cluster.choose_k.resolve_k`); the sweep is kept in ``meta["k_sweep"]`` and the configuration
     asked (``"auto"``) in ``meta["cluster"]``, so a refit chooses again. Each pass over the stream and each long
     step logs its progress (:mod:`imgclust.progress`).
+
+    ``representation_dim`` (r < D): the features are a representation (the first r columns: everything above
+    fits on them) followed by novelty statistics (the ``deep:`` extractor's,
+    :func:`~imgclust.io.features.feature_layout`), which the novelty score is fitted on (``mahalanobis``).
     """
     reduce, asked = recipe.reduce, recipe.cluster
     source = as_batch_source(source) if isinstance(source, np.ndarray) else source
     n_rows, n_features = _source_shape(source, n_rows)
+    statistics: BatchSource | None = None
+    if representation_dim is not None and representation_dim != n_features:
+        if not 0 < representation_dim < n_features:
+            raise ConfigError(f"representation_dim={representation_dim} must be in 1..{n_features} (the features' "
+                              "columns)")
+        source, statistics = (columns_of(source, 0, representation_dim),
+                              columns_of(source, representation_dim, n_features))
+        n_features = representation_dim
     sizes = cap_to_data(reduce, asked, n_rows=n_rows, n_features=n_features)
     if sizes.capped:
         log.warning("%s", sizes.describe())
@@ -290,7 +330,8 @@ def fit_model(source: ArrayOrSource, *, extractor_key: str, recipe: Recipe, mode
 
     sample = sample_rows(tracked(final, "fit: clustering sample pass" + (" (UMAP transform)" if umap else ""),
                                  n_rows, log), asked.fit_sample, asked.seed).rows
-    start = (lambda: warm_start(lambda X: embed_rows(reducer, umap, X))) if warm_start is not None else None
+    r = n_features  # a warm start embeds stored feature rows, statistics included
+    start = (lambda: warm_start(lambda X: embed_rows(reducer, umap, X[:, :r]))) if warm_start is not None else None
     # without UMAP the stream is cheap and a method may pass over every row; with UMAP every pass pays a
     # transform, so it trains on the sample already drawn (fit_sample rows)
     stage = fit_clusters(sample, recipe, sizes, n_rows=n_rows, warm_start=start, stream=tracked(
@@ -304,11 +345,13 @@ def fit_model(source: ArrayOrSource, *, extractor_key: str, recipe: Recipe, mode
                          meta={"reduce": reduce.model_dump(), "cluster": asked.model_dump(),
                                "capped": sizes.record(),
                                "created_at": dt.datetime.now(dt.timezone.utc).isoformat()})
+    if statistics is not None:
+        model.meta["representation_dim"] = n_features
     if sweep is not None:
         model.meta["k_sweep"] = sweep.to_json()
     model.meta.update(fitted.meta)
     model.tree = fit_tree(model.centroids, fitted.sample_labels)
-    model.novelty = fit_novelty(source, reducer, cluster, n_rows)
+    model.novelty = fit_novelty(source, reducer, cluster, n_rows, statistics=statistics)
     if model.novelty is None:
         model.thresholds = novelty_thresholds(model, sample, cluster.novelty_quantile)
         model.meta["novelty"] = {"score": "cluster-distance", "quantile": cluster.novelty_quantile,
@@ -326,36 +369,6 @@ def fit_tree(centroids: np.ndarray, sample_labels: np.ndarray) -> ClusterTree | 
     if k == 0:
         return None
     return ClusterTree().fit(centroids, np.bincount(sample_labels[sample_labels >= 0], minlength=k))
-
-
-def fit_novelty(source: BatchSource, reducer: LinearProjection | None, cluster: ClusterConfig,
-                n_rows: int) -> NoveltyScorer | None:
-    """The calibrated novelty score of a model (:mod:`imgclust.models.novelty`), fitted on one more pass over the
-    features ``(n, D)``: its kind from the reducer (:func:`~imgclust.models.novelty.kind_for`), references and
-    calibration rows sampled with ``cluster.seed``. None (logged) when ``n_rows`` cannot calibrate
-    ``cluster.novelty_rate``; ``k`` is capped to the references there are."""
-    kind, residual = kind_for(reducer)
-    n_ref, n_cal = split_sizes(n_rows, cluster.novelty_references, cluster.novelty_calibration)
-    if n_cal < min_calibration_rows(cluster.novelty_rate) or n_ref < 2:
-        log.warning("novelty: %d rows give %d calibration rows, too few for a false-novel rate of %s (needs %d); "
-                    "the model keeps the per-cluster distance rule (quantile %s)", n_rows, n_cal,
-                    cluster.novelty_rate, min_calibration_rows(cluster.novelty_rate), cluster.novelty_quantile)
-        return None
-    k = min(cluster.novelty_k, n_ref)
-    if k < cluster.novelty_k:
-        log.warning("novelty: k capped from %d to %d (only %d references)", cluster.novelty_k, k, n_ref)
-
-    def rows() -> Iterator[np.ndarray]:
-        for block in source():
-            yield novelty_rows(reducer, block) if residual and reducer is not None else block
-
-    scorer = NoveltyScorer(kind=kind, k=k, n_reference=cluster.novelty_references,
-                           n_calibration=cluster.novelty_calibration, rate=cluster.novelty_rate, residual=residual,
-                           seed=cluster.seed).fit(tracked(rows, "fit: novelty sample pass", n_rows, log))
-    log.info("novelty: %s score, threshold %.4g at a false-novel rate of %s (%d references, %d calibration rows)",
-             kind, scorer.threshold_, cluster.novelty_rate, scorer.reference_.shape[0]  # type: ignore[union-attr]
-             , scorer.n_calibration_)
-    return scorer
 
 
 def _source_shape(source: BatchSource, n_rows: int | None) -> tuple[int, int]:
@@ -444,12 +457,17 @@ def pca_statistics_path(extractor_key: str, shard_ids: list[str], reduce: Reduce
 
 def write_pca_statistics(store: Store, extractor_key: str, shard_ids: list[str], reduce: ReduceConfig,
                          batch_size: int = 65536) -> str:
-    """Summarise the features of ``shard_ids`` (n, D) into :class:`ScatterStats` and write them (one
-    ``.npz``, D x D float64) to the store; returns the store-relative path. Run per shard group on
-    Dask workers; :func:`fit_from_store` merges the groups with ``pca_statistics=...``."""
+    """Summarise the representation columns of the features of ``shard_ids`` (n, D) into :class:`ScatterStats`
+    and write them (one ``.npz``, D x D float64) to the store; returns the store-relative path. Run per shard group
+    on Dask workers; :func:`fit_from_store` merges the groups with ``pca_statistics=...``."""
+    from imgclust.io.features import feature_layout
+
     rows = _row_counts(store, extractor_key, shard_ids)[0]
-    stats = _exact_pca(reduce).statistics(tracked(feature_source(store, extractor_key, shard_ids, batch_size),
-                                                  f"PCA statistics of {len(shard_ids)} shards", rows, log))
+    source = feature_source(store, extractor_key, shard_ids, batch_size)
+    dim, representation = feature_layout(store, extractor_key, shard_ids[0])
+    if representation < dim:  # the novelty statistics after it are not reduced
+        source = columns_of(source, 0, representation)
+    stats = _exact_pca(reduce).statistics(tracked(source, f"PCA statistics of {len(shard_ids)} shards", rows, log))
     rel = pca_statistics_path(extractor_key, shard_ids, reduce)
     store.write_bytes(rel, stats.to_bytes())
     return rel
@@ -467,7 +485,7 @@ def fit_from_store(store: Store, extractor_key: str, *, recipe: Recipe,
     are merged instead of a pass over the features, and deleted once the model is saved (with
     ``save=False`` the caller deletes them with :func:`discard_pca_statistics` after saving).
     """
-    from imgclust.io.features import done_shards
+    from imgclust.io.features import done_shards, feature_layout
 
     shards = shard_ids if shard_ids is not None else done_shards(store, extractor_key)
     if not shards:
@@ -479,6 +497,7 @@ def fit_from_store(store: Store, extractor_key: str, *, recipe: Recipe,
     reduce = recipe.reduce
     check_enough_rows(n_rows, recipe.cluster, what=f"{n_rows} images have {extractor_key} features{quarantine}")
     source = feature_source(store, extractor_key, shards, batch_size)
+    representation_dim = feature_layout(store, extractor_key, shards[0])[1]
 
     reducer: LinearProjection | None = None
     if pca_statistics:
@@ -492,7 +511,7 @@ def fit_from_store(store: Store, extractor_key: str, *, recipe: Recipe,
         sizes = cap_to_data(reduce, recipe.cluster, n_rows=stats.n, n_features=stats.dim)
         reducer = _exact_pca(reduce, sizes).fit_stats(stats)
     model = fit_model(source, extractor_key=extractor_key, recipe=recipe, warm_start=warm_start, reducer=reducer,
-                      n_rows=n_rows)
+                      n_rows=n_rows, representation_dim=representation_dim)
     model.meta["n_shards"] = len(shards)
     if extract is not None:
         model.meta["extract"] = extract.model_dump()

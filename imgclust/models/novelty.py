@@ -12,10 +12,15 @@ feature space to the k-th nearest reference projected on the PCA subspace::
 A kind of image the reducer was not fitted on shows up in either term: far from every reference
 inside the subspace, or far off the subspace. ``kind="pca-residual"`` scores the distance to a
 ``n_components``-dim PCA subspace of the references alone (for learned representations with no reducer of
-their own, where the k-th neighbour distance sees less than this global score).
+their own, where the k-th neighbour distance sees less than this global score). ``kind="mahalanobis"`` scores
+the Mahalanobis distance to one Gaussian fitted on the references, its covariance shrunk towards a multiple of
+the identity (``shrinkage`` x the mean eigenvalue added to every eigenvalue), for the feature-map statistics a
+``deep:`` extractor stores beside its representation (Lee, Lee, Lee & Shin, "A Simple Unified Framework for
+Detecting Out-of-Distribution Samples and Adversarial Attacks", NeurIPS 2018, with one class-free Gaussian).
 
 Which kind a model uses depends on its recipe (:func:`kind_for`): ``knn`` with the residual when the model
-has a non-whitening linear reducer (pixels, CNN features), ``pca-residual`` on the features otherwise (deep
+has a non-whitening linear reducer (pixels, CNN features); ``mahalanobis`` on the statistics when the features
+carry them (``deep:`` extractors of networks with statistics); ``pca-residual`` on the features otherwise (deep
 recipes, whose representation has no reducer).
 
 The threshold is split-conformal (Vovk, Gammerman & Shafer, *Algorithmic Learning in a Random World*,
@@ -28,15 +33,20 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, ClassVar, Literal
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import numpy as np
 
-from imgclust.batches import ArrayOrSource, sample_rows
+from imgclust.batches import ArrayOrSource, BatchSource, sample_rows
 from imgclust.estimator import Estimator, register_estimator
 from imgclust.exceptions import ConfigError
+from imgclust.progress import tracked
 from imgclust.reduce.pca import LinearProjection
 from imgclust.validation import check_int
+
+if TYPE_CHECKING:
+    from imgclust.config import ClusterConfig
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +122,18 @@ def _residual_norm(X: np.ndarray, mean: np.ndarray, components: np.ndarray) -> n
     return np.linalg.norm(centred - projected, axis=1).astype(np.float32)
 
 
+def _whitening(ref: np.ndarray, shrinkage: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(mean (d,), W (d, d))`` float32 of references ``(R, d)``: ``||W (x - mean)||`` is the Mahalanobis distance
+    under their covariance with ``shrinkage`` x its mean eigenvalue added to every eigenvalue; the rows of ``W``
+    are the principal axes scaled by ``1 / sqrt(eigenvalue)``, largest variance first."""
+    ref64 = ref.astype(np.float64)
+    mean = ref64.mean(axis=0)
+    cov = np.cov(ref64 - mean, rowvar=False).reshape(ref.shape[1], ref.shape[1])
+    eigval, eigvec = np.linalg.eigh(cov)
+    eigval = np.maximum(eigval[::-1], 0.0) + shrinkage * max(float(eigval.mean()), np.finfo(np.float64).tiny)
+    return mean.astype(np.float32), np.ascontiguousarray((eigvec[:, ::-1] / np.sqrt(eigval)).T, np.float32)
+
+
 def projection_residual(reducer: LinearProjection, X: np.ndarray) -> np.ndarray:
     """Norm of what ``reducer`` discards of each row: ``||(I - P)(x - mean)||`` ``(n, D) -> (n,)`` float32.
 
@@ -144,14 +166,18 @@ def novelty_rows(reducer: LinearProjection, X: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate([Z, projection_residual(reducer, X)[:, None]], axis=1), np.float32)
 
 
-NoveltyKind = Literal["knn", "pca-residual"]
+NoveltyKind = Literal["knn", "pca-residual", "mahalanobis"]
+NOVELTY_KINDS: tuple[NoveltyKind, ...] = ("knn", "pca-residual", "mahalanobis")
 
 
-def kind_for(reducer: LinearProjection | None) -> tuple[NoveltyKind, bool]:
+def kind_for(reducer: LinearProjection | None, statistics: bool = False) -> tuple[NoveltyKind, bool]:
     """``(kind, residual)`` of the novelty score for a model with this reducer (see module docstring).
 
-    A non-whitening linear reducer: ``("knn", True)`` on :func:`novelty_rows`. No reducer, or one whose output is
+    Features with novelty statistics (``statistics``): ``("mahalanobis", False)`` on the statistics. A
+    non-whitening linear reducer: ``("knn", True)`` on :func:`novelty_rows`. No reducer, or one whose output is
     whitened or L2-normalised: ``("pca-residual", False)`` on the features."""
+    if statistics:
+        return "mahalanobis", False
     if reducer is not None and not reducer.whiten and not reducer.l2_normalize_output:
         return "knn", True
     return "pca-residual", False
@@ -163,8 +189,9 @@ class NoveltyScorer(Estimator):
 
     Parameters
     ----------
-    kind : ``knn`` (distance to the ``k``-th nearest reference) or ``pca-residual`` (distance to the
-        ``n_components``-dim PCA subspace of the references).
+    kind : ``knn`` (distance to the ``k``-th nearest reference), ``pca-residual`` (distance to the
+        ``n_components``-dim PCA subspace of the references) or ``mahalanobis`` (Mahalanobis distance to the
+        references' mean under their shrunk covariance).
     k : which nearest reference's distance is the score (1 = nearest); ``knn`` only.
     n_reference : reference rows kept (a seeded uniform sample of the fitted rows; bounds the memory,
         ``n_reference * d * 4`` bytes, and the cost per scored row).
@@ -172,13 +199,17 @@ class NoveltyScorer(Estimator):
     rate : target false-novel rate of :meth:`predict` (the threshold's calibration level).
     residual : ``knn`` rows are :func:`novelty_rows` (last column = residual norm); references keep that column
         at zero.
-    n_components : dimension of the references' PCA subspace; ``pca-residual`` only (capped to ``d // 2``).
+    n_components : dimension of the references' PCA subspace: ``pca-residual``'s (capped to ``d // 2``), or
+        ``mahalanobis``'s :meth:`space` (whitened principal axes).
+    shrinkage : added to every eigenvalue of the references' covariance, as a share of their mean (keeps
+        directions the references barely vary in from dominating the distance); ``mahalanobis`` only.
     seed : seed of the sample and of the reference / calibration split.
 
     Attributes
     ----------
     reference_ : (R, d) float32; calibration_scores_ : (C,) float32, sorted; threshold_ : float;
-    mean_ : (d,) and components_ : (q, d) float32 (``pca-residual`` only, else empty);
+    mean_ : (d,) and components_ : (q, d) float32: the PCA subspace (``pca-residual``), the whitening map
+    ``diag(lambda + s)^(-1/2) V^T`` (``mahalanobis``, q = d), else empty;
     n_features_in_ : d; n_seen_ : fitted rows the sample was drawn from.
     """
 
@@ -194,7 +225,7 @@ class NoveltyScorer(Estimator):
 
     def __init__(self, *, kind: NoveltyKind = "knn", k: int = 20, n_reference: int = 10_000,
                  n_calibration: int = 5_000, rate: float = 0.05, residual: bool = True, n_components: int = 32,
-                 seed: int = 0) -> None:
+                 shrinkage: float = 1e-3, seed: int = 0) -> None:
         self.kind = kind
         self.k = k
         self.n_reference = n_reference
@@ -202,14 +233,18 @@ class NoveltyScorer(Estimator):
         self.rate = rate
         self.residual = residual
         self.n_components = n_components
+        self.shrinkage = shrinkage
         self.seed = seed
         self._index: Any = None
 
     def _validate_params(self) -> None:
-        if self.kind not in ("knn", "pca-residual"):
-            raise ConfigError(f"kind must be 'knn' or 'pca-residual', got {self.kind!r}")
-        if self.kind == "pca-residual" and self.residual:
-            raise ConfigError("residual=True is for kind='knn'; kind='pca-residual' is the residual itself")
+        if self.kind not in NOVELTY_KINDS:
+            raise ConfigError(f"kind must be one of {list(NOVELTY_KINDS)}, got {self.kind!r}")
+        if self.kind != "knn" and self.residual:
+            raise ConfigError(f"residual=True is for kind='knn'; kind={self.kind!r} scores the rows as they are")
+        if not isinstance(self.shrinkage, (int, float)) or not 0.0 < float(self.shrinkage) < 1.0:
+            raise ConfigError(f"shrinkage must be in (0, 1) (a share of the mean eigenvalue, e.g. 1e-3); got "
+                              f"{self.shrinkage!r}")
         check_int("k", self.k, minimum=1)
         check_int("n_reference", self.n_reference, minimum=1)
         check_int("n_calibration", self.n_calibration, minimum=1)
@@ -263,6 +298,8 @@ class NoveltyScorer(Estimator):
             _, _, vt = np.linalg.svd(ref.astype(np.float64) - mean, full_matrices=False)
             self.mean_ = mean.astype(np.float32)
             self.components_ = np.ascontiguousarray(vt[:q], np.float32)
+        elif self.kind == "mahalanobis":
+            self.mean_, self.components_ = _whitening(ref, self.shrinkage)
         self.n_features_in_ = d
         self.n_seen_ = int(sample.n_total)
         self.reference_ = ref
@@ -298,13 +335,23 @@ class NoveltyScorer(Estimator):
         if self.kind == "pca-residual":
             assert self.mean_ is not None and self.components_ is not None
             return _residual_norm(Xc, self.mean_, self.components_)
+        if self.kind == "mahalanobis":
+            assert self.mean_ is not None and self.components_ is not None
+            return np.linalg.norm((Xc - self.mean_) @ self.components_.T, axis=1).astype(np.float32)
         d2, _ = self._search_index().search(Xc, self.k)
         return np.sqrt(np.maximum(d2[:, -1], 0.0)).astype(np.float32)
 
     def space(self, X: np.ndarray) -> np.ndarray:
-        """The rows ``(n, d)`` without the residual column (``knn`` with ``residual``): the coordinates new
-        images are grouped in (:mod:`imgclust.models.candidates`); :meth:`reference_space` gives the references'."""
+        """The coordinates new images are grouped in (:mod:`imgclust.models.candidates`), ``(n, d')``: the rows
+        without the residual column (``knn`` with ``residual``); for ``mahalanobis`` the whitened coordinates on
+        the references' ``n_components`` principal axes of largest variance (the many low-variance axes the score
+        also weighs would drown the groups' density in noise); else as they are. :meth:`reference_space` gives
+        the references'."""
         Xc = self._check_dim(X)
+        if self.kind == "mahalanobis":
+            assert self.mean_ is not None and self.components_ is not None
+            axes = self.components_[:self.n_components]
+            return np.ascontiguousarray((Xc - self.mean_) @ axes.T, np.float32)
         return np.ascontiguousarray(Xc[:, :-1]) if self.kind == "knn" and self.residual else Xc
 
     def reference_space(self) -> np.ndarray:
@@ -333,6 +380,9 @@ class NoveltyScorer(Estimator):
                                "n_reference": int(self.reference_.shape[0]), "n_calibration": self.n_calibration_}
         if self.kind == "knn":
             out["k"] = self.k
+        elif self.kind == "mahalanobis":
+            out["shrinkage"] = self.shrinkage
+            out["n_features"] = self.n_features_in_
         else:
             out["n_components"] = int(self.components_.shape[0])
         return out
@@ -341,3 +391,34 @@ class NoveltyScorer(Estimator):
         super()._set_state(meta, arrays, obj)
         self.threshold_ = float(meta["threshold_"])
         self._index = None
+
+
+def fit_novelty(source: BatchSource, reducer: LinearProjection | None, cluster: ClusterConfig,
+                n_rows: int, statistics: BatchSource | None = None) -> NoveltyScorer | None:
+    """The calibrated novelty score of a model (see module docstring), fitted on one more pass over the
+    features ``(n, D)``, or over their novelty ``statistics`` ``(n, S)`` when given: its kind from the reducer
+    and the statistics (:func:`kind_for`), references and calibration rows sampled with
+    ``cluster.seed``. None (logged) when ``n_rows`` cannot calibrate ``cluster.novelty_rate``; ``k`` is capped to
+    the references there are."""
+    kind, residual = kind_for(reducer, statistics=statistics is not None)
+    n_ref, n_cal = split_sizes(n_rows, cluster.novelty_references, cluster.novelty_calibration)
+    if n_cal < min_calibration_rows(cluster.novelty_rate) or n_ref < 2:
+        log.warning("novelty: %d rows give %d calibration rows, too few for a false-novel rate of %s (needs %d); "
+                    "the model keeps the per-cluster distance rule (quantile %s)", n_rows, n_cal,
+                    cluster.novelty_rate, min_calibration_rows(cluster.novelty_rate), cluster.novelty_quantile)
+        return None
+    k = min(cluster.novelty_k, n_ref)
+    if k < cluster.novelty_k:
+        log.warning("novelty: k capped from %d to %d (only %d references)", cluster.novelty_k, k, n_ref)
+
+    def rows() -> Iterator[np.ndarray]:
+        for block in (statistics or source)():
+            yield novelty_rows(reducer, block) if residual and reducer is not None else block
+
+    scorer = NoveltyScorer(kind=kind, k=k, n_reference=cluster.novelty_references,
+                           n_calibration=cluster.novelty_calibration, rate=cluster.novelty_rate, residual=residual,
+                           seed=cluster.seed).fit(tracked(rows, "fit: novelty sample pass", n_rows, log))
+    log.info("novelty: %s score, threshold %.4g at a false-novel rate of %s (%d references, %d calibration rows)",
+             kind, scorer.threshold_, cluster.novelty_rate, scorer.reference_.shape[0]  # type: ignore[union-attr]
+             , scorer.n_calibration_)
+    return scorer

@@ -128,6 +128,12 @@ def _check_contrastive_net(spec: dict[str, Any], embed_dim: int) -> ContrastiveN
     assert z.shape == (3, embed_dim)
     torch.testing.assert_close(z.norm(dim=1), torch.ones(3))
     assert net(x).shape == (3, spec["proj_dim"])
+    # the extractor's columns: encode's exactly, the pooled output before normalisation, the spatial spread
+    stats = net.encode_with_statistics(x)
+    assert stats.shape == (3, 3 * embed_dim) and net.statistics_dim == 2 * embed_dim
+    torch.testing.assert_close(stats[:, :embed_dim], z, rtol=0, atol=0)
+    torch.testing.assert_close(stats[:, embed_dim:2 * embed_dim], net.encoder(x))
+    assert (stats[:, 2 * embed_dim:] >= 0).all()
     return net
 
 

@@ -39,6 +39,27 @@ def test_trained_encoder_serves_as_a_deep_extractor(tmp_path: Path) -> None:
     np.testing.assert_allclose(feats, est.transform(images[:8]), rtol=1e-4, atol=1e-4)
 
 
+def test_simclr_extractor_stores_the_feature_map_statistics_after_its_representation(tmp_path: Path) -> None:
+    """The `deep:` extractor of a contrastive encoder: its representation (what is clustered, unchanged), then
+    the last feature map's channel means and spatial standard deviations (what the novelty score uses)."""
+    import torch
+
+    images = np.random.default_rng(3).integers(0, 255, size=(64, 28, 28), dtype=np.uint8)
+    est = create_deep("simclr", k=3, epochs=1, seed=0, device="cpu", width=4, batch_size=32).fit(images)
+    est.save(tmp_path / "deep")
+    assert est.extractor_dims() == (48, 16)
+    backbone = create_backbone(f"deep:{tmp_path / 'deep'}")
+    assert backbone.dim == 48 and backbone.representation_dim == 16
+    assert backbone.key().startswith("deep-file-") and backbone.key().endswith("-28-stats32")
+    assert backbone.metadata()["representation_dim"] == "16"
+    feats = backbone.embed(torch.stack([backbone.preprocess(im) for im in images[:8]]))
+    np.testing.assert_allclose(feats, est.extractor_features(images[:8]), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(feats[:, :16], est.transform(images[:8]), rtol=1e-4, atol=1e-5)
+    h = feats[:, 16:32]  # the pooled representation before its L2 normalisation
+    np.testing.assert_allclose(feats[:, :16], h / np.linalg.norm(h, axis=1, keepdims=True), rtol=1e-4, atol=1e-5)
+    assert (feats[:, 32:] >= 0).all() and feats[:, 32:].max() > 0  # spatial standard deviations
+
+
 def test_fine_tuning_methods_start_from_the_n2d_partition_and_accept_a_pretrained_ae() -> None:
     from imgclust.deep.autoencoder import AutoencoderClusterer
 

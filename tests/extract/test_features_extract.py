@@ -30,7 +30,7 @@ from imgclust.io.features import (
     done_shards,
     embeddings_of,
     embeddings_table,
-    feature_dim,
+    feature_layout,
     feature_path,
     features_schema,
     iter_feature_batches,
@@ -142,7 +142,7 @@ def test_feature_schema_and_metadata(corpus: Corpus, cfg: ExtractConfig, dim: in
     assert t.schema.field("image_id").type == pa.string()
     assert t.schema.field("embedding").type == pa.list_(pa.float32(), dim)
     assert t.schema.equals(features_schema(dim), check_metadata=False)
-    assert feature_dim(corpus.store, key, sid) == dim
+    assert feature_layout(corpus.store, key, sid) == (dim, dim)
     meta = {k.decode(): v.decode() for k, v in t.schema.metadata.items()}
     bb = create_backbone(cfg.extractor, device="cpu", seed=cfg.seed)
     assert meta["extractor"] == cfg.extractor and meta["extractor_key"] == key

@@ -59,6 +59,8 @@ class Backbone(ABC):
     Attributes:
         name: registry name, e.g. ``"resnet50"``.
         dim: embedding dimension ``D``.
+        representation_dim: the leading columns a model clusters (``dim`` unless the backbone appends
+            statistics for the novelty score after its representation, as the ``deep:`` extractor does).
         preprocessing: input contract (size ``S``, colour mode, normalisation, resize policy).
         weights_id: identity of the weights actually loaded: ``"random-seed<k>"``,
             ``"imagenet:sha256:<hex>"`` (torchvision), ``"pretrained:<hub repo or tag>:sha256:<hex>"``
@@ -70,10 +72,14 @@ class Backbone(ABC):
     uses_amp: bool = True
 
     def __init__(
-        self, *, name: str, dim: int, preprocessing: Preprocessing, weights_id: str, device: torch.device
+        self, *, name: str, dim: int, preprocessing: Preprocessing, weights_id: str, device: torch.device,
+        representation_dim: int | None = None,
     ) -> None:
+        if representation_dim is not None and not 0 < representation_dim <= dim:
+            raise ConfigError(f"{name}: representation_dim={representation_dim} must be in 1..dim={dim}")
         self.name = name
         self.dim = dim
+        self.representation_dim = dim if representation_dim is None else representation_dim
         self.preprocessing = preprocessing
         self.weights_id = weights_id
         self.device = device
@@ -93,8 +99,12 @@ class Backbone(ABC):
         return {}
 
     def key(self) -> str:
-        """Extractor key for the store path ``features/<key>/``, e.g. ``"resnet50-imagenet-224"``."""
+        """Extractor key for the store path ``features/<key>/``, e.g. ``"resnet50-imagenet-224"``; a backbone
+        that appends novelty statistics says how many (``"...-stats256"``), so its rows never share a folder
+        with the representation-only rows of the same weights."""
         parts = [self.name, weights_tag(self.weights_id), str(self.preprocessing.input_size)]
+        if self.representation_dim != self.dim:
+            parts.append(f"stats{self.dim - self.representation_dim}")
         return safe_key("-".join(p for p in parts if p))
 
     def fingerprint(self) -> str:
@@ -111,6 +121,8 @@ class Backbone(ABC):
             "dim": self.dim,
             "extra": self._fingerprint_extra(),
         }
+        if self.representation_dim != self.dim:  # only then, so other backbones keep their fingerprints
+            payload["representation_dim"] = self.representation_dim
         blob = json.dumps(payload, sort_keys=True, default=str).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -198,6 +210,7 @@ class Backbone(ABC):
             "fingerprint": self.fingerprint(),
             "weights_id": self.weights_id,
             "dim": str(self.dim),
+            "representation_dim": str(self.representation_dim),
             "input_size": str(prep.input_size),
             "mode": prep.mode,
             "resize": prep.resize,
@@ -234,9 +247,11 @@ class ModuleBackbone(Backbone):
         device: torch.device,
         fingerprint_extra: dict[str, Any] | None = None,
         metadata_extra: dict[str, str] | None = None,
+        representation_dim: int | None = None,
     ) -> None:
         super().__init__(
-            name=name, dim=dim, preprocessing=preprocessing, weights_id=weights_id, device=device
+            name=name, dim=dim, preprocessing=preprocessing, weights_id=weights_id, device=device,
+            representation_dim=representation_dim,
         )
         module = module.eval().requires_grad_(False).to(device)
         if device.type == "cuda":
