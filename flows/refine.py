@@ -14,7 +14,7 @@ from flows.recluster import run_refit
 from flows.runtime import default_task_runner
 from flows.store_lease import DEFAULT_LOCK_WAIT_SECONDS, store_writer
 from imgclust.config import AUTO_K, RECOMMENDED_REFINE_METHOD, ExtractConfig
-from imgclust.deep.methods import DeepMethod, check_deep_options, refit_recipe
+from imgclust.deep.methods import AUTO_K_METHODS, DeepMethod, check_deep_options, refit_recipe
 from imgclust.models.promotion import GateConfig
 from tasks.cluster import cluster_count_task, current_model_task
 from tasks.refine import prepare_training_set_task, train_deep_task
@@ -33,9 +33,11 @@ def refine(store: str, method: DeepMethod = RECOMMENDED_REFINE_METHOD,  # type: 
     CURRENT, relabel, evaluate, gate. ``options`` override the method's parameters (e.g. ``{"encoder":
     "resnet18"}`` for ``simclr``); they are checked before any work.
 
-    ``k="auto"`` (default): the method trains with CURRENT's number of clusters (DEC, IDEC, NNC, DeepCluster and
-    SCAN's head need one to train; the encoders of the others do not use it) and the refit chooses k again on the
-    new features (:mod:`imgclust.cluster.choose_k`); the lineage records the splits and merges.
+    ``k="auto"`` (default): the methods of :data:`~imgclust.deep.methods.AUTO_K_METHODS` choose k while they train
+    (DEC, IDEC and NNC where they place their initial centroids, so they fine-tune with that k); the others
+    (ASCAE/SCAE, ``n2d-scae``, ``n2d-ensemble``, DeepCluster: k-wide layers or k pseudo-labels) train with CURRENT's
+    number of clusters. Either way the refit chooses k again on the new features (:mod:`imgclust.cluster.choose_k`);
+    the lineage records the splits and merges.
 
     The gate compares against CURRENT on ``gate_metric`` (default: NMI with ground truth, else
     silhouette; internal metrics of different feature spaces are only roughly comparable). Training runs
@@ -48,7 +50,8 @@ def refine(store: str, method: DeepMethod = RECOMMENDED_REFINE_METHOD,  # type: 
     if mode not in ("L", "RGB"):
         raise ValueError(f"mode must be L or RGB, got {mode!r}")
     current, _ = current_model_task(store)  # no model yet: a clear error before training
-    train_k = cluster_count_task(store, current) if k == AUTO_K else int(k)
+    train_k: int | Literal["auto"] = int(k) if k != AUTO_K else (
+        AUTO_K if method in AUTO_K_METHODS else cluster_count_task(store, current))
     check_deep_options(method, train_k, options)
     run = f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{method}-{uuid.uuid4().hex[:6]}"
     train_rel = prepare_training_set_task(store, run, sample, image_size, mode, seed)

@@ -229,8 +229,8 @@ def cmd_refine(a: argparse.Namespace) -> int:
     from imgclust.deep.methods import check_deep_options
 
     options = parse_options(a.option)
-    # with --k auto the method trains with CURRENT's k: the options are checked here with the smallest k, and again
-    # by the flow with CURRENT's
+    # with --k auto a method that cannot choose k while training trains with CURRENT's k: the options are checked
+    # here with the smallest k, and again by the flow with the k it trains with
     check_deep_options(a.method, default_of(ClusterConfig, "k_min") if a.k == AUTO_K else a.k, options)
     result = run_flow("flows.refine:refine", runner_config(a), store=a.store, method=a.method, k=a.k,
                       options=options or None, **given(epochs=a.epochs, max_iter=a.max_iter, sample=a.sample,

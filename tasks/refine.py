@@ -1,7 +1,7 @@
 """Deep refinement tasks: sample training images from the store, train a deep clusterer."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from prefect import get_run_logger, task
 
@@ -19,7 +19,7 @@ def prepare_training_set_task(store: str, run: str, sample: int | None, size: in
 
 
 @task(name="train-deep", task_run_name="train-{method}", retries=1, retry_condition_fn=retry_transient)
-def train_deep_task(store: str, run: str, train_rel: str, method: str, k: int, epochs: int, max_iter: int,
+def train_deep_task(store: str, run: str, train_rel: str, method: str, k: int | Literal["auto"], epochs: int, max_iter: int,
                     device: str, seed: int, truth: str = "none",
                     options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train (resuming from this run's checkpoints after a crash) and save the run's deep model; ``options``
@@ -27,6 +27,6 @@ def train_deep_task(store: str, run: str, train_rel: str, method: str, k: int, e
     result = train_deep_from_store(open_store(store), train_rel, method=method, k=k, epochs=epochs,
                                    max_iter=max_iter, device=device, seed=seed, run=run, truth=truth,
                                    options=options)
-    get_run_logger().info("trained %s in %ss; training metrics %s", method, result["train_seconds"],
-                          result.get("train_metrics"))
+    get_run_logger().info("trained %s (k=%s) in %ss; training metrics %s", method, result["k"],
+                          result["train_seconds"], result.get("train_metrics"))
     return result

@@ -35,12 +35,13 @@ def prepare_training_set(store: Store, run: str, *, sample: int | None, size: in
     return rel, len(ids), tuple(images.shape[1:])
 
 
-def train_deep_from_store(store: Store, train_rel: str, *, method: str, k: int, epochs: int,
+def train_deep_from_store(store: Store, train_rel: str, *, method: str, k: int | Literal["auto"], epochs: int,
                           max_iter: int, device: str, seed: int, run: str, truth: str = "none",
                           options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Fit ``method`` (its parameters overridden by ``options``, as :func:`create_deep`'s ``extra``) on the saved
     training sample, save the estimator in the run's deep-model folder (``deep_uri`` in the summary; the
-    ``deep:<uri>`` extractor), return a summary.
+    ``deep:<uri>`` extractor), return a summary (``k``: the number of clusters it trained with, the choice
+    when ``k="auto"``, whose sweep is ``k_sweep``).
 
     With ``truth == "parent_dir"`` the summary has ACC/NMI/ARI of the training labels against folder
     names (for monitoring; never used to choose parameters).
@@ -54,7 +55,11 @@ def train_deep_from_store(store: Store, train_rel: str, *, method: str, k: int, 
     seconds = time.perf_counter() - t0
     est.save(store.path(out_rel), fs=store.fs)
     out: dict[str, Any] = {"method": method, "n_train": len(ids), "train_seconds": round(seconds, 1),
-                           "deep_uri": store.uri(out_rel), "history": getattr(est, "history_", [])[-5:]}
+                           "deep_uri": store.uri(out_rel), "history": getattr(est, "history_", [])[-5:],
+                           "k": int(getattr(est, "n_clusters_", k))}
+    sweep = getattr(est, "k_sweep_", None)
+    if sweep is not None:
+        out["k_sweep"] = sweep
     if truth == "parent_dir":
         manifest = read_manifest(store, columns=["image_id", "uri"])
         uri_of = dict(zip(manifest.column("image_id").to_pylist(), manifest.column("uri").to_pylist(), strict=True))

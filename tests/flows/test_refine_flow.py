@@ -18,7 +18,8 @@ pytestmark = [pytest.mark.integration, requires_fashion]
 
 @pytest.mark.parametrize("method,options,k", [("convae", None, 10), ("n2d", None, 10),
                                               pytest.param("n2d-ensemble", None, 10, marks=pytest.mark.slow),
-                                              ("simclr", None, "auto"), ("simclr", {"clusterer": "scan"}, 10)])
+                                              ("simclr", None, "auto"), ("simclr", {"clusterer": "scan"}, 10),
+                                              ("nnc", None, "auto")])
 def test_refine_trains_extracts_refits_and_gates(tmp_path: Path, dask_address: str, method: str,
                                                  options: dict[str, Any] | None, k: int | str) -> None:
     from prefect_dask import DaskTaskRunner
@@ -46,17 +47,24 @@ def test_refine_trains_extracts_refits_and_gates(tmp_path: Path, dask_address: s
         assert info["parts"] == {"reducer": None, "umap": None, "clusterer": "ScanClusterer",
                                  "novelty": "NoveltyScorer", "tree": "ClusterTree"}
         assert info["cluster"]["method"] == "scan" and info["cluster"]["scan_whiten"] is True  # as it was trained
-    elif method != "convae":  # the candidate clusters the deep features as N2D does: UMAP to k dims, then a GMM
+    elif method not in ("convae", "nnc"):  # the candidate clusters the deep features as N2D does: UMAP to k dims, then a GMM
         assert info["parts"] == {"reducer": None, "umap": "UMAPReducer", "clusterer": "GaussianMixtureClusterer",
                                  "novelty": "NoveltyScorer", "tree": "ClusterTree"}
         assert info["reduce"]["umap_components"] == 10 and info["reduce"]["umap_neighbors"] == 20
         assert info["cluster"]["consensus_runs"] == 8
-    else:
+    else:  # convae, nnc: k-means on the embeddings
         assert info["parts"]["clusterer"] == "FaissKMeans" and info["parts"]["umap"] is None
-    if k == "auto":  # trained with CURRENT's k (10), k chosen again on the deep features; lineage over the change
+    if k == "auto":  # k chosen in training, then again on the deep features; lineage over the change
+        assert result["training"]["k_sweep"]["chosen"] == result["training"]["k"]
         assert info["cluster"]["k"] == "auto" and info["k_sweep"]["chosen"] == info["n_clusters"]
         assert "lineage" in info
-    assert info["novelty"]["score"] == "pca-residual"  # deep features have no reducer: the residual off their PCA
+    else:
+        assert result["training"]["k"] == 10 and "k_sweep" not in result["training"]
+    if method == "simclr":  # its extractor stores the feature map's statistics after the representation
+        assert info["representation_dim"] == 128 and info["novelty"]["score"] == "mahalanobis"
+        assert info["novelty"]["n_features"] == 256
+    else:  # deep features have no reducer: the residual off their PCA
+        assert "representation_dim" not in info and info["novelty"]["score"] == "pca-residual"
     assert read_labels(store, result["model_id"]).num_rows == 400
     assert verify_store(store, info["extractor_key"], model_id=result["model_id"]).ok
     assert isinstance(result["promoted"], bool) and result["gate"]["reason"]
