@@ -116,11 +116,16 @@ def feature_layout(store: Store, key: str, shard_id: str) -> tuple[int, int]:
 
 
 def iter_feature_batches(store: Store, key: str, shard_ids: list[str] | None = None,
-                         batch_size: int = 65536) -> Iterator[tuple[list[str], np.ndarray]]:
-    """Stream ``(image_ids, (n, D) float32)`` over done shards; memory is bounded by ``batch_size`` rows."""
+                         batch_size: int = 65536, *, representation: bool = False
+                         ) -> Iterator[tuple[list[str], np.ndarray]]:
+    """Stream ``(image_ids, (n, D) float32)`` over done shards; memory is bounded by ``batch_size`` rows.
+    ``representation``: only the leading ``representation_dim`` columns (:func:`feature_layout`), without the
+    novelty statistics some extractors store after them."""
     for sid in shard_ids if shard_ids is not None else done_shards(store, key):
         for batch in store.iter_parquet_batches(feature_path(key, sid), batch_size=batch_size):
-            yield batch.column("image_id").to_pylist(), embeddings_of(batch)
+            X = embeddings_of(batch)
+            raw = (batch.schema.metadata or {}).get(b"representation_dim") if representation else None
+            yield batch.column("image_id").to_pylist(), X if raw is None else np.ascontiguousarray(X[:, :int(raw)])
 
 
 def count_features(store: Store, key: str, shard_ids: list[str] | None = None) -> int:

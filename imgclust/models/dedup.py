@@ -170,7 +170,7 @@ def dedup_store(store: Store, extractor_key: str, config: DedupConfig = DedupCon
     t0 = time.perf_counter()
     ids: list[str] = []
     blocks: list[np.ndarray] = []
-    for batch_ids, X in iter_feature_batches(store, extractor_key, shards):
+    for batch_ids, X in iter_feature_batches(store, extractor_key, shards, representation=True):
         ids += batch_ids
         blocks.append(X)
     X = np.concatenate(blocks) if blocks else np.zeros((0, 1), np.float32)
@@ -260,13 +260,15 @@ def flag_new_near_duplicates(store: Store, model_id: str, extractor_key: str, ne
     owner: list[int] = []  # index into `new` of each row's shard
     blocks: list[np.ndarray] = []
     for i, sid in enumerate(new):
-        for batch_ids, X in iter_feature_batches(store, extractor_key, [sid], batch_size=batch_rows):
+        for batch_ids, X in iter_feature_batches(store, extractor_key, [sid], batch_size=batch_rows,
+                                                 representation=True):
             ids += batch_ids
             owner += [i] * len(batch_ids)
             blocks.append(X)
     X_new = np.concatenate(blocks) if blocks else np.zeros((0, 1), np.float32)
     best, best_id, seen = nearest_stored(
-        X_new, iter_feature_batches(store, extractor_key, stored_shards, batch_size=batch_rows))
+        X_new, iter_feature_batches(store, extractor_key, stored_shards, batch_size=batch_rows,
+                                    representation=True))
     flagged = best >= config.threshold
     owner_arr = np.asarray(owner, np.int64)
     ids_arr = np.asarray(ids, dtype=object)

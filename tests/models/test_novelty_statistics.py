@@ -12,6 +12,7 @@ from imgclust.config import ClusterConfig, Recipe, ReduceConfig
 from imgclust.data.datasets import load_fashion_mnist
 from imgclust.estimator import load_estimator
 from imgclust.exceptions import ConfigError
+from imgclust.io.features import embeddings_table, feature_layout, feature_path, iter_feature_batches
 from imgclust.io.store import Store
 from imgclust.models.model import ClusterModel, fit_model
 from imgclust.models.novelty import NoveltyScorer, kind_for
@@ -102,3 +103,19 @@ def test_model_clusters_the_representation_and_scores_the_statistics(features: d
         alone.assign(features["new"])  # a model from before the statistics meets the extractor's wider rows
     with pytest.raises(ConfigError, match="representation_dim=40 must be in 1..36"):
         fit_model(features["fit"], extractor_key="deep-test", recipe=recipe, representation_dim=40)
+
+
+def test_feature_shards_say_where_the_statistics_start(tmp_path: Path) -> None:
+    store = Store(tmp_path / "store")
+    X = np.random.default_rng(0).normal(size=(5, 6)).astype(np.float32)
+    ids = [f"i{j}" for j in range(5)]
+    store.write_parquet(feature_path("deep-x", "s0"), embeddings_table(ids, X, {"representation_dim": "4"}))
+    store.write_parquet(feature_path("plain", "s0"), embeddings_table(ids, X, {"dim": "6"}))
+    assert feature_layout(store, "deep-x", "s0") == (6, 4) and feature_layout(store, "plain", "s0") == (6, 6)
+    (_, full), = iter_feature_batches(store, "deep-x", ["s0"])
+    (got, rep), = iter_feature_batches(store, "deep-x", ["s0"], representation=True)
+    (_, plain), = iter_feature_batches(store, "plain", ["s0"], representation=True)
+    np.testing.assert_array_equal(full, X)
+    assert got == ids and rep.flags.c_contiguous
+    np.testing.assert_array_equal(rep, X[:, :4])
+    np.testing.assert_array_equal(plain, X)  # shards written before the metadata: every column
