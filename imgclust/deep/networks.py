@@ -256,7 +256,8 @@ class ContrastiveNet(nn.Module):
         *body, pool, flatten = self.encoder
         fmap = nn.Sequential(*body)(x)
         h = flatten(pool(fmap))  # the same modules as encoder(x), so encode's columns are unchanged
-        return torch.cat([F.normalize(h, dim=1), h, fmap.std(dim=(2, 3), unbiased=False)], dim=1)
+        spread = fmap.float().std(dim=(2, 3), unbiased=False)  # float32 also under a GPU's bfloat16 autocast
+        return torch.cat([F.normalize(h, dim=1).float(), h.float(), spread], dim=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Images ``(N, C, H, W)`` -> projections ``(N, proj_dim)`` (the contrastive loss's input)."""
