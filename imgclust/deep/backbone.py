@@ -15,6 +15,7 @@ import fsspec
 import torch
 from torch import nn
 
+from imgclust.deep.networks import extractor_method
 from imgclust.exceptions import ConfigError
 from imgclust.extract.backbones.base import Backbone, ModuleBackbone
 from imgclust.extract.backbones.preprocessing import Preprocessing
@@ -31,7 +32,7 @@ class _Encode(nn.Module):
     def __init__(self, network: nn.Module) -> None:
         super().__init__()
         self.network = network
-        self.method = "encode_with_statistics" if getattr(network, "statistics_dim", 0) else "encode"
+        self.method = extractor_method(network)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return getattr(self.network, self.method)(x)  # type: ignore[no-any-return]

@@ -48,7 +48,7 @@ from imgclust.artifacts import (
     versions,
     write_atomic,
 )
-from imgclust.deep.networks import build_network
+from imgclust.deep.networks import build_network, extractor_method
 from imgclust.deep.training import (
     TRAINING_FIELDS,
     Checkpointer,
@@ -249,23 +249,22 @@ class DeepEstimator(Estimator):
     def transform(self, images: Any) -> np.ndarray:
         """Embeddings ``(N, embed_dim_)`` float32 of images ``(N, H, W[, C])``: the network's
         ``encode`` in batches, eval mode, under ``torch.inference_mode``."""
-        self._check_fitted("network_", "input_shape_")
-        x = self._to_tensor(images)
-        device = self._device()
-        self.network_.to(device)
-        return encode_batched(self.network_, x, batch_size=self._inference_batch(), device=device)
+        return self._encode(images, "encode")
 
     def extractor_features(self, images: Any) -> np.ndarray:
         """What the ``deep:`` extractor (:mod:`imgclust.deep.backbone`) stores for images ``(N, H, W[, C])``:
         float32 ``(N, extractor_dims()[0])``, the network's ``encode_with_statistics`` when it has one (the
-        representation, then the statistics the novelty score uses), else :meth:`transform`."""
-        if not getattr(self.network_, "statistics_dim", 0):
-            return self.transform(images)
+        representation, then the statistics the novelty score uses), else :meth:`transform`'s embeddings."""
+        self._check_fitted("network_", "input_shape_")
+        return self._encode(images, extractor_method(self.network_))
+
+    def _encode(self, images: Any, method: str) -> np.ndarray:
+        """``network_.<method>`` over checked images, in batches on the estimator's device."""
+        self._check_fitted("network_", "input_shape_")
         x = self._to_tensor(images)
         device = self._device()
         self.network_.to(device)
-        return encode_batched(self.network_, x, batch_size=self._inference_batch(), device=device,
-                              method="encode_with_statistics")
+        return encode_batched(self.network_, x, batch_size=self._inference_batch(), device=device, method=method)
 
     def extractor_dims(self) -> tuple[int, int]:
         """``(D, representation columns)`` of :meth:`extractor_features`: the first ``embed_dim_`` columns are the

@@ -199,6 +199,12 @@ class ConvAE(nn.Module):
         return self.decoder(h), {"z": z}
 
 
+def extractor_method(net: nn.Module) -> str:
+    """The method of ``net`` whose output the ``deep:`` extractor stores: ``encode_with_statistics`` for a network
+    with novelty statistics (``statistics_dim > 0``, :class:`ContrastiveNet`), else ``encode``."""
+    return "encode_with_statistics" if getattr(net, "statistics_dim", 0) else "encode"
+
+
 class ContrastiveNet(nn.Module):
     """Conv encoder + projection head for contrastive training (SimCLR: Chen, Kornblith, Norouzi & Hinton,
     "A Simple Framework for Contrastive Learning of Visual Representations", ICML 2020).

@@ -107,8 +107,7 @@ def feature_layout(store: Store, key: str, shard_id: str) -> tuple[int, int]:
     without the ``representation_dim`` metadata (written before it) are all representation."""
     schema = store.parquet_schema(feature_path(key, shard_id), what="feature shard")
     dim = int(schema.field("embedding").type.list_size)
-    raw = (schema.metadata or {}).get(b"representation_dim")
-    representation = dim if raw is None else int(raw)
+    representation = _representation_columns(schema) or dim
     if not 0 < representation <= dim:
         raise CorruptArtifactError(f"{store.uri(feature_path(key, shard_id))} says representation_dim="
                                    f"{representation} for {dim}-d embeddings; re-extract it")
@@ -124,8 +123,14 @@ def iter_feature_batches(store: Store, key: str, shard_ids: list[str] | None = N
     for sid in shard_ids if shard_ids is not None else done_shards(store, key):
         for batch in store.iter_parquet_batches(feature_path(key, sid), batch_size=batch_size):
             X = embeddings_of(batch)
-            raw = (batch.schema.metadata or {}).get(b"representation_dim") if representation else None
-            yield batch.column("image_id").to_pylist(), X if raw is None else np.ascontiguousarray(X[:, :int(raw)])
+            r = _representation_columns(batch.schema) if representation else None
+            yield batch.column("image_id").to_pylist(), X if r is None else np.ascontiguousarray(X[:, :r])
+
+
+def _representation_columns(schema: pa.Schema) -> int | None:
+    """The ``representation_dim`` a feature shard's metadata records (each batch's schema carries it), or None."""
+    raw = (schema.metadata or {}).get(b"representation_dim")
+    return None if raw is None else int(raw)
 
 
 def count_features(store: Store, key: str, shard_ids: list[str] | None = None) -> int:

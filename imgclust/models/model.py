@@ -437,12 +437,15 @@ def _exact_pca(reduce: ReduceConfig, sizes: FitSizes | None = None) -> ExactPCA:
                     l2_normalize_input=reduce.l2_normalize)
 
 
-def feature_source(store: Store, extractor_key: str, shard_ids: list[str], batch_size: int = 65536) -> BatchSource:
-    """A :data:`BatchSource` over the feature rows ``(n_i, D)`` of ``shard_ids`` (empty blocks skipped)."""
+def feature_source(store: Store, extractor_key: str, shard_ids: list[str], batch_size: int = 65536, *,
+                   representation: bool = False) -> BatchSource:
+    """A :data:`BatchSource` over the feature rows ``(n_i, D)`` of ``shard_ids`` (empty blocks skipped);
+    ``representation``: their representation columns only (:func:`~imgclust.io.features.iter_feature_batches`)."""
     from imgclust.io.features import iter_feature_batches
 
     def source() -> Iterator[np.ndarray]:
-        for _, X in iter_feature_batches(store, extractor_key, shard_ids, batch_size=batch_size):
+        for _, X in iter_feature_batches(store, extractor_key, shard_ids, batch_size=batch_size,
+                                         representation=representation):
             if X.shape[0]:
                 yield X
 
@@ -460,13 +463,8 @@ def write_pca_statistics(store: Store, extractor_key: str, shard_ids: list[str],
     """Summarise the representation columns of the features of ``shard_ids`` (n, D) into :class:`ScatterStats`
     and write them (one ``.npz``, D x D float64) to the store; returns the store-relative path. Run per shard group
     on Dask workers; :func:`fit_from_store` merges the groups with ``pca_statistics=...``."""
-    from imgclust.io.features import feature_layout
-
     rows = _row_counts(store, extractor_key, shard_ids)[0]
-    source = feature_source(store, extractor_key, shard_ids, batch_size)
-    dim, representation = feature_layout(store, extractor_key, shard_ids[0])
-    if representation < dim:  # the novelty statistics after it are not reduced
-        source = columns_of(source, 0, representation)
+    source = feature_source(store, extractor_key, shard_ids, batch_size, representation=True)  # statistics: not reduced
     stats = _exact_pca(reduce).statistics(tracked(source, f"PCA statistics of {len(shard_ids)} shards", rows, log))
     rel = pca_statistics_path(extractor_key, shard_ids, reduce)
     store.write_bytes(rel, stats.to_bytes())
