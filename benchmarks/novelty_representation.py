@@ -16,8 +16,11 @@ which lever moves it, per held-out pair and seed (its ``layer-4`` score is what 
   Shifted Instances", NeurIPS 2020), ``*-flip`` (the unit mean of the image's and its mirror's ``e``, a
   test-time augmentation), ``layer-L`` (Mahalanobis distance of the mean and standard deviation of an
   intermediate feature map, small encoder only; Lee et al., "A Simple Unified Framework for Detecting
-  Out-of-Distribution Samples and Adversarial Attacks", NeurIPS 2018), and ``pixels`` (the pixel recipe's score,
-  distance to the 20th nearest reference projected on a PCA-50 of the pixels);
+  Out-of-Distribution Samples and Adversarial Attacks", NeurIPS 2018), ``layers-34`` (the same on layers 3 and 4
+  side by side), ``layer-4-tied20`` (Lee et al.'s class-conditional form without labels: the nearest of 20
+  k-means groups of the references' ``e``, one covariance pooled within the groups), ``layer-4-wknn20``
+  (distance to the 20th nearest reference after whitening by the shrunk covariance), and ``pixels`` (the pixel
+  recipe's score, distance to the 20th nearest reference projected on a PCA-50 of the pixels);
 * fusions ``A & B``: Fisher's combination ``-sum log p`` of the scores' conformal p-values (each against its own
   calibration rows), itself thresholded conformally.
 
@@ -82,6 +85,25 @@ def mahalanobis(ref: np.ndarray, q: np.ndarray, shrink: float = 1e-6) -> np.ndar
     cov += shrink * np.trace(cov) / cov.shape[0] * np.eye(cov.shape[0])
     diff = q.astype(np.float64) - ref.mean(axis=0)
     return np.einsum("ij,jk,ik->i", diff, np.linalg.inv(cov), diff)
+
+
+def whitener(ref: np.ndarray, shrink: float = 1e-3) -> Callable[[np.ndarray], np.ndarray]:
+    """Map rows ``(m, d)`` to ``(m, d)`` coordinates whitened by ``ref``'s covariance, shrunk as in
+    :func:`mahalanobis`; squared lengths are Mahalanobis distances to ``ref``'s mean."""
+    mean, cov = ref.mean(axis=0), np.cov(ref.astype(np.float64), rowvar=False)
+    w, v = np.linalg.eigh(cov)
+    scale = v / np.sqrt(w + shrink * w.mean())
+    return lambda q: ((q.astype(np.float64) - mean) @ scale).astype(np.float32)
+
+
+def tied_mahalanobis(ref: np.ndarray, q: np.ndarray, groups: np.ndarray, shrink: float = 1e-3) -> np.ndarray:
+    """Squared Mahalanobis distance ``(m,)`` of rows ``q`` to the nearest group mean of ``ref`` under one
+    covariance pooled within the groups ``(n,)`` (Lee et al. 2018's tied class-conditional Gaussians)."""
+    names, inverse = np.unique(groups, return_inverse=True)
+    means = np.stack([ref[inverse == g].mean(axis=0) for g in range(len(names))])
+    white = whitener(ref - means[inverse] + ref.mean(axis=0), shrink)
+    zq, zm = white(q), white(means)
+    return ((zq[:, None, :] - zm[None]) ** 2).sum(-1).min(axis=1)
 
 
 def pca_residual(ref: np.ndarray, q: np.ndarray, m: int) -> np.ndarray:
@@ -177,6 +199,16 @@ def run_pair(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_tes
     s["csi"] = (-cos_cal * norm_fit[cal], -cos_test * norm_test)
     for name in LAYERS if small else ():
         s[name] = both(lambda r, q: mahalanobis(r, q, 1e-3), fit[name], test[name])
+    if small:
+        from sklearn.cluster import KMeans
+
+        l34_fit, l34_test = (np.concatenate([d["layer-3"], d["layer-4"]], axis=1) for d in (fit, test))
+        s["layers-34"] = both(lambda r, q: mahalanobis(r, q, 1e-3), l34_fit, l34_test)
+        groups = KMeans(20, n_init=3, random_state=args.seed).fit_predict(e_fit[ref])
+        s["layer-4-tied20"] = both(lambda r, q: tied_mahalanobis(r, q, groups), fit["layer-4"], test["layer-4"])
+        white = whitener(fit["layer-4"][ref])
+        s["layer-4-wknn20"] = both(lambda r, q: knn_distances(white(r), white(q), 20)[:, -1],
+                                   fit["layer-4"], test["layer-4"])
     px_fit = x_train[fit_idx].reshape(fit_rows, -1) / 255.0
     px_test = x_test.reshape(len(x_test), -1) / 255.0
     pca = PCA(n_components=50, random_state=0).fit(px_fit[ref])
