@@ -54,6 +54,8 @@ def publish_label_summary(summary: dict[str, Any], names: dict[int, str] | None 
     for c in summary.get("candidates", []):
         md += (f"\n- candidate new cluster {c['candidate']}: {c['size']} images, tightness {c['tightness']} "
                f"(montage `{c['montage']}` in the store)")
+    if summary.get("near_duplicates_skipped"):
+        md += f"\n**Near-duplicate flags skipped:** {summary['near_duplicates_skipped']}\n"
     if summary.get("near_duplicates"):
         md += f"\n**{summary['near_duplicates']} new image(s) nearly duplicate stored ones** (cosine similarity >= " \
               f"{summary.get('near_duplicate_threshold')}): see `near_duplicate_of` in their label rows.\n"

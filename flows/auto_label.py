@@ -39,7 +39,10 @@ def auto_label(source: str, store: str, date: dt.date | None = None, novelty_rat
     Before labelling, new images whose most similar stored image (labelled by the CURRENT model before this
     night, in its feature space) has cosine similarity ``>= near_duplicate_threshold`` are flagged in their label
     rows (``near_duplicate_of``, ``near_duplicate_similarity``) and counted in the summary (``near_duplicates``);
-    None skips the check.
+    None skips the check. The model's feature space must be one made for near-duplicates (not a ``deep:``
+    encoder trained on the corpus, :func:`imgclust.models.dedup.near_duplicate_problem`); otherwise the check is
+    skipped and the summary's ``near_duplicates_skipped`` says why and which stored space ``imgclust dedup`` can
+    search instead.
 
     Novelty (:mod:`imgclust.models.novelty_night`): an image is novel when the model's calibrated novelty score exceeds
     its threshold at the target false-novel rate (``novelty_rate``, default the model's own, 0.05 unless fitted
@@ -78,8 +81,10 @@ def _auto_label(source: str, store: str, date: dt.date | None, novelty_rate: flo
         return summary
     extraction = run_extraction(store, extract, parts=[ingested["part"]])
     if near_duplicate_threshold is not None and extraction["shard_ids"]:
-        flag_near_duplicates_task(store, model_id, extraction["extractor_key"], extraction["shard_ids"],
-                                  near_duplicate_threshold)
+        flags = flag_near_duplicates_task(store, model_id, extraction["extractor_key"], extraction["shard_ids"],
+                                          near_duplicate_threshold)
+        if "skipped" in flags:
+            summary["near_duplicates_skipped"] = flags["skipped"]
     labeled = label_all(store, model_id, extraction["extractor_key"], extraction["shard_ids"],
                         novelty_rate=novelty_rate)
     summary.update(quarantined=extraction["quarantined"], part=ingested["part"],

@@ -139,7 +139,9 @@ def add_ops_parsers(sub: Any) -> None:
     p.add_argument("--rule", choices=["representative", "components"], default=None,
                    help="representative: each group is one image and its neighbours (no chains); components: "
                         "connected components (single linkage) (default representative)")
-    p.add_argument("--extractor-key", default=None, help="feature space to search (default: the CURRENT model's)")
+    p.add_argument("--extractor-key", default=None,
+                   help="feature space to search (default: the CURRENT model's; a `deep:` encoder's is refused, the error "
+                        "names the stored spaces to use)")
     p.set_defaults(func=cmd_dedup)
 
 

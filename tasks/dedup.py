@@ -27,9 +27,13 @@ def dedup_task(store: str, extractor_key: str, threshold: float, k: int, rule: s
 def flag_near_duplicates_task(store: str, model_id: str, extractor_key: str, new_shard_ids: list[str],
                               threshold: float) -> dict[str, Any]:
     """Write the nightly near-duplicate flags of the new shards (idempotent: same inputs, same tables);
-    run before labelling them, which reads the flags."""
+    run before labelling them, which reads the flags. In a space not made for near-duplicates it writes nothing
+    and the summary's ``skipped`` says why."""
     summary = flag_new_near_duplicates(open_store(store), model_id, extractor_key, new_shard_ids,
                                        DedupConfig(threshold=threshold))
-    get_run_logger().info("%d of %d new images nearly duplicate stored ones (cosine >= %s)",
-                          summary["near_duplicates"], summary["new_rows"], threshold)
+    if "skipped" in summary:
+        get_run_logger().warning("near-duplicate flags skipped: %s", summary["skipped"])
+    else:
+        get_run_logger().info("%d of %d new images nearly duplicate stored ones (cosine >= %s)",
+                              summary["near_duplicates"], summary["new_rows"], threshold)
     return summary

@@ -58,7 +58,8 @@ def deep_backbone(location: str, device: torch.device) -> Backbone:
              type(est).__name__, representation, dim - representation, location)
     return ModuleBackbone(name="deep", module=_Encode(est.network_), dim=dim, representation_dim=representation,
                           preprocessing=prep, weights_id=f"file:sha256:{sha}", device=device,
-                          fingerprint_extra={"estimator": type(est).__name__})
+                          fingerprint_extra={"estimator": type(est).__name__},
+                          near_duplicate_space=False)  # trained to pull one kind's images together
 
 
 DEEP_PREFIX = "deep:"

@@ -114,6 +114,17 @@ def feature_layout(store: Store, key: str, shard_id: str) -> tuple[int, int]:
     return dim, representation
 
 
+def near_duplicate_space(store: Store, key: str, shard_id: str) -> bool:
+    """Whether a feature shard's space is one where a high cosine similarity means "a version of the same picture"
+    (the ``near_duplicate_space`` metadata its backbone records, :class:`~imgclust.extract.backbones.base.Backbone`).
+    Shards written before that field: every extractor but ``deep`` (an encoder trained on the corpus)."""
+    meta = store.parquet_schema(feature_path(key, shard_id), what="feature shard").metadata or {}
+    raw = meta.get(b"near_duplicate_space")
+    if raw is None:
+        return meta.get(b"extractor") != b"deep"
+    return raw == b"true"
+
+
 def iter_feature_batches(store: Store, key: str, shard_ids: list[str] | None = None,
                          batch_size: int = 65536, *, representation: bool = False
                          ) -> Iterator[tuple[list[str], np.ndarray]]:

@@ -22,6 +22,14 @@ Store layout: ``near_duplicates/<extractor_key>/groups.parquet`` (one row per im
 ``group_size`` int32) and ``near_duplicates/<extractor_key>/meta.json`` (threshold, k, rows searched, groups,
 the time it was computed), both written whole (a rerun replaces them).
 
+Which spaces: only those where a high cosine similarity means "a version of the same picture" (raw pixels,
+descriptors such as ``layout``, pretrained networks). An encoder trained on the corpus itself (the ``deep:``
+extractor of a refinement) pulls *different* images of one kind together, so a threshold there cannot tell a
+copy from a neighbour (contrastive features of Fashion-MNIST: median nearest-image similarity 0.995). Its feature
+files record ``near_duplicate_space = false`` (:func:`imgclust.io.features.near_duplicate_space`);
+:func:`dedup_store` refuses such a space and :func:`flag_new_near_duplicates` skips it, both naming the stored
+spaces that can be searched instead (:func:`near_duplicate_problem`).
+
 Memory: the search holds every feature row (``n x D`` float32, e.g. 1M x 512 = 2 GB) and ``n x k`` neighbours;
 time is ``O(n^2 D)`` (exact search).
 
@@ -49,8 +57,16 @@ import numpy as np
 import pyarrow as pa
 
 from imgclust.exceptions import ConfigError, StoreError
-from imgclust.io.features import done_shards, iter_feature_batches
-from imgclust.io.layout import arrivals_path, features_dir, groups_path, label_shards_glob, shard_id_of
+from imgclust.io.features import done_shards, iter_feature_batches, near_duplicate_space
+from imgclust.io.layout import (
+    ALL_FEATURE_MARKERS_GLOB,
+    arrivals_path,
+    feature_key_of,
+    features_dir,
+    groups_path,
+    label_shards_glob,
+    shard_id_of,
+)
 from imgclust.io.layout import near_duplicates_meta_path as _meta_path
 from imgclust.io.store import Store
 from imgclust.progress import Progress
@@ -59,7 +75,7 @@ from imgclust.validation import l2_normalize
 log = logging.getLogger(__name__)
 
 __all__ = ["ARRIVALS_SCHEMA", "DEDUP_SCHEMA", "DedupConfig", "arrivals_path", "dedup_store", "find_near_duplicates",
-           "flag_new_near_duplicates", "groups_path", "nearest_stored", "read_arrivals", "read_near_duplicates"]
+           "flag_new_near_duplicates", "near_duplicate_problem", "groups_path", "nearest_stored", "read_arrivals", "read_near_duplicates"]
 
 DEDUP_SCHEMA = pa.schema([("image_id", pa.string()), ("group_id", pa.string()),
                           ("representative_id", pa.string()), ("similarity", pa.float32()),
@@ -160,13 +176,32 @@ def find_near_duplicates(ids: list[str], X: np.ndarray, config: DedupConfig = De
                      "group_size": sizes[reps].astype(np.int32)}, schema=DEDUP_SCHEMA)
 
 
+def near_duplicate_problem(store: Store, extractor_key: str, shard_id: str) -> str | None:
+    """Why ``extractor_key``'s space cannot be searched for near-duplicates (judged on its shard ``shard_id``),
+    naming the stored spaces that can; None when it can (module docstring, "Which spaces")."""
+    if near_duplicate_space(store, extractor_key, shard_id):
+        return None
+    first: dict[str, str] = {}
+    for rel in store.glob(ALL_FEATURE_MARKERS_GLOB):
+        first.setdefault(feature_key_of(rel), shard_id_of(rel))
+    usable = sorted(k for k, sid in first.items() if k != extractor_key and near_duplicate_space(store, k, sid))
+    return (f"features/{extractor_key} come from an encoder trained on this corpus, which places different images of "
+            "one kind close together: a cosine threshold there cannot tell a copy from a neighbour. Search a space "
+            "made for near-duplicates: " + (f"--extractor-key {' or '.join(usable)} (stored)" if usable else
+                                            "extract one first, e.g. --extractor layout (photos) or pixels"))
+
+
 def dedup_store(store: Store, extractor_key: str, config: DedupConfig = DedupConfig()) -> dict[str, Any]:  # noqa: B008
     """Find the near-duplicate groups among every done feature row of ``extractor_key`` and write them
-    (module docstring for the layout); returns a summary (rows, groups, images in groups, seconds)."""
+    (module docstring for the layout); returns a summary (rows, groups, images in groups, seconds). Raises
+    :class:`ConfigError` for a space not made for near-duplicates (:func:`near_duplicate_problem`)."""
     shards = done_shards(store, extractor_key)
     if not shards:
         raise StoreError(f"no finished feature shards under {store.uri(features_dir(extractor_key))}; "
                          "extract features first")
+    problem = near_duplicate_problem(store, extractor_key, shards[0])
+    if problem:
+        raise ConfigError(problem)
     t0 = time.perf_counter()
     ids: list[str] = []
     blocks: list[np.ndarray] = []
@@ -247,13 +282,20 @@ def flag_new_near_duplicates(store: Store, model_id: str, extractor_key: str, ne
     tables. Returns counts: new rows, stored rows and shards searched, flagged images, seconds.
 
     Only ``config.threshold`` is used (each new image's single nearest stored image decides); ``batch_rows``
-    bounds the stored rows held at once."""
+    bounds the stored rows held at once. In a space not made for near-duplicates (:func:`near_duplicate_problem`)
+    nothing is searched or written: the summary's ``skipped`` says why (logged as a warning), and the night's
+    label rows carry no flags."""
     t0 = time.perf_counter()
     new = list(dict.fromkeys(new_shard_ids))
     missing = sorted(set(new) - set(done_shards(store, extractor_key)))
     if missing:
         raise StoreError(f"new shards {missing[:5]} have no finished features under "
                          f"{store.uri(features_dir(extractor_key))}; extract them before flagging near-duplicates")
+    problem = near_duplicate_problem(store, extractor_key, new[0]) if new else None
+    if problem:
+        log.warning("nightly near-duplicate flags skipped: %s", problem)
+        return {"near_duplicates": 0, "threshold": config.threshold, "skipped": problem,
+                "seconds": round(time.perf_counter() - t0, 2)}
     labelled = _labelled_shards(store, model_id)
     stored_shards = [s for s in done_shards(store, extractor_key) if s in labelled and s not in set(new)]
     ids: list[str] = []

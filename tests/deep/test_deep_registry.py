@@ -52,6 +52,7 @@ def test_simclr_extractor_stores_the_feature_map_statistics_after_its_representa
     assert backbone.dim == 48 and backbone.representation_dim == 16
     assert backbone.key().startswith("deep-file-") and backbone.key().endswith("-28-stats32")
     assert backbone.metadata()["representation_dim"] == "16"
+    assert backbone.metadata()["near_duplicate_space"] == "false"  # trained to pull one kind together
     feats = backbone.embed(torch.stack([backbone.preprocess(im) for im in images[:8]]))
     np.testing.assert_allclose(feats, est.extractor_features(images[:8]), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(feats[:, :16], est.transform(images[:8]), rtol=1e-4, atol=1e-5)

@@ -140,6 +140,7 @@ def test_embed_shape_dtype_finite(name, weights, dim, n):
     assert SAFE_KEY.match(backbone.key())
     meta = backbone.metadata()
     assert meta["extractor"] == name and meta["weights_id"] == backbone.weights_id
+    assert meta["near_duplicate_space"] == "true"
     assert all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items())
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import extract_fit_label, requires_fashion, write_fashion_corpus
+from conftest import extract_fit_label, fashion_test_subset, requires_fashion, write_fashion_corpus
 from helpers_photos import requires_photos
 from PIL import Image, ImageEnhance
 
@@ -233,3 +233,67 @@ def test_nightly_run_flags_copies_of_stored_photos_and_counts_them(tmp_path: Pat
     assert sum(read_arrivals(store, key, s).num_rows for s in new_shards) == 9  # type: ignore[union-attr]
     assert all(read_arrivals(store, key, s) is None for s in day1_shards)
     assert verify_store(store, key, model_id=model.model_id).ok
+
+
+# ---- spaces not made for near-duplicates ---------------------------------------------------------------------
+def test_which_spaces_are_for_near_duplicates_is_read_from_the_feature_files(tmp_path: Path) -> None:
+    """The backbone's `near_duplicate_space` metadata decides; files written before that field: every extractor
+    but `deep`."""
+    from imgclust.io.features import embeddings_table, near_duplicate_space
+    from imgclust.io.layout import feature_path
+
+    store = Store(tmp_path / "s")
+    rows = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+    for key, meta in {"a": {"extractor": "deep", "near_duplicate_space": "false"}, "b": {"extractor": "deep"},
+                      "c": {"extractor": "pixels"}, "d": {"extractor": "pixels", "near_duplicate_space": "true"},
+                      "e": {"extractor": "resnet50", "near_duplicate_space": "false"}}.items():
+        store.write_parquet(feature_path(key, "00000"), embeddings_table(["x", "y", "z"], rows, meta))
+    assert {k: near_duplicate_space(store, k, "00000") for k in "abcde"} == {
+        "a": False, "b": False, "c": True, "d": True, "e": False}
+
+
+@requires_fashion
+@pytest.mark.integration
+def test_a_space_trained_on_the_corpus_is_refused_and_the_nightly_run_says_why(tmp_path: Path,
+                                                                               dask_address: str) -> None:
+    """A `deep:` extractor (a `simclr` encoder trained on these images) pulls different images of one kind
+    together, so a cosine threshold there cannot tell a copy from a neighbour. `imgclust dedup`'s library call
+    refuses it and names the pixel space stored beside it (which it then searches); the nightly run (real Prefect
+    API, real Dask LocalCluster) labels the night's images without flags and says why in its summary."""
+    from prefect_dask import DaskTaskRunner
+
+    from flows.auto_label import auto_label
+    from imgclust.deep.methods import create_deep
+    from imgclust.io.features import done_shards
+    from imgclust.models.dedup import flag_new_near_duplicates, read_arrivals
+
+    images, _ = fashion_test_subset(200, seed=0)
+    deep_dir = tmp_path / "deep"
+    create_deep("simclr", k=3, epochs=1, seed=0, device="cpu", width=4, batch_size=32).fit(images).save(deep_dir)
+    source = tmp_path / "source"
+    write_fashion_corpus(source / "day1", n=200, seed=0)
+    store = Store(tmp_path / "store")
+    ingest(store, str(source), config=IngestConfig(), date=DAY1, run_id="d1")
+    reduce, cluster = ReduceConfig(n_components=8), ClusterConfig(k=3, seed=0)
+    pixel_key, _ = extract_fit_label(store, ExtractConfig(extractor="pixels", shard_size=100), reduce=reduce,
+                                     cluster=cluster)
+    deep_key, model = extract_fit_label(store, ExtractConfig(extractor=f"deep:{deep_dir}", shard_size=100),
+                                        reduce=reduce, cluster=cluster)
+    assert deep_key.startswith("deep-") and pixel_key.startswith("pixels-")
+
+    with pytest.raises(ConfigError, match=f"trained on this corpus.*--extractor-key {pixel_key}"):
+        dedup_store(store, deep_key)
+    assert dedup_store(store, pixel_key)["rows"] == 200
+    skipped = flag_new_near_duplicates(store, model.model_id, deep_key, done_shards(store, deep_key)[:1])
+    assert skipped["near_duplicates"] == 0 and pixel_key in skipped["skipped"]
+
+    day1_shards = done_shards(store, deep_key)
+    write_fashion_corpus(source / "day2", n=40, seed=1)
+    summary = auto_label.with_options(task_runner=DaskTaskRunner(address=dask_address))(
+        source=str(source), store=store.url, date=DAY2)
+    assert summary["new_images"] == summary["labeled"] == 40
+    assert summary["near_duplicates"] == 0
+    assert "trained on this corpus" in summary["near_duplicates_skipped"]
+    assert f"--extractor-key {pixel_key}" in summary["near_duplicates_skipped"]
+    new_shards = [s for s in done_shards(store, deep_key) if s not in day1_shards]
+    assert new_shards and all(read_arrivals(store, deep_key, s) is None for s in new_shards)

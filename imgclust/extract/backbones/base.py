@@ -66,6 +66,11 @@ class Backbone(ABC):
             ``"imagenet:sha256:<hex>"`` (torchvision), ``"pretrained:<hub repo or tag>:sha256:<hex>"``
             (timm / open_clip), ``"file:sha256:<hex>"``, or ``"none"`` for classic features.
         device: where :meth:`embed` computes.
+        near_duplicate_space: whether a high cosine similarity in this space means "a version of the same
+            picture" (pixels, descriptors, pretrained networks), or only "the same kind of picture" (an encoder
+            trained on the corpus to pull different images of one kind together: the ``deep:`` extractor).
+            Recorded in the feature files' metadata; near-duplicate searches refuse spaces where it is false
+            (:func:`imgclust.models.dedup.near_duplicate_problem`).
     """
 
     #: Autocast to bfloat16 and use channels_last on CUDA (neural nets); classic features: False.
@@ -73,13 +78,14 @@ class Backbone(ABC):
 
     def __init__(
         self, *, name: str, dim: int, preprocessing: Preprocessing, weights_id: str, device: torch.device,
-        representation_dim: int | None = None,
+        representation_dim: int | None = None, near_duplicate_space: bool = True,
     ) -> None:
         if representation_dim is not None and not 0 < representation_dim <= dim:
             raise ConfigError(f"{name}: representation_dim={representation_dim} must be in 1..dim={dim}")
         self.name = name
         self.dim = dim
         self.representation_dim = dim if representation_dim is None else representation_dim
+        self.near_duplicate_space = near_duplicate_space
         self.preprocessing = preprocessing
         self.weights_id = weights_id
         self.device = device
@@ -211,6 +217,7 @@ class Backbone(ABC):
             "weights_id": self.weights_id,
             "dim": str(self.dim),
             "representation_dim": str(self.representation_dim),
+            "near_duplicate_space": "true" if self.near_duplicate_space else "false",
             "input_size": str(prep.input_size),
             "mode": prep.mode,
             "resize": prep.resize,
@@ -248,10 +255,11 @@ class ModuleBackbone(Backbone):
         fingerprint_extra: dict[str, Any] | None = None,
         metadata_extra: dict[str, str] | None = None,
         representation_dim: int | None = None,
+        near_duplicate_space: bool = True,
     ) -> None:
         super().__init__(
             name=name, dim=dim, preprocessing=preprocessing, weights_id=weights_id, device=device,
-            representation_dim=representation_dim,
+            representation_dim=representation_dim, near_duplicate_space=near_duplicate_space,
         )
         module = module.eval().requires_grad_(False).to(device)
         if device.type == "cuda":
