@@ -58,5 +58,6 @@ def publish_label_summary(summary: dict[str, Any], names: dict[int, str] | None 
         md += f"\n**Near-duplicate flags skipped:** {summary['near_duplicates_skipped']}\n"
     if summary.get("near_duplicates"):
         md += f"\n**{summary['near_duplicates']} new image(s) nearly duplicate stored ones** (cosine similarity >= " \
-              f"{summary.get('near_duplicate_threshold')}): see `near_duplicate_of` in their label rows.\n"
+              f"{summary.get('near_duplicate_threshold')} in `{summary.get('near_duplicate_key')}`): see " \
+              "`near_duplicate_of` in their label rows.\n"
     create_markdown_artifact(key="auto-label-summary", markdown=md, description="Nightly auto-label summary")

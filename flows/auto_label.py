@@ -18,11 +18,11 @@ from flows.events import NOVELTY_EVENT, emit_novelty
 from flows.extract_features import run_extraction
 from flows.runtime import default_task_runner
 from flows.store_lease import DEFAULT_LOCK_TTL_SECONDS, DEFAULT_LOCK_WAIT_SECONDS, store_writer
-from imgclust.config import IngestConfig
+from imgclust.config import ExtractConfig, IngestConfig
 from imgclust.exceptions import ConfigError
 from imgclust.models.dedup import DedupConfig
 from tasks.cluster import current_model_task
-from tasks.dedup import flag_near_duplicates_task
+from tasks.dedup import flag_near_duplicates_task, near_duplicate_space_task
 from tasks.ingest import ingest_source
 from tasks.naming import suggestions_table_task
 from tasks.novelty import assess_novelty_task
@@ -39,10 +39,11 @@ def auto_label(source: str, store: str, date: dt.date | None = None, novelty_rat
     Before labelling, new images whose most similar stored image (labelled by the CURRENT model before this
     night, in its feature space) has cosine similarity ``>= near_duplicate_threshold`` are flagged in their label
     rows (``near_duplicate_of``, ``near_duplicate_similarity``) and counted in the summary (``near_duplicates``);
-    None skips the check. The model's feature space must be one made for near-duplicates (not a ``deep:``
-    encoder trained on the corpus, :func:`imgclust.models.dedup.near_duplicate_problem`); otherwise the check is
-    skipped and the summary's ``near_duplicates_skipped`` says why and which stored space ``imgclust dedup`` can
-    search instead.
+    None skips the check. It runs in a space made for near-duplicates (summary ``near_duplicate_key``): the model's
+    own, or, when the model's features come from a ``deep:`` encoder trained on the corpus, the newest such space
+    of the store's model versions, in which the night's images are extracted too
+    (:func:`imgclust.models.dedup.near_duplicate_extract`); with none, the check is skipped and the summary's
+    ``near_duplicates_skipped`` says why.
 
     Novelty (:mod:`imgclust.models.novelty_night`): an image is novel when the model's calibrated novelty score exceeds
     its threshold at the target false-novel rate (``novelty_rate``, default the model's own, 0.05 unless fitted
@@ -81,10 +82,8 @@ def _auto_label(source: str, store: str, date: dt.date | None, novelty_rate: flo
         return summary
     extraction = run_extraction(store, extract, parts=[ingested["part"]])
     if near_duplicate_threshold is not None and extraction["shard_ids"]:
-        flags = flag_near_duplicates_task(store, model_id, extraction["extractor_key"], extraction["shard_ids"],
-                                          near_duplicate_threshold)
-        if "skipped" in flags:
-            summary["near_duplicates_skipped"] = flags["skipped"]
+        summary.update(_flag_near_duplicates(store, model_id, extract, extraction, ingested["part"],
+                                             near_duplicate_threshold))
     labeled = label_all(store, model_id, extraction["extractor_key"], extraction["shard_ids"],
                         novelty_rate=novelty_rate)
     summary.update(quarantined=extraction["quarantined"], part=ingested["part"],
@@ -105,3 +104,21 @@ def _auto_label(source: str, store: str, date: dt.date | None, novelty_rate: flo
     summary["sizes"] = sizes
     publish_label_summary(summary, cluster_names_task(store), suggestions_table_task(store, model_id))
     return summary
+
+
+def _flag_near_duplicates(store: str, model_id: str, extract: ExtractConfig, extraction: dict[str, Any], part: str,
+                          threshold: float) -> dict[str, Any]:
+    """Flag the night's near-duplicates of stored images, in the model's space or, when that is not made for
+    near-duplicates, in the newest near-duplicate space of the store (the night's images extracted there first);
+    the summary fields ``near_duplicate_key`` or ``near_duplicates_skipped``."""
+    space = near_duplicate_space_task(store, model_id)
+    if space["extract"] is None:
+        get_run_logger().warning("near-duplicate flags skipped: %s", space["reason"])
+        return {"near_duplicates_skipped": space["reason"]}
+    search_key = search_shards = None
+    if space["extract"] != extract:
+        other = run_extraction(store, space["extract"], parts=[part])
+        search_key, search_shards = other["extractor_key"], other["shard_ids"]
+    flags = flag_near_duplicates_task(store, model_id, extraction["extractor_key"], extraction["shard_ids"], threshold,
+                                      search_key, search_shards)
+    return {"near_duplicate_key": flags["key"]}

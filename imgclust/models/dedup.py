@@ -56,12 +56,14 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
+from imgclust.config import ExtractConfig
 from imgclust.exceptions import ConfigError, StoreError
 from imgclust.io.features import done_shards, iter_feature_batches, near_duplicate_space
 from imgclust.io.layout import (
     ALL_FEATURE_MARKERS_GLOB,
     arrivals_path,
     feature_key_of,
+    feature_path,
     features_dir,
     groups_path,
     label_shards_glob,
@@ -75,7 +77,8 @@ from imgclust.validation import l2_normalize
 log = logging.getLogger(__name__)
 
 __all__ = ["ARRIVALS_SCHEMA", "DEDUP_SCHEMA", "DedupConfig", "arrivals_path", "dedup_store", "find_near_duplicates",
-           "flag_new_near_duplicates", "near_duplicate_problem", "groups_path", "nearest_stored", "read_arrivals", "read_near_duplicates"]
+           "flag_new_near_duplicates", "groups_path", "near_duplicate_extract", "near_duplicate_problem",
+           "nearest_stored", "read_arrivals", "read_near_duplicates"]
 
 DEDUP_SCHEMA = pa.schema([("image_id", pa.string()), ("group_id", pa.string()),
                           ("representative_id", pa.string()), ("similarity", pa.float32()),
@@ -273,56 +276,86 @@ def _labelled_shards(store: Store, model_id: str) -> set[str]:
     return {shard_id_of(rel) for rel in store.glob(label_shards_glob(model_id))}
 
 
+def near_duplicate_extract(store: Store, model_id: str) -> tuple[ExtractConfig | None, str | None]:
+    """Where the nightly flags of ``model_id``'s new images are searched: ``(ExtractConfig, None)`` of the model's own
+    features when they are a near-duplicate space; else of the newest other model version of the store whose
+    features are one (a pixel model before a ``simclr`` refinement: its rows cover the images extracted while it was
+    in use, and each night then extracts the new images in that space too); ``(None, reason)`` when no version has
+    one (:func:`near_duplicate_problem` of the model's own space)."""
+    from imgclust.models.model import extract_config_of, model_info
+
+    own_key = str(model_info(store, model_id)["extractor_key"])
+    others = sorted((rel.split("/")[1] for rel in store.glob("models/*/model.json")), reverse=True)  # ids sort by time
+    for mid in [model_id, *(m for m in others if m != model_id)]:
+        info = model_info(store, mid)
+        shards = done_shards(store, str(info.get("extractor_key", "")))
+        if shards and "extract" in info and near_duplicate_space(store, str(info["extractor_key"]), shards[0]):
+            return extract_config_of(store, mid), None
+    return None, near_duplicate_problem(store, own_key, done_shards(store, own_key)[0])
+
+
 def flag_new_near_duplicates(store: Store, model_id: str, extractor_key: str, new_shard_ids: list[str],
                              config: DedupConfig = DedupConfig(), *,  # noqa: B008
-                             batch_rows: int = 65536) -> dict[str, Any]:
-    """Flag the images of ``new_shard_ids`` whose most similar stored image (labelled by ``model_id`` in a shard
-    not among the new ones) has cosine similarity ``>= config.threshold`` in ``extractor_key``'s space, and write
-    each new shard's :func:`arrivals_path` table (module docstring: rule, cost). Rerunning rewrites the same
-    tables. Returns counts: new rows, stored rows and shards searched, flagged images, seconds.
+                             search: tuple[str, list[str]] | None = None, batch_rows: int = 65536) -> dict[str, Any]:
+    """Flag the images of ``new_shard_ids`` (shards of the model's ``extractor_key``) whose most similar stored image
+    has cosine similarity ``>= config.threshold``, and write each new shard's :func:`arrivals_path` table (module
+    docstring: rule, cost). Rerunning rewrites the same tables. Returns counts: new rows, stored rows and shards
+    searched, flagged images, the space searched (``key``), seconds.
 
-    Only ``config.threshold`` is used (each new image's single nearest stored image decides); ``batch_rows``
-    bounds the stored rows held at once. In a space not made for near-duplicates (:func:`near_duplicate_problem`)
-    nothing is searched or written: the summary's ``skipped`` says why (logged as a warning), and the night's
-    label rows carry no flags."""
+    Where: in ``extractor_key``'s space against the shards labelled by ``model_id`` before (not among the new ones);
+    or, with ``search = (key, new shard ids of key)`` (the same images extracted in a near-duplicate space,
+    :func:`near_duplicate_extract`), in that space against every other done shard of it. Without ``search``, in a
+    space not made for near-duplicates (:func:`near_duplicate_problem`) nothing is searched or written: the
+    summary's ``skipped`` says why (logged as a warning), and the night's label rows carry no flags; a ``search``
+    space that is not one raises :class:`ConfigError`. Only ``config.threshold`` is used (each new image's single
+    nearest stored image decides); ``batch_rows`` bounds the stored rows held at once."""
     t0 = time.perf_counter()
     new = list(dict.fromkeys(new_shard_ids))
-    missing = sorted(set(new) - set(done_shards(store, extractor_key)))
-    if missing:
-        raise StoreError(f"new shards {missing[:5]} have no finished features under "
-                         f"{store.uri(features_dir(extractor_key))}; extract them before flagging near-duplicates")
-    problem = near_duplicate_problem(store, extractor_key, new[0]) if new else None
-    if problem:
-        log.warning("nightly near-duplicate flags skipped: %s", problem)
-        return {"near_duplicates": 0, "threshold": config.threshold, "skipped": problem,
-                "seconds": round(time.perf_counter() - t0, 2)}
-    labelled = _labelled_shards(store, model_id)
-    stored_shards = [s for s in done_shards(store, extractor_key) if s in labelled and s not in set(new)]
+    _require_done(store, extractor_key, new)
+    if search is None:
+        problem = near_duplicate_problem(store, extractor_key, new[0]) if new else None
+        if problem:
+            log.warning("nightly near-duplicate flags skipped: %s", problem)
+            return {"near_duplicates": 0, "threshold": config.threshold, "skipped": problem,
+                    "seconds": round(time.perf_counter() - t0, 2)}
+        space, space_new = extractor_key, new
+        labelled = _labelled_shards(store, model_id)
+        stored_shards = [s for s in done_shards(store, space) if s in labelled and s not in set(new)]
+    else:
+        space, space_new = search[0], list(dict.fromkeys(search[1]))
+        _require_done(store, space, space_new)
+        problem = near_duplicate_problem(store, space, space_new[0]) if space_new else None
+        if problem:
+            raise ConfigError(problem)
+        stored_shards = [s for s in done_shards(store, space) if s not in set(space_new)]
     ids: list[str] = []
-    owner: list[int] = []  # index into `new` of each row's shard
     blocks: list[np.ndarray] = []
-    for i, sid in enumerate(new):
-        for batch_ids, X in iter_feature_batches(store, extractor_key, [sid], batch_size=batch_rows,
-                                                 representation=True):
-            ids += batch_ids
-            owner += [i] * len(batch_ids)
-            blocks.append(X)
+    for batch_ids, X in iter_feature_batches(store, space, space_new, batch_size=batch_rows, representation=True):
+        ids += batch_ids
+        blocks.append(X)
     X_new = np.concatenate(blocks) if blocks else np.zeros((0, 1), np.float32)
     best, best_id, seen = nearest_stored(
-        X_new, iter_feature_batches(store, extractor_key, stored_shards, batch_size=batch_rows,
-                                    representation=True))
-    flagged = best >= config.threshold
-    owner_arr = np.asarray(owner, np.int64)
-    ids_arr = np.asarray(ids, dtype=object)
-    for i, sid in enumerate(new):
-        rows = np.flatnonzero((owner_arr == i) & flagged)
+        X_new, iter_feature_batches(store, space, stored_shards, batch_size=batch_rows, representation=True))
+    flags = {i: (of, float(sim)) for i, of, sim in zip(ids, best_id, best, strict=True) if sim >= config.threshold}
+    for sid in new:  # per shard of the model's key: what label_shard reads
+        shard_ids = store.read_parquet(feature_path(extractor_key, sid), columns=["image_id"]).column(
+            "image_id").to_pylist()
+        hits = [i for i in shard_ids if i in flags]
         store.write_parquet(arrivals_path(extractor_key, sid), pa.table(
-            {"image_id": ids_arr[rows].tolist(), "near_duplicate_of": best_id[rows].tolist(),
-             "near_duplicate_similarity": best[rows].astype(np.float32)}, schema=ARRIVALS_SCHEMA))
+            {"image_id": hits, "near_duplicate_of": [flags[i][0] for i in hits],
+             "near_duplicate_similarity": np.asarray([flags[i][1] for i in hits], np.float32)},
+            schema=ARRIVALS_SCHEMA))
     summary = {"new_rows": len(ids), "stored_rows": seen, "stored_shards": len(stored_shards),
-               "near_duplicates": int(flagged.sum()), "threshold": config.threshold,
+               "near_duplicates": len(flags), "threshold": config.threshold, "key": space,
                "seconds": round(time.perf_counter() - t0, 2)}
     log.info("near-duplicates of stored images: %d of %d new images (cosine >= %.3f against %d stored rows of %s) "
-             "in %.1f s", summary["near_duplicates"], len(ids), config.threshold, seen, extractor_key,
-             summary["seconds"])
+             "in %.1f s", summary["near_duplicates"], len(ids), config.threshold, seen, space, summary["seconds"])
     return summary
+
+
+def _require_done(store: Store, key: str, shard_ids: list[str]) -> None:
+    """Raise :class:`StoreError` when a shard of ``shard_ids`` has no finished features under ``key``."""
+    missing = sorted(set(shard_ids) - set(done_shards(store, key)))
+    if missing:
+        raise StoreError(f"new shards {missing[:5]} have no finished features under "
+                         f"{store.uri(features_dir(key))}; extract them before flagging near-duplicates")

@@ -254,18 +254,22 @@ def test_which_spaces_are_for_near_duplicates_is_read_from_the_feature_files(tmp
 
 @requires_fashion
 @pytest.mark.integration
-def test_a_space_trained_on_the_corpus_is_refused_and_the_nightly_run_says_why(tmp_path: Path,
-                                                                               dask_address: str) -> None:
+def test_a_space_trained_on_the_corpus_is_not_searched_the_nightly_run_uses_a_pixel_space(tmp_path: Path,
+                                                                                         dask_address: str) -> None:
     """A `deep:` extractor (a `simclr` encoder trained on these images) pulls different images of one kind
-    together, so a cosine threshold there cannot tell a copy from a neighbour. `imgclust dedup`'s library call
-    refuses it and names the pixel space stored beside it (which it then searches); the nightly run (real Prefect
-    API, real Dask LocalCluster) labels the night's images without flags and says why in its summary."""
+    together, so a cosine threshold there cannot tell a copy from a neighbour. With no other space in the store
+    the nightly search has nowhere to run and says why; `imgclust dedup`'s library call refuses the deep space and
+    names the pixel space stored beside it. The nightly run (real Prefect API, real Dask LocalCluster) under the
+    promoted deep model extracts the night's images in that pixel space too and flags exactly the re-encoded
+    copies of stored images there."""
     from prefect_dask import DaskTaskRunner
 
     from flows.auto_label import auto_label
     from imgclust.deep.methods import create_deep
     from imgclust.io.features import done_shards
-    from imgclust.models.dedup import flag_new_near_duplicates, read_arrivals
+    from imgclust.models.dedup import flag_new_near_duplicates, near_duplicate_extract
+    from imgclust.models.labels import read_labels
+    from imgclust.models.model import promote
 
     images, _ = fashion_test_subset(200, seed=0)
     deep_dir = tmp_path / "deep"
@@ -275,25 +279,41 @@ def test_a_space_trained_on_the_corpus_is_refused_and_the_nightly_run_says_why(t
     store = Store(tmp_path / "store")
     ingest(store, str(source), config=IngestConfig(), date=DAY1, run_id="d1")
     reduce, cluster = ReduceConfig(n_components=8), ClusterConfig(k=3, seed=0)
-    pixel_key, _ = extract_fit_label(store, ExtractConfig(extractor="pixels", shard_size=100), reduce=reduce,
-                                     cluster=cluster)
     deep_key, model = extract_fit_label(store, ExtractConfig(extractor=f"deep:{deep_dir}", shard_size=100),
                                         reduce=reduce, cluster=cluster)
-    assert deep_key.startswith("deep-") and pixel_key.startswith("pixels-")
+    assert deep_key.startswith("deep-")
+    nowhere, why = near_duplicate_extract(store, model.model_id)
+    assert nowhere is None and "trained on this corpus" in why and "extract one first" in why  # type: ignore[operator]
+    skipped = flag_new_near_duplicates(store, model.model_id, deep_key, done_shards(store, deep_key)[:1])
+    assert skipped["near_duplicates"] == 0 and "trained on this corpus" in skipped["skipped"]
 
+    pixel_key, _ = extract_fit_label(store, ExtractConfig(extractor="pixels", shard_size=100), reduce=reduce,
+                                     cluster=cluster)
+    promote(store, model.model_id)  # the deep model is CURRENT again, the pixel model is an older version
     with pytest.raises(ConfigError, match=f"trained on this corpus.*--extractor-key {pixel_key}"):
         dedup_store(store, deep_key)
     assert dedup_store(store, pixel_key)["rows"] == 200
-    skipped = flag_new_near_duplicates(store, model.model_id, deep_key, done_shards(store, deep_key)[:1])
-    assert skipped["near_duplicates"] == 0 and pixel_key in skipped["skipped"]
+    assert near_duplicate_extract(store, model.model_id)[0] == ExtractConfig(extractor="pixels", shard_size=100)
 
-    day1_shards = done_shards(store, deep_key)
-    write_fashion_corpus(source / "day2", n=40, seed=1)
+    day1_pixel_shards = done_shards(store, pixel_key)
+    stored = sorted((source / "day1").rglob("*.png"))[:3]
+    copies = {}
+    for f in stored:  # re-encoded copies: other bytes, so ingest takes them as new images
+        copy = source / "day2" / f"copy-{f.stem}.jpg"
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        Image.open(f).save(copy, quality=95)
+        copies[copy] = f
+    write_fashion_corpus(source / "day2", n=30, seed=1)
     summary = auto_label.with_options(task_runner=DaskTaskRunner(address=dask_address))(
         source=str(source), store=store.url, date=DAY2)
-    assert summary["new_images"] == summary["labeled"] == 40
-    assert summary["near_duplicates"] == 0
-    assert "trained on this corpus" in summary["near_duplicates_skipped"]
-    assert f"--extractor-key {pixel_key}" in summary["near_duplicates_skipped"]
-    new_shards = [s for s in done_shards(store, deep_key) if s not in day1_shards]
-    assert new_shards and all(read_arrivals(store, deep_key, s) is None for s in new_shards)
+    assert summary["new_images"] == summary["labeled"] == 33
+    assert summary["near_duplicate_key"] == pixel_key and "near_duplicates_skipped" not in summary
+    assert summary["near_duplicates"] == 3
+    assert len(done_shards(store, pixel_key)) > len(day1_pixel_shards)  # the night extracted in the pixel space too
+    manifest = read_manifest(store, columns=["image_id", "uri"])
+    id_of = {Path(u): i for i, u in zip(manifest.column("image_id").to_pylist(), manifest.column("uri").to_pylist(),
+                                        strict=True)}
+    labels = read_labels(store, model.model_id)
+    flagged = {i: of for i, of in zip(labels.column("image_id").to_pylist(),
+                                      labels.column("near_duplicate_of").to_pylist(), strict=True) if of is not None}
+    assert flagged == {id_of[c]: id_of[o] for c, o in copies.items()}
