@@ -1,7 +1,7 @@
 """Is a grey-pixel space a near-duplicate space? Copies vs distinct images in ``pixels-28-L`` on Fashion-MNIST.
 
 The nightly near-duplicate flags of a promoted ``simclr`` model search the pixel space of the model it refined
-(:func:`imgclust.models.dedup.near_duplicate_extract`), with the one default threshold (cosine 0.98) that was
+(:func:`imgclust.models.dedup.near_duplicate_search_space`), with the one default threshold (cosine 0.98) that was
 calibrated for the ``layout`` descriptor on photos. This script measures what that threshold means in the pixel
 space of 28-px grey garments: for every test image, the cosine similarity to its nearest *other* test image
 (distinct pictures; Fashion-MNIST's products repeat, so some are versions of one picture), and for a seeded

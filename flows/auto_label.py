@@ -42,7 +42,7 @@ def auto_label(source: str, store: str, date: dt.date | None = None, novelty_rat
     None skips the check. It runs in a space made for near-duplicates (summary ``near_duplicate_key``): the model's
     own, or, when the model's features come from a ``deep:`` encoder trained on the corpus, the newest such space
     of the store's model versions, in which the night's images are extracted too
-    (:func:`imgclust.models.dedup.near_duplicate_extract`); with none, the check is skipped and the summary's
+    (:func:`imgclust.models.dedup.near_duplicate_search_space`); with none, the check is skipped and the summary's
     ``near_duplicates_skipped`` says why.
 
     Novelty (:mod:`imgclust.models.novelty_night`): an image is novel when the model's calibrated novelty score exceeds
@@ -112,12 +112,12 @@ def _flag_near_duplicates(store: str, model_id: str, extract: ExtractConfig, ext
     near-duplicates, in the newest near-duplicate space of the store (the night's images extracted there first);
     the summary fields ``near_duplicate_key`` or ``near_duplicates_skipped``."""
     space = near_duplicate_space_task(store, model_id)
-    if space["extract"] is None:
-        get_run_logger().warning("near-duplicate flags skipped: %s", space["reason"])
-        return {"near_duplicates_skipped": space["reason"]}
+    if space.extract is None:
+        get_run_logger().warning("near-duplicate flags skipped: %s", space.reason)
+        return {"near_duplicates_skipped": space.reason}
     search_key = search_shards = None
-    if space["extract"] != extract:
-        other = run_extraction(store, space["extract"], parts=[part])
+    if space.extract != extract:
+        other = run_extraction(store, space.extract, parts=[part])
         search_key, search_shards = other["extractor_key"], other["shard_ids"]
     flags = flag_near_duplicates_task(store, model_id, extraction["extractor_key"], extraction["shard_ids"], threshold,
                                       search_key, search_shards)

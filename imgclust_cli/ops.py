@@ -129,7 +129,7 @@ def add_ops_parsers(sub: Any) -> None:
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("dedup", help="near-duplicate groups among the stored images (copies, crops, re-encodes)",
-                       description="Finds every image's nearest neighbours in the CURRENT model's feature space "
+                       description="Finds every image's nearest neighbours in the CURRENT model's near-duplicate space "
                                    "(cosine, exact faiss search) and groups pairs at or above --threshold "
                                    "(connected components); writes near_duplicates/<extractor>/groups.parquet.")
     p.add_argument("--store", required=True)
@@ -140,8 +140,8 @@ def add_ops_parsers(sub: Any) -> None:
                    help="representative: each group is one image and its neighbours (no chains); components: "
                         "connected components (single linkage) (default representative)")
     p.add_argument("--extractor-key", default=None,
-                   help="feature space to search (default: the CURRENT model's; a `deep:` encoder's is refused, the error "
-                        "names the stored spaces to use)")
+                   help="feature space to search (default: the CURRENT model's, or under a `deep:` model the newest "
+                        "near-duplicate space of the store's models; a `deep:` encoder's space is refused)")
     p.set_defaults(func=cmd_dedup)
 
 

@@ -6,7 +6,13 @@ from typing import Any
 
 from prefect import get_run_logger, task
 
-from imgclust.models.dedup import DedupConfig, dedup_store, flag_new_near_duplicates, near_duplicate_extract
+from imgclust.models.dedup import (
+    DedupConfig,
+    SearchSpace,
+    dedup_store,
+    flag_new_near_duplicates,
+    near_duplicate_search_space,
+)
 from tasks._common import open_store, retry_transient
 
 
@@ -23,11 +29,10 @@ def dedup_task(store: str, extractor_key: str, threshold: float, k: int, rule: s
 
 
 @task(name="near-duplicate-space", retries=1, retry_delay_seconds=10, retry_condition_fn=retry_transient)
-def near_duplicate_space_task(store: str, model_id: str) -> dict[str, Any]:
-    """``{"extract": ExtractConfig or None, "reason": str or None}``: where the nightly flags of the model's new
-    images are searched (:func:`imgclust.models.dedup.near_duplicate_extract`)."""
-    extract, reason = near_duplicate_extract(open_store(store), model_id)
-    return {"extract": extract, "reason": reason}
+def near_duplicate_space_task(store: str, model_id: str) -> SearchSpace:
+    """Where the near-duplicates of the model's images are searched
+    (:func:`imgclust.models.dedup.near_duplicate_search_space`)."""
+    return near_duplicate_search_space(open_store(store), model_id)
 
 
 @task(name="flag-near-duplicates", task_run_name="flag-near-duplicates-{extractor_key}", retries=1,

@@ -77,7 +77,7 @@ from imgclust.validation import l2_normalize
 log = logging.getLogger(__name__)
 
 __all__ = ["ARRIVALS_SCHEMA", "DEDUP_SCHEMA", "DedupConfig", "arrivals_path", "dedup_store", "find_near_duplicates",
-           "flag_new_near_duplicates", "groups_path", "near_duplicate_extract", "near_duplicate_problem",
+           "flag_new_near_duplicates", "groups_path", "near_duplicate_problem", "near_duplicate_search_space", "SearchSpace",
            "nearest_stored", "read_arrivals", "read_near_duplicates"]
 
 DEDUP_SCHEMA = pa.schema([("image_id", pa.string()), ("group_id", pa.string()),
@@ -276,22 +276,36 @@ def _labelled_shards(store: Store, model_id: str) -> set[str]:
     return {shard_id_of(rel) for rel in store.glob(label_shards_glob(model_id))}
 
 
-def near_duplicate_extract(store: Store, model_id: str) -> tuple[ExtractConfig | None, str | None]:
-    """Where the nightly flags of ``model_id``'s new images are searched: ``(ExtractConfig, None)`` of the model's own
-    features when they are a near-duplicate space; else of the newest other model version of the store whose
-    features are one (a pixel model before a ``simclr`` refinement: its rows cover the images extracted while it was
-    in use, and each night then extracts the new images in that space too); ``(None, reason)`` when no version has
-    one (:func:`near_duplicate_problem` of the model's own space)."""
+@dataclass(frozen=True)
+class SearchSpace:
+    """Where a model's near-duplicates are searched: the ``extract`` configuration and extractor ``key`` of a
+    near-duplicate space, or both None and the ``reason`` there is none."""
+
+    extract: ExtractConfig | None
+    key: str | None
+    reason: str | None = None
+
+
+def near_duplicate_search_space(store: Store, model_id: str) -> SearchSpace:
+    """Where the near-duplicates of ``model_id``'s images are searched (nightly flags, ``imgclust dedup``'s default,
+    the report's groups): the model's own features when they are a near-duplicate space; else those of the newest
+    other model version of the store whose features are one (a pixel model before a ``simclr`` refinement: its rows
+    cover the images extracted while it was in use, and each night then extracts the new images in that space too);
+    else none, with :func:`near_duplicate_problem` of the model's own space as the reason."""
     from imgclust.models.model import extract_config_of, model_info
 
     own_key = str(model_info(store, model_id)["extractor_key"])
     others = sorted((rel.split("/")[1] for rel in store.glob("models/*/model.json")), reverse=True)  # ids sort by time
     for mid in [model_id, *(m for m in others if m != model_id)]:
         info = model_info(store, mid)
-        shards = done_shards(store, str(info.get("extractor_key", "")))
-        if shards and "extract" in info and near_duplicate_space(store, str(info["extractor_key"]), shards[0]):
-            return extract_config_of(store, mid), None
-    return None, near_duplicate_problem(store, own_key, done_shards(store, own_key)[0])
+        key = str(info.get("extractor_key", ""))
+        shards = done_shards(store, key) if key else []
+        if shards and "extract" in info and near_duplicate_space(store, key, shards[0]):
+            return SearchSpace(extract_config_of(store, mid), key)
+    own = done_shards(store, own_key)
+    reason = near_duplicate_problem(store, own_key, own[0]) if own else None
+    return SearchSpace(None, None, reason or f"model {model_id} has no searchable features: no finished shards under "
+                       f"{store.uri(features_dir(own_key))} or no recorded extract configuration; refit it")
 
 
 def flag_new_near_duplicates(store: Store, model_id: str, extractor_key: str, new_shard_ids: list[str],
@@ -304,7 +318,7 @@ def flag_new_near_duplicates(store: Store, model_id: str, extractor_key: str, ne
 
     Where: in ``extractor_key``'s space against the shards labelled by ``model_id`` before (not among the new ones);
     or, with ``search = (key, new shard ids of key)`` (the same images extracted in a near-duplicate space,
-    :func:`near_duplicate_extract`), in that space against every other done shard of it. Without ``search``, in a
+    :func:`near_duplicate_search_space`), in that space against every other done shard of it. Without ``search``, in a
     space not made for near-duplicates (:func:`near_duplicate_problem`) nothing is searched or written: the
     summary's ``skipped`` says why (logged as a warning), and the night's label rows carry no flags; a ``search``
     space that is not one raises :class:`ConfigError`. Only ``config.threshold`` is used (each new image's single

@@ -53,7 +53,7 @@ from imgclust.io.layout import LABELS_DIR, NAMES_FILE, candidates_glob, report_d
 from imgclust.io.manifest import read_manifest
 from imgclust.io.sources import read_uri
 from imgclust.io.store import Store
-from imgclust.models.dedup import read_near_duplicates
+from imgclust.models.dedup import near_duplicate_search_space, read_near_duplicates
 from imgclust.models.labels import load_model_cached, read_labels
 from imgclust.models.report_model import k_choice_section, tree_section
 
@@ -499,7 +499,8 @@ def build_report(store: Store, model_id: str, *, run: str, metrics: dict[str, An
     structure = (k_choice_section({**model.meta, "n_clusters": model.n_clusters}, write, _png)
                  + tree_section(model.tree, {raw: tiles_of.get(int(sid), []) for raw, sid in enumerate(model.stable_ids)},
                                 {raw: _label(int(sid), names) for raw, sid in enumerate(model.stable_ids)}, write, _png))
-    duplicates = structure + _near_duplicate_section(store, model.extractor_key, config, write,
+    dedup_key = near_duplicate_search_space(store, model_id).key or model.extractor_key
+    duplicates = structure + _near_duplicate_section(store, dedup_key, config, write,
                                                      storage_options) + _candidates_section(store, model_id, write)
     from imgclust.models.naming import suggestions_html  # naming reads cluster_names.csv through this module
 

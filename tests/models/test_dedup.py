@@ -259,15 +259,16 @@ def test_a_space_trained_on_the_corpus_is_not_searched_the_nightly_run_uses_a_pi
     """A `deep:` extractor (a `simclr` encoder trained on these images) pulls different images of one kind
     together, so a cosine threshold there cannot tell a copy from a neighbour. With no other space in the store
     the nightly search has nowhere to run and says why; `imgclust dedup`'s library call refuses the deep space and
-    names the pixel space stored beside it. The nightly run (real Prefect API, real Dask LocalCluster) under the
-    promoted deep model extracts the night's images in that pixel space too and flags exactly the re-encoded
-    copies of stored images there."""
+    names the pixel space stored beside it, which `imgclust dedup` then searches by default. The nightly run (real
+    Prefect API, real Dask LocalCluster) under the promoted deep model extracts the night's images in that pixel
+    space too and flags exactly the re-encoded copies of stored images there."""
     from prefect_dask import DaskTaskRunner
 
     from flows.auto_label import auto_label
+    from flows.dedup import dedup
     from imgclust.deep.methods import create_deep
     from imgclust.io.features import done_shards
-    from imgclust.models.dedup import flag_new_near_duplicates, near_duplicate_extract
+    from imgclust.models.dedup import flag_new_near_duplicates, near_duplicate_search_space
     from imgclust.models.labels import read_labels
     from imgclust.models.model import promote
 
@@ -282,8 +283,9 @@ def test_a_space_trained_on_the_corpus_is_not_searched_the_nightly_run_uses_a_pi
     deep_key, model = extract_fit_label(store, ExtractConfig(extractor=f"deep:{deep_dir}", shard_size=100),
                                         reduce=reduce, cluster=cluster)
     assert deep_key.startswith("deep-")
-    nowhere, why = near_duplicate_extract(store, model.model_id)
-    assert nowhere is None and "trained on this corpus" in why and "extract one first" in why  # type: ignore[operator]
+    nowhere = near_duplicate_search_space(store, model.model_id)
+    assert nowhere.extract is None and nowhere.key is None
+    assert "trained on this corpus" in nowhere.reason and "extract one first" in nowhere.reason  # type: ignore[operator]
     skipped = flag_new_near_duplicates(store, model.model_id, deep_key, done_shards(store, deep_key)[:1])
     assert skipped["near_duplicates"] == 0 and "trained on this corpus" in skipped["skipped"]
 
@@ -293,7 +295,9 @@ def test_a_space_trained_on_the_corpus_is_not_searched_the_nightly_run_uses_a_pi
     with pytest.raises(ConfigError, match=f"trained on this corpus.*--extractor-key {pixel_key}"):
         dedup_store(store, deep_key)
     assert dedup_store(store, pixel_key)["rows"] == 200
-    assert near_duplicate_extract(store, model.model_id)[0] == ExtractConfig(extractor="pixels", shard_size=100)
+    space = near_duplicate_search_space(store, model.model_id)
+    assert space.extract == ExtractConfig(extractor="pixels", shard_size=100) and space.key == pixel_key
+    assert dedup(store=store.url)["extractor_key"] == pixel_key  # `imgclust dedup`'s default under the deep model
 
     day1_pixel_shards = done_shards(store, pixel_key)
     stored = sorted((source / "day1").rglob("*.png"))[:3]
