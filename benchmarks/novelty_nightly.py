@@ -56,6 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 RECIPES = ("pixels", "simclr", "simclr-representation")
+SHIFT_ALPHA = 1e-3
+"""p-value below which the shift rule fires (the rate rule fires above its count's 0.999 quantile)."""
 _ENCODERS: dict[tuple[tuple[int, int], int], tuple[Any, float]] = {}  # (pair, seed) -> (simclr estimator, seconds)
 
 
@@ -100,10 +102,11 @@ def fit_recipe(recipe: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np
 
 
 def night_event(model: Any, feats: np.ndarray, score: np.ndarray, flagged: np.ndarray, seed: int
-                ) -> tuple[bool, bool, int]:
-    """``(rate rule fired, candidate found, candidates)`` of one night, as :func:`assess_night` decides it."""
+                ) -> tuple[bool, bool, int, bool]:
+    """``(rate rule fired, candidate found, candidates, shift rule fired)`` of one night, as :func:`assess_night`
+    decides it; the shift rule: :func:`~imgclust.models.novelty.shift_pvalue` below ``SHIFT_ALPHA``."""
     from imgclust.models.candidates import find_candidates
-    from imgclust.models.novelty import event_limit
+    from imgclust.models.novelty import event_limit, shift_pvalue
 
     n = len(score)
     rate_fired = int(flagged.sum()) > event_limit(n, model.novelty.n_calibration_, model.novelty.rate)
@@ -111,7 +114,8 @@ def night_event(model: Any, feats: np.ndarray, score: np.ndarray, flagged: np.nd
     if flagged.any():
         rows = model.novelty.space(model.novelty_input(feats[flagged]))
         cands = find_candidates(rows, model.novelty.reference_space(), n_night=n, seed=seed)
-    return rate_fired, bool(cands), len(cands)
+    shift_fired = shift_pvalue(model.novelty.calibration_scores_, score) < SHIFT_ALPHA
+    return rate_fired, bool(cands), len(cands), shift_fired
 
 
 def run(recipe: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
@@ -183,13 +187,15 @@ def print_tables(recipe: str, results: dict[str, list[dict[str, Any]]], pairs: l
               f"{np.mean(kn):.1%} ({max(kn):.1%}) | {wk} / {wm} of {len(rs)} |")
     print(f"\nSub-sampled nights of {args.night_size} images ({args.nights} per run and kind; mixed = "
           f"{args.new_share:.0%} held-out): nights where the event fired, by rule\n")
-    print("| night | nights | rate rule | candidate rule | event (either) | candidates per night, mean (max) |")
-    print("|---|---|---|---|---|---|")
+    print("| night | nights | rate rule | candidate rule | event (either) | candidates per night, mean (max) | "
+          f"shift rule (p < {SHIFT_ALPHA}) | any of the three |")
+    print("|---|---|---|---|---|---|---|---|")
     for kind in ("known", "mixed"):
         ev = [e for r in every for e in r[f"nights_{kind}"]]
         counts = [e[2] for e in ev]
         print(f"| {'known only' if kind == 'known' else 'with held-out'} | {len(ev)} | {sum(e[0] for e in ev)} | "
-              f"{sum(e[1] for e in ev)} | {sum(e[0] or e[1] for e in ev)} | {np.mean(counts):.2f} ({max(counts)}) |")
+              f"{sum(e[1] for e in ev)} | {sum(e[0] or e[1] for e in ev)} | {np.mean(counts):.2f} ({max(counts)}) | "
+              f"{sum(e[3] for e in ev)} | {sum(e[0] or e[1] or e[3] for e in ev)} |")
 
 
 if __name__ == "__main__":

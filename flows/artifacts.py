@@ -48,9 +48,9 @@ def publish_label_summary(summary: dict[str, Any], names: dict[int, str] | None 
     md = "# Auto-label run\n\n| what | value |\n|---|---|\n" + _rows(summary) + "\n"
     if summary.get("novelty_alert"):
         md += (f"\n**{summary['novel']} of {summary['labeled']} new images are novel** (at most {summary['limit']} "
-               f"expected of known kinds at a false-novel rate of {summary.get('expected_rate')}) and "
-               f"{len(summary.get('candidates', []))} candidate new cluster(s): a recluster is due "
-               "(event `imgclust.novelty.high` was emitted).\n")
+               f"expected of known kinds at a false-novel rate of {summary.get('expected_rate')}), "
+               f"{len(summary.get('candidates', []))} candidate new cluster(s), score shift p = "
+               f"{summary.get('shift_p')}: a recluster is due (event `imgclust.novelty.high` was emitted).\n")
     for c in summary.get("candidates", []):
         md += (f"\n- candidate new cluster {c['candidate']}: {c['size']} images, tightness {c['tightness']} "
                f"(montage `{c['montage']}` in the store)")

@@ -49,7 +49,8 @@ def auto_label(source: str, store: str, date: dt.date | None = None, novelty_rat
     its threshold at the target false-novel rate (``novelty_rate``, default the model's own, 0.05 unless fitted
     otherwise). Emits the Prefect event ``imgclust.novelty.high`` for the store (the novelty trigger of
     ``recluster/weekly`` starts a recluster on it) when the night has more novel images than known kinds give
-    (the 0.999 quantile of their count) or its novel images form a candidate new cluster (montage and
+    (the 0.999 quantile of their count), its scores as a whole sit above the model's calibration scores
+    (``shift_p`` below 0.001), or its novel images form a candidate new cluster (montage and
     ``candidates.json`` under ``novelty/<model_id>/date=<date>/``).
 
     One writer at a time per store: the run holds the store's writer lease (``flows/store_lease.py``;
@@ -92,11 +93,12 @@ def _auto_label(source: str, store: str, date: dt.date | None, novelty_rate: flo
         summary.update(assess_novelty_task(store, model_id, extraction["extractor_key"], extraction["shard_ids"],
                                            novelty_rate))
     if summary["novelty_alert"]:
-        logger.warning("%d of %d new images are novel (at most %d expected of known kinds) and %d candidate new "
-                       "cluster(s): emitting %s", summary["novel"], summary["labeled"], summary["limit"],
-                       len(summary["candidates"]), NOVELTY_EVENT)
+        logger.warning("%d of %d new images are novel (at most %d expected of known kinds), %d candidate new "
+                       "cluster(s), score shift p = %s: emitting %s", summary["novel"], summary["labeled"],
+                       summary["limit"], len(summary["candidates"]), summary.get("shift_p"), NOVELTY_EVENT)
         emit_novelty(store, model_id, {k: summary[k] for k in ("novel", "labeled", "novel_share", "expected_rate",
-                                                               "limit", "rule", "candidates", "part")})
+                                                               "limit", "rule", "candidates", "part", "shift_p")
+                                       if k in summary})
     sizes: dict[int, int] = {}
     for r in labeled:
         for c, count in r.get("sizes", {}).items():

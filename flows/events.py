@@ -7,8 +7,9 @@ from typing import Any
 from prefect.events import emit_event
 
 NOVELTY_EVENT = "imgclust.novelty.high"
-"""Emitted by the nightly auto-label run when the night's novel count passes its calibrated limit or its novel
-images form a candidate new cluster (:mod:`imgclust.models.novelty_night`)."""
+"""Emitted by the nightly auto-label run when the night's novel count passes its calibrated limit, its scores sit
+above the calibration scores as a whole, or its novel images form a candidate new cluster
+(:mod:`imgclust.models.novelty_night`)."""
 STORE_LABEL = "imgclust.store"
 """Resource label holding the store URL exactly as the flow was given it, so a trigger can match one store."""
 

@@ -7,9 +7,12 @@ Reads the label rows a nightly run wrote for its new shards (``is_novel`` from t
   Beta-Binomial count a night of known kinds gives at the conformal threshold;
 * **candidates**: the novel images grouped in the model's novelty space (:func:`imgclust.models.candidates.find_candidates`);
   each group large and tight enough is a candidate new cluster, written as ``candidate-<i>.png`` (a montage) and
-  listed in ``candidates.json`` under ``novelty/<model_id>/date=<YYYY-MM-DD>/``.
+  listed in ``candidates.json`` under ``novelty/<model_id>/date=<YYYY-MM-DD>/``;
+* **shift**: the night's novelty scores as a whole above the model's calibration scores, one-sided Mann-Whitney
+  p-value below :data:`SHIFT_ALPHA` (:meth:`~imgclust.models.novelty.NoveltyScorer.shift_pvalue`): a new kind moves the whole
+  score distribution even when few of its images pass the threshold.
 
-The event fires on either. Models without a calibrated score (fitted before it, or on too few rows) fall back to
+The event fires on any of the three. Models without a calibrated score (fitted before it, or on too few rows) fall back to
 a fixed share, :data:`LEGACY_NOVEL_SHARE`, logged and recorded as ``rule: "legacy-share"``.
 """
 from __future__ import annotations
@@ -38,6 +41,8 @@ log = logging.getLogger(__name__)
 
 EVENT_QUANTILE = 0.999
 """Quantile of the known-kinds count above which a night's novel count raises the event."""
+SHIFT_ALPHA = 1e-3
+"""p-value below which the night's score shift raises the event (as rare on known-kind nights as the rate rule)."""
 LEGACY_NOVEL_SHARE = 0.2
 """Novel share that raises the event for models without a calibrated novelty score."""
 
@@ -49,8 +54,8 @@ def assess_night(store: Store, model_id: str, extractor_key: str, shard_ids: lis
     :func:`imgclust.models.labels.label_shard` under each shard's ingestion date) and write its candidate new clusters
     under ``date`` (default the first shard's ingestion date).
 
-    Returns ``{"labeled", "novel", "novel_share", "rule", "expected_rate", "limit", "rate_alert", "candidates":
-    [{"candidate", "size", "tightness", "montage"}], "novelty_alert"}``; ``limit`` is the most novel images a night
+    Returns ``{"labeled", "novel", "novel_share", "rule", "expected_rate", "limit", "rate_alert", "shift_p",
+    "shift_alert", "candidates": [{"candidate", "size", "tightness", "montage"}], "novelty_alert"}``; ``limit`` is the most novel images a night
     of known kinds gives (``rule: "conformal"``) or the legacy share's count. ``novelty_rate`` must be the rate
     the rows were labelled at (default the model's). Idempotent: a rerun rewrites the same files.
     """
@@ -62,7 +67,7 @@ def assess_night(store: Store, model_id: str, extractor_key: str, shard_ids: lis
     missing = [p for p in paths if not store.exists(p)]
     if missing:
         raise StoreError(f"{store.uri(missing[0])} (and {len(missing) - 1} more) are missing: label the shards first")
-    tables = [store.read_parquet(p, columns=["image_id", "is_novel"]) for p in paths]
+    tables = [store.read_parquet(p, columns=["image_id", "is_novel", "novelty_score"]) for p in paths]
     labels = pa.concat_tables(tables)
     n = labels.num_rows
     novel_ids = labels.filter(labels.column("is_novel")).column("image_id").to_pylist() if n else []
@@ -77,14 +82,17 @@ def assess_night(store: Store, model_id: str, extractor_key: str, shard_ids: lis
         return out
     rate = model.novelty.rate if novelty_rate is None else novelty_rate
     limit = event_limit(n, model.novelty.n_calibration_, rate, EVENT_QUANTILE)
-    out.update(rule="conformal", expected_rate=rate, limit=limit, rate_alert=len(novel_ids) > limit)
+    scores = labels.column("novelty_score").drop_null().to_numpy()
+    shift_p = model.novelty.shift_pvalue(scores)
+    out.update(rule="conformal", expected_rate=rate, limit=limit, rate_alert=len(novel_ids) > limit,
+               shift_p=float(f"{shift_p:.3g}"), shift_alert=shift_p < SHIFT_ALPHA)
     if novel_ids:
         out["candidates"] = _write_candidates(store, model, extractor_key, shard_ids, date, novel_ids, n,
                                               storage_options, seed)
-    out["novelty_alert"] = bool(out["rate_alert"] or out["candidates"])
+    out["novelty_alert"] = bool(out["rate_alert"] or out["candidates"] or out["shift_alert"])
     log.info("night %s on %s: %d of %d images novel (at most %d expected from known kinds at rate %s), "
-             "%d candidate new cluster(s): %s", date, model_id, len(novel_ids), n, limit, rate,
-             len(out["candidates"]), "event" if out["novelty_alert"] else "no event")
+             "%d candidate new cluster(s), score shift p = %.3g: %s", date, model_id, len(novel_ids), n, limit, rate,
+             len(out["candidates"]), shift_p, "event" if out["novelty_alert"] else "no event")
     return out
 
 

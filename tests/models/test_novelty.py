@@ -19,6 +19,7 @@ from imgclust.models.novelty import (
     min_calibration_rows,
     novelty_rows,
     projection_residual,
+    shift_pvalue,
 )
 from imgclust.reduce.streaming import StreamingPCA
 
@@ -64,6 +65,20 @@ def test_calibrated_false_novel_rate_on_fresh_known_rows(fashion: dict[str, np.n
     # calibration rows must not be references: a reference's own k = 1 distance is its residual alone, so a
     # leaked calibration set puts the threshold too low and flags several times the rate
     assert scorer.reference_.shape == (6_000, 51) and np.all(scorer.reference_[:, -1] == 0)
+
+
+def test_shift_pvalue_is_uniform_for_exchangeable_nights_and_small_for_a_shifted_one() -> None:
+    """Nights drawn like the calibration scores fire at about alpha (300 seeded nights: the count at alpha = 0.05
+    is Binomial(300, 0.05), mean 15, sd 3.8); a night with 20 % of its scores shifted up by 0.7 sd gets a p-value
+    below the event's 0.001."""
+    rng = np.random.default_rng(5)
+    cal = rng.gamma(2.0, size=3_000)
+    ps = np.array([shift_pvalue(cal, rng.gamma(2.0, size=1_000)) for _ in range(300)])
+    assert 0 <= ps.min() and ps.max() <= 1
+    assert 15 - 4 * 3.8 <= int((ps < 0.05).sum()) <= 15 + 4 * 3.8
+    night = np.r_[rng.gamma(2.0, size=800), rng.gamma(2.0, size=200) + 1.0]  # a new kind: scores shifted by 1
+    assert shift_pvalue(cal, night) < 1e-3
+    assert shift_pvalue(cal, -night) > 0.5 and shift_pvalue(cal, np.zeros(0)) == 1.0
 
 
 @requires_fashion

@@ -24,6 +24,7 @@ from imgclust.io.store import Store
 from imgclust.models.labels import read_labels
 from imgclust.models.model import ClusterModel
 from imgclust.models.novelty import NoveltyScorer
+from imgclust.models.novelty_night import SHIFT_ALPHA
 from imgclust.models.report import build_report
 
 pytestmark = [pytest.mark.integration, requires_fashion]
@@ -89,6 +90,7 @@ def test_a_night_of_known_kinds_raises_no_event(nights: dict[str, Any]) -> None:
     quiet = nights["quiet"]
     assert quiet["labeled"] == N_KNOWN and quiet["rule"] == "conformal"
     assert quiet["novel"] <= quiet["limit"] and quiet["candidates"] == []
+    assert quiet["shift_alert"] is False and quiet["shift_p"] >= SHIFT_ALPHA  # scores like the calibration rows'
     assert quiet["novelty_alert"] is False
 
 
@@ -96,6 +98,7 @@ def test_a_night_with_a_new_kind_fires_and_reports_a_candidate(nights: dict[str,
     store, model_id, night = nights["store"], nights["model_id"], nights["novel"]
     assert night["labeled"] == N_KNOWN + N_NEW
     assert night["novel"] > night["limit"] and night["novelty_alert"] is True
+    assert night["shift_alert"] is True and night["shift_p"] < SHIFT_ALPHA
     labels = read_labels(store, model_id)
     day3 = pa.concat_tables(store.read_parquet(p) for p in store.glob(f"labels/{model_id}/date={DAY3}/*.parquet"))
     manifest = read_manifest(store, columns=["image_id", "uri"])
