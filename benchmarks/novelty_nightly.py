@@ -17,8 +17,9 @@ references, 5,000 calibration rows, target false-novel rate 0.05):
 The night is the **test** split: ``model.assign`` gives ``novelty_score`` and ``is_novel`` (what the label rows
 keep). Reported: AUROC of the score (held-out classes positive), the flagged share of held-out and of known-class
 images, and the event of :func:`imgclust.models.novelty_night.assess_night` (novel count above
-:func:`imgclust.models.novelty.event_limit` at quantile 0.999, or a candidate new cluster from
-:func:`imgclust.models.candidates.find_candidates` on the novel rows) on the whole split (known classes only: 8,000
+:func:`imgclust.models.novelty.event_limit` at quantile 0.999, a candidate new cluster from
+:func:`imgclust.models.candidates.find_candidates` on the novel rows, or the score shift:
+:meth:`~imgclust.models.novelty.NoveltyScorer.shift_pvalue` below 0.001; each rule counted too) on the whole split (known classes only: 8,000
 images; with the held-out classes: 10,000) and on ``--nights`` seeded sub-sampled nights of ``--night-size``
 images, known only or with ``--new-share`` of held-out images.
 
@@ -36,6 +37,8 @@ from typing import Any
 
 import numpy as np
 from _common import fashion_mnist_splits, setup_logging
+
+from imgclust.models.novelty_night import SHIFT_ALPHA
 
 log = logging.getLogger("benchmarks.novelty_nightly")
 
@@ -56,8 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 RECIPES = ("pixels", "simclr", "simclr-representation")
-SHIFT_ALPHA = 1e-3
-"""p-value below which the shift rule fires (the rate rule fires above its count's 0.999 quantile)."""
+
 _ENCODERS: dict[tuple[tuple[int, int], int], tuple[Any, float]] = {}  # (pair, seed) -> (simclr estimator, seconds)
 
 
@@ -106,7 +108,7 @@ def night_event(model: Any, feats: np.ndarray, score: np.ndarray, flagged: np.nd
     """``(rate rule fired, candidate found, candidates, shift rule fired)`` of one night, as :func:`assess_night`
     decides it; the shift rule: :func:`~imgclust.models.novelty.shift_pvalue` below ``SHIFT_ALPHA``."""
     from imgclust.models.candidates import find_candidates
-    from imgclust.models.novelty import event_limit, shift_pvalue
+    from imgclust.models.novelty import event_limit
 
     n = len(score)
     rate_fired = int(flagged.sum()) > event_limit(n, model.novelty.n_calibration_, model.novelty.rate)
@@ -114,7 +116,7 @@ def night_event(model: Any, feats: np.ndarray, score: np.ndarray, flagged: np.nd
     if flagged.any():
         rows = model.novelty.space(model.novelty_input(feats[flagged]))
         cands = find_candidates(rows, model.novelty.reference_space(), n_night=n, seed=seed)
-    shift_fired = shift_pvalue(model.novelty.calibration_scores_, score) < SHIFT_ALPHA
+    shift_fired = model.novelty.shift_pvalue(score) < SHIFT_ALPHA
     return rate_fired, bool(cands), len(cands), shift_fired
 
 
@@ -177,14 +179,17 @@ def print_tables(recipe: str, results: dict[str, list[dict[str, Any]]], pairs: l
           f"score {every[0]['score']}; pairs {', '.join(pairs)}; seeds {', '.join(map(str, seeds))}; "
           f"{os.cpu_count()} CPUs; {seconds:.0f} s in all (fits {np.mean([r['fit_s'] for r in every]):.0f} s each)\n")
     print("| held-out pair | AUROC mean (min) | new kind flagged mean (min) | known flagged mean (max) | "
-          "event, whole split: known only / with held-out |")
-    print("|---|---|---|---|---|")
+          "event (rate or candidate), whole split: known only / with held-out | shift rule, whole split: known only "
+          "/ with held-out | event (any), whole split |")
+    print("|---|---|---|---|---|---|---|")
     for pair, rs in [*results.items(), ("all", every)]:
         au, new, kn = ([r[k] for r in rs] for k in ("auroc", "new", "known"))
         wk = sum(r["whole_known"][0] or r["whole_known"][1] for r in rs)
         wm = sum(r["whole_mixed"][0] or r["whole_mixed"][1] for r in rs)
+        sk, sm = (sum(r[f"whole_{k}"][3] for r in rs) for k in ("known", "mixed"))
+        ak, am = (sum(any(r[f"whole_{k}"][i] for i in (0, 1, 3)) for r in rs) for k in ("known", "mixed"))
         print(f"| {pair} | {np.mean(au):.3f} ({min(au):.3f}) | {np.mean(new):.1%} ({min(new):.1%}) | "
-              f"{np.mean(kn):.1%} ({max(kn):.1%}) | {wk} / {wm} of {len(rs)} |")
+              f"{np.mean(kn):.1%} ({max(kn):.1%}) | {wk} / {wm} of {len(rs)} | {sk} / {sm} | {ak} / {am} |")
     print(f"\nSub-sampled nights of {args.night_size} images ({args.nights} per run and kind; mixed = "
           f"{args.new_share:.0%} held-out): nights where the event fired, by rule\n")
     print("| night | nights | rate rule | candidate rule | event (either) | candidates per night, mean (max) | "
