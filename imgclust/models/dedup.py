@@ -26,9 +26,10 @@ Which spaces: only those where a high cosine similarity means "a version of the 
 descriptors such as ``layout``, pretrained networks). An encoder trained on the corpus itself (the ``deep:``
 extractor of a refinement) pulls *different* images of one kind together, so a threshold there cannot tell a
 copy from a neighbour (contrastive features of Fashion-MNIST: median nearest-image similarity 0.995). Its feature
-files record ``near_duplicate_space = false`` (:func:`imgclust.io.features.near_duplicate_space`);
-:func:`dedup_store` refuses such a space and :func:`flag_new_near_duplicates` skips it, both naming the stored
-spaces that can be searched instead (:func:`near_duplicate_problem`).
+files record ``near_duplicate_space = false`` (:func:`imgclust.io.features.near_duplicate_space`).
+:func:`dedup_store` refuses such a space, naming the stored spaces that can be searched (:func:`near_duplicate_problem`);
+:func:`near_duplicate_search_space` gives the space a model's nightly flags, ``imgclust dedup`` and its report search
+instead (the newest near-duplicate space among the store's model versions).
 
 Memory: the search holds every feature row (``n x D`` float32, e.g. 1M x 512 = 2 GB) and ``n x k`` neighbours;
 time is ``O(n^2 D)`` (exact search).
