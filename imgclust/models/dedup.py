@@ -68,6 +68,7 @@ from imgclust.io.layout import (
     features_dir,
     groups_path,
     label_shards_glob,
+    model_json,
     shard_id_of,
 )
 from imgclust.io.layout import near_duplicates_meta_path as _meta_path
@@ -77,9 +78,9 @@ from imgclust.validation import l2_normalize
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ARRIVALS_SCHEMA", "DEDUP_SCHEMA", "DedupConfig", "arrivals_path", "dedup_store", "find_near_duplicates",
-           "flag_new_near_duplicates", "groups_path", "near_duplicate_problem", "near_duplicate_search_space", "SearchSpace",
-           "nearest_stored", "read_arrivals", "read_near_duplicates"]
+__all__ = ["ARRIVALS_SCHEMA", "DEDUP_SCHEMA", "DedupConfig", "SearchSpace", "arrivals_path", "dedup_store",
+           "find_near_duplicates", "flag_new_near_duplicates", "groups_path", "near_duplicate_problem",
+           "near_duplicate_search_space", "nearest_stored", "read_arrivals", "read_near_duplicates"]
 
 DEDUP_SCHEMA = pa.schema([("image_id", pa.string()), ("group_id", pa.string()),
                           ("representative_id", pa.string()), ("similarity", pa.float32()),
@@ -295,11 +296,12 @@ def near_duplicate_search_space(store: Store, model_id: str) -> SearchSpace:
     else none, with :func:`near_duplicate_problem` of the model's own space as the reason."""
     from imgclust.models.model import extract_config_of, model_info
 
-    own_key = str(model_info(store, model_id)["extractor_key"])
-    others = sorted((rel.split("/")[1] for rel in store.glob("models/*/model.json")), reverse=True)  # ids sort by time
-    for mid in [model_id, *(m for m in others if m != model_id)]:
+    versions = sorted((rel.split("/")[-2] for rel in store.glob(model_json("*"))), reverse=True)  # ids sort by time
+    own_key = ""
+    for mid in [model_id, *(m for m in versions if m != model_id)]:
         info = model_info(store, mid)
         key = str(info.get("extractor_key", ""))
+        own_key = own_key or key
         shards = done_shards(store, key) if key else []
         if shards and "extract" in info and near_duplicate_space(store, key, shards[0]):
             return SearchSpace(extract_config_of(store, mid), key)
@@ -344,18 +346,22 @@ def flag_new_near_duplicates(store: Store, model_id: str, extractor_key: str, ne
             raise ConfigError(problem)
         stored_shards = [s for s in done_shards(store, space) if s not in set(space_new)]
     ids: list[str] = []
+    ids_of: dict[str, list[str]] = {}  # image ids of each new shard of the model's key: what label_shard reads
     blocks: list[np.ndarray] = []
-    for batch_ids, X in iter_feature_batches(store, space, space_new, batch_size=batch_rows, representation=True):
-        ids += batch_ids
-        blocks.append(X)
+    for sid in space_new:
+        for batch_ids, X in iter_feature_batches(store, space, [sid], batch_size=batch_rows, representation=True):
+            ids += batch_ids
+            ids_of.setdefault(sid, []).extend(batch_ids)
+            blocks.append(X)
     X_new = np.concatenate(blocks) if blocks else np.zeros((0, 1), np.float32)
     best, best_id, seen = nearest_stored(
         X_new, iter_feature_batches(store, space, stored_shards, batch_size=batch_rows, representation=True))
     flags = {i: (of, float(sim)) for i, of, sim in zip(ids, best_id, best, strict=True) if sim >= config.threshold}
-    for sid in new:  # per shard of the model's key: what label_shard reads
-        shard_ids = store.read_parquet(feature_path(extractor_key, sid), columns=["image_id"]).column(
-            "image_id").to_pylist()
-        hits = [i for i in shard_ids if i in flags]
+    for sid in new:
+        if search is not None:  # the other space's shards may split the night differently
+            ids_of[sid] = store.read_parquet(feature_path(extractor_key, sid), columns=["image_id"]).column(
+                "image_id").to_pylist()
+        hits = [i for i in ids_of.get(sid, []) if i in flags]
         store.write_parquet(arrivals_path(extractor_key, sid), pa.table(
             {"image_id": hits, "near_duplicate_of": [flags[i][0] for i in hits],
              "near_duplicate_similarity": np.asarray([flags[i][1] for i in hits], np.float32)},
